@@ -1,0 +1,99 @@
+"""Raw tables -> resolved touch events -> feature parquet -> Feast registry and online store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from features.touch_features import build_touch_features
+from nexttouch.schemas import (
+    CUSTOMER_ID,
+    CUSTOMERS_COLUMNS,
+    EVENT_TIMESTAMP,
+    EVENTS_COLUMNS,
+    IDENTITY_COLUMNS,
+    check_columns,
+)
+from nexttouch.settings import Settings
+
+log = logging.getLogger(__name__)
+TOUCH_HISTORY = "touch_history"
+CUSTOMER_PROFILE = "customer_profile"
+
+
+@dataclass(frozen=True)
+class FeatureBuild:
+    customers: int
+    events: int
+    unresolved: int
+    rows: int
+    end: datetime
+
+
+def resolve_identity(events: pd.DataFrame, identity: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attach ``customer_id`` to events by (source_system, source_key); unresolved rows apart."""
+    check_columns(identity, IDENTITY_COLUMNS, "identity map")
+    keyed = events.merge(identity, on=["source_system", "source_key"], how="left", validate="many_to_one")
+    unresolved = keyed[CUSTOMER_ID].isna()
+    rejected = keyed.loc[unresolved].drop(columns=[CUSTOMER_ID]).assign(reason="unresolvable source key")
+    return keyed.loc[~unresolved], rejected
+
+
+def build_offline(settings: Settings, end: datetime, days: int) -> FeatureBuild:
+    """Write the feature parquet files that the Feast sources read, from the raw tables."""
+    raw = settings.raw_dir
+    events = pd.read_parquet(raw / "events.parquet")
+    customers = pd.read_parquet(raw / "customers.parquet")
+    identity = pd.read_parquet(raw / "identity.parquet")
+    check_columns(events, EVENTS_COLUMNS, "touch events")
+    check_columns(customers, CUSTOMERS_COLUMNS, "customers")
+
+    resolved, rejected = resolve_identity(events, identity)
+    if len(rejected):
+        # Nothing is dropped silently: unresolved events are kept with their reason.
+        settings.data_dir.joinpath("quarantine").mkdir(parents=True, exist_ok=True)
+        rejected.to_parquet(settings.data_dir / "quarantine" / "events_unresolved.parquet", index=False)
+        log.warning("%d touch events with unresolvable source keys quarantined", len(rejected))
+
+    touch = build_touch_features(resolved, customers, end, days)
+    profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
+    out = settings.offline_dir
+    out.mkdir(parents=True, exist_ok=True)
+    _write(touch, out / f"{TOUCH_HISTORY}.parquet")
+    _write(profile, out / f"{CUSTOMER_PROFILE}.parquet")
+    return FeatureBuild(len(customers), len(resolved), len(rejected), len(touch), end)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    # DuckDB cannot cast nanosecond tz-aware timestamps: store microseconds.
+    frame = frame.assign(**{EVENT_TIMESTAMP: frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]")})
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)  # readers never see a half-written file
+
+
+def feast_apply(repo: Path) -> None:
+    """The stock `feast apply`, run in the repo (it changes directory, so not in-process)."""
+    feast = Path(sys.executable).with_name("feast")
+    env = {**os.environ, "FEAST_USAGE": "False"}
+    result = subprocess.run([str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"feast apply failed in {repo}:\n{result.stderr[-4000:]}")
+
+
+def materialize(repo: Path, end: datetime, lookback: timedelta = timedelta(days=30)) -> None:
+    """Load the latest feature row of each customer in (end - lookback, end] into the online store.
+
+    An explicit window, not ``materialize_incremental``: a rebuilt history with older
+    timestamps than the last load must still replace what the online store holds.
+    """
+    from feast import FeatureStore  # slow import (~6 s): only where it is used
+
+    FeatureStore(repo_path=str(repo)).materialize(start_date=end - lookback, end_date=end)

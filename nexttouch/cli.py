@@ -1,0 +1,122 @@
+"""The one command line: `nexttouch simulate | features | train | serve | demo`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nexttouch.catalog import load_catalog
+from nexttouch.settings import Settings, load_settings
+
+app = typer.Typer(help="nexttouch: the next best contact for every customer.", no_args_is_help=True)
+
+ProjectOpt = Annotated[Path | None, typer.Option(help="Project directory (features/, data/, mlruns/, models/).")]
+CatalogOpt = Annotated[Path | None, typer.Option(help="Action catalog YAML (default: the packaged catalog).")]
+
+
+def _settings(project_dir: Path | None, catalog: Path | None, **more: object) -> Settings:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("nexttouch", "features", "training", "serving"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for var in ("MLFLOW_DISABLE_TELEMETRY", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK"):
+        os.environ.setdefault(var, "true")
+    os.environ.setdefault("FEAST_USAGE", "False")
+    return load_settings(project_dir=project_dir, catalog_path=catalog, **more)
+
+
+def _today() -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+@app.command()
+def simulate(
+    project_dir: ProjectOpt = None,
+    catalog: CatalogOpt = None,
+    customers: Annotated[int | None, typer.Option(help="Number of customers.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of touch history.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed and end, same data).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last day boundary, UTC (default: today 00:00).")] = None,
+) -> None:
+    """Simulate an OMO brand and write its raw tables to data/raw/."""
+    from nexttouch.simulate import write_brand
+
+    s = _settings(project_dir, catalog, customers=customers, days=days, seed=seed)
+    brand = write_brand(s, load_catalog(s.catalog_path), (end.replace(tzinfo=UTC) if end else _today()))
+    typer.echo(
+        f"simulated {len(brand.customers):,} customers, {len(brand.events):,} touch events, "
+        f"{len(brand.decisions):,} logged decisions -> {s.raw_dir}"
+    )
+
+
+@app.command()
+def features(
+    project_dir: ProjectOpt = None,
+    days: Annotated[int | None, typer.Option(help="Days of history to featurise.")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last snapshot, UTC (default: today 00:00).")] = None,
+) -> None:
+    """Build feature snapshots, `feast apply` the repo and materialize the online store."""
+    from features.pipeline import build_offline, feast_apply, materialize
+
+    s = _settings(project_dir, None, days=days)
+    as_of = end.replace(tzinfo=UTC) if end else _today()
+    build = build_offline(s, as_of, s.days)
+    typer.echo(f"features: {build.rows:,} snapshot rows for {build.customers:,} customers "
+               f"({build.events:,} events, {build.unresolved:,} unresolved -> quarantine)")
+    feast_apply(s.feature_repo)
+    materialize(s.feature_repo, datetime.now(UTC))
+    typer.echo(f"feast: applied {s.feature_repo} and materialized the online store")
+
+
+@app.command()
+def train(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
+    """Train on the decision log, log the run to MLflow, register it and make it champion."""
+    from training.job import run_training
+
+    s = _settings(project_dir, catalog)
+    report = run_training(s, load_catalog(s.catalog_path))
+    typer.echo(
+        f"trained on {report.rows:,} decisions: valid AUC {report.metrics['valid_auc']:.3f}, "
+        f"log loss {report.metrics['valid_logloss']:.4f}; registered {s.model_name} "
+        f"v{report.registered.version} as @{s.champion_alias}"
+    )
+
+
+@app.command()
+def serve(
+    project_dir: ProjectOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the decision service (`bentoml serve`) in the foreground."""
+    from serving.server import serve_forever
+
+    s = _settings(project_dir, None, host=host, port=port)
+    raise typer.Exit(serve_forever(s))
+
+
+@app.command()
+def demo(
+    project_dir: ProjectOpt = None,
+    customers: Annotated[int | None, typer.Option(help="Number of simulated customers.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the demo service.")] = None,
+    keep_serving: Annotated[
+        bool | None, typer.Option(help="Keep the service running at the end (default: when interactive).")
+    ] = None,
+) -> None:
+    """Simulate -> features -> train -> serve -> a few real HTTP decisions."""
+    from serving.demo import run_demo
+
+    s = _settings(project_dir, None, customers=customers, port=port)
+    run_demo(s, load_catalog(s.catalog_path), _today(), keep_serving)
+
+
+if __name__ == "__main__":
+    app()

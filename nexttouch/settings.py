@@ -1,0 +1,81 @@
+"""One settings object for every stage, read from the environment (prefix ``NEXTTOUCH_``).
+
+Nothing is read at import time: call :func:`load_settings`. All files live under one
+project directory (the working directory by default), laid out as in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where data, features, runs and models live, and the knobs of each stage."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTTOUCH_", extra="forbid", frozen=True)
+
+    project_dir: Path = Field(Path("."), description="Holds features/, data/, mlruns/, models/.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under mlruns/.")
+    catalog_path: Path | None = Field(None, description="Action catalog YAML; default: the packaged one.")
+
+    model_name: str = Field("nexttouch", description="Registered model name.")
+    champion_alias: str = "champion"
+    feature_service: str = Field("nexttouch_v1", description="Feast FeatureService the model uses.")
+
+    seed: int = 7
+    customers: int = Field(5_000, gt=0)
+    days: int = Field(180, gt=14)
+    decision_rate: float = Field(0.08, gt=0, le=1, description="Daily chance a customer gets a decision.")
+
+    epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
+    host: str = "127.0.0.1"
+    port: int = 3000
+    request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see README).")
+
+    @property
+    def feature_repo(self) -> Path:
+        """The Feast feature repository; its data lives beside it in data/."""
+        return self.project_dir.resolve() / "features"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.project_dir.resolve() / "data"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        """MLflow tracking database and artifacts."""
+        return self.project_dir.resolve() / "mlruns"
+
+    @property
+    def models_dir(self) -> Path:
+        """Local copies of registered models that serving loads."""
+        return self.project_dir.resolve() / "models"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.mlruns_dir / "artifacts").as_uri()
+
+    @property
+    def raw_dir(self) -> Path:
+        """Validated input tables (events, customers, identity map, decisions)."""
+        return self.data_dir / "raw"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Parquet files read by Feast's DuckDB offline store."""
+        return self.data_dir / "offline"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI options, tests) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)
