@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,7 @@ from nexttouch.settings import Settings
 log = logging.getLogger(__name__)
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
+EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,12 @@ def feast_apply(repo: Path) -> None:
         raise RuntimeError(f"feast apply failed in {repo}:\n{result.stderr[-4000:]}")
 
 
-def materialize(repo: Path, end: datetime, lookback: timedelta = timedelta(days=30)) -> None:
-    """Load the latest feature row of each customer in (end - lookback, end] into the online store.
+def materialize(repo: Path, end: datetime) -> None:
+    """Load the latest feature row of each customer up to ``end`` into the online store.
 
-    An explicit window, not ``materialize_incremental``: a rebuilt history with older
-    timestamps than the last load must still replace what the online store holds.
+    The window starts at the epoch, not at the last load (``materialize_incremental``): profile
+    rows are stamped with the signup time and a rebuilt history may be older than the last load.
     """
     from feast import FeatureStore  # slow import (~6 s): only where it is used
 
-    FeatureStore(repo_path=str(repo)).materialize(start_date=end - lookback, end_date=end)
+    FeatureStore(repo_path=str(repo)).materialize(start_date=EPOCH, end_date=end)

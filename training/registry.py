@@ -47,7 +47,8 @@ def log_and_register(
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         model.save(Path(tmp) / "decision_model")
-        example = example[model.inputs].head(5)
+        # Numeric features are optional doubles in the signature: Feast returns NaN for gaps.
+        example = example[model.inputs].head(5).astype(dict.fromkeys(model.numeric, "float64"))
         output = DecisionPyfunc().predict_with(model, example)
         info = mlflow.pyfunc.log_model(
             name="decision_model",

@@ -1,0 +1,72 @@
+"""Shared fixtures: a small simulated brand in a temporary project, never the developer's files.
+
+The built project (features in Feast, a champion in a temporary MLflow store) is made once per
+test session because Feast alone takes ~6 s to import and each stage costs seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from nexttouch.catalog import Catalog, load_catalog
+from nexttouch.settings import Settings, load_settings
+
+for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+    os.environ.setdefault(_var, "true")
+os.environ.setdefault("FEAST_USAGE", "False")
+
+ROOT = Path(__file__).resolve().parent.parent
+END = datetime(2026, 11, 1, tzinfo=UTC)
+SMALL = {"customers": 400, "days": 120, "seed": 11, "decision_rate": 0.15}
+
+
+def copy_feature_repo(project_dir: Path) -> Path:
+    """The project's Feast repo definitions, copied into a temporary project."""
+    repo = project_dir / "features"
+    repo.mkdir(parents=True)
+    for item in (ROOT / "features").iterdir():
+        if item.suffix in {".py", ".yaml"} or item.name == ".feastignore":
+            shutil.copy(item, repo / item.name)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Settings:
+    copy_feature_repo(tmp_path)
+    return load_settings(project_dir=tmp_path, **SMALL)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Settings:
+    """Simulated -> features applied and materialized -> trained and registered as champion."""
+    from features.pipeline import build_offline, feast_apply, materialize
+    from nexttouch.simulate import write_brand
+    from training.job import run_training
+
+    base = tmp_path_factory.mktemp("built")
+    copy_feature_repo(base)
+    settings = load_settings(project_dir=base, **SMALL)
+    write_brand(settings, catalog, END)
+    build_offline(settings, END, settings.days)
+    feast_apply(settings.feature_repo)
+    materialize(settings.feature_repo, END)
+    run_training(settings, catalog)
+    return settings
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,51 @@
+import numpy as np
+import pandas as pd
+
+from nexttouch.catalog import Catalog
+from nexttouch.schemas import DECISIONS_COLUMNS, EVENTS_COLUMNS, TOUCH_TYPES, check_columns
+from nexttouch.simulate import simulate
+from tests.conftest import END
+
+
+def test_simulation_is_deterministic_for_a_seed(catalog: Catalog) -> None:
+    a = simulate(catalog, 200, 30, END, seed=3)
+    b = simulate(catalog, 200, 30, END, seed=3)
+    c = simulate(catalog, 200, 30, END, seed=4)
+    pd.testing.assert_frame_equal(a.events, b.events)
+    pd.testing.assert_frame_equal(a.decisions, b.decisions)
+    assert not a.events["occurred_at"].equals(c.events["occurred_at"])
+
+
+def test_simulated_tables_meet_their_contracts(catalog: Catalog) -> None:
+    brand = simulate(catalog, 300, 60, END, seed=5, decision_rate=0.2)
+    check_columns(brand.events, EVENTS_COLUMNS, "events")
+    check_columns(brand.decisions, DECISIONS_COLUMNS, "decisions")
+    ev, dec = brand.events, brand.decisions
+    assert ev["occurred_at"].between(pd.Timestamp(brand.start), pd.Timestamp(END), inclusive="left").all()
+    assert set(ev["touch_type"]) <= set(TOUCH_TYPES)
+    assert ev["event_id"].is_unique and dec["decision_id"].is_unique
+    assert set(dec["action"]) == set(catalog.names)  # the logging policy explores every action
+    assert ((dec["propensity"] > 0) & (dec["propensity"] <= 1)).all()
+    assert set(dec["outcome"].unique()) == {0.0, 1.0}
+    # every event arrives under a source key that the identity map resolves
+    resolved = ev.merge(brand.identity, on=["source_system", "source_key"], how="left")
+    assert resolved["customer_id"].notna().all()
+    assert ev["source_system"].nunique() == 4
+
+
+def test_contacts_respect_consent_in_the_log(catalog: Catalog) -> None:
+    brand = simulate(catalog, 500, 60, END, seed=6, decision_rate=0.2)
+    dec = brand.decisions.merge(brand.customers, on="customer_id")
+    assert (dec.loc[dec["action"] == "push", "push_opt_in"] == 1).all()
+    assert (dec.loc[dec["action"] == "advisor_call", "call_consent"] == 1).all()
+
+
+def test_ground_truth_responds_to_affinity(catalog: Catalog) -> None:
+    brand = simulate(catalog, 2000, 20, END, seed=7)
+    lt, truth = brand.truth.latents, brand.truth
+    idx = np.arange(2000)
+    zero = np.zeros(2000)
+    social = np.argsort(lt.social)
+    p_invite = truth.p_success(idx, zero, zero, zero, "event_invite") - truth.p_success(idx, zero, zero, zero, "none")
+    # customers with the highest social affinity gain more from an invitation than the lowest
+    assert p_invite[social[-200:]].mean() > p_invite[social[:200]].mean() + 0.05
