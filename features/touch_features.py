@@ -33,8 +33,12 @@ TOUCH_FEATURES: dict[str, str] = {
 
 
 def build_touch_features(
-    events: pd.DataFrame, customers: pd.DataFrame, end: datetime, days: int,
-    every_days: int = 1, chunk: int = 50_000,
+    events: pd.DataFrame,
+    customers: pd.DataFrame,
+    end: datetime,
+    days: int,
+    every_days: int = 1,
+    chunk: int = 50_000,
 ) -> pd.DataFrame:
     """Feature rows for every customer at every ``every_days``-th day boundary up to ``end``.
 
@@ -84,8 +88,13 @@ def _channels(ev: pd.DataFrame) -> np.ndarray:
 
 
 def _chunk_features(
-    cust: np.ndarray, day: np.ndarray, channel: np.ndarray, amount: np.ndarray,
-    n: int, days: int, snaps: np.ndarray,
+    cust: np.ndarray,
+    day: np.ndarray,
+    channel: np.ndarray,
+    amount: np.ndarray,
+    n: int,
+    days: int,
+    snaps: np.ndarray,
 ) -> pd.DataFrame:
     counts = np.zeros((n, days, _K), np.int32)
     for col in range(channel.shape[1]):

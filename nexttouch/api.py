@@ -12,11 +12,17 @@ class DecideRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$",
-                             description="Opaque nexttouch customer id.", examples=["C0000001"])
+    customer_id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Opaque nexttouch customer id.",
+        examples=["C0000001"],
+    )
     at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
-    context: dict[str, str] = Field(default_factory=dict, max_length=16,
-                                    description="Request context, e.g. {'channel': 'app'}.")
+    context: dict[str, str] = Field(
+        default_factory=dict, max_length=16, description="Request context, e.g. {'channel': 'app'}."
+    )
 
 
 class DecideResponse(BaseModel):

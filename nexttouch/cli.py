@@ -68,8 +68,10 @@ def features(
     s = _settings(project_dir, None, days=days)
     as_of = end.replace(tzinfo=UTC) if end else _today()
     build = build_offline(s, as_of, s.days)
-    typer.echo(f"features: {build.rows:,} snapshot rows for {build.customers:,} customers "
-               f"({build.events:,} events, {build.unresolved:,} unresolved -> quarantine)")
+    typer.echo(
+        f"features: {build.rows:,} snapshot rows for {build.customers:,} customers "
+        f"({build.events:,} events, {build.unresolved:,} unresolved -> quarantine)"
+    )
     feast_apply(s.feature_repo)
     materialize(s.feature_repo, datetime.now(UTC))
     typer.echo(f"feast: applied {s.feature_repo} and materialized the online store")

@@ -33,9 +33,7 @@ class DecisionModel:
         return [*self.numeric, *self.categorical]
 
     @staticmethod
-    def encode_columns(
-        frame: pd.DataFrame, numeric: list[str], categorical: dict[str, list[str]]
-    ) -> np.ndarray:
+    def encode_columns(frame: pd.DataFrame, numeric: list[str], categorical: dict[str, list[str]]) -> np.ndarray:
         """Features by name -> float matrix; unknown categories and missing values become NaN."""
         out = np.empty((len(frame), len(numeric) + len(categorical)), dtype=np.float64)
         for j, col in enumerate(numeric):
@@ -77,10 +75,9 @@ class DecisionPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model = DecisionModel.load(Path(context.artifacts["decision_model"]))
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.predict_with(self.model, model_input)
 
     @staticmethod
     def predict_with(model: DecisionModel, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(model.predict_all(frame), columns=[f"p_{a}" for a in model.actions])
-

@@ -75,11 +75,7 @@ def check_columns(frame: pd.DataFrame, contract: dict[str, str], table: str) -> 
     missing = [c for c in contract if c not in frame.columns]
     if missing:
         raise SchemaError(f"{table}: missing columns {missing}")
-    wrong = {
-        c: str(frame[c].dtype)
-        for c, kind in contract.items()
-        if not _kind_ok(frame[c], kind)
-    }
+    wrong = {c: str(frame[c].dtype) for c, kind in contract.items() if not _kind_ok(frame[c], kind)}
     if wrong:
         raise SchemaError(f"{table}: wrong column types {wrong} (expected {contract})")
 

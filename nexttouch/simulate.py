@@ -17,7 +17,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
-from nexttouch.settings import Settings
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,
@@ -27,6 +26,7 @@ from nexttouch.schemas import (
     PROPENSITY,
     TOUCH_TYPES,
 )
+from nexttouch.settings import Settings
 
 DAY = np.int64(86_400)
 REGIONS = np.array(["north", "south", "east", "west"])
@@ -101,12 +101,16 @@ def customer_ids(n: int) -> np.ndarray:
 
 
 def _logging_policy(
-    rng: np.random.Generator, catalog: Catalog, eligible: np.ndarray, online: np.ndarray,
-    offline: np.ndarray, premium: np.ndarray,
+    rng: np.random.Generator,
+    catalog: Catalog,
+    eligible: np.ndarray,
+    online: np.ndarray,
+    offline: np.ndarray,
+    premium: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rule-based tiering plus uniform exploration; returns action index and its propensity."""
     names = catalog.names
-    n, k = eligible.shape
+    n = len(eligible)
     rule = np.full(n, names.index(NO_ACTION))
     for name, mask in (  # later rules override earlier ones: most personal tier wins
         ("push", np.ones(n, bool)),
@@ -128,8 +132,13 @@ def _logging_policy(
 
 
 def simulate(
-    catalog: Catalog, n_customers: int, days: int, end: datetime, seed: int,
-    decision_rate: float = 0.08, progress: bool = False,
+    catalog: Catalog,
+    n_customers: int,
+    days: int,
+    end: datetime,
+    seed: int,
+    decision_rate: float = 0.08,
+    progress: bool = False,
 ) -> SimulatedBrand:
     """Simulate ``days`` days of an OMO brand ending at ``end`` (UTC). Deterministic for a seed."""
     rng = np.random.default_rng(seed)
@@ -168,7 +177,9 @@ def simulate(
             pd.DataFrame(
                 {
                     "source_system": system,
-                    "source_key": np.char.add(f"{system}-", np.char.mod("%08x", rng.permutation(n) + 4096 * (i + 1))).astype(object),
+                    "source_key": np.char.add(
+                        f"{system}-", np.char.mod("%08x", rng.permutation(n) + 4096 * (i + 1))
+                    ).astype(object),
                     CUSTOMER_ID: ids,
                 }
             )
@@ -204,14 +215,20 @@ def simulate(
         # Organic behaviour: the OMO loop links online and offline activity.
         n_app = rng.poisson(np.exp(-1.0 + 0.6 * lt.engagement + 0.4 * lt.digital + 0.35 * np.log1p(offline)))
         n_like = rng.poisson(0.6 * n_app * _sigmoid(lt.social))
-        n_visit = rng.poisson(np.exp(-4.2 + 0.4 * lt.engagement + 0.5 * lt.social + 0.3 * lt.premium + 0.25 * np.log1p(online)))
+        n_visit = rng.poisson(
+            np.exp(-4.2 + 0.4 * lt.engagement + 0.5 * lt.social + 0.3 * lt.premium + 0.25 * np.log1p(online))
+        )
         n_buy = rng.binomial(n_visit, 0.15 + 0.1 * lt.premium)
         for counts, touch in ((n_app, "app_session"), (n_like, "app_like"), (n_visit, "store_visit")):
             cust = np.repeat(np.arange(n), counts)
             emit(cust, day0 + rng.integers(0, DAY, len(cust)), touch)
         buyers = np.repeat(np.arange(n), n_buy)
-        emit(buyers, day0 + rng.integers(0, DAY, len(buyers)), "purchase",
-             amount=np.round(rng.lognormal(6.0, 0.7, len(buyers)), 2))
+        emit(
+            buyers,
+            day0 + rng.integers(0, DAY, len(buyers)),
+            "purchase",
+            amount=np.round(rng.lognormal(6.0, 0.7, len(buyers)), 2),
+        )
 
         # Decisions of the logging policy, with outcomes from the ground truth.
         who = np.flatnonzero(rng.random(n) < decision_rate)
@@ -249,8 +266,14 @@ def simulate(
         fatigue = 0.8 * fatigue + contacted
 
     events = _events_frame(
-        ids, identity, np.concatenate(ev_cust), np.concatenate(ev_time), np.concatenate(ev_type),
-        np.concatenate(ev_amount), np.concatenate(ev_dec), t0 + days * DAY,
+        ids,
+        identity,
+        np.concatenate(ev_cust),
+        np.concatenate(ev_time),
+        np.concatenate(ev_type),
+        np.concatenate(ev_amount),
+        np.concatenate(ev_dec),
+        t0 + days * DAY,
     )
     names = np.array(catalog.names, dtype=object)
     decisions = pd.DataFrame(
@@ -271,8 +294,14 @@ def _decision_ids(numbers: np.ndarray) -> np.ndarray:
 
 
 def _events_frame(
-    ids: np.ndarray, identity: pd.DataFrame, cust: np.ndarray, when: np.ndarray, code: np.ndarray,
-    amount: np.ndarray, decision: np.ndarray, end_ts: np.int64,
+    ids: np.ndarray,
+    identity: pd.DataFrame,
+    cust: np.ndarray,
+    when: np.ndarray,
+    code: np.ndarray,
+    amount: np.ndarray,
+    decision: np.ndarray,
+    end_ts: np.int64,
 ) -> pd.DataFrame:
     """Touch events as the source systems would send them: their own keys, not customer ids."""
     when = np.minimum(when, end_ts - 1)  # a late outcome of the last day is still in the window
@@ -304,14 +333,21 @@ def _events_frame(
 def write_brand(settings: Settings, catalog: Catalog, end: datetime) -> SimulatedBrand:
     """Simulate with the settings' size and seed; write the raw tables as parquet."""
     brand = simulate(
-        catalog, settings.customers, settings.days, end, settings.seed,
-        decision_rate=settings.decision_rate, progress=True,
+        catalog,
+        settings.customers,
+        settings.days,
+        end,
+        settings.seed,
+        decision_rate=settings.decision_rate,
+        progress=True,
     )
     raw = settings.raw_dir
     raw.mkdir(parents=True, exist_ok=True)
     for name, frame in (
-        ("customers", brand.customers), ("identity", brand.identity),
-        ("events", brand.events), ("decisions", brand.decisions),
+        ("customers", brand.customers),
+        ("identity", brand.identity),
+        ("events", brand.events),
+        ("decisions", brand.decisions),
     ):
         frame.to_parquet(raw / f"{name}.parquet", index=False)
     return brand

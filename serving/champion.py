@@ -30,7 +30,9 @@ def load_champion(settings: Settings) -> Champion:
     local = settings.models_dir / settings.model_name / f"v{version}"
     if not (local / "MLmodel").exists():
         local.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(local))
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(local)
+        )
     return Champion(DecisionModel.load(_decision_model_dir(local)), str(version))
 
 

@@ -22,8 +22,13 @@ class Decider:
     """The decision logic with its model and feature reader injected (tests pass their own)."""
 
     def __init__(
-        self, catalog: Catalog, model: DecisionModel, model_version: str, read_features: FeatureReader,
-        epsilon: float, seed: int | None = None,
+        self,
+        catalog: Catalog,
+        model: DecisionModel,
+        model_version: str,
+        read_features: FeatureReader,
+        epsilon: float,
+        seed: int | None = None,
     ) -> None:
         missing = set(catalog.names) - set(model.actions)
         if missing:

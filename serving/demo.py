@@ -27,8 +27,10 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
 
     t = _step(f"1/4 simulate an OMO brand: {settings.customers:,} customers, {settings.days} days")
     brand = write_brand(settings, catalog, end)
-    print(f"   {len(brand.events):,} touch events from {brand.events['source_system'].nunique()} source systems, "
-          f"{len(brand.decisions):,} logged decisions ({time.monotonic() - t:.1f}s)")
+    print(
+        f"   {len(brand.events):,} touch events from {brand.events['source_system'].nunique()} source systems, "
+        f"{len(brand.decisions):,} logged decisions ({time.monotonic() - t:.1f}s)"
+    )
 
     t = _step("2/4 touch history -> features -> Feast (DuckDB offline, SQLite online)")
     build = build_offline(settings, end, settings.days)
@@ -39,9 +41,11 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
     t = _step("3/4 point-in-time training set -> LightGBM -> MLflow (registry alias @champion)")
     report = run_training(settings, catalog)
     m = report.metrics
-    print(f"   {report.rows:,} decisions, valid AUC {m['valid_auc']:.3f}, log loss {m['valid_logloss']:.4f}; "
-          f"{settings.model_name} v{report.registered.version} is @{settings.champion_alias} "
-          f"({time.monotonic() - t:.1f}s)")
+    print(
+        f"   {report.rows:,} decisions, valid AUC {m['valid_auc']:.3f}, log loss {m['valid_logloss']:.4f}; "
+        f"{settings.model_name} v{report.registered.version} is @{settings.champion_alias} "
+        f"({time.monotonic() - t:.1f}s)"
+    )
 
     t = _step(f"4/4 bentoml serve on http://{settings.host}:{settings.port} and real /decide calls")
     proc = server.start(settings, settings.data_dir / "logs" / "demo-serve.log")
@@ -52,8 +56,9 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
         print("\nWhere to look next:")
         print("   make ui                      MLflow UI over mlruns/ (runs, metrics, registry)")
         print(f"   {url}/docs         the service's OpenAPI page")
-        print(f"   curl -s -XPOST {url}/decide -H 'content-type: application/json' "
-              "-d '{\"customer_id\": \"C0000001\"}'")
+        print(
+            f"   curl -s -XPOST {url}/decide -H 'content-type: application/json' -d '{{\"customer_id\": \"C0000001\"}}'"
+        )
         if keep_serving if keep_serving is not None else sys.stdin.isatty():
             print("\nService running; Ctrl-C to stop.")
             proc.wait()
@@ -79,8 +84,13 @@ def _show_decisions(url: str, customer_ids: list[str]) -> None:
         shown.setdefault(a["action"], a)
     table = pd.DataFrame(
         [
-            {"customer": a["customer_id"], "action": a["action"], "propensity": a["propensity"],
-             **{f"value[{k}]": v for k, v in a["values"].items()}, "cold start": a["cold_start"]}
+            {
+                "customer": a["customer_id"],
+                "action": a["action"],
+                "propensity": a["propensity"],
+                **{f"value[{k}]": v for k, v in a["values"].items()},
+                "cold start": a["cold_start"],
+            }
             for a in [*shown.values(), unknown]
         ]
     )

@@ -19,8 +19,6 @@ class OnlineFeatures:
 
     def read(self, customer_id: str) -> dict[str, Any] | None:
         """Feature values by name, or None when the store knows nothing of the customer."""
-        row = self.store.get_online_features(
-            features=self.service, entity_rows=[{CUSTOMER_ID: customer_id}]
-        ).to_dict()
+        row = self.store.get_online_features(features=self.service, entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
         values = {k: v[0] for k, v in row.items() if k != CUSTOMER_ID}
         return values if any(v is not None for v in values.values()) else None

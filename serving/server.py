@@ -28,8 +28,17 @@ def _command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     }
     if settings.catalog_path:
         env["NEXTTOUCH_CATALOG_PATH"] = str(settings.catalog_path.resolve())
-    cmd = [bentoml, "serve", SERVICE, "--host", settings.host, "--port", str(settings.port),
-           "--working-dir", str(PROJECT_ROOT)]
+    cmd = [
+        bentoml,
+        "serve",
+        SERVICE,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--working-dir",
+        str(PROJECT_ROOT),
+    ]
     return cmd, env
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,10 +62,3 @@ def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Setting
     materialize(settings.feature_repo, END)
     run_training(settings, catalog)
     return settings
-
-
-@pytest.fixture
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -15,8 +15,10 @@ def test_default_catalog_has_the_three_tiers_and_none(catalog: Catalog) -> None:
 
 def test_catalog_rejects_duplicates_and_missing_none(tmp_path: Path) -> None:
     dup = tmp_path / "dup.yaml"
-    dup.write_text("actions:\n- {name: none, tier: none, cost: 0, value_of_success: 1}\n"
-                   "- {name: none, tier: none, cost: 0, value_of_success: 1}\n")
+    dup.write_text(
+        "actions:\n- {name: none, tier: none, cost: 0, value_of_success: 1}\n"
+        "- {name: none, tier: none, cost: 0, value_of_success: 1}\n"
+    )
     with pytest.raises(ValidationError, match="duplicate"):
         load_catalog(dup)
     no_none = tmp_path / "no_none.yaml"
@@ -32,9 +34,7 @@ def test_net_value_is_p_times_value_minus_cost(catalog: Catalog) -> None:
 
 
 def test_consent_rules_remove_actions(catalog: Catalog) -> None:
-    assert eligibility(catalog, {"push_opt_in": 1, "call_consent": 0}) == {
-        "advisor_call": "no call_consent on record"
-    }
+    assert eligibility(catalog, {"push_opt_in": 1, "call_consent": 0}) == {"advisor_call": "no call_consent on record"}
     assert set(eligibility(catalog, {})) == {"push", "advisor_call"}
 
 

@@ -37,12 +37,16 @@ def test_historical_features_are_point_in_time(built: Settings) -> None:
     snapshots = pd.read_parquet(built.offline_dir / "touch_history.parquet")
     mine = snapshots[snapshots["customer_id"] == "C0000002"].set_index("event_timestamp").sort_index()
     day = mine.index[50]
-    entity = pd.DataFrame({
-        "customer_id": ["C0000002", "C0000002"],
-        # just before a snapshot -> the previous day's row; exactly at it -> that row
-        "event_timestamp": [day - pd.Timedelta(seconds=1), day],
-        "row": [0, 1],
-    })
+    entity = pd.DataFrame(
+        {
+            "customer_id": ["C0000002", "C0000002"],
+            # just before a snapshot -> the previous day's row; exactly at it -> that row
+            "event_timestamp": [day - pd.Timedelta(seconds=1), day],
+            "row": [0, 1],
+        }
+    )
     got = store.get_historical_features(entity_df=entity, features=service).to_df().sort_values("row")
     assert got["tech_in_90d"].tolist() == [mine.iloc[49]["tech_in_90d"], mine.iloc[50]["tech_in_90d"]]
-    assert got["days_since_tech"].tolist() == pytest.approx([mine.iloc[49]["days_since_tech"], mine.iloc[50]["days_since_tech"]])
+    assert got["days_since_tech"].tolist() == pytest.approx(
+        [mine.iloc[49]["days_since_tech"], mine.iloc[50]["days_since_tech"]]
+    )

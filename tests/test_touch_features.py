@@ -31,14 +31,16 @@ def _at(features: pd.DataFrame, customer: str, day: str) -> pd.Series:
 
 
 def test_windows_count_only_touches_before_the_snapshot() -> None:
-    events = _events([
-        ("a", "2026-03-30T10:00:00", "app_session", np.nan),  # 1 day before the end snapshot
-        ("a", "2026-03-20T10:00:00", "push_sent", np.nan),
-        ("a", "2026-03-20T11:00:00", "push_opened", np.nan),
-        ("a", "2026-02-01T09:00:00", "event_invited", np.nan),
-        ("a", "2026-01-15T09:00:00", "purchase", 120.5),
-        ("a", "2026-03-31T00:00:00", "app_session", np.nan),  # at the end: outside the window
-    ])
+    events = _events(
+        [
+            ("a", "2026-03-30T10:00:00", "app_session", np.nan),  # 1 day before the end snapshot
+            ("a", "2026-03-20T10:00:00", "push_sent", np.nan),
+            ("a", "2026-03-20T11:00:00", "push_opened", np.nan),
+            ("a", "2026-02-01T09:00:00", "event_invited", np.nan),
+            ("a", "2026-01-15T09:00:00", "purchase", 120.5),
+            ("a", "2026-03-31T00:00:00", "app_session", np.nan),  # at the end: outside the window
+        ]
+    )
     f = build_touch_features(events, CUSTOMERS, END, days=90)
     assert list(f.columns) == ["customer_id", "event_timestamp", *TOUCH_FEATURES]
     assert len(f) == 2 * 90
@@ -62,10 +64,17 @@ def test_chunking_does_not_change_the_result() -> None:
     ids = [f"c{i}" for i in range(50)]
     customers = pd.DataFrame({"customer_id": ids, "signup_at": pd.Timestamp("2025-01-01", tz="UTC")})
     types = ["app_session", "push_sent", "event_attended", "advisor_call", "purchase"]
-    events = _events([
-        (ids[rng.integers(50)], str(pd.Timestamp("2026-01-01") + pd.Timedelta(seconds=int(s))), types[rng.integers(5)], 10.0)
-        for s in rng.integers(0, 89 * 86400, 2000)
-    ])
+    events = _events(
+        [
+            (
+                ids[rng.integers(50)],
+                str(pd.Timestamp("2026-01-01") + pd.Timedelta(seconds=int(s))),
+                types[rng.integers(5)],
+                10.0,
+            )
+            for s in rng.integers(0, 89 * 86400, 2000)
+        ]
+    )
     whole = build_touch_features(events, customers, END, days=90, every_days=7)
     chunked = build_touch_features(events, customers, END, days=90, every_days=7, chunk=7)
     pd.testing.assert_frame_equal(whole, chunked)

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.slow
 
 def test_run_metrics_and_champion_alias(built: Settings) -> None:
     configure_mlflow(built)
-    assert built.resolved_tracking_uri.startswith("sqlite:///") and str(built.project_dir) in built.resolved_tracking_uri
+    assert (
+        built.resolved_tracking_uri.startswith("sqlite:///") and str(built.project_dir) in built.resolved_tracking_uri
+    )
     client = MlflowClient()
     champion = client.get_model_version_by_alias(built.model_name, "champion")
     run = client.get_run(champion.run_id)
@@ -33,8 +35,13 @@ def test_registered_model_loads_as_pyfunc_with_the_same_scores(built: Settings) 
     configure_mlflow(built)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{built.model_name}@champion")
     champion = load_champion(built)
-    rows = pd.read_parquet(built.offline_dir / "touch_history.parquet").tail(5).merge(
-        pd.read_parquet(built.offline_dir / "customer_profile.parquet").drop(columns="event_timestamp"), on="customer_id"
+    rows = (
+        pd.read_parquet(built.offline_dir / "touch_history.parquet")
+        .tail(5)
+        .merge(
+            pd.read_parquet(built.offline_dir / "customer_profile.parquet").drop(columns="event_timestamp"),
+            on="customer_id",
+        )
     )
     via_pyfunc = pyfunc.predict(rows[champion.model.inputs].astype(dict.fromkeys(champion.model.numeric, float)))
     raw = champion.model.predict_all(rows)

@@ -51,10 +51,19 @@ def fit(train_set: pd.DataFrame, catalog: Catalog, valid_share: float = 0.2, rou
     train, valid = train_set.iloc[:cut], train_set.iloc[cut:]
     names = [*template.inputs, ACTION]
     cat_idx = [names.index(c) for c in [*categorical, ACTION]]
-    dtrain = lgb.Dataset(template.design(train, train[ACTION].to_numpy()), train[OUTCOME], feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
+    dtrain = lgb.Dataset(
+        template.design(train, train[ACTION].to_numpy()),
+        train[OUTCOME],
+        feature_name=names,
+        categorical_feature=cat_idx,
+        free_raw_data=False,
+    )
     dvalid = lgb.Dataset(template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME], reference=dtrain)
     booster = lgb.train(
-        PARAMS, dtrain, num_boost_round=rounds, valid_sets=[dvalid],
+        PARAMS,
+        dtrain,
+        num_boost_round=rounds,
+        valid_sets=[dvalid],
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
     model = DecisionModel(booster, numeric, categorical, catalog.names)

@@ -1,0 +1,46 @@
+"""A real `bentoml serve` process on 127.0.0.1, called with a real HTTP client."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from nexttouch.settings import Settings
+from serving import server
+
+pytestmark = [pytest.mark.slow, pytest.mark.service]
+
+
+@pytest.fixture(scope="module")
+def base_url(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = built.model_copy(update={"port": port})
+    proc = server.start(settings, tmp_path_factory.mktemp("logs") / "serve.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(proc)
+    assert proc.returncode is not None
+
+
+def test_health_and_readiness(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/livez").status_code == 200
+    assert httpx.get(f"{base_url}/readyz").status_code == 200
+
+
+def test_decisions_over_http(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        known = client.post("/decide", json={"customer_id": "C0000005"})
+        unknown = client.post("/decide", json={"customer_id": "C9999999"})
+        malformed = client.post("/decide", json={"customer": "C0000005"})
+        not_json = client.post("/decide", content=b"\x00\xff", headers={"content-type": "application/json"})
+    assert known.status_code == 200, known.text
+    assert known.json()["cold_start"] is False and known.json()["action"] in known.json()["eligible"]
+    assert unknown.status_code == 200 and unknown.json()["cold_start"] is True
+    assert malformed.status_code == 400 and "customer_id" in malformed.text
+    assert 400 <= not_json.status_code < 500
+    assert known.json()["decision_id"] != unknown.json()["decision_id"]

@@ -1,0 +1,73 @@
+"""The HTTP layer through the service's ASGI app, in process (BentoML's own lifespan runs)."""
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from nexttouch.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(built: Settings) -> Iterator[TestClient]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NEXTTOUCH_PROJECT_DIR", str(built.project_dir))
+    from serving.service import NextTouch
+
+    with TestClient(app=NextTouch.to_asgi()) as c:
+        yield c
+    mp.undo()
+
+
+def test_decide_known_customer(client: TestClient) -> None:
+    r = client.post("/decide", json={"customer_id": "C0000003", "context": {"channel": "app"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["customer_id"] == "C0000003" and body["cold_start"] is False
+    assert body["action"] in body["eligible"]
+    assert set(body["values"]) == {"none", "push", "event_invite", "advisor_call"}
+    assert 0 < body["propensity"] <= 1
+    assert body["model_version"] == "1"
+
+
+def test_decide_at_a_given_time(client: TestClient) -> None:
+    r = client.post("/decide", json={"customer_id": "C0000003", "at": "2026-11-01T09:30:00+01:00"})
+    assert r.status_code == 200, r.text
+    assert r.json()["decided_at"] == "2026-11-01T09:30:00+01:00"
+
+
+def test_unknown_customer_is_a_cold_start_not_an_error(client: TestClient) -> None:
+    r = client.post("/decide", json={"customer_id": "C9999999"})
+    assert r.status_code == 200, r.text
+    assert r.json()["cold_start"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({}, "customer_id"),
+        ({"customer_id": ""}, "customer_id"),
+        ({"customer_id": 42}, "customer_id"),
+        ({"customer_id": "C1", "at": "yesterday"}, "at"),
+        ({"customer_id": "C1", "at": "2026-11-01T09:30:00"}, "timezone"),
+        ({"customer_id": "C1", "colour": "red"}, "colour"),
+        ({"customer_id": "C1", "context": ["app"]}, "context"),
+    ],
+)
+def test_malformed_bodies_get_a_4xx_that_names_the_problem(client: TestClient, body: dict, needle: str) -> None:
+    r = client.post("/decide", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.text
+
+
+def test_invalid_json_is_a_4xx(client: TestClient) -> None:
+    r = client.post("/decide", content=b"{not json", headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_openapi_documents_the_decide_body(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    assert "/decide" in spec["paths"]
+    assert "customer_id" in str(spec["components"])
