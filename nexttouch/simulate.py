@@ -216,9 +216,16 @@ def simulate(
         n_app = rng.poisson(np.exp(-1.0 + 0.6 * lt.engagement + 0.4 * lt.digital + 0.35 * np.log1p(offline)))
         n_like = rng.poisson(0.6 * n_app * _sigmoid(lt.social))
         n_visit = rng.poisson(
-            np.exp(-4.2 + 0.4 * lt.engagement + 0.5 * lt.social + 0.3 * lt.premium + 0.25 * np.log1p(online))
+            np.exp(
+                -4.2
+                + 0.4 * lt.engagement
+                + 0.3 * lt.social
+                + 0.5 * lt.personal
+                + 0.3 * lt.premium
+                + 0.25 * np.log1p(online)
+            )
         )
-        n_buy = rng.binomial(n_visit, 0.15 + 0.1 * lt.premium)
+        n_buy = rng.binomial(n_visit, _sigmoid(-1.6 + 0.6 * lt.personal + 0.5 * lt.premium))
         for counts, touch in ((n_app, "app_session"), (n_like, "app_like"), (n_visit, "store_visit")):
             cust = np.repeat(np.arange(n), counts)
             emit(cust, day0 + rng.integers(0, DAY, len(cust)), touch)

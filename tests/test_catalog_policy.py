@@ -29,7 +29,7 @@ def test_catalog_rejects_duplicates_and_missing_none(tmp_path: Path) -> None:
 
 def test_net_value_is_p_times_value_minus_cost(catalog: Catalog) -> None:
     p = np.array([[0.1, 0.2, 0.3, 0.5]])
-    expected = [0.1 * 60, 0.2 * 60 - 0.05, 0.3 * 60 - 4.0, 0.5 * 60 - 12.0]
+    expected = [0.1 * 60, 0.2 * 60 - 0.05, 0.3 * 60 - 4.0, 0.5 * 60 - 10.0]
     np.testing.assert_allclose(net_values(catalog, p)[0], expected)
 
 
