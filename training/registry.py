@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -20,6 +21,11 @@ from nexttouch.tracking import configure_mlflow
 class Registered:
     run_id: str
     version: str
+
+
+def _requirements() -> list[str]:
+    """Pinned from this environment: MLflow's own inference costs ~10 s per run."""
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn")]
 
 
 def experiment_id(settings: Settings, name: str) -> str:
@@ -56,6 +62,7 @@ def log_and_register(
             artifacts={"decision_model": str(Path(tmp) / "decision_model")},
             signature=infer_signature(example, output),
             input_example=example,
+            pip_requirements=_requirements(),
             registered_model_name=settings.model_name,
         )
     version = str(info.registered_model_version)
