@@ -1,8 +1,7 @@
-"""Raw tables -> resolved touch events -> feature parquet -> Feast registry and online store."""
+"""Ingested tables -> feature parquet -> Feast registry and online store."""
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -13,17 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from features.touch_features import build_touch_features
-from nexttouch.schemas import (
-    CUSTOMER_ID,
-    CUSTOMERS_COLUMNS,
-    EVENT_TIMESTAMP,
-    EVENTS_COLUMNS,
-    IDENTITY_COLUMNS,
-    check_columns,
-)
+from nexttouch.schemas import CUSTOMER_ID, CUSTOMERS_COLUMNS, EVENT_TIMESTAMP, EVENTS_COLUMNS, check_columns
 from nexttouch.settings import Settings
 
-log = logging.getLogger(__name__)
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
 EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
@@ -33,43 +24,27 @@ EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
 class FeatureBuild:
     customers: int
     events: int
-    unresolved: int
     rows: int
     end: datetime
 
 
-def resolve_identity(events: pd.DataFrame, identity: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Attach ``customer_id`` to events by (source_system, source_key); unresolved rows apart."""
-    check_columns(identity, IDENTITY_COLUMNS, "identity map")
-    keyed = events.merge(identity, on=["source_system", "source_key"], how="left", validate="many_to_one")
-    unresolved = keyed[CUSTOMER_ID].isna()
-    rejected = keyed.loc[unresolved].drop(columns=[CUSTOMER_ID]).assign(reason="unresolvable source key")
-    return keyed.loc[~unresolved], rejected
-
-
 def build_offline(settings: Settings, end: datetime, days: int) -> FeatureBuild:
-    """Write the feature parquet files that the Feast sources read, from the raw tables."""
-    raw = settings.raw_dir
-    events = pd.read_parquet(raw / "events.parquet")
-    customers = pd.read_parquet(raw / "customers.parquet")
-    identity = pd.read_parquet(raw / "identity.parquet")
-    check_columns(events, EVENTS_COLUMNS, "touch events")
+    """Write the feature parquet files that the Feast sources read, from the ingested tables.
+
+    Events in data/raw/ are validated and already carry the resolved ``customer_id``.
+    """
+    events = pd.read_parquet(settings.raw_dir / "events.parquet")
+    customers = pd.read_parquet(settings.raw_dir / "customers.parquet")
+    check_columns(events, {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events")
     check_columns(customers, CUSTOMERS_COLUMNS, "customers")
 
-    resolved, rejected = resolve_identity(events, identity)
-    if len(rejected):
-        # Nothing is dropped silently: unresolved events are kept with their reason.
-        settings.data_dir.joinpath("quarantine").mkdir(parents=True, exist_ok=True)
-        rejected.to_parquet(settings.data_dir / "quarantine" / "events_unresolved.parquet", index=False)
-        log.warning("%d touch events with unresolvable source keys quarantined", len(rejected))
-
-    touch = build_touch_features(resolved, customers, end, days)
+    touch = build_touch_features(events, customers, end, days)
     profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)
     _write(touch, out / f"{TOUCH_HISTORY}.parquet")
     _write(profile, out / f"{CUSTOMER_PROFILE}.parquet")
-    return FeatureBuild(len(customers), len(resolved), len(rejected), len(touch), end)
+    return FeatureBuild(len(customers), len(events), len(touch), end)
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:

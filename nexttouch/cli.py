@@ -45,15 +45,55 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed and end, same data).")] = None,
     end: Annotated[datetime | None, typer.Option(help="Last day boundary, UTC (default: today 00:00).")] = None,
 ) -> None:
-    """Simulate an OMO brand and write its raw tables to data/raw/."""
+    """Simulate an OMO brand and deliver its tables to data/landing/ (load them with `ingest`)."""
     from nexttouch.simulate import write_brand
 
     s = _settings(project_dir, catalog, customers=customers, days=days, seed=seed)
-    brand = write_brand(s, load_catalog(s.catalog_path), (end.replace(tzinfo=UTC) if end else _today()))
+    brand = write_brand(s, load_catalog(s.catalog_path), (end.replace(tzinfo=UTC) if end else _today()), s.landing_dir)
     typer.echo(
         f"simulated {len(brand.customers):,} customers, {len(brand.events):,} touch events, "
-        f"{len(brand.decisions):,} logged decisions -> {s.raw_dir}"
+        f"{len(brand.decisions):,} logged decisions -> {s.landing_dir}"
     )
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Directory with identity/customers/events/decisions .parquet or .csv (default: data/landing)."
+        ),
+    ] = None,
+    project_dir: ProjectOpt = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Validate and load a brand's tables; rejected rows go to data/quarantine/ with a reason each."""
+    from nexttouch.ingest import IngestError
+    from nexttouch.ingest import ingest as run_ingest
+
+    s = _settings(project_dir, catalog)
+    try:
+        reports = run_ingest(s, load_catalog(s.catalog_path), source or s.landing_dir)
+    except IngestError as exc:
+        typer.echo(f"ingest failed: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for line in ingest_summary(reports):
+        typer.echo(line)
+
+
+def ingest_summary(reports: list) -> list[str]:
+    """Counts per table and per rejection reason, as printed by `ingest` and the demo."""
+    lines = []
+    for r in reports:
+        lines.append(
+            f"{r.table:<10} {r.rows:>10,} rows: {r.loaded:,} loaded, {r.already_loaded:,} already loaded, "
+            f"{sum(r.rejected.values()):,} rejected"
+        )
+        lines.extend(f"{'':<13}{n:>10,}  {reason}" for reason, n in sorted(r.rejected.items()))
+        lines.extend(f"{'':<13}column {c!r} refused: {why}" for c, why in r.refused_columns.items())
+        if r.quarantine:
+            lines.append(f"{'':<13}quarantine: {r.quarantine}")
+    return lines
 
 
 @app.command()
@@ -69,8 +109,7 @@ def features(
     as_of = end.replace(tzinfo=UTC) if end else _today()
     build = build_offline(s, as_of, s.days)
     typer.echo(
-        f"features: {build.rows:,} snapshot rows for {build.customers:,} customers "
-        f"({build.events:,} events, {build.unresolved:,} unresolved -> quarantine)"
+        f"features: {build.rows:,} snapshot rows for {build.customers:,} customers ({build.events:,} touch events)"
     )
     feast_apply(s.feature_repo)
     materialize(s.feature_repo, datetime.now(UTC))

@@ -65,6 +65,16 @@ class Settings(BaseSettings):
         return (self.mlruns_dir / "artifacts").as_uri()
 
     @property
+    def landing_dir(self) -> Path:
+        """Where tables arrive before `nexttouch ingest` (the simulator writes here)."""
+        return self.data_dir / "landing"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rejected rows, each with the reason it was rejected."""
+        return self.data_dir / "quarantine"
+
+    @property
     def raw_dir(self) -> Path:
         """Validated input tables (events, customers, identity map, decisions)."""
         return self.data_dir / "raw"

@@ -50,13 +50,15 @@ def project(tmp_path: Path) -> Settings:
 def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Settings:
     """Simulated -> features applied and materialized -> trained and registered as champion."""
     from features.pipeline import build_offline, feast_apply, materialize
+    from nexttouch.ingest import ingest
     from nexttouch.simulate import write_brand
     from training.job import run_training
 
     base = tmp_path_factory.mktemp("built")
     copy_feature_repo(base)
     settings = load_settings(project_dir=base, **SMALL)
-    write_brand(settings, catalog, END)
+    write_brand(settings, catalog, END, settings.landing_dir)
+    ingest(settings, catalog, settings.landing_dir, now=END)
     build_offline(settings, END, settings.days)
     feast_apply(settings.feature_repo)
     materialize(settings.feature_repo, END)

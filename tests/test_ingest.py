@@ -1,0 +1,184 @@
+"""`nexttouch ingest`: good rows load, every bad row is quarantined with its reason, re-runs change nothing."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nexttouch.catalog import Catalog
+from nexttouch.ingest import IngestError, ingest
+from nexttouch.settings import Settings
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text.strip() + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Path:
+    d = tmp_path / "landing"
+    d.mkdir()
+    _write(
+        d / "identity.csv",
+        """
+source_system,source_key,customer_id
+app,a-1,C1
+store,s-1,C1
+app,a-2,C2
+crm,k-9,C1
+crm,k-9,C2
+app,,C3
+""",
+    )
+    _write(
+        d / "customers.csv",
+        """
+customer_id,signup_at,region,vip_score,email
+C1,2025-01-01T00:00:00Z,north,1.5,jo@example.com
+C2,2025-06-01,south,2,al@example.org
+C2,2025-06-02,south,2,al@example.org
+,2025-06-01,east,3,x@example.com
+C4,2027-01-01,east,3,y@example.com
+""",
+    )
+    _write(
+        d / "events.csv",
+        """
+event_id,occurred_at,source_system,source_key,touch_type,tier,direction,amount,decision_id
+e1,2026-10-01T10:00:00Z,app,a-1,app_session,,,,
+e2,2026-10-02T10:00:00+02:00,store,s-1,purchase,high,in,120.50,
+e3,2026-10-03T10:00:00Z,app,a-2,push_opened,,,,d1
+e4,2026-10-03T10:00:00Z,app,a-1,telepathy,,,,
+e5,2026-10-03T10:00:00Z,app,nobody,app_session,,,,
+e6,last tuesday,app,a-1,app_session,,,,
+e7,2027-01-01T00:00:00Z,app,a-1,app_session,,,,
+e1,2026-10-05T10:00:00Z,app,a-1,app_like,,,,
+e8,2026-10-03T10:00:00Z,app,a-1,app_session,low,,,
+e9,2026-10-03T10:00:00Z,app,a-1,purchase,,,a lot,
+,2026-10-03T10:00:00Z,app,a-1,app_session,,,,
+""",
+    )
+    _write(
+        d / "decisions.csv",
+        """
+decision_id,customer_id,decided_at,action,propensity,outcome
+d1,C1,2026-10-03T09:00:00Z,push,0.5,1
+d2,C2,2026-10-03T09:00:00Z,event_invite,1,
+d3,C1,2026-10-03T09:00:00Z,teleport,0.5,0
+d4,C1,2026-10-03T09:00:00Z,push,0,0
+d5,C1,2026-10-03T09:00:00Z,push,1.5,0
+d6,C9,2026-10-03T09:00:00Z,push,0.5,0
+d7,C1,2026-10-03T09:00:00Z,push,0.5,2
+d1,C1,2026-10-04T09:00:00Z,push,0.5,0
+""",
+    )
+    return d
+
+
+def _quarantined(settings: Settings, table: str) -> pd.DataFrame:
+    (path,) = settings.quarantine_dir.glob(f"{table}-*.csv")
+    return pd.read_csv(path, dtype=str)
+
+
+def test_every_bad_row_is_quarantined_with_its_reason(project: Settings, catalog: Catalog, landing: Path) -> None:
+    reports = {r.table: r for r in ingest(project, catalog, landing, now=NOW)}
+
+    assert reports["identity"].rejected == {"source key maps to several customers": 2, "missing source_key": 1}
+    assert reports["identity"].loaded == 3
+
+    assert reports["customers"].rejected == {
+        "duplicate customer_id": 1,
+        "missing customer_id": 1,
+        "signup_at in the future": 1,
+    }
+    assert reports["customers"].refused_columns == {"email": "column name suggests personal data"}
+
+    assert reports["events"].rejected == {
+        "unknown touch type": 1,
+        "unresolvable source key": 1,
+        "unparsable occurred_at": 1,
+        "occurred_at in the future": 1,
+        "duplicate event_id": 1,
+        "tier does not match touch type": 1,
+        "unparsable amount": 1,
+        "missing event_id": 1,
+    }
+    assert reports["events"].loaded == 3
+    assert reports["decisions"].rejected == {
+        "action not in catalog": 1,
+        "propensity outside (0, 1]": 2,
+        "unknown customer_id": 1,
+        "outcome not 0 or 1": 1,
+        "duplicate decision_id": 1,
+    }
+    # every input row is either loaded or in quarantine: nothing is dropped silently
+    for table, report in reports.items():
+        assert report.loaded + sum(report.rejected.values()) == report.rows
+        assert len(_quarantined(project, table)) == sum(report.rejected.values())
+    bad_events = _quarantined(project, "events").set_index("event_id")
+    assert bad_events.loc["e4", "reason"] == "unknown touch type"
+    assert bad_events.loc["e6", "occurred_at"] == "last tuesday"  # the row as it arrived
+
+
+def test_loaded_rows_are_typed_resolved_and_free_of_personal_data(
+    project: Settings, catalog: Catalog, landing: Path
+) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    events = pd.read_parquet(project.raw_dir / "events.parquet").set_index("event_id")
+    assert events.loc["e2", "customer_id"] == "C1"  # store key resolved through the identity map
+    assert events.loc["e2", "occurred_at"] == pd.Timestamp("2026-10-02T08:00:00Z")
+    assert (events.loc["e1", "tier"], events.loc["e1", "direction"]) == ("tech", "in")  # derived from the type
+    assert events.loc["e2", "amount"] == 120.5
+    customers = pd.read_parquet(project.raw_dir / "customers.parquet").set_index("customer_id")
+    assert "email" not in customers.columns
+    assert customers.loc["C1", "vip_score"] == 1.5 and customers.loc["C1", "region"] == "north"
+    assert str(customers["signup_at"].dtype) == "datetime64[us, UTC]"
+
+
+def test_running_twice_changes_nothing(project: Settings, catalog: Catalog, landing: Path) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    before = {p.name: p.read_bytes() for p in [*project.raw_dir.iterdir(), *project.quarantine_dir.iterdir()]}
+    again = ingest(project, catalog, landing, now=NOW)
+    after = {p.name: p.read_bytes() for p in [*project.raw_dir.iterdir(), *project.quarantine_dir.iterdir()]}
+    assert before == after
+    assert all(r.loaded == 0 for r in again)
+    assert {r.table: r.already_loaded for r in again} == {"identity": 3, "customers": 2, "events": 3, "decisions": 2}
+
+
+def test_an_outcome_arriving_later_updates_its_decision(project: Settings, catalog: Catalog, landing: Path) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    later = landing.parent / "later"
+    later.mkdir()
+    _write(
+        later / "decisions.csv",
+        """
+decision_id,customer_id,decided_at,action,propensity,outcome
+d2,C2,2026-10-03T09:00:00Z,event_invite,1,1
+d1,C1,2026-10-03T09:00:00Z,push,0.5,0
+""",
+    )
+    (report,) = ingest(project, catalog, later, now=NOW)
+    assert report.loaded == 1
+    assert report.rejected == {"decision_id already loaded with other values": 1}  # d1 had outcome 1
+    decisions = pd.read_parquet(project.raw_dir / "decisions.parquet").set_index("decision_id")
+    assert decisions.loc["d2", "outcome"] == 1.0 and decisions.loc["d1", "outcome"] == 1.0
+
+
+def test_unusable_input_fails_whole_and_loads_nothing(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(IngestError, match="no tables"):
+        ingest(project, catalog, empty, now=NOW)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    _write(broken / "identity.csv", "system,key\napp,a-1")
+    with pytest.raises(IngestError, match="missing required columns"):
+        ingest(project, catalog, broken, now=NOW)
+    (broken / "identity.csv").unlink()
+    (broken / "events.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(IngestError, match="cannot read"):
+        ingest(project, catalog, broken, now=NOW)
+    assert not (project.raw_dir / "events.parquet").exists()
