@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -337,8 +338,8 @@ def _events_frame(
     )
 
 
-def write_brand(settings: Settings, catalog: Catalog, end: datetime) -> SimulatedBrand:
-    """Simulate with the settings' size and seed; write the raw tables as parquet."""
+def write_brand(settings: Settings, catalog: Catalog, end: datetime, out: Path) -> SimulatedBrand:
+    """Simulate with the settings' size and seed; write the tables as a brand would deliver them."""
     brand = simulate(
         catalog,
         settings.customers,
@@ -348,13 +349,12 @@ def write_brand(settings: Settings, catalog: Catalog, end: datetime) -> Simulate
         decision_rate=settings.decision_rate,
         progress=True,
     )
-    raw = settings.raw_dir
-    raw.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, frame in (
         ("customers", brand.customers),
         ("identity", brand.identity),
         ("events", brand.events),
         ("decisions", brand.decisions),
     ):
-        frame.to_parquet(raw / f"{name}.parquet", index=False)
+        frame.to_parquet(out / f"{name}.parquet", index=False)
     return brand
