@@ -17,6 +17,7 @@ from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS
 
 WINDOWS = (7, 30, 90)
 NEVER = 999.0  # days since a touch that never happened
+OMO_DAYS = 14
 # Count channels: one per tier x direction, then specific touch types used for rates.
 _TD = [(t, d) for t in TIERS for d in DIRECTIONS]
 _TYPES = ("push_sent", "push_opened", "event_invited", "event_attended")
@@ -26,6 +27,10 @@ TOUCH_FEATURES: dict[str, str] = {
     **{f"{t}_{d}_{w}d": "int" for t, d in _TD for w in WINDOWS},
     "push_open_rate_90d": "float",
     "event_attend_rate_90d": "float",
+    "high_response_rate_90d": "float",
+    # The OMO loop: days with offline contact preceded by online activity within 14 days, and the reverse.
+    "omo_online_to_offline_90d": "int",
+    "omo_offline_to_online_90d": "int",
     **{f"days_since_{t}": "float" for t in TIERS},
     "spend_90d": "float",
     "tenure_days": "int",
@@ -119,6 +124,15 @@ def _chunk_features(
     sent, opened, invited, attended = (w90[:, :, base + i].astype(float) for i in range(4))
     cols["push_open_rate_90d"] = _rate(opened, sent).ravel()
     cols["event_attend_rate_90d"] = _rate(attended, invited).ravel()
+    high_in, high_out = (w90[:, :, _TD.index(("high", d))].astype(float) for d in DIRECTIONS)
+    cols["high_response_rate_90d"] = np.minimum(_rate(high_in, high_out), 1.0).ravel()
+
+    online = counts[:, :, _TD.index(("tech", "in"))] > 0
+    offline = (counts[:, :, _TD.index(("low", "in"))] + counts[:, :, _TD.index(("high", "in"))]) > 0
+    for name, now, before in (("online_to_offline", offline, online), ("offline_to_online", online, offline)):
+        seq = (now & _seen_within(before, OMO_DAYS)).astype(np.int32)
+        cum_seq = np.concatenate([np.zeros((n, 1), np.int32), seq.cumsum(axis=1, dtype=np.int32)], axis=1)
+        cols[f"omo_{name}_90d"] = (cum_seq[:, snaps] - cum_seq[:, np.maximum(snaps - 90, 0)]).ravel()
 
     day_idx = np.arange(days)
     for i, t in enumerate(TIERS):
@@ -128,6 +142,13 @@ def _chunk_features(
         cols[f"days_since_{t}"] = np.where(last_before >= 0, snaps - last_before, NEVER).astype(float).ravel()
     cols["spend_90d"] = (cum_spend[:, snaps] - cum_spend[:, np.maximum(snaps - 90, 0)]).ravel()
     return pd.DataFrame(cols)
+
+
+def _seen_within(days_with: np.ndarray, window: int) -> np.ndarray:
+    """(customers, days) -> True where the flag was set on one of the ``window`` days before."""
+    cum = np.concatenate([np.zeros((len(days_with), 1), np.int32), days_with.cumsum(axis=1, dtype=np.int32)], axis=1)
+    d = np.arange(days_with.shape[1])
+    return (cum[:, d] - cum[:, np.maximum(d - window, 0)]) > 0
 
 
 def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The real Feast repo on a temporary project: apply, materialize, online and offline reads."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -50,3 +51,68 @@ def test_historical_features_are_point_in_time(built: Settings) -> None:
     assert got["days_since_tech"].tolist() == pytest.approx(
         [mine.iloc[49]["days_since_tech"], mine.iloc[50]["days_since_tech"]]
     )
+
+
+def test_online_features_equal_offline_features_at_the_same_time(built: Settings) -> None:
+    from feast import FeatureStore
+
+    from tests.conftest import END
+
+    store = FeatureStore(repo_path=str(built.feature_repo))
+    service = store.get_feature_service(built.feature_service)
+    ids = [f"C{i:07d}" for i in range(1, 41)]
+    online = pd.DataFrame(
+        store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in ids]).to_dict()
+    )
+    entity = pd.DataFrame({"customer_id": ids, "event_timestamp": pd.Timestamp(END)})
+    offline = store.get_historical_features(entity_df=entity, features=service).to_df()
+    online, offline = online.set_index("customer_id").sort_index(), offline.set_index("customer_id").sort_index()
+    names = [c for c in online.columns]
+    assert len(names) > 30
+    for name in names:
+        if pd.api.types.is_numeric_dtype(offline[name]):
+            np.testing.assert_allclose(online[name].astype(float), offline[name].astype(float), rtol=1e-6, err_msg=name)
+        else:
+            assert online[name].tolist() == offline[name].tolist(), name
+
+
+def test_touches_after_a_decision_do_not_change_its_training_features(project: Settings, catalog) -> None:
+    """Leakage: plant touches right after each decision; that decision's training row stays the same."""
+    from features.pipeline import build_offline, feast_apply
+    from nexttouch.ingest import ingest
+    from nexttouch.simulate import write_brand
+    from tests.conftest import END
+    from training.dataset import training_set
+
+    write_brand(project, catalog, END, project.landing_dir)
+    ingest(project, catalog, project.landing_dir, now=END)
+    build_offline(project, END, project.days)
+    feast_apply(project.feature_repo)
+    decisions = pd.read_parquet(project.raw_dir / "decisions.parquet")
+    before = training_set(project, decisions).set_index("decision_id").sort_index()
+
+    events = pd.read_parquet(project.raw_dir / "events.parquet")
+    # each customer's last decision, so that no planted touch precedes another checked decision
+    sample = decisions.sort_values("decided_at").groupby("customer_id").tail(1).sample(200, random_state=1)
+    planted = pd.DataFrame(
+        {
+            "event_id": [f"planted-{i}" for i in range(len(sample))],
+            "occurred_at": (sample["decided_at"] + pd.Timedelta(seconds=1)).to_numpy(),
+            "source_system": "store",
+            "source_key": "planted",
+            "touch_type": "purchase",
+            "tier": "high",
+            "direction": "in",
+            "amount": 5000.0,
+            "decision_id": None,
+            "customer_id": sample["customer_id"].to_numpy(),
+        }
+    )
+    pd.concat([events, planted], ignore_index=True).to_parquet(project.raw_dir / "events.parquet", index=False)
+    build_offline(project, END, project.days)
+    after = training_set(project, decisions).set_index("decision_id").sort_index()
+
+    pd.testing.assert_frame_equal(before.loc[sample["decision_id"]], after.loc[sample["decision_id"]])
+    # ...while the planted touches are in the features of later snapshots
+    snapshots = pd.read_parquet(project.offline_dir / "touch_history.parquet")
+    assert snapshots["spend_90d"].max() >= 5000.0

@@ -55,6 +55,7 @@ def test_windows_count_only_touches_before_the_snapshot() -> None:
     # the snapshot of the day of a touch does not see it: point-in-time by construction
     day_of = _at(f, "a", "2026-03-30")
     assert day_of["tech_in_7d"] == 0 and day_of["days_since_tech"] == 10
+    assert last["high_response_rate_90d"] == 0.0  # a purchase but no advisor call
     quiet = _at(f, "b", "2026-03-31")
     assert quiet["tech_in_90d"] == 0 and quiet["days_since_low"] == NEVER
 
@@ -78,3 +79,16 @@ def test_chunking_does_not_change_the_result() -> None:
     whole = build_touch_features(events, customers, END, days=90, every_days=7)
     chunked = build_touch_features(events, customers, END, days=90, every_days=7, chunk=7)
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_omo_loop_counts_offline_after_online_and_the_reverse() -> None:
+    events = _events(
+        [
+            ("a", "2026-03-01T10:00:00", "app_session", np.nan),
+            ("a", "2026-03-10T10:00:00", "event_attended", np.nan),  # 9 days after app use: online -> offline
+            ("a", "2026-03-12T10:00:00", "app_like", np.nan),  # 2 days after the event: offline -> online
+            ("a", "2026-03-29T10:00:00", "store_visit", np.nan),  # 17 days after app use: no loop
+        ]
+    )
+    last = _at(build_touch_features(events, CUSTOMERS, END, days=90), "a", "2026-03-31")
+    assert (last["omo_online_to_offline_90d"], last["omo_offline_to_online_90d"]) == (1, 1)
