@@ -16,6 +16,7 @@ from nexttouch.model import DecisionModel
 from nexttouch.policy import choose, eligibility
 
 FeatureReader = Callable[[str], dict[str, Any] | None]
+Resolver = Callable[[str, str], str | None]
 
 
 class Decider:
@@ -29,6 +30,7 @@ class Decider:
         read_features: FeatureReader,
         epsilon: float,
         seed: int | None = None,
+        resolve: Resolver = lambda _system, _key: None,
     ) -> None:
         missing = set(catalog.names) - set(model.actions)
         if missing:
@@ -37,12 +39,16 @@ class Decider:
         self.model = model
         self.model_version = model_version
         self.read_features = read_features
+        self.resolve = resolve
         self.epsilon = epsilon
         self.rng = np.random.default_rng(seed)
         self._columns = [self.model.actions.index(a) for a in catalog.names]
 
     def decide(self, request: DecideRequest) -> DecideResponse:
-        features = self.read_features(request.customer_id)
+        customer_id = request.customer_id
+        if request.source is not None:
+            customer_id = self.resolve(request.source.system, request.source.key)
+        features = self.read_features(customer_id) if customer_id else None
         cold_start = features is None
         row = pd.DataFrame([features or {}], columns=self.model.inputs)
         p = self.model.predict_all(row)[0, self._columns]
@@ -51,7 +57,9 @@ class Decider:
         choice = choose(self.catalog, p, removed, self.epsilon, self.rng)
 
         reasons = [f"{a} removed: {why}" for a, why in removed.items()]
-        if cold_start:
+        if customer_id is None:
+            reasons.insert(0, "cold start: unknown source key; consent unknown")
+        elif cold_start:
             reasons.insert(0, "cold start: no features for this customer; consent unknown")
         if choice.explored:
             reasons.append(f"exploration: {choice.action} drawn at random among {len(choice.eligible)} eligible")
@@ -65,7 +73,7 @@ class Decider:
             reasons.extend(self._drivers(row, choice.action))
         return DecideResponse(
             decision_id=uuid.uuid4().hex,
-            customer_id=request.customer_id,
+            customer_id=customer_id,
             action=choice.action,
             propensity=round(choice.propensity, 6),
             explored=choice.explored,

@@ -34,13 +34,17 @@ class NextTouch:
     def __init__(self) -> None:
         from serving.champion import load_champion
         from serving.decider import Decider
+        from serving.identity import IdentityMap
         from serving.online_features import OnlineFeatures
 
         settings = load_settings()
         catalog = load_catalog(settings.catalog_path)
         champion = load_champion(settings)
         online = OnlineFeatures(settings.feature_repo, settings.feature_service)
-        self.decider = Decider(catalog, champion.model, champion.version, online.read, settings.epsilon)
+        identity = IdentityMap.load(settings.raw_dir / "identity.parquet")
+        self.decider = Decider(
+            catalog, champion.model, champion.version, online.read, settings.epsilon, resolve=identity.resolve
+        )
         self.decider.decide(DecideRequest(customer_id="warm-up"))  # first Feast read loads caches
         # Feast's import leaves a huge heap; freeze it so full GC passes stay short.
         gc.collect()

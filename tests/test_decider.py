@@ -94,3 +94,28 @@ def test_model_must_score_every_catalog_action(catalog: Catalog, model: Decision
     partial = DecisionModel(model.booster, model.numeric, model.categorical, ["none", "push"])
     with pytest.raises(ValueError, match="event_invite"):
         _decider(catalog, partial, ACTIVE)
+
+
+def test_a_source_key_resolves_to_the_customer(catalog: Catalog, model: DecisionModel) -> None:
+    seen = []
+
+    def read(cid: str) -> dict:
+        seen.append(cid)
+        return ACTIVE
+
+    keys = {("app", "app-1"): "C1"}
+    decider = Decider(catalog, model, "7", read, epsilon=0.0, resolve=lambda s, k: keys.get((s, k)))
+    answer = decider.decide(DecideRequest(source={"system": "app", "key": "app-1"}))
+    assert (answer.customer_id, answer.cold_start, answer.action) == ("C1", False, "push")
+    unknown = decider.decide(DecideRequest(source={"system": "crm", "key": "app-1"}))
+    assert (unknown.customer_id, unknown.cold_start) == (None, True)
+    assert unknown.reasons[0] == "cold start: unknown source key; consent unknown"
+    assert seen == ["C1"]  # an unresolved key never reaches the feature store
+
+
+def test_exactly_one_identity_is_required() -> None:
+    from pydantic import ValidationError
+
+    for body in ({}, {"customer_id": "C1", "source": {"system": "app", "key": "k"}}):
+        with pytest.raises(ValidationError, match="exactly one of customer_id or source"):
+            DecideRequest.model_validate(body)

@@ -38,6 +38,18 @@ def test_decide_at_a_given_time(client: TestClient) -> None:
     assert r.json()["decided_at"] == "2026-11-01T09:30:00+01:00"
 
 
+def test_decide_by_source_key(client: TestClient, built: Settings) -> None:
+    import pandas as pd
+
+    identity = pd.read_parquet(built.raw_dir / "identity.parquet")
+    row = identity[(identity["source_system"] == "crm") & (identity["customer_id"] == "C0000003")].iloc[0]
+    r = client.post("/decide", json={"source": {"system": "crm", "key": row["source_key"]}})
+    assert r.status_code == 200, r.text
+    assert r.json()["customer_id"] == "C0000003" and r.json()["cold_start"] is False
+    r = client.post("/decide", json={"source": {"system": "crm", "key": "no-such-key"}})
+    assert r.status_code == 200 and r.json()["customer_id"] is None and r.json()["cold_start"] is True
+
+
 def test_unknown_customer_is_a_cold_start_not_an_error(client: TestClient) -> None:
     r = client.post("/decide", json={"customer_id": "C9999999"})
     assert r.status_code == 200, r.text
@@ -47,7 +59,9 @@ def test_unknown_customer_is_a_cold_start_not_an_error(client: TestClient) -> No
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({}, "customer_id"),
+        ({}, "exactly one of customer_id or source"),
+        ({"customer_id": "C1", "source": {"system": "app", "key": "k"}}, "exactly one"),
+        ({"source": {"system": "app"}}, "key"),
         ({"customer_id": ""}, "customer_id"),
         ({"customer_id": 42}, "customer_id"),
         ({"customer_id": "C1", "at": "yesterday"}, "at"),
