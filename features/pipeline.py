@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.touch_features import build_touch_features
+from nexttouch.feature_store import open_store, store_yaml
 from nexttouch.schemas import CUSTOMER_ID, CUSTOMERS_COLUMNS, EVENT_TIMESTAMP, EVENTS_COLUMNS, check_columns
 from nexttouch.settings import Settings
 
@@ -55,21 +56,21 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)  # readers never see a half-written file
 
 
-def feast_apply(repo: Path) -> None:
+def feast_apply(settings: Settings) -> None:
     """The stock `feast apply`, run in the repo (it changes directory, so not in-process)."""
     feast = Path(sys.executable).with_name("feast")
+    yaml = store_yaml(settings)
     env = {**os.environ, "FEAST_USAGE": "False"}
-    result = subprocess.run([str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True)
+    cmd = [str(feast), "-f", str(yaml), "apply"]
+    result = subprocess.run(cmd, cwd=settings.feature_repo, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {repo}:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"feast apply failed in {settings.feature_repo}:\n{result.stderr[-4000:]}")
 
 
-def materialize(repo: Path, end: datetime) -> None:
+def materialize(settings: Settings, end: datetime) -> None:
     """Load the latest feature row of each customer up to ``end`` into the online store.
 
     The window starts at the epoch, not at the last load (``materialize_incremental``): profile
     rows are stamped with the signup time and a rebuilt history may be older than the last load.
     """
-    from feast import FeatureStore  # slow import (~6 s): only where it is used
-
-    FeatureStore(repo_path=str(repo)).materialize(start_date=EPOCH, end_date=end)
+    open_store(settings).materialize(start_date=EPOCH, end_date=end)

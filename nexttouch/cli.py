@@ -111,8 +111,8 @@ def features(
     typer.echo(
         f"features: {build.rows:,} snapshot rows for {build.customers:,} customers ({build.events:,} touch events)"
     )
-    feast_apply(s.feature_repo)
-    materialize(s.feature_repo, datetime.now(UTC))
+    feast_apply(s)
+    materialize(s, datetime.now(UTC))
     typer.echo(f"feast: applied {s.feature_repo} and materialized the online store")
 
 

@@ -7,6 +7,7 @@ project directory (the working directory by default), laid out as in DESIGN.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,8 @@ class Settings(BaseSettings):
     model_name: str = Field("nexttouch", description="Registered model name.")
     champion_alias: str = "champion"
     feature_service: str = Field("nexttouch_v1", description="Feast FeatureService the model uses.")
+    online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store profile.")
+    redis_url: str = Field("127.0.0.1:6379", description="Redis host:port[,db=N] for the redis profile.")
 
     seed: int = 7
     customers: int = Field(5_000, gt=0)

@@ -34,8 +34,8 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
 
     t = _step("2/4 touch history -> features -> Feast (DuckDB offline, SQLite online)")
     build = build_offline(settings, end, settings.days)
-    feast_apply(settings.feature_repo)
-    materialize(settings.feature_repo, datetime.now(UTC))
+    feast_apply(settings)
+    materialize(settings, datetime.now(UTC))
     print(f"   {build.rows:,} point-in-time snapshot rows; online store loaded ({time.monotonic() - t:.1f}s)")
 
     t = _step("3/4 point-in-time training set -> LightGBM -> MLflow (registry alias @champion)")

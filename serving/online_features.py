@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from nexttouch.feature_store import open_store
 from nexttouch.schemas import CUSTOMER_ID
+from nexttouch.settings import Settings
 
 
 class OnlineFeatures:
     """Feast online reads for a FeatureService looked up once (each lookup costs ~3.5 ms)."""
 
-    def __init__(self, repo: Path, feature_service: str) -> None:
-        from feast import FeatureStore
-
-        self.store = FeatureStore(repo_path=str(repo))
-        self.service = self.store.get_feature_service(feature_service)
+    def __init__(self, settings: Settings) -> None:
+        self.store = open_store(settings)
+        self.service = self.store.get_feature_service(settings.feature_service)
 
     def read(self, customer_id: str) -> dict[str, Any] | None:
         """Feature values by name, or None when the store knows nothing of the customer."""

@@ -40,7 +40,7 @@ class NextTouch:
         settings = load_settings()
         catalog = load_catalog(settings.catalog_path)
         champion = load_champion(settings)
-        online = OnlineFeatures(settings.feature_repo, settings.feature_service)
+        online = OnlineFeatures(settings)
         identity = IdentityMap.load(settings.raw_dir / "identity.parquet")
         self.decider = Decider(
             catalog, champion.model, champion.version, online.read, settings.epsilon, resolve=identity.resolve

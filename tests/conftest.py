@@ -60,7 +60,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Setting
     write_brand(settings, catalog, END, settings.landing_dir)
     ingest(settings, catalog, settings.landing_dir, now=END)
     build_offline(settings, END, settings.days)
-    feast_apply(settings.feature_repo)
-    materialize(settings.feature_repo, END)
+    feast_apply(settings)
+    materialize(settings, END)
     run_training(settings, catalog)
     return settings

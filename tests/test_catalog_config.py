@@ -45,7 +45,7 @@ def test_email_catalog_end_to_end(built: Settings, tmp_path: Path) -> None:
     champion = load_champion(email)
     assert champion.model.actions == ["none", "email_a", "email_b"]
 
-    online = OnlineFeatures(built.feature_repo, built.feature_service)
+    online = OnlineFeatures(built)
     decider = Decider(catalog, champion.model, champion.version, online.read, epsilon=0.0)
     answers = [decider.decide(DecideRequest(customer_id=f"C{i:07d}")) for i in range(1, 31)]
     assert {a.action for a in answers} <= {"none", "email_a", "email_b"}

@@ -87,7 +87,7 @@ def test_touches_after_a_decision_do_not_change_its_training_features(project: S
     write_brand(project, catalog, END, project.landing_dir)
     ingest(project, catalog, project.landing_dir, now=END)
     build_offline(project, END, project.days)
-    feast_apply(project.feature_repo)
+    feast_apply(project)
     decisions = pd.read_parquet(project.raw_dir / "decisions.parquet")
     before = training_set(project, decisions).set_index("decision_id").sort_index()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nexttouch.feature_store import open_store
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,
@@ -22,12 +23,10 @@ def training_set(settings: Settings, decisions: pd.DataFrame) -> pd.DataFrame:
 
     Decisions without a known outcome are not training rows yet; they are reported by the caller.
     """
-    from feast import FeatureStore  # slow import: only where it is used
-
     check_columns(decisions, DECISIONS_COLUMNS, "decisions")
     labelled = decisions.loc[decisions[OUTCOME].notna()]
     entity_df = labelled[[DECISION_ID, CUSTOMER_ID, DECIDED_AT]].rename(columns={DECIDED_AT: EVENT_TIMESTAMP})
-    store = FeatureStore(repo_path=str(settings.feature_repo))
+    store = open_store(settings)
     service = store.get_feature_service(settings.feature_service)
     features = store.get_historical_features(entity_df=entity_df, features=service).to_df()
     # The offline store does not keep row order: join back by decision id.
