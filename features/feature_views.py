@@ -5,7 +5,7 @@ from datetime import timedelta
 from data_sources import customer_profile_source, touch_history_source
 from entities import customer
 from feast import FeatureView, Field
-from feast.types import Float32, Int64, String
+from feast.types import Float32, Int64
 from touch_features import TOUCH_FEATURES
 
 _TYPES = {"int": Int64, "float": Float32}
@@ -19,16 +19,12 @@ touch_history = FeatureView(
     online=True,
 )
 
+# No schema: Feast infers the fields from the customers' profile columns at `feast apply`,
+# so a brand's own profile columns become features with no code change.
 customer_profile = FeatureView(
     name="customer_profile",
     entities=[customer],
     ttl=timedelta(days=0),  # profile rows do not expire
-    schema=[
-        Field(name="region", dtype=String),
-        Field(name="segment", dtype=String),
-        Field(name="push_opt_in", dtype=Int64),
-        Field(name="call_consent", dtype=Int64),
-    ],
     source=customer_profile_source,
     online=True,
 )

@@ -116,3 +116,28 @@ def test_touches_after_a_decision_do_not_change_its_training_features(project: S
     # ...while the planted touches are in the features of later snapshots
     snapshots = pd.read_parquet(project.offline_dir / "touch_history.parquet")
     assert snapshots["spend_90d"].max() >= 5000.0
+
+
+def test_a_brands_own_profile_columns_become_model_features(project: Settings, catalog) -> None:
+    from features.pipeline import build_offline, feast_apply
+    from nexttouch.ingest import ingest
+    from nexttouch.simulate import write_brand
+    from tests.conftest import END
+    from training.dataset import training_set
+    from training.train import fit
+
+    write_brand(project, catalog, END, project.landing_dir)
+    customers = pd.read_parquet(project.landing_dir / "customers.parquet")
+    rng = np.random.default_rng(0)
+    customers["vip_score"] = rng.normal(size=len(customers)).round(2)
+    customers["favourite_model"] = rng.choice(["suv", "sedan", "ev"], len(customers))
+    customers.to_parquet(project.landing_dir / "customers.parquet", index=False)
+    ingest(project, catalog, project.landing_dir, now=END)
+    build_offline(project, END, project.days)
+    feast_apply(project)
+
+    data = training_set(project, pd.read_parquet(project.raw_dir / "decisions.parquet"))
+    assert data["favourite_model"].notna().all() and data["vip_score"].notna().all()
+    model = fit(data, catalog).model
+    assert "vip_score" in model.numeric
+    assert model.categorical["favourite_model"] == ["ev", "sedan", "suv"]
