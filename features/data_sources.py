@@ -6,7 +6,8 @@ it, so the path is made absolute from this file: the data of a repo is `<repo>/.
 
 from pathlib import Path
 
-from feast import FileSource
+from feast import Field, FileSource, PushSource, RequestSource
+from feast.types import UnixTimestamp
 
 OFFLINE_DIR = Path(__file__).resolve().parent.parent / "data" / "offline"
 
@@ -23,3 +24,10 @@ customer_profile_source = FileSource(
     timestamp_field="event_timestamp",
     description="Customer profile and consent flags as of each load.",
 )
+
+# Touch events posted to the service update the contact state at once through this push source;
+# the nightly build writes the same columns to the batch file behind it.
+contact_push = PushSource(name="contact_push", batch_source=touch_history_source)
+
+# The moment a decision is (or was) made: training passes decided_at, serving passes now.
+decision_time = RequestSource(name="decision_time", schema=[Field(name="request_at", dtype=UnixTimestamp)])

@@ -1,12 +1,15 @@
-"""Feature views: touch history (schema from touch_features) and the customer profile."""
+"""Feature views: touch history, contact state (pushed in real time), recency and the profile."""
 
 from datetime import timedelta
 
-from data_sources import customer_profile_source, touch_history_source
+import pandas as pd
+from data_sources import contact_push, customer_profile_source, decision_time, touch_history_source
 from entities import customer
 from feast import FeatureView, Field
-from feast.types import Float32, Int64
-from touch_features import TOUCH_FEATURES
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float32, Float64, Int64, UnixTimestamp
+
+from features.touch_features import CONTACT_STATE, RECENCY_FEATURES, TOUCH_FEATURES
 
 _TYPES = {"int": Int64, "float": Float32}
 
@@ -18,6 +21,28 @@ touch_history = FeatureView(
     source=touch_history_source,
     online=True,
 )
+
+contact_state = FeatureView(
+    name="contact_state",
+    entities=[customer],
+    ttl=timedelta(days=30),
+    schema=[Field(name=name, dtype=UnixTimestamp) for name in CONTACT_STATE],
+    source=contact_push,
+    online=True,
+)
+
+
+@on_demand_feature_view(
+    sources=[contact_state, decision_time],
+    schema=[Field(name=name, dtype=Float64) for name in RECENCY_FEATURES],
+    mode="pandas",
+)
+def recency(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast re-creates this function from its source text when it loads the registry: import inside.
+    from features.touch_features import recency_frame
+
+    return recency_frame(inputs)
+
 
 # No schema: Feast infers the fields from the customers' profile columns at `feast apply`,
 # so a brand's own profile columns become features with no code change.

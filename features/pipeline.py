@@ -50,7 +50,8 @@ def build_offline(settings: Settings, end: datetime, days: int) -> FeatureBuild:
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
     # DuckDB cannot cast nanosecond tz-aware timestamps: store microseconds.
-    frame = frame.assign(**{EVENT_TIMESTAMP: frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]")})
+    stamps = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    frame = frame.astype(dict.fromkeys(stamps, "datetime64[us, UTC]"))
     tmp = path.with_suffix(".tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)  # readers never see a half-written file

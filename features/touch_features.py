@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS
+from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, REQUEST_AT, TIERS
 
 WINDOWS = (7, 30, 90)
 NEVER = 999.0  # days since a touch that never happened
@@ -31,10 +31,26 @@ TOUCH_FEATURES: dict[str, str] = {
     # The OMO loop: days with offline contact preceded by online activity within 14 days, and the reverse.
     "omo_online_to_offline_90d": "int",
     "omo_offline_to_online_90d": "int",
-    **{f"days_since_{t}": "float" for t in TIERS},
     "spend_90d": "float",
     "tenure_days": "int",
 }
+# Last-touch times: kept fresh online by pushed events; recency is derived from them at request time.
+CONTACT_STATE = [*(f"last_{t}_at" for t in TIERS), "last_contact_at"]  # contact: any brand -> customer touch
+RECENCY_FEATURES = [*(f"days_since_{t}" for t in TIERS), "days_since_contact"]
+
+
+def recency_frame(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Days from each last touch to the request time (``NEVER`` when there was none).
+
+    Runs inside Feast's on-demand feature view, for training (request time = decided_at) and for
+    serving (request time = now) alike, so the two cannot drift apart.
+    """
+    now = pd.to_datetime(inputs[REQUEST_AT], utc=True)
+    out = pd.DataFrame(index=inputs.index)
+    for last, name in zip(CONTACT_STATE, RECENCY_FEATURES, strict=True):
+        delta = (now - pd.to_datetime(inputs[last], utc=True)).dt.total_seconds() / 86_400
+        out[name] = delta.clip(lower=0).fillna(NEVER).astype("float64")
+    return out
 
 
 def build_touch_features(
@@ -61,7 +77,7 @@ def build_touch_features(
     cust = pos.get_indexer(ev[CUSTOMER_ID])
     known = cust >= 0  # events of customers missing from the customer table are not featurised
     ev, cust = ev.loc[known], cust[known]
-    day = ((ev["occurred_at"] - t0) // pd.Timedelta(days=1)).to_numpy().astype(np.int64)
+    seconds = ((ev["occurred_at"] - t0) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     channel = _channels(ev)
     amount = ev["amount"].fillna(0).to_numpy(dtype=float)
 
@@ -70,14 +86,14 @@ def build_touch_features(
         hi = min(lo + chunk, len(ids))
         m = (cust >= lo) & (cust < hi)
         frames.append(
-            _chunk_features(cust[m] - lo, day[m], channel[m], amount[m], hi - lo, days, snaps)
+            _chunk_features(cust[m] - lo, seconds[m], channel[m], amount[m], hi - lo, days, snaps, t0)
             .assign(**{CUSTOMER_ID: np.repeat(ids[lo:hi], len(snaps))})
             .assign(**{EVENT_TIMESTAMP: np.tile(t0 + pd.to_timedelta(snaps, unit="D"), hi - lo)})
         )
     out = pd.concat(frames, ignore_index=True)
     signup = out[CUSTOMER_ID].map(customers.set_index(CUSTOMER_ID)["signup_at"])
     out["tenure_days"] = ((out[EVENT_TIMESTAMP] - signup) // pd.Timedelta(days=1)).astype(np.int64)
-    return out[[CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES]]
+    return out[[CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]]
 
 
 def _channels(ev: pd.DataFrame) -> np.ndarray:
@@ -94,13 +110,15 @@ def _channels(ev: pd.DataFrame) -> np.ndarray:
 
 def _chunk_features(
     cust: np.ndarray,
-    day: np.ndarray,
+    seconds: np.ndarray,
     channel: np.ndarray,
     amount: np.ndarray,
     n: int,
     days: int,
     snaps: np.ndarray,
+    t0: pd.Timestamp,
 ) -> pd.DataFrame:
+    day = seconds // 86_400
     counts = np.zeros((n, days, _K), np.int32)
     for col in range(channel.shape[1]):
         ok = channel[:, col] >= 0
@@ -134,12 +152,16 @@ def _chunk_features(
         cum_seq = np.concatenate([np.zeros((n, 1), np.int32), seq.cumsum(axis=1, dtype=np.int32)], axis=1)
         cols[f"omo_{name}_90d"] = (cum_seq[:, snaps] - cum_seq[:, np.maximum(snaps - 90, 0)]).ravel()
 
-    day_idx = np.arange(days)
-    for i, t in enumerate(TIERS):
-        any_touch = counts[:, :, 2 * i] + counts[:, :, 2 * i + 1] > 0
-        last = np.maximum.accumulate(np.where(any_touch, day_idx, -1), axis=1)  # last day <= d
-        last_before = last[:, snaps - 1]  # last touch day strictly before the snapshot day
-        cols[f"days_since_{t}"] = np.where(last_before >= 0, snaps - last_before, NEVER).astype(float).ravel()
+    # Last touch per tier (and last outbound contact) strictly before each snapshot, to the second.
+    tier_of, outbound = channel[:, 0] // len(DIRECTIONS), channel[:, 0] % len(DIRECTIONS) == 1
+    for name, mask in (
+        *((f"last_{t}_at", tier_of == i) for i, t in enumerate(TIERS)),
+        ("last_contact_at", outbound),
+    ):
+        last = np.full((n, days), -1, np.int64)
+        np.maximum.at(last, (cust[mask], day[mask]), seconds[mask])
+        before = np.maximum.accumulate(last, axis=1)[:, snaps - 1].ravel()
+        cols[name] = (t0 + pd.to_timedelta(np.maximum(before, 0), unit="s")).where(before >= 0)
     cols["spend_90d"] = (cum_spend[:, snaps] - cum_spend[:, np.maximum(snaps - 90, 0)]).ravel()
     return pd.DataFrame(cols)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from nexttouch.schemas import CLOCK_SKEW, TOUCH_TYPES
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
 
@@ -57,3 +59,39 @@ class DecideResponse(BaseModel):
     cold_start: bool = Field(description="True when the customer has no features: a cold-start answer.")
     model_version: str
     decided_at: datetime
+
+
+class TouchEvent(BaseModel):
+    """One touch, as a source system reports it in real time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    occurred_at: AwareDatetime
+    customer_id: str | None = Field(None, min_length=1, max_length=128, pattern=ID_PATTERN)
+    source: SourceKey | None = Field(None, description="The source system's key, instead of customer_id.")
+    touch_type: str = Field(description="One of the touch types, e.g. app_session, event_attended, advisor_call.")
+    amount: float | None = Field(None, allow_inf_nan=False)
+    decision_id: str | None = Field(None, max_length=128, pattern=ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _check(self) -> TouchEvent:
+        if (self.customer_id is None) == (self.source is None):
+            raise ValueError("give exactly one of customer_id or source {system, key}")
+        if self.touch_type not in TOUCH_TYPES:
+            raise ValueError(f"unknown touch_type {self.touch_type!r}; known: {', '.join(TOUCH_TYPES)}")
+        if self.occurred_at > datetime.now(UTC) + CLOCK_SKEW:
+            raise ValueError("occurred_at is in the future")
+        return self
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[TouchEvent] = Field(min_length=1, max_length=1000)
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events kept for the nightly ingest (all valid events).")
+    customers_updated: int = Field(description="Customers whose contact state was updated online.")
+    unresolved: list[str] = Field(description="Event ids with an unknown source key: kept, not featurised yet.")

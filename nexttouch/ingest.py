@@ -13,7 +13,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 from nexttouch.catalog import Catalog
 from nexttouch.schemas import (
     ACTION,
+    CLOCK_SKEW,
     CUSTOMER_ID,
     DECIDED_AT,
     DECISION_ID,
@@ -38,7 +39,6 @@ KEYS = {
     "events": ["event_id"],
     "decisions": [DECISION_ID],
 }
-CLOCK_SKEW = timedelta(minutes=5)  # timestamps further in the future than this are rejected
 # Personal data never enters nexttouch: such columns are refused, loudly, not loaded.
 PII_NAMES = re.compile(r"(^|_)(name|first_?name|last_?name|e_?mail|phone|mobile|address|birth_?date)($|_)", re.I)
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}", re.I)
@@ -69,10 +69,10 @@ def ingest(settings: Settings, catalog: Catalog, source: Path, now: datetime | N
     settings.raw_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     for table in TABLES:
-        path = found[table]
-        if path is None:
+        paths = found[table]
+        if not paths:
             continue
-        frame = _read(path)
+        frame = pd.concat([_read(p) for p in paths], ignore_index=True)
         report = TableReport(table, rows=len(frame))
         existing = _load(settings, table)
         validate = _VALIDATORS[table]
@@ -82,18 +82,20 @@ def ingest(settings: Settings, catalog: Catalog, source: Path, now: datetime | N
         report.loaded, report.already_loaded = new, same
         report.rejected = rejected["reason"].value_counts().to_dict() if len(rejected) else {}
         if len(rejected):
-            report.quarantine = _quarantine(settings, table, path, rejected)
+            report.quarantine = _quarantine(settings, table, paths, rejected)
         if new:
             _store(settings, table, merged)
         reports.append(report)
     return reports
 
 
-def _find(source: Path, table: str) -> Path | None:
-    for suffix in (".parquet", ".csv"):
-        if (source / f"{table}{suffix}").exists():
-            return source / f"{table}{suffix}"
-    return None
+def _find(source: Path, table: str) -> list[Path]:
+    """``<table>.parquet|csv`` and any ``<table>-*.parquet|csv`` parts (e.g. the service's inbox)."""
+    return sorted(
+        p
+        for pattern in (f"{table}.parquet", f"{table}.csv", f"{table}-*.parquet", f"{table}-*.csv")
+        for p in source.glob(pattern)
+    )
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -331,10 +333,12 @@ def _store(settings: Settings, table: str, frame: pd.DataFrame) -> None:
     tmp.replace(path)  # readers never see a half-written table
 
 
-def _quarantine(settings: Settings, table: str, source: Path, rejected: pd.DataFrame) -> Path:
+def _quarantine(settings: Settings, table: str, sources: list[Path], rejected: pd.DataFrame) -> Path:
     """Rejected rows with their reason; named by the input's content, so a re-run rewrites it."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.quarantine_dir / f"{table}-{digest}.csv"
+    path = settings.quarantine_dir / f"{table}-{digest.hexdigest()[:12]}.csv"
     rejected.to_csv(path, index=False)
     return path

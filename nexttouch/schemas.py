@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pandas as pd
 
 CUSTOMER_ID = "customer_id"
 EVENT_TIMESTAMP = "event_timestamp"  # Feast's timestamp column in sources and entity frames
+REQUEST_AT = "request_at"  # Feast request field: when a decision is made (recency is measured to it)
 DECISION_ID = "decision_id"
 DECIDED_AT = "decided_at"
 ACTION = "action"
 PROPENSITY = "propensity"
 OUTCOME = "outcome"
 
+CLOCK_SKEW = timedelta(minutes=5)  # a timestamp further in the future than this is refused
 TIERS = ("tech", "low", "high")
 DIRECTIONS = ("in", "out")  # in: customer -> brand, out: brand -> customer
 

@@ -15,7 +15,7 @@ from nexttouch.catalog import Catalog
 from nexttouch.model import DecisionModel
 from nexttouch.policy import choose, eligibility
 
-FeatureReader = Callable[[str], dict[str, Any] | None]
+FeatureReader = Callable[[str, datetime | None], dict[str, Any] | None]
 Resolver = Callable[[str, str], str | None]
 
 
@@ -48,7 +48,7 @@ class Decider:
         customer_id = request.customer_id
         if request.source is not None:
             customer_id = self.resolve(request.source.system, request.source.key)
-        features = self.read_features(customer_id) if customer_id else None
+        features = self.read_features(customer_id, request.at) if customer_id else None
         cold_start = features is None
         row = pd.DataFrame([features or {}], columns=self.model.inputs)
         p = self.model.predict_all(row)[0, self._columns]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from nexttouch.feature_store import open_store
-from nexttouch.schemas import CUSTOMER_ID
+from nexttouch.schemas import CUSTOMER_ID, REQUEST_AT
 from nexttouch.settings import Settings
 
 
@@ -15,9 +16,17 @@ class OnlineFeatures:
     def __init__(self, settings: Settings) -> None:
         self.store = open_store(settings)
         self.service = self.store.get_feature_service(settings.feature_service)
+        # Features computed at request time exist for anyone; they do not make a customer known.
+        on_demand = {v.name for v in self.store.list_on_demand_feature_views()}
+        self.stored = {
+            f.name for p in self.service.feature_view_projections if p.name not in on_demand for f in p.features
+        }
 
-    def read(self, customer_id: str) -> dict[str, Any] | None:
-        """Feature values by name, or None when the store knows nothing of the customer."""
-        row = self.store.get_online_features(features=self.service, entity_rows=[{CUSTOMER_ID: customer_id}]).to_dict()
-        values = {k: v[0] for k, v in row.items() if k != CUSTOMER_ID}
-        return values if any(v is not None for v in values.values()) else None
+    def read(self, customer_id: str, at: datetime | None = None) -> dict[str, Any] | None:
+        """Feature values by name as of ``at`` (default now), or None when the customer is unknown."""
+        row = self.store.get_online_features(
+            features=self.service,
+            entity_rows=[{CUSTOMER_ID: customer_id, REQUEST_AT: at or datetime.now(UTC)}],
+        ).to_dict()
+        values = {k: v[0] for k, v in row.items() if k not in (CUSTOMER_ID, REQUEST_AT)}
+        return values if any(values.get(name) is not None for name in self.stored) else None

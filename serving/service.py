@@ -11,7 +11,7 @@ import os
 
 import bentoml
 
-from nexttouch.api import DecideRequest, DecideResponse
+from nexttouch.api import DecideRequest, DecideResponse, EventsRequest, EventsResponse
 from nexttouch.catalog import load_catalog
 from nexttouch.settings import load_settings
 
@@ -33,6 +33,7 @@ class NextTouch:
 
     def __init__(self) -> None:
         from serving.champion import load_champion
+        from serving.contact_state import ContactUpdater
         from serving.decider import Decider
         from serving.identity import IdentityMap
         from serving.online_features import OnlineFeatures
@@ -45,6 +46,7 @@ class NextTouch:
         self.decider = Decider(
             catalog, champion.model, champion.version, online.read, settings.epsilon, resolve=identity.resolve
         )
+        self.contacts = ContactUpdater(online.store, settings.data_dir / "inbox", identity.resolve)
         self.decider.decide(DecideRequest(customer_id="warm-up"))  # first Feast read loads caches
         # Feast's import leaves a huge heap; freeze it so full GC passes stay short.
         gc.collect()
@@ -55,3 +57,8 @@ class NextTouch:
     def decide(self, **request: object) -> DecideResponse:
         """Decide the next contact for one customer."""
         return self.decider.decide(DecideRequest.model_validate(request))
+
+    @bentoml.api(route="/events", input_spec=EventsRequest)
+    def events(self, **request: object) -> EventsResponse:
+        """Touch events in real time: kept for the nightly ingest, contact state updated online now."""
+        return self.contacts.apply(EventsRequest.model_validate(request))

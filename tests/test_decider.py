@@ -41,7 +41,7 @@ def model(catalog: Catalog) -> DecisionModel:
 
 
 def _decider(catalog: Catalog, model: DecisionModel, features: dict | None, epsilon: float = 0.0) -> Decider:
-    return Decider(catalog, model, "7", lambda _cid: features, epsilon=epsilon, seed=1)
+    return Decider(catalog, model, "7", lambda _cid, _at: features, epsilon=epsilon, seed=1)
 
 
 ACTIVE = {"tech_in_30d": 25, "push_opt_in": 1, "call_consent": 1, "region": "north"}
@@ -99,7 +99,7 @@ def test_model_must_score_every_catalog_action(catalog: Catalog, model: Decision
 def test_a_source_key_resolves_to_the_customer(catalog: Catalog, model: DecisionModel) -> None:
     seen = []
 
-    def read(cid: str) -> dict:
+    def read(cid: str, _at: object) -> dict:
         seen.append(cid)
         return ACTIVE
 

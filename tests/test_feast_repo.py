@@ -14,20 +14,26 @@ def test_online_store_serves_the_latest_snapshot(built: Settings) -> None:
 
     store = FeatureStore(repo_path=str(built.feature_repo))
     service = store.get_feature_service(built.feature_service)
+    now = pd.Timestamp("2026-11-01T12:00:00Z")
     online = store.get_online_features(
-        features=service, entity_rows=[{"customer_id": "C0000001"}, {"customer_id": "nobody"}]
+        features=service,
+        entity_rows=[{"customer_id": "C0000001", "request_at": now}, {"customer_id": "nobody", "request_at": now}],
     ).to_dict()
     offline = pd.read_parquet(built.offline_dir / "touch_history.parquet")
     latest = offline[offline["customer_id"] == "C0000001"].sort_values("event_timestamp").iloc[-1]
     # The online response does not keep request order of features: compare by name.
     at = online["customer_id"].index("C0000001")
-    for name in ("tech_in_30d", "low_out_90d", "tenure_days", "days_since_low"):
+    for name in ("tech_in_30d", "low_out_90d", "tenure_days"):
         assert online[name][at] == pytest.approx(latest[name])
+    # recency is computed at request time from the last-touch time (on-demand feature view)
+    expected = (now - latest["last_low_at"]).total_seconds() / 86400 if pd.notna(latest["last_low_at"]) else 999.0
+    assert online["days_since_low"][at] == pytest.approx(expected)
     profile = pd.read_parquet(built.raw_dir / "customers.parquet").set_index("customer_id").loc["C0000001"]
     assert online["region"][at] == profile["region"]
     assert online["push_opt_in"][at] == profile["push_opt_in"]
     gone = online["customer_id"].index("nobody")
     assert online["tech_in_30d"][gone] is None and online["region"][gone] is None
+    assert online["days_since_tech"][gone] == 999.0
 
 
 def test_historical_features_are_point_in_time(built: Settings) -> None:
@@ -46,10 +52,12 @@ def test_historical_features_are_point_in_time(built: Settings) -> None:
             "row": [0, 1],
         }
     )
+    entity["request_at"] = entity["event_timestamp"]
     got = store.get_historical_features(entity_df=entity, features=service).to_df().sort_values("row")
     assert got["tech_in_90d"].tolist() == [mine.iloc[49]["tech_in_90d"], mine.iloc[50]["tech_in_90d"]]
-    assert got["days_since_tech"].tolist() == pytest.approx(
-        [mine.iloc[49]["days_since_tech"], mine.iloc[50]["days_since_tech"]]
+    assert got["last_tech_at"].tolist() == [mine.iloc[49]["last_tech_at"], mine.iloc[50]["last_tech_at"]]
+    assert got["days_since_tech"].iloc[1] == pytest.approx(
+        (day - mine.iloc[50]["last_tech_at"]).total_seconds() / 86400
     )
 
 
@@ -61,16 +69,23 @@ def test_online_features_equal_offline_features_at_the_same_time(built: Settings
     store = FeatureStore(repo_path=str(built.feature_repo))
     service = store.get_feature_service(built.feature_service)
     ids = [f"C{i:07d}" for i in range(1, 41)]
+    at = pd.Timestamp(END)
     online = pd.DataFrame(
-        store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in ids]).to_dict()
+        store.get_online_features(
+            features=service, entity_rows=[{"customer_id": c, "request_at": at} for c in ids]
+        ).to_dict()
     )
-    entity = pd.DataFrame({"customer_id": ids, "event_timestamp": pd.Timestamp(END)})
+    entity = pd.DataFrame({"customer_id": ids, "event_timestamp": at, "request_at": at})
     offline = store.get_historical_features(entity_df=entity, features=service).to_df()
     online, offline = online.set_index("customer_id").sort_index(), offline.set_index("customer_id").sort_index()
     names = [c for c in online.columns]
     assert len(names) > 30
     for name in names:
-        if pd.api.types.is_numeric_dtype(offline[name]):
+        if name in ("request_at",):
+            continue
+        if pd.api.types.is_datetime64_any_dtype(offline[name]):
+            assert pd.to_datetime(online[name], utc=True).tolist() == offline[name].tolist(), name
+        elif pd.api.types.is_numeric_dtype(offline[name]):
             np.testing.assert_allclose(online[name].astype(float), offline[name].astype(float), rtol=1e-6, err_msg=name)
         else:
             assert online[name].tolist() == offline[name].tolist(), name

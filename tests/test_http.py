@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
@@ -85,3 +86,78 @@ def test_openapi_documents_the_decide_body(client: TestClient) -> None:
     spec = client.get("/docs.json").json()
     assert "/decide" in spec["paths"]
     assert "customer_id" in str(spec["components"])
+
+
+def test_posted_events_update_contact_state_at_once(client: TestClient, built: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from serving.online_features import OnlineFeatures
+
+    identity = pd.read_parquet(built.raw_dir / "identity.parquet")
+    app_key = identity[(identity["source_system"] == "app") & (identity["customer_id"] == "C0000351")].iloc[0]
+    call_at = datetime.now(UTC) - timedelta(hours=2)
+    body = {
+        "events": [
+            {
+                "event_id": "rt-1",
+                "occurred_at": call_at.isoformat(),
+                "customer_id": "C0000350",
+                "touch_type": "advisor_call",
+            },
+            {
+                "event_id": "rt-2",
+                "occurred_at": call_at.isoformat(),
+                "source": {"system": "app", "key": app_key["source_key"]},
+                "touch_type": "app_session",
+            },
+            {
+                "event_id": "rt-3",
+                "occurred_at": call_at.isoformat(),
+                "source": {"system": "app", "key": "unknown-key"},
+                "touch_type": "app_like",
+            },
+        ]
+    }
+    inbox_before = set((built.data_dir / "inbox").glob("events-*.parquet"))
+    r = client.post("/events", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 3, "customers_updated": 2, "unresolved": ["rt-3"]}
+
+    online = OnlineFeatures(built)
+    called = online.read("C0000350")
+    assert pd.Timestamp(called["last_high_at"]) == pd.Timestamp(call_at).floor("s")  # Feast keeps seconds
+    assert pd.Timestamp(called["last_contact_at"]) == pd.Timestamp(call_at).floor("s")  # Feast keeps seconds
+    assert called["days_since_high"] == pytest.approx(2 / 24, abs=0.01)  # recency at request time
+    assert online.read("C0000351")["days_since_tech"] == pytest.approx(2 / 24, abs=0.01)
+
+    (kept,) = set((built.data_dir / "inbox").glob("events-*.parquet")) - inbox_before
+    assert pd.read_parquet(kept)["event_id"].tolist() == ["rt-1", "rt-2", "rt-3"]  # nothing posted is lost
+
+
+@pytest.mark.parametrize(
+    ("event", "needle"),
+    [
+        ({"touch_type": "telepathy"}, "unknown touch_type"),
+        ({"occurred_at": "2099-01-01T00:00:00Z"}, "future"),
+        ({"occurred_at": "2026-01-01T00:00:00"}, "timezone"),
+        ({"customer_id": None}, "exactly one of customer_id or source"),
+        ({"amount": "lots"}, "amount"),
+    ],
+)
+def test_bad_events_get_a_4xx(client: TestClient, event: dict, needle: str) -> None:
+    good = {
+        "event_id": "x1",
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "customer_id": "C0000001",
+        "touch_type": "app_session",
+    }
+    r = client.post("/events", json={"events": [{**good, **event}]})
+    assert r.status_code == 400, r.text
+    assert needle in r.text
+
+
+def test_an_empty_or_oversized_event_batch_is_refused(client: TestClient) -> None:
+    assert client.post("/events", json={"events": []}).status_code == 400
+    one = {"event_id": "x", "occurred_at": "2026-01-01T00:00:00Z", "customer_id": "C1", "touch_type": "app_like"}
+    r = client.post("/events", json={"events": [one] * 1001})
+    assert r.status_code == 400 and "1000" in r.text

@@ -182,3 +182,18 @@ def test_unusable_input_fails_whole_and_loads_nothing(project: Settings, catalog
     with pytest.raises(IngestError, match="cannot read"):
         ingest(project, catalog, broken, now=NOW)
     assert not (project.raw_dir / "events.parquet").exists()
+
+
+def test_event_parts_such_as_the_service_inbox_load_together(
+    project: Settings, catalog: Catalog, landing: Path
+) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    inbox = landing.parent / "inbox"
+    inbox.mkdir()
+    header = "event_id,occurred_at,source_system,source_key,touch_type\n"
+    (inbox / "events-001.csv").write_text(header + "rt-1,2026-10-20T10:00:00Z,app,a-1,app_like\n")
+    (inbox / "events-002.csv").write_text(
+        header + "rt-2,2026-10-21T10:00:00Z,app,a-2,app_like\nrt-3,2026-10-21T10:00:00Z,app,zzz,app_like\n"
+    )
+    (report,) = ingest(project, catalog, inbox, now=NOW)
+    assert (report.rows, report.loaded, report.rejected) == (3, 2, {"unresolvable source key": 1})

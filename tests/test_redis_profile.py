@@ -47,8 +47,12 @@ def test_materialize_and_read_back_from_redis(redis_project: Settings, catalog: 
         for cid in ("C0000001", "C0000007", "C0000100"):
             got = online.read(cid)
             assert got is not None
-            for name in ("tech_in_30d", "low_in_90d", "days_since_high", "omo_online_to_offline_90d"):
+            for name in ("tech_in_30d", "low_in_90d", "omo_online_to_offline_90d"):
                 assert got[name] == pytest.approx(latest.loc[cid, name]), (cid, name)
+            last = latest.loc[cid, "last_tech_at"]
+            assert (pd.Timestamp(got["last_tech_at"]) if got["last_tech_at"] else pd.NaT) == (
+                last.floor("s") if pd.notna(last) else pd.NaT
+            )
         assert online.read("nobody") is None
     finally:
         store.teardown()  # removes this project's keys from Redis

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from features.touch_features import NEVER, TOUCH_FEATURES, build_touch_features
+from features.touch_features import CONTACT_STATE, NEVER, TOUCH_FEATURES, build_touch_features, recency_frame
 
 END = datetime(2026, 3, 31, tzinfo=UTC)
 
@@ -42,7 +42,7 @@ def test_windows_count_only_touches_before_the_snapshot() -> None:
         ]
     )
     f = build_touch_features(events, CUSTOMERS, END, days=90)
-    assert list(f.columns) == ["customer_id", "event_timestamp", *TOUCH_FEATURES]
+    assert list(f.columns) == ["customer_id", "event_timestamp", *TOUCH_FEATURES, *CONTACT_STATE]
     assert len(f) == 2 * 90
     last = _at(f, "a", "2026-03-31")
     assert (last["tech_in_7d"], last["tech_in_30d"], last["tech_out_30d"]) == (1, 2, 1)
@@ -50,14 +50,16 @@ def test_windows_count_only_touches_before_the_snapshot() -> None:
     assert last["push_open_rate_90d"] == 1.0
     assert last["event_attend_rate_90d"] == 0.0
     assert last["spend_90d"] == 120.5
-    assert last["days_since_tech"] == 1 and last["days_since_high"] == 75
+    assert last["last_tech_at"] == pd.Timestamp("2026-03-30T10:00:00Z")
+    assert last["last_high_at"] == pd.Timestamp("2026-01-15T09:00:00Z")
+    assert last["last_contact_at"] == pd.Timestamp("2026-03-20T10:00:00Z")  # the push: brand -> customer
     assert last["tenure_days"] == 365
     # the snapshot of the day of a touch does not see it: point-in-time by construction
     day_of = _at(f, "a", "2026-03-30")
-    assert day_of["tech_in_7d"] == 0 and day_of["days_since_tech"] == 10
+    assert day_of["tech_in_7d"] == 0 and day_of["last_tech_at"] == pd.Timestamp("2026-03-20T11:00:00Z")
     assert last["high_response_rate_90d"] == 0.0  # a purchase but no advisor call
     quiet = _at(f, "b", "2026-03-31")
-    assert quiet["tech_in_90d"] == 0 and quiet["days_since_low"] == NEVER
+    assert quiet["tech_in_90d"] == 0 and pd.isna(quiet["last_low_at"])
 
 
 def test_chunking_does_not_change_the_result() -> None:
@@ -92,3 +94,18 @@ def test_omo_loop_counts_offline_after_online_and_the_reverse() -> None:
     )
     last = _at(build_touch_features(events, CUSTOMERS, END, days=90), "a", "2026-03-31")
     assert (last["omo_online_to_offline_90d"], last["omo_offline_to_online_90d"]) == (1, 1)
+
+
+def test_recency_is_measured_to_the_request_time() -> None:
+    state = pd.DataFrame(
+        {
+            "last_tech_at": pd.to_datetime(["2026-03-30T12:00:00Z", None], utc=True),
+            "last_low_at": pd.to_datetime([None, None], utc=True),
+            "last_high_at": pd.to_datetime(["2026-03-01T00:00:00Z", None], utc=True),
+            "last_contact_at": pd.to_datetime(["2026-03-31T06:00:00Z", None], utc=True),
+            "request_at": pd.to_datetime(["2026-03-31T18:00:00Z", "2026-03-31T18:00:00Z"], utc=True),
+        }
+    )
+    got = recency_frame(state)
+    assert got.loc[0].tolist() == [1.25, NEVER, 30.75, 0.5]
+    assert got.loc[1].tolist() == [NEVER] * 4

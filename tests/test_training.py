@@ -30,6 +30,7 @@ def test_registered_model_loads_as_pyfunc_with_the_same_scores(built: Settings) 
     import mlflow
     import pandas as pd
 
+    from features.touch_features import recency_frame
     from serving.champion import load_champion
 
     configure_mlflow(built)
@@ -43,6 +44,7 @@ def test_registered_model_loads_as_pyfunc_with_the_same_scores(built: Settings) 
             on="customer_id",
         )
     )
+    rows = rows.join(recency_frame(rows.assign(request_at=rows["event_timestamp"])))
     via_pyfunc = pyfunc.predict(rows[champion.model.inputs].astype(dict.fromkeys(champion.model.numeric, float)))
     raw = champion.model.predict_all(rows)
     assert list(via_pyfunc.columns) == [f"p_{a}" for a in champion.model.actions]

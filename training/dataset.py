@@ -13,6 +13,7 @@ from nexttouch.schemas import (
     DECISIONS_COLUMNS,
     EVENT_TIMESTAMP,
     OUTCOME,
+    REQUEST_AT,
     check_columns,
 )
 from nexttouch.settings import Settings
@@ -26,11 +27,12 @@ def training_set(settings: Settings, decisions: pd.DataFrame) -> pd.DataFrame:
     check_columns(decisions, DECISIONS_COLUMNS, "decisions")
     labelled = decisions.loc[decisions[OUTCOME].notna()]
     entity_df = labelled[[DECISION_ID, CUSTOMER_ID, DECIDED_AT]].rename(columns={DECIDED_AT: EVENT_TIMESTAMP})
+    entity_df[REQUEST_AT] = entity_df[EVENT_TIMESTAMP]  # recency is measured at decision time
     store = open_store(settings)
     service = store.get_feature_service(settings.feature_service)
     features = store.get_historical_features(entity_df=entity_df, features=service).to_df()
     # The offline store does not keep row order: join back by decision id.
-    features = features.drop(columns=[CUSTOMER_ID]).rename(columns={EVENT_TIMESTAMP: DECIDED_AT})
+    features = features.drop(columns=[CUSTOMER_ID, REQUEST_AT]).rename(columns={EVENT_TIMESTAMP: DECIDED_AT})
     out = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, "propensity", OUTCOME]].merge(
         features, on=DECISION_ID, how="left", validate="one_to_one"
     )

@@ -38,7 +38,10 @@ class TrainResult:
 
 def fit(train_set: pd.DataFrame, catalog: Catalog, valid_share: float = 0.2, rounds: int = 500) -> TrainResult:
     """Train on the earlier decisions, validate (and early-stop) on the latest ``valid_share``."""
-    features = [c for c in train_set.columns if c not in NOT_FEATURES]
+    # Raw timestamps (last-touch times) are not model inputs; their recency features are.
+    features = [
+        c for c in train_set.columns if c not in NOT_FEATURES and not pd.api.types.is_datetime64_any_dtype(train_set[c])
+    ]
     categorical = {
         c: sorted(train_set[c].dropna().astype(str).unique().tolist())
         for c in features
