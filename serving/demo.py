@@ -21,16 +21,21 @@ def _step(title: str) -> float:
 
 def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: bool | None = None) -> None:
     from features.pipeline import build_offline, feast_apply, materialize
+    from nexttouch.cli import ingest_summary
+    from nexttouch.ingest import ingest
     from nexttouch.simulate import write_brand
     from serving import server
     from training.job import run_training
 
-    t = _step(f"1/4 simulate an OMO brand: {settings.customers:,} customers, {settings.days} days")
-    brand = write_brand(settings, catalog, end)
+    t = _step(f"1/4 simulate an OMO brand ({settings.customers:,} customers, {settings.days} days) and ingest it")
+    brand = write_brand(settings, catalog, end, settings.landing_dir)
     print(
         f"   {len(brand.events):,} touch events from {brand.events['source_system'].nunique()} source systems, "
-        f"{len(brand.decisions):,} logged decisions ({time.monotonic() - t:.1f}s)"
+        f"{len(brand.decisions):,} logged decisions -> {settings.landing_dir}"
     )
+    for line in ingest_summary(ingest(settings, catalog, settings.landing_dir)):
+        print(f"   {line}")
+    print(f"   ({time.monotonic() - t:.1f}s)")
 
     t = _step("2/4 touch history -> features -> Feast (DuckDB offline, SQLite online)")
     build = build_offline(settings, end, settings.days)

@@ -1,0 +1,32 @@
+"""`nexttouch demo` end to end on a small brand in a temporary project (real bentoml serve)."""
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nexttouch.cli import app
+from tests.conftest import copy_feature_repo
+
+pytestmark = [pytest.mark.slow, pytest.mark.service]
+
+
+def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
+    copy_feature_repo(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["demo", "--project-dir", str(tmp_path), "--customers", "300", "--port", str(port), "--no-keep-serving"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for step in ("1/4 simulate", "2/4 touch history", "3/4 point-in-time training set", "4/4 bentoml serve"):
+        assert step in out
+    assert re.search(r"events +[\d,]+ rows: [\d,]+ loaded, 0 already loaded, 0 rejected", out)
+    assert re.search(r"200 decisions: ", out)
+    assert "C9999999 -> " in out and "cold start" in out
+    assert "malformed body -> HTTP 400" in out
+    assert f"http://127.0.0.1:{port}/docs" in out and "make ui" in out
+    assert (tmp_path / "mlruns" / "mlflow.db").exists() and (tmp_path / "data" / "raw" / "events.parquet").exists()
