@@ -92,7 +92,12 @@ class Decider:
         contrib = self.model.booster.predict(x, pred_contrib=True)[0, : len(self.model.inputs)]
         order = np.argsort(-np.abs(contrib))[:top]
         return [
-            f"{self.model.inputs[j]}={row.iloc[0, j]} {'raised' if contrib[j] > 0 else 'lowered'} "
+            f"{self.model.inputs[j]}={_plain(row.iloc[0, j])} {'raised' if contrib[j] > 0 else 'lowered'} "
             f"the {action} score ({contrib[j]:+.3f} log-odds)"
             for j in order
         ]
+
+
+def _plain(value: object) -> str:
+    """A feature value as a person reads it: 2.27, not 2.2663194444444446."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
