@@ -93,8 +93,33 @@ class SimulatedBrand:
     events: pd.DataFrame
     decisions: pd.DataFrame
     truth: GroundTruth
+    # For every logged decision: the true P(success) of every action and whether it was eligible,
+    # so the true value of any policy (and of the oracle) on these decisions can be computed.
+    decision_truth: pd.DataFrame
     start: datetime
     end: datetime
+
+    def true_value(self, catalog: Catalog, chosen: np.ndarray | pd.Series) -> float:
+        """Mean true net value per decision if ``chosen`` (one action per logged decision) were taken."""
+        names = catalog.names
+        p = self.decision_truth[[f"p_{a}" for a in names]].to_numpy()
+        value = p * np.array([a.value_of_success for a in catalog.actions]) - np.array(
+            [a.cost for a in catalog.actions]
+        )
+        idx = pd.Index(names).get_indexer(np.asarray(chosen))
+        if (idx < 0).any():
+            raise ValueError("chosen actions must come from the catalog")
+        return float(value[np.arange(len(idx)), idx].mean())
+
+    def oracle_actions(self, catalog: Catalog) -> np.ndarray:
+        """The best eligible action of every logged decision under the true response model."""
+        names = catalog.names
+        p = self.decision_truth[[f"p_{a}" for a in names]].to_numpy()
+        value = p * np.array([a.value_of_success for a in catalog.actions]) - np.array(
+            [a.cost for a in catalog.actions]
+        )
+        eligible = self.decision_truth[[f"eligible_{a}" for a in names]].to_numpy()
+        return np.array(names, dtype=object)[np.where(eligible, value, -np.inf).argmax(axis=1)]
 
 
 def customer_ids(n: int) -> np.ndarray:
@@ -115,7 +140,7 @@ def _logging_policy(
     rule = np.full(n, names.index(NO_ACTION))
     for name, mask in (  # later rules override earlier ones: most personal tier wins
         ("push", np.ones(n, bool)),
-        ("event_invite", online > 2.0),
+        ("event_invite", online > 1.0),
         ("advisor_call", (premium == 1) & (offline > 0.5)),
     ):
         if name in names:
@@ -201,7 +226,7 @@ def simulate(
     offline = np.zeros(n)  # decayed in-person contact
     fatigue = np.zeros(n)  # decayed brand-initiated contacts
     ev_cust, ev_time, ev_type, ev_amount, ev_dec = [], [], [], [], []
-    dec_cust, dec_time, dec_action, dec_prop, dec_out = [], [], [], [], []
+    dec_cust, dec_time, dec_action, dec_prop, dec_out, dec_truth = [], [], [], [], [], []
     n_decisions = 0
 
     def emit(cust: np.ndarray, times: np.ndarray, touch: str, amount=None, decision=None) -> None:
@@ -214,7 +239,7 @@ def simulate(
     for day in tqdm(range(days), desc="simulate", unit="day", disable=not progress):
         day0 = t0 + day * DAY
         # Organic behaviour: the OMO loop links online and offline activity.
-        n_app = rng.poisson(np.exp(-1.0 + 0.6 * lt.engagement + 0.4 * lt.digital + 0.35 * np.log1p(offline)))
+        n_app = rng.poisson(np.exp(-2.0 + 0.6 * lt.engagement + 0.4 * lt.digital + 0.35 * np.log1p(offline)))
         n_like = rng.poisson(0.6 * n_app * _sigmoid(lt.social))
         n_visit = rng.poisson(
             np.exp(
@@ -248,12 +273,15 @@ def simulate(
             dec_no = np.arange(n_decisions, n_decisions + len(who))
             n_decisions += len(who)
             success = np.zeros(len(who), bool)
+            p_all = np.column_stack(
+                [truth.p_success(who, online[who], offline[who], fatigue[who], name) for name in catalog.names]
+            )
+            dec_truth.append(np.column_stack([p_all, eligible_all[who]]))
             for j, name in enumerate(catalog.names):
                 m = chosen == j
                 if not m.any():
                     continue
-                p = truth.p_success(who[m], online[who[m]], offline[who[m]], fatigue[who[m]], name)
-                success[m] = rng.random(m.sum()) < p
+                success[m] = rng.random(m.sum()) < p_all[m, j]
                 if name in ACTION_TOUCH:
                     emit(who[m], when[m] + 60, ACTION_TOUCH[name], decision=dec_no[m])
                 if name != NO_ACTION:
@@ -294,7 +322,11 @@ def simulate(
             OUTCOME: np.concatenate(dec_out),
         }
     )
-    return SimulatedBrand(customers, identity, events, decisions, truth, start, end)
+    truth_cols = [*(f"p_{a}" for a in catalog.names), *(f"eligible_{a}" for a in catalog.names)]
+    decision_truth = pd.DataFrame(np.concatenate(dec_truth), columns=truth_cols)
+    decision_truth = decision_truth.astype(dict.fromkeys(truth_cols[len(catalog.names) :], bool))
+    decision_truth.insert(0, DECISION_ID, decisions[DECISION_ID].to_numpy())
+    return SimulatedBrand(customers, identity, events, decisions, truth, decision_truth, start, end)
 
 
 def _decision_ids(numbers: np.ndarray) -> np.ndarray:
@@ -357,4 +389,8 @@ def write_brand(settings: Settings, catalog: Catalog, end: datetime, out: Path) 
         ("decisions", brand.decisions),
     ):
         frame.to_parquet(out / f"{name}.parquet", index=False)
+    # Only a simulation knows the truth; it is kept apart from what a brand would deliver.
+    truth_dir = settings.data_dir / "simulation"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    brand.decision_truth.to_parquet(truth_dir / "decision_truth.parquet", index=False)
     return brand

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from nexttouch.catalog import Catalog
 from nexttouch.schemas import DECISIONS_COLUMNS, EVENTS_COLUMNS, TOUCH_TYPES, check_columns
@@ -49,3 +50,22 @@ def test_ground_truth_responds_to_affinity(catalog: Catalog) -> None:
     p_invite = truth.p_success(idx, zero, zero, zero, "event_invite") - truth.p_success(idx, zero, zero, zero, "none")
     # customers with the highest social affinity gain more from an invitation than the lowest
     assert p_invite[social[-200:]].mean() > p_invite[social[:200]].mean() + 0.05
+
+
+def test_ground_truth_values_policies_and_the_oracle(catalog: Catalog) -> None:
+    brand = simulate(catalog, 2000, 60, END, seed=9, decision_rate=0.1)
+    truth = brand.decision_truth
+    assert len(truth) == len(brand.decisions)
+    assert (truth["decision_id"] == brand.decisions["decision_id"]).all()
+    # the simulated outcomes follow the true probabilities of the logged actions
+    logged_p = truth[[f"p_{a}" for a in catalog.names]].to_numpy()[
+        np.arange(len(truth)), pd.Index(catalog.names).get_indexer(brand.decisions["action"])
+    ]
+    assert brand.decisions["outcome"].mean() == pytest.approx(logged_p.mean(), abs=0.01)
+    oracle = brand.oracle_actions(catalog)
+    eligible = truth[[f"eligible_{a}" for a in catalog.names]].to_numpy()
+    assert eligible[np.arange(len(oracle)), pd.Index(catalog.names).get_indexer(oracle)].all()
+    v_oracle = brand.true_value(catalog, oracle)
+    v_logged = brand.true_value(catalog, brand.decisions["action"])
+    v_none = brand.true_value(catalog, np.full(len(truth), "none"))
+    assert v_oracle > v_logged and v_oracle > v_none
