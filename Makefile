@@ -42,7 +42,7 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 ui: setup ## MLflow UI over mlruns/ on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 serve: setup ## Run the decision service on 127.0.0.1:3000 (after `make demo`)
 	$(BIN)/nexttouch serve

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -95,3 +96,18 @@ class EventsResponse(BaseModel):
     accepted: int = Field(description="Events kept for the nightly ingest (all valid events).")
     customers_updated: int = Field(description="Customers whose contact state was updated online.")
     unresolved: list[str] = Field(description="Event ids with an unknown source key: kept, not featurised yet.")
+
+
+class FeedbackRequest(BaseModel):
+    """The outcome of a decision: 1 success, 0 no success."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
+    outcome: Literal[0, 1]
+    at: AwareDatetime | None = Field(None, description="When the outcome happened (default: now).")
+
+
+class FeedbackResponse(BaseModel):
+    decision_id: str
+    status: Literal["recorded", "unchanged"]

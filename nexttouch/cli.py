@@ -130,6 +130,19 @@ def train(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
     )
 
 
+@app.command("export-log")
+def export_log(project_dir: ProjectOpt = None) -> None:
+    """Write the service's decision log (with outcomes) to data/inbox/ for `nexttouch ingest data/inbox`."""
+    from serving.decision_log import DecisionLog
+
+    s = _settings(project_dir, None)
+    if not s.decision_log.exists():
+        typer.echo(f"no decision log at {s.decision_log}", err=True)
+        raise typer.Exit(1)
+    path = DecisionLog(s.decision_log).export(s.data_dir / "inbox")
+    typer.echo(f"decision log exported to {path}" if path else "decision log has no decisions for known customers")
+
+
 @app.command()
 def serve(
     project_dir: ProjectOpt = None,

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         return (self.mlruns_dir / "artifacts").as_uri()
 
     @property
+    def decision_log(self) -> Path:
+        """SQLite decision log of the service (embedded default)."""
+        return self.data_dir / "decisions.db"
+
+    @property
     def landing_dir(self) -> Path:
         """Where tables arrive before `nexttouch ingest` (the simulator writes here)."""
         return self.data_dir / "landing"

@@ -44,3 +44,12 @@ def test_decisions_over_http(base_url: str) -> None:
     assert malformed.status_code == 400 and "Extra inputs are not permitted" in malformed.text
     assert 400 <= not_json.status_code < 500
     assert known.json()["decision_id"] != unknown.json()["decision_id"]
+
+
+def test_feedback_over_http(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        decision = client.post("/decide", json={"customer_id": "C0000006"}).json()
+        fb = {"decision_id": decision["decision_id"], "outcome": 0}
+        assert client.post("/feedback", json=fb).json()["status"] == "recorded"
+        assert client.post("/feedback", json=fb).json()["status"] == "unchanged"
+        assert client.post("/feedback", json={**fb, "decision_id": "unknown"}).status_code == 404

@@ -161,3 +161,25 @@ def test_an_empty_or_oversized_event_batch_is_refused(client: TestClient) -> Non
     one = {"event_id": "x", "occurred_at": "2026-01-01T00:00:00Z", "customer_id": "C1", "touch_type": "app_like"}
     r = client.post("/events", json={"events": [one] * 1001})
     assert r.status_code == 400 and "1000" in r.text
+
+
+def test_every_decision_is_logged_and_takes_feedback_once(client: TestClient, built: Settings) -> None:
+    import sqlite3
+
+    decision = client.post("/decide", json={"customer_id": "C0000004", "context": {"channel": "store"}}).json()
+    with sqlite3.connect(built.decision_log) as db:
+        row = db.execute(
+            "SELECT customer_id, action, propensity, context FROM decisions WHERE decision_id = ?",
+            (decision["decision_id"],),
+        ).fetchone()
+    assert row == ("C0000004", decision["action"], decision["propensity"], '{"channel": "store"}')
+
+    fb = {"decision_id": decision["decision_id"], "outcome": 1}
+    first, again = client.post("/feedback", json=fb), client.post("/feedback", json=fb)
+    assert (first.status_code, first.json()["status"]) == (200, "recorded")
+    assert (again.status_code, again.json()["status"]) == (200, "unchanged")
+    conflict = client.post("/feedback", json={**fb, "outcome": 0})
+    assert conflict.status_code == 409 and "different outcome" in conflict.text
+    unknown = client.post("/feedback", json={"decision_id": "no-such-decision", "outcome": 1})
+    assert unknown.status_code == 404 and "no-such-decision" in unknown.text
+    assert client.post("/feedback", json={**fb, "outcome": 2}).status_code == 400

@@ -1,0 +1,66 @@
+"""The SQLite decision log: durable records, idempotent feedback, export in the ingest contract."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from nexttouch.api import DecideResponse
+from nexttouch.catalog import Catalog
+from nexttouch.ingest import ingest
+from nexttouch.settings import Settings
+from serving.decision_log import DecisionLog, Feedback
+
+
+def _answer(decision_id: str, customer_id: str | None = "C1") -> DecideResponse:
+    return DecideResponse(
+        decision_id=decision_id,
+        customer_id=customer_id,
+        action="push",
+        propensity=0.95,
+        explored=False,
+        values={"none": 1.0, "push": 2.0},
+        p_success={"none": 0.1, "push": 0.2},
+        eligible=["none", "push"],
+        reasons=[],
+        cold_start=customer_id is None,
+        model_version="3",
+        decided_at=datetime(2026, 10, 1, 9, tzinfo=UTC),
+    )
+
+
+def test_a_recorded_decision_survives_reopening(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.db")
+    log.record(_answer("d1"), {"channel": "app"})
+    log.close()  # as after a crash: the row was committed when record() returned
+    again = DecisionLog(tmp_path / "d.db")
+    assert again.feedback("d1", 1.0) is Feedback.RECORDED
+
+
+def test_feedback_is_idempotent_and_refuses_unknown_and_conflicting(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.db")
+    log.record(_answer("d1"), {})
+    assert log.feedback("nope", 1.0) is Feedback.UNKNOWN
+    assert log.feedback("d1", 1.0) is Feedback.RECORDED
+    assert log.feedback("d1", 1.0) is Feedback.UNCHANGED
+    assert log.feedback("d1", 0.0) is Feedback.CONFLICT
+
+
+def test_export_feeds_ingest(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    pd.DataFrame({"customer_id": ["C1"], "signup_at": ["2025-01-01T00:00:00Z"]}).to_csv(
+        landing / "customers.csv", index=False
+    )
+    ingest(project, catalog, landing, now=datetime(2026, 11, 1, tzinfo=UTC))
+    log = DecisionLog(tmp_path / "d.db")
+    log.record(_answer("d1"), {})
+    log.record(_answer("d2"), {})
+    log.record(_answer("d3", customer_id=None), {})  # unknown source key: nothing to train on
+    log.feedback("d1", 1.0)
+    path = log.export(tmp_path / "inbox")
+    exported = pd.read_parquet(path)
+    assert exported["decision_id"].tolist() == ["d1", "d2"]
+    assert exported["outcome"].tolist()[0] == 1.0 and pd.isna(exported["outcome"].tolist()[1])
+    (report,) = [r for r in ingest(project, catalog, tmp_path / "inbox", now=datetime(2026, 11, 1, tzinfo=UTC))]
+    assert (report.table, report.loaded, report.rejected) == ("decisions", 2, {})
