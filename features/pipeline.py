@@ -13,6 +13,7 @@ import pandas as pd
 
 from features.touch_features import build_touch_features
 from nexttouch.feature_store import open_store, store_yaml
+from nexttouch.parquet import write_parquet
 from nexttouch.schemas import CUSTOMER_ID, CUSTOMERS_COLUMNS, EVENT_TIMESTAMP, EVENTS_COLUMNS, check_columns
 from nexttouch.settings import Settings
 
@@ -43,18 +44,9 @@ def build_offline(settings: Settings, end: datetime, days: int) -> FeatureBuild:
     profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)
-    _write(touch, out / f"{TOUCH_HISTORY}.parquet")
-    _write(profile, out / f"{CUSTOMER_PROFILE}.parquet")
+    write_parquet(touch, out / f"{TOUCH_HISTORY}.parquet")
+    write_parquet(profile, out / f"{CUSTOMER_PROFILE}.parquet")
     return FeatureBuild(len(customers), len(events), len(touch), end)
-
-
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    # DuckDB cannot cast nanosecond tz-aware timestamps: store microseconds.
-    stamps = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
-    frame = frame.astype(dict.fromkeys(stamps, "datetime64[us, UTC]"))
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)  # readers never see a half-written file
 
 
 def feast_apply(settings: Settings) -> None:

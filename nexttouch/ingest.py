@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nexttouch.catalog import Catalog
+from nexttouch.parquet import write_parquet
 from nexttouch.schemas import (
     ACTION,
     CLOCK_SKEW,
@@ -327,10 +328,7 @@ def _load(settings: Settings, table: str) -> pd.DataFrame | None:
 
 
 def _store(settings: Settings, table: str, frame: pd.DataFrame) -> None:
-    path = settings.raw_dir / f"{table}.parquet"
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)  # readers never see a half-written table
+    write_parquet(frame, settings.raw_dir / f"{table}.parquet")
 
 
 def _quarantine(settings: Settings, table: str, sources: list[Path], rejected: pd.DataFrame) -> Path:

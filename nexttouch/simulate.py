@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.policy import net_values
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,
@@ -99,27 +100,22 @@ class SimulatedBrand:
     start: datetime
     end: datetime
 
+    def true_net_values(self, catalog: Catalog) -> np.ndarray:
+        """True expected net value of every action at every logged decision: (decisions, actions)."""
+        return net_values(catalog, self.decision_truth[[f"p_{a}" for a in catalog.names]].to_numpy())
+
     def true_value(self, catalog: Catalog, chosen: np.ndarray | pd.Series) -> float:
         """Mean true net value per decision if ``chosen`` (one action per logged decision) were taken."""
-        names = catalog.names
-        p = self.decision_truth[[f"p_{a}" for a in names]].to_numpy()
-        value = p * np.array([a.value_of_success for a in catalog.actions]) - np.array(
-            [a.cost for a in catalog.actions]
-        )
-        idx = pd.Index(names).get_indexer(np.asarray(chosen))
+        idx = pd.Index(catalog.names).get_indexer(np.asarray(chosen))
         if (idx < 0).any():
             raise ValueError("chosen actions must come from the catalog")
-        return float(value[np.arange(len(idx)), idx].mean())
+        return float(self.true_net_values(catalog)[np.arange(len(idx)), idx].mean())
 
     def oracle_actions(self, catalog: Catalog) -> np.ndarray:
         """The best eligible action of every logged decision under the true response model."""
-        names = catalog.names
-        p = self.decision_truth[[f"p_{a}" for a in names]].to_numpy()
-        value = p * np.array([a.value_of_success for a in catalog.actions]) - np.array(
-            [a.cost for a in catalog.actions]
-        )
-        eligible = self.decision_truth[[f"eligible_{a}" for a in names]].to_numpy()
-        return np.array(names, dtype=object)[np.where(eligible, value, -np.inf).argmax(axis=1)]
+        eligible = self.decision_truth[[f"eligible_{a}" for a in catalog.names]].to_numpy()
+        best = np.where(eligible, self.true_net_values(catalog), -np.inf).argmax(axis=1)
+        return np.array(catalog.names, dtype=object)[best]
 
 
 def customer_ids(n: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from nexttouch.api import EventsRequest, EventsResponse
+from nexttouch.parquet import write_parquet
 from nexttouch.schemas import CUSTOMER_ID, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
 
 PUSH_SOURCE = "contact_push"
@@ -62,11 +63,8 @@ class ContactUpdater:
 
     def _keep(self, events: pd.DataFrame) -> None:
         """Write the batch to the inbox that `nexttouch ingest data/inbox` loads (with quarantine)."""
-        self.inbox.mkdir(parents=True, exist_ok=True)
         name = f"events-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.inbox / f".{name}.tmp"
-        events.drop(columns=[CUSTOMER_ID]).to_parquet(tmp, index=False)
-        tmp.replace(self.inbox / name)
+        write_parquet(events.drop(columns=[CUSTOMER_ID]), self.inbox / name)
 
     def _push(self, events: pd.DataFrame) -> None:
         latest = {

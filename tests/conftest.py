@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def copy_feature_repo(project_dir: Path) -> Path:
         if item.suffix in {".py", ".yaml"} or item.name == ".feastignore":
             shutil.copy(item, repo / item.name)
     return repo
+
+
+def free_port() -> int:
+    """A port nobody listens on right now, on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,20 @@
 """`nexttouch demo` end to end on a small brand in a temporary project (real bentoml serve)."""
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from nexttouch.cli import app
-from tests.conftest import copy_feature_repo
+from tests.conftest import copy_feature_repo, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 
 def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     copy_feature_repo(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = ["demo", "--project-dir", str(tmp_path), "--customers", "300", "--port", str(port), "--no-keep-serving"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

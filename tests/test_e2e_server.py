@@ -7,17 +7,14 @@ import pytest
 
 from nexttouch.settings import Settings
 from serving import server
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 
 @pytest.fixture(scope="module")
 def base_url(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = built.model_copy(update={"port": port})
     proc = server.start(settings, tmp_path_factory.mktemp("logs") / "serve.log")
     try:
