@@ -38,7 +38,7 @@ class Conflict(BentoMLException):
 @bentoml.service(
     name="nexttouch",
     # BentoML keeps each request's timer alive for the whole timeout: keep it short.
-    traffic={"timeout": int(os.environ.get("NEXTTOUCH_REQUEST_TIMEOUT_S", "5"))},
+    traffic={"timeout": load_settings().request_timeout_s},
     workers=1,
 )
 class NextTouch:
