@@ -93,11 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--every-days", type=int, default=1, help="feature snapshot spacing (7: weekly)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.project, args.customers)))
+        print(json.dumps(run_case(args.one, args.project, args.customers, args.every_days)))
         return
 
     root = Path(__file__).resolve().parent.parent
@@ -120,6 +121,8 @@ def main() -> None:
                 str(project),
                 "--customers",
                 str(args.customers),
+                "--every-days",
+                str(args.every_days),
             ]
             out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
             if out.returncode != 0:
@@ -134,7 +137,10 @@ def main() -> None:
                 break
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = {r["case"]: r["seconds"] for r in results}
-    print(f"\nnexttouch data benchmarks, {args.customers:,} customers, {os.cpu_count()} cores\n")
+    print(
+        f"\nnexttouch data benchmarks, {args.customers:,} customers, snapshots every {args.every_days} day(s), "
+        f"{os.cpu_count()} cores\n"
+    )
     print(f"| {'case':<13} | {'size':<48} | {'seconds':>8} | {'peak RSS MiB':>12} | {'x bulk':>6} |")
     print(f"|{'-' * 15}|{'-' * 50}|{'-' * 10}|{'-' * 14}|{'-' * 8}|")
     for r in results:

@@ -40,7 +40,7 @@ def build_offline(settings: Settings, end: datetime, days: int) -> FeatureBuild:
     check_columns(events, {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events")
     check_columns(customers, CUSTOMERS_COLUMNS, "customers")
 
-    touch = build_touch_features(events, customers, end, days)
+    touch = build_touch_features(events, customers, end, days, every_days=settings.snapshot_every_days)
     profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)

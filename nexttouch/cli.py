@@ -101,11 +101,14 @@ def features(
     project_dir: ProjectOpt = None,
     days: Annotated[int | None, typer.Option(help="Days of history to featurise.")] = None,
     end: Annotated[datetime | None, typer.Option(help="Last snapshot, UTC (default: today 00:00).")] = None,
+    every_days: Annotated[
+        int | None, typer.Option(help="Days between feature snapshots (1 = daily; 7 for millions of customers).")
+    ] = None,
 ) -> None:
     """Build feature snapshots, `feast apply` the repo and materialize the online store."""
     from features.pipeline import build_offline, feast_apply, materialize
 
-    s = _settings(project_dir, None, days=days)
+    s = _settings(project_dir, None, days=days, snapshot_every_days=every_days)
     as_of = end.replace(tzinfo=UTC) if end else _today()
     build = build_offline(s, as_of, s.days)
     typer.echo(

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     seed: int = 7
     customers: int = Field(5_000, gt=0)
     days: int = Field(180, gt=14)
+    snapshot_every_days: int = Field(
+        1,
+        ge=1,
+        le=7,
+        description="Feature snapshot spacing: 7 for millions of customers (rows = customers x days / N).",
+    )
     decision_rate: float = Field(0.08, gt=0, le=1, description="Daily chance a customer gets a decision.")
 
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
