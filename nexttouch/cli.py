@@ -68,7 +68,7 @@ def ingest(
     catalog: CatalogOpt = None,
 ) -> None:
     """Validate and load a brand's tables; rejected rows go to data/quarantine/ with a reason each."""
-    from nexttouch.ingest import IngestError
+    from nexttouch.ingest import IngestError, summary
     from nexttouch.ingest import ingest as run_ingest
 
     s = _settings(project_dir, catalog)
@@ -77,23 +77,8 @@ def ingest(
     except IngestError as exc:
         typer.echo(f"ingest failed: {exc}", err=True)
         raise typer.Exit(2) from exc
-    for line in ingest_summary(reports):
+    for line in summary(reports):
         typer.echo(line)
-
-
-def ingest_summary(reports: list) -> list[str]:
-    """Counts per table and per rejection reason, as printed by `ingest` and the demo."""
-    lines = []
-    for r in reports:
-        lines.append(
-            f"{r.table:<10} {r.rows:>10,} rows: {r.loaded:,} loaded, {r.already_loaded:,} already loaded, "
-            f"{sum(r.rejected.values()):,} rejected"
-        )
-        lines.extend(f"{'':<13}{n:>10,}  {reason}" for reason, n in sorted(r.rejected.items()))
-        lines.extend(f"{'':<13}column {c!r} refused: {why}" for c, why in r.refused_columns.items())
-        if r.quarantine:
-            lines.append(f"{'':<13}quarantine: {r.quarantine}")
-    return lines
 
 
 @app.command()

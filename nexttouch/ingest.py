@@ -57,6 +57,21 @@ class TableReport:
     quarantine: Path | None = None
 
 
+def summary(reports: list[TableReport]) -> list[str]:
+    """Counts per table and per rejection reason, as printed by `ingest` and the demo."""
+    lines = []
+    for r in reports:
+        lines.append(
+            f"{r.table:<10} {r.rows:>10,} rows: {r.loaded:,} loaded, {r.already_loaded:,} already loaded, "
+            f"{sum(r.rejected.values()):,} rejected"
+        )
+        lines.extend(f"{'':<13}{n:>10,}  {reason}" for reason, n in sorted(r.rejected.items()))
+        lines.extend(f"{'':<13}column {c!r} refused: {why}" for c, why in r.refused_columns.items())
+        if r.quarantine:
+            lines.append(f"{'':<13}quarantine: {r.quarantine}")
+    return lines
+
+
 class IngestError(ValueError):
     """A whole input file is unusable (unreadable, or a required column is missing)."""
 

@@ -21,8 +21,7 @@ def _step(title: str) -> float:
 
 def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: bool | None = None) -> None:
     from features.pipeline import build_offline, feast_apply, materialize
-    from nexttouch.cli import ingest_summary
-    from nexttouch.ingest import ingest
+    from nexttouch.ingest import ingest, summary
     from nexttouch.simulate import write_brand
     from serving import server
     from training.job import run_training
@@ -33,7 +32,7 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
         f"   {len(brand.events):,} touch events from {brand.events['source_system'].nunique()} source systems, "
         f"{len(brand.decisions):,} logged decisions -> {settings.landing_dir}"
     )
-    for line in ingest_summary(ingest(settings, catalog, settings.landing_dir)):
+    for line in summary(ingest(settings, catalog, settings.landing_dir)):
         print(f"   {line}")
     print(f"   ({time.monotonic() - t:.1f}s)")
 

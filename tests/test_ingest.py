@@ -41,7 +41,7 @@ C1,2025-01-01T00:00:00Z,north,1.5,jo@example.com
 C2,2025-06-01,south,2,al@example.org
 C2,2025-06-02,south,2,al@example.org
 ,2025-06-01,east,3,x@example.com
-C4,2027-01-01,east,3,y@example.com
+C4,2099-01-01,east,3,y@example.com
 """,
     )
     _write(
@@ -54,7 +54,7 @@ e3,2026-10-03T10:00:00Z,app,a-2,push_opened,,,,d1
 e4,2026-10-03T10:00:00Z,app,a-1,telepathy,,,,
 e5,2026-10-03T10:00:00Z,app,nobody,app_session,,,,
 e6,last tuesday,app,a-1,app_session,,,,
-e7,2027-01-01T00:00:00Z,app,a-1,app_session,,,,
+e7,2099-01-01T00:00:00Z,app,a-1,app_session,,,,
 e1,2026-10-05T10:00:00Z,app,a-1,app_like,,,,
 e8,2026-10-03T10:00:00Z,app,a-1,app_session,low,,,
 e9,2026-10-03T10:00:00Z,app,a-1,purchase,,,a lot,
@@ -197,3 +197,17 @@ def test_event_parts_such_as_the_service_inbox_load_together(
     )
     (report,) = ingest(project, catalog, inbox, now=NOW)
     assert (report.rows, report.loaded, report.rejected) == (3, 2, {"unresolvable source key": 1})
+
+
+def test_the_cli_prints_counts_per_reason_and_fails_cleanly(project: Settings, landing: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nexttouch.cli import app
+
+    ok = CliRunner().invoke(app, ["ingest", str(landing), "--project-dir", str(project.project_dir)])
+    assert ok.exit_code == 0, ok.output
+    assert "events             11 rows: 3 loaded, 0 already loaded, 8 rejected" in ok.output
+    assert "1  unknown touch type" in ok.output and "quarantine: " in ok.output
+    (tmp_path / "nothing").mkdir()
+    failed = CliRunner().invoke(app, ["ingest", str(tmp_path / "nothing"), "--project-dir", str(project.project_dir)])
+    assert failed.exit_code == 2 and "ingest failed: no tables" in failed.output
