@@ -59,7 +59,7 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
         _show_decisions(url, brand.customers["customer_id"].head(200).tolist())
         print("\nWhere to look next:")
         print("   make ui                      MLflow UI over mlruns/ (runs, metrics, registry)")
-        print(f"   {url}/docs         the service's OpenAPI page")
+        print(f"   {url}/            the service's OpenAPI page (spec: {url}/docs.json)")
         print(
             f"   curl -s -XPOST {url}/decide -H 'content-type: application/json' -d '{{\"customer_id\": \"C0000001\"}}'"
         )

@@ -25,5 +25,5 @@ def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     assert re.search(r"200 decisions: ", out)
     assert "C9999999 -> " in out and "cold start" in out
     assert "malformed body -> HTTP 400" in out
-    assert f"http://127.0.0.1:{port}/docs" in out and "make ui" in out
+    assert f"http://127.0.0.1:{port}/            the service's OpenAPI page" in out and "make ui" in out
     assert (tmp_path / "mlruns" / "mlflow.db").exists() and (tmp_path / "data" / "raw" / "events.parquet").exists()

@@ -29,6 +29,12 @@ def test_health_and_readiness(base_url: str) -> None:
     assert httpx.get(f"{base_url}/readyz").status_code == 200
 
 
+def test_the_openapi_page_the_demo_points_to(base_url: str) -> None:
+    page = httpx.get(f"{base_url}/", timeout=10)
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert "/decide" in httpx.get(f"{base_url}/docs.json", timeout=10).json()["paths"]
+
+
 def test_decisions_over_http(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=10) as client:
         known = client.post("/decide", json={"customer_id": "C0000005"})
