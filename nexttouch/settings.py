@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     decision_rate: float = Field(0.08, gt=0, le=1, description="Daily chance a customer gets a decision.")
 
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
+    default_time_zone: str = Field(
+        "UTC", description="IANA time zone for quiet hours when a customer's profile has no time_zone."
+    )
     host: str = "127.0.0.1"
     port: int = 3000
     request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see README).")

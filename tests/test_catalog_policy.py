@@ -63,3 +63,35 @@ def test_propensity_is_the_probability_of_the_chosen_action(catalog: Catalog) ->
         logged = {d.propensity for d in draws if d.action == action}
         assert len(logged) == 1
         assert share == pytest.approx(logged.pop(), abs=0.01)
+
+
+def test_contact_rules_are_validated(tmp_path: Path) -> None:
+    def load(action: str) -> Catalog:
+        path = tmp_path / "c.yaml"
+        path.write_text(f"actions:\n- {{name: none, tier: none, cost: 0, value_of_success: 1}}\n- {action}\n")
+        return load_catalog(path)
+
+    with pytest.raises(
+        ValidationError, match=r"cap window of 14 days: the touch-count features only cover \[7, 30, 90\] days"
+    ):
+        load("{name: push, tier: tech, cost: 0, value_of_success: 1, caps: [{max: 3, days: 14}]}")
+    with pytest.raises(ValidationError, match=r"quiet_hours\.start\n  String should match pattern"):
+        load("{name: push, tier: tech, cost: 0, value_of_success: 1, quiet_hours: {start: '25:00', end: '08:00'}}")
+    with pytest.raises(ValidationError, match="ambiguous"):
+        load("{name: push, tier: tech, cost: 0, value_of_success: 1, quiet_hours: {start: '08:00', end: '08:00'}}")
+    with pytest.raises(ValidationError, match="period"):
+        load("{name: call, tier: high, cost: 1, value_of_success: 1, capacity: {limit: 3, period: month}}")
+    with pytest.raises(ValidationError, match="success_touch 'email_opened'"):
+        load("{name: mail, tier: tech, cost: 0, value_of_success: 1, success_touch: email_opened}")
+    ok = load("{name: push, tier: tech, cost: 0, value_of_success: 1, caps: [{max: 3, days: 30}]}")
+    assert ok["push"].cap_feature(ok["push"].caps[0]) == "tech_out_30d"
+
+
+def test_cap_windows_are_the_feature_windows(catalog: Catalog) -> None:
+    from features.touch_features import TOUCH_FEATURES, WINDOWS
+    from nexttouch.catalog import CAP_WINDOWS
+
+    assert CAP_WINDOWS == WINDOWS
+    for action in catalog.actions:
+        for cap in action.caps:
+            assert action.cap_feature(cap) in TOUCH_FEATURES
