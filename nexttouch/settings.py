@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 3000
     request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see README).")
+    api_key: SecretStr | None = Field(None, description="Key every service call but health must send as X-API-Key.")
+    workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
+    batch_limit: int = Field(1000, ge=1, description="Most customers in one POST /decide/batch.")
+    online_timeout_ms: int = Field(250, gt=0, description="Online feature read slower than this: rule-based fallback.")
+    champion_poll_s: float = Field(10.0, gt=0, description="How often the service checks the champion alias.")
+    decision_log_url: str | None = Field(
+        None, description="postgresql://... for a PostgreSQL decision log; default SQLite data/decisions.db."
+    )
 
     @property
     def feature_repo(self) -> Path:
