@@ -6,7 +6,7 @@ SQLite. Feature values repeat a lot (counts, flags, shared snapshot times), so h
 *distinct* value of a column is converted once with Feast's own ``python_values_to_proto_values``
 and serialized once, and the bytes are spread back with numpy; entity keys use Feast's
 serialization. The result is byte for byte what ``materialize`` writes (checked by
-``benchmarks/check_online_load.py``), so ``get_online_features`` reads it unchanged.
+``tests/test_online_load.py``), so ``get_online_features`` reads it unchanged.
 
 Like SQLite ``materialize`` (and Redis ``materialize`` with ``skip_dedup``), a load overwrites an
 entity's stored row even if that row is newer.
@@ -15,18 +15,71 @@ entity's stored row even if that row is newer.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
 SQLITE_BATCH = 200_000  # entities per executemany: bounds the memory of the row arrays
 REDIS_BATCH = 5_000  # entities per pipeline round trip
+# Key columns stay arrow strings in pandas: no Python object per cell for 26M snapshot rows.
+_ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string()), pa.large_string(): pd.ArrowDtype(pa.large_string())}
+
+
+def materialize_bulk(store: FeatureStore, end: datetime) -> dict[str, int]:
+    """What ``store.materialize(start_date=EPOCH, end_date=end)`` does, for file-backed views, in bulk.
+
+    Each online view's latest row per entity up to ``end`` is read from its parquet file (only those
+    rows become pandas) and written with ``write_latest_online``; a view backed by anything but a
+    parquet file goes through Feast's ``materialize``. Returns rows written per view.
+    """
+    from feast import FileSource
+
+    written = {}
+    for view in store.list_feature_views():
+        source = view.batch_source
+        if not view.online:
+            continue
+        if not isinstance(source, FileSource):
+            store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end, feature_views=[view.name])
+            continue
+        keys = [c.name for c in view.entity_columns]
+        columns = [*keys, source.timestamp_field, *(f.name for f in view.features)]
+        if source.created_timestamp_column:
+            columns.append(source.created_timestamp_column)
+        frame = read_latest(Path(source.path), keys, source.timestamp_field, columns, end)
+        written[view.name] = write_latest_online(store, view.name, frame)
+    return written
+
+
+def read_latest(path: Path, keys: list[str], ts_col: str, columns: list[str], end: datetime) -> pd.DataFrame:
+    """Each entity's latest row at or before ``end`` from a parquet file, reading batch by batch.
+
+    The keys and times are read first to find the rows; then only those rows of ``columns`` are
+    kept from each record batch, so a file of 26M weekly snapshots never sits in memory whole.
+    """
+    file = pq.ParquetFile(path)
+    head = file.read(columns=[*keys, ts_col])
+    times = pc.cast(head.column(ts_col), pa.timestamp("us", "UTC")).to_numpy()
+    upto = times <= np.datetime64(pd.Timestamp(end).tz_convert("UTC").tz_localize(None), "us")
+    frame = head.to_pandas(types_mapper=_ARROW_STRINGS.get)
+    wanted = np.flatnonzero(upto)[_latest_rows(frame.loc[upto], keys, ts_col)]
+    del head, frame
+    parts, offset = [], 0
+    for batch in file.iter_batches(batch_size=1 << 20, columns=columns):
+        mine = wanted[(wanted >= offset) & (wanted < offset + batch.num_rows)] - offset
+        parts.append(batch.take(pa.array(mine)))
+        offset += batch.num_rows
+    schema = pa.schema([file.schema_arrow.field(c) for c in columns])
+    return pa.Table.from_batches(parts, schema=schema).to_pandas()
 
 
 def write_latest_online(store: FeatureStore, feature_view_name: str, frame: pd.DataFrame) -> int:
@@ -60,12 +113,15 @@ def write_latest_online(store: FeatureStore, feature_view_name: str, frame: pd.D
 
 
 def _latest_rows(frame: pd.DataFrame, keys: list[str], ts_col: str) -> np.ndarray:
-    """Positions of each entity's latest row; sorts only the timestamps, never the whole frame."""
+    """Positions of each entity's latest row (the last one in file order on a tie), in file order."""
     times = pd.to_datetime(frame[ts_col], utc=True).dt.tz_localize(None).to_numpy()
-    order = np.argsort(times, kind="stable")
-    key = frame[keys[0]] if len(keys) == 1 else frame[keys]
-    later = key.iloc[order[::-1]].duplicated(keep="first").to_numpy()[::-1]
-    return np.sort(order[~later])
+    if len(keys) == 1:
+        codes = pd.factorize(frame[keys[0]])[0]
+    else:
+        codes = frame.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+    order = np.lexsort((times, codes))  # by entity, then time; stable for ties
+    last = np.append(codes[order][1:] != codes[order][:-1], True)
+    return np.sort(order[last])
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:

@@ -98,14 +98,14 @@ def build_touch_features(
 
 def _channels(ev: pd.DataFrame) -> np.ndarray:
     """For each event, its tier x direction channel and, where relevant, its type channel."""
-    td = {f"{t}|{d}": i for i, (t, d) in enumerate(_TD)}
-    return np.stack(
-        [
-            (ev["tier"] + "|" + ev["direction"]).map(td).to_numpy(dtype=np.int64),
-            ev["touch_type"].map({t: len(_TD) + i for i, t in enumerate(_TYPES)}).fillna(-1).to_numpy(dtype=np.int64),
-        ],
-        axis=1,
-    )
+    tier, direction = _codes(ev["tier"], TIERS), _codes(ev["direction"], DIRECTIONS)
+    return np.stack([tier * len(DIRECTIONS) + direction, _codes(ev["touch_type"], _TYPES, len(_TD))], axis=1)
+
+
+def _codes(column: pd.Series, values: tuple[str, ...], first: int = 0) -> np.ndarray:
+    """``first`` + position of each value in ``values`` (-1 if absent); any string dtype, no Python loop."""
+    codes = pd.Categorical(column, categories=list(values)).codes.astype(np.int64)
+    return np.where(codes >= 0, codes + first, -1)
 
 
 def _chunk_features(
