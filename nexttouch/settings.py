@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     decision_rate: float = Field(0.08, gt=0, le=1, description="Daily chance a customer gets a decision.")
 
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
+    max_rejected_share: float = Field(
+        0.05, ge=0, le=1, description="Nightly retraining stops when ingest rejects more of any table than this."
+    )
     default_time_zone: str = Field(
         "UTC", description="IANA time zone for quiet hours when a customer's profile has no time_zone."
     )
