@@ -33,6 +33,11 @@ class Choice:
     removed: dict[str, str]  # ineligible action -> reason
 
 
+# Contact rules in the order they are checked; an action is reported under the first one it breaks.
+RULES = ("eligible", "no consent", "unknown time zone", "quiet hours", "frequency cap", "cool-down")
+OK, CONSENT, UNKNOWN_ZONE, QUIET, CAP, COOLDOWN = range(len(RULES))
+
+
 def eligibility(
     catalog: Catalog,
     features: Mapping[str, Any],
@@ -47,30 +52,31 @@ def eligibility(
     """
     removed: dict[str, str] = {}
     for action in catalog.actions:
-        reason = _why_not(action, features, now, default_time_zone)
-        if reason:
+        rule, reason = why_not(action, features, now, default_time_zone)
+        if rule != OK:
             removed[action.name] = reason
     return removed
 
 
-def _why_not(action: Action, f: Mapping[str, Any], now: datetime | None, default_tz: str) -> str | None:
+def why_not(action: Action, f: Mapping[str, Any], now: datetime | None, default_tz: str) -> tuple[int, str]:
+    """The first contact rule ``action`` breaks for one customer (index into ``RULES``) and why."""
     if action.requires and _number(f.get(action.requires)) != 1:
-        return f"no {action.requires} on record"
+        return CONSENT, f"no {action.requires} on record"
     if action.quiet_hours and now is not None:
         zone = f.get(TIME_ZONE)
         zone = default_tz if _missing(zone) else str(zone)
         try:
             local = _utc(now).astimezone(ZoneInfo(zone))
         except (ZoneInfoNotFoundError, ValueError):
-            return f"unknown time zone {zone!r}: quiet hours cannot be checked"
+            return UNKNOWN_ZONE, f"unknown time zone {zone!r}: quiet hours cannot be checked"
         start, end = action.quiet_hours.minutes
         if _quiet(local.hour * 60 + local.minute, start, end):
             q = action.quiet_hours
-            return f"quiet hours {q.start}-{q.end} ({local:%H:%M} in {zone})"
+            return QUIET, f"quiet hours {q.start}-{q.end} ({local:%H:%M} in {zone})"
     for cap in action.caps:
         count = _number(f.get(action.cap_feature(cap)))
         if count is not None and count >= cap.max:
-            return f"frequency cap: {count:g} {action.tier} touches out in {cap.days} days (max {cap.max})"
+            return CAP, f"frequency cap: {count:g} {action.tier} touches out in {cap.days} days (max {cap.max})"
     if action.cooldown_days:
         days = None
         last = f.get(action.last_touch_feature)
@@ -79,34 +85,45 @@ def _why_not(action: Action, f: Mapping[str, Any], now: datetime | None, default
         elif not _missing(f.get(action.recency_feature)):
             days = float(f[action.recency_feature])
         if days is not None and days < action.cooldown_days:
-            return f"cool-down: last {action.tier} touch {days:.1f} days ago (wait {action.cooldown_days:g})"
-    return None
+            return COOLDOWN, f"cool-down: last {action.tier} touch {days:.1f} days ago (wait {action.cooldown_days:g})"
+    return OK, ""
 
 
 def eligible_mask(
     catalog: Catalog, frame: pd.DataFrame, now: datetime | None, default_time_zone: str = "UTC"
 ) -> np.ndarray:
     """Vectorised ``eligibility``: True where an action is allowed, shape (rows, actions)."""
+    return broken_rules(catalog, frame, now, default_time_zone) == OK
+
+
+def broken_rules(
+    catalog: Catalog, frame: pd.DataFrame, now: datetime | None, default_time_zone: str = "UTC"
+) -> np.ndarray:
+    """Vectorised ``why_not``: the first rule each action breaks per row (``OK`` = eligible), int8 (rows, actions)."""
     n = len(frame)
-    out = np.ones((n, len(catalog.actions)), bool)
+    out = np.zeros((n, len(catalog.actions)), np.int8)
     local_minute = _local_minutes(frame, now, default_time_zone) if now is not None else None
     for j, action in enumerate(catalog.actions):
-        ok = out[:, j]
+        rule = out[:, j]  # a view: rules below only mark rows that no earlier rule removed
+
+        def mark(broken: np.ndarray, code: int, rule: np.ndarray = rule) -> None:
+            rule[(rule == OK) & broken] = code
+
         if action.requires:
-            ok &= _column(frame, action.requires) == 1  # NaN and missing compare False: no consent
+            mark(~(_column(frame, action.requires) == 1), CONSENT)  # NaN or missing: no consent
         if action.quiet_hours and local_minute is not None:
             start, end = action.quiet_hours.minutes
-            ok &= ~np.isnan(local_minute)  # unknown time zone
-            ok &= ~_quiet(local_minute, start, end)
+            mark(np.isnan(local_minute), UNKNOWN_ZONE)
+            mark(_quiet(local_minute, start, end), QUIET)
         for cap in action.caps:
-            ok &= ~(_column(frame, action.cap_feature(cap)) >= cap.max)  # NaN: feature absent, no cap
+            mark(_column(frame, action.cap_feature(cap)) >= cap.max, CAP)  # NaN: feature absent, no cap
         if action.cooldown_days:
             days = _column(frame, action.recency_feature)
             if now is not None and action.last_touch_feature in frame:
                 last = pd.to_datetime(frame[action.last_touch_feature], utc=True)
                 since = ((pd.Timestamp(_utc(now)) - last).dt.total_seconds() / DAY_S).clip(lower=0).to_numpy()
                 days = np.where(np.isnan(since), days, since)
-            ok &= ~(days < action.cooldown_days)
+            mark(days < action.cooldown_days, COOLDOWN)
     return out
 
 
