@@ -118,6 +118,25 @@ def train(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
     )
 
 
+@app.command()
+def plan(
+    project_dir: ProjectOpt = None,
+    catalog: CatalogOpt = None,
+    at: Annotated[datetime | None, typer.Option(help="When contacts go out, UTC (quiet hours; default now).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Plan file, .parquet or .csv (default data/plans/).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Exploration share (default: settings epsilon).")] = None,
+) -> None:
+    """Decide every customer at once (nightly batch); scarce capacity goes where it adds most value."""
+    from nexttouch.plan import run_plan
+
+    s = _settings(project_dir, catalog)
+    when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
+    summary = run_plan(s, load_catalog(s.catalog_path), when, out, epsilon)
+    counts = ", ".join(f"{a} {c:,}" for a, c in summary.counts.items())
+    typer.echo(f"planned {summary.customers:,} customers ({counts}); expected net value {summary.total_value:,.0f}")
+    typer.echo(f"plan written to {summary.path}")
+
+
 @app.command("export-log")
 def export_log(project_dir: ProjectOpt = None) -> None:
     """Write the service's decision log (with outcomes) to data/inbox/ for `nexttouch ingest data/inbox`."""

@@ -1,0 +1,353 @@
+"""The nightly plan: the next contact for every customer at once, with scarce capacity assigned globally.
+
+Each customer's best *non-scarce* action (``none``, ``push``, ...) is its fallback. A scarce action
+(one with a catalog ``capacity``) is worth giving to a customer only by its uplift over that
+fallback, so the limited advisor calls and event seats go where the uplift is largest: a
+b-matching of customers to (action, group) capacities, solved exactly as a linear program
+(HiGHS dual simplex; the constraint matrix is a bipartite incidence matrix, so the optimum is
+integral). Only the customers that can matter enter the LP (see ``_candidates``), so 1M customers
+cost no more than the few thousand slots there are.
+
+The core (``plan_actions``) is pure numpy/pandas; ``run_plan`` does the I/O: latest features,
+champion model, parquet/CSV out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.optimize import linprog
+
+from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.parquet import write_parquet
+from nexttouch.policy import OK, RULES, broken_rules, explore_probabilities, net_values
+from nexttouch.schemas import ACTION, CUSTOMER_ID, EVENT_TIMESTAMP, PROPENSITY, REQUEST_AT
+
+if TYPE_CHECKING:
+    from nexttouch.model import DecisionModel
+    from nexttouch.settings import Settings
+
+ALL = "all"  # the group of a capacity without `per`
+# Why each customer got its action (index into WHY).
+WHY = (
+    "best net value",
+    "exploration: drawn among eligible non-scarce actions by explore weight",
+    "scarce action assigned where it adds most over the best alternative",
+    "{scarce} would add more, but its capacity went to customers where it adds most",
+)
+BEST, EXPLORED, ASSIGNED, CAPACITY_FULL = range(len(WHY))
+
+
+@dataclass(frozen=True)
+class Slots:
+    """One scarce action's capacity: each customer's group and each group's limit."""
+
+    action: int  # column in the catalog
+    per: str | None
+    group: np.ndarray  # (rows,) group code of each customer
+    names: list[str]  # group code -> group name
+    limit: np.ndarray  # (groups,) how many the plan may assign
+
+
+def capacity_slots(catalog: Catalog, frame: pd.DataFrame) -> list[Slots]:
+    """The capacities of the catalog's scarce actions, grouped by their ``per`` profile column.
+
+    A customer without a value in the ``per`` column is in group ``"unknown"``, which has no capacity:
+    the plan cannot count the customer against any group's limit.
+    """
+    slots = []
+    for j, action in enumerate(catalog.actions):
+        cap = action.capacity
+        if cap is None:
+            continue
+        if cap.per is None:
+            group, names = np.zeros(len(frame), np.int64), [ALL]
+            limit = np.array([cap.limit])
+        else:
+            if cap.per not in frame:
+                raise KeyError(f"{action.name} capacity is per {cap.per!r}, a column the customer features lack")
+            codes, uniques = pd.factorize(frame[cap.per], use_na_sentinel=True)
+            names = [str(u) for u in uniques]
+            limit = np.full(len(names), cap.limit)
+            if (codes < 0).any():
+                codes = np.where(codes < 0, len(names), codes)
+                names.append("unknown")
+                limit = np.append(limit, 0)
+            group = codes.astype(np.int64)
+        slots.append(Slots(j, cap.per, group, names, limit))
+    return slots
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: np.ndarray  # (rows,) catalog column of each customer's action
+    planned: np.ndarray  # (rows,) the action the plan would give without exploration
+    propensity: np.ndarray
+    explored: np.ndarray
+    values: np.ndarray  # (rows, actions) expected net values
+    fallback: np.ndarray  # (rows,) best eligible non-scarce action
+    why: np.ndarray  # (rows,) index into WHY
+    blocked: np.ndarray  # (rows,) scarce action that would have been better but had no capacity left, or -1
+    rules: np.ndarray  # (rows, actions) broken contact rule per action (policy.RULES)
+
+    def total_value(self) -> float:
+        return float(self.values[np.arange(len(self.action)), self.action].sum())
+
+
+def plan_actions(
+    catalog: Catalog,
+    frame: pd.DataFrame,
+    p_success: np.ndarray,
+    now: datetime | None,
+    epsilon: float = 0.0,
+    seed: int = 0,
+    default_time_zone: str = "UTC",
+) -> Plan:
+    """Decide every row of ``frame`` (one customer each) at once; ``p_success`` columns follow the catalog."""
+    n, k = p_success.shape
+    rules = broken_rules(catalog, frame, now, default_time_zone)
+    eligible = rules == OK
+    values = net_values(catalog, p_success)
+    slots = capacity_slots(catalog, frame)
+    scarce = np.zeros(k, bool)
+    scarce[[s.action for s in slots]] = True
+
+    fallback = _best(values, eligible & ~scarce, catalog.names.index(NO_ACTION))
+    fallback_value = values[np.arange(n), fallback]
+    planned = fallback.copy()
+    uplift = np.where(eligible[:, scarce], values[:, scarce] - fallback_value[:, None], 0.0)
+    rows, cols = _assign(uplift, slots)
+    planned[rows] = np.flatnonzero(scarce)[cols]
+    # the scarce action a customer would have taken alone (largest positive uplift) but did not get
+    blocked = np.full(n, -1)
+    if slots:
+        alone = np.where(uplift.max(axis=1) > 0, np.flatnonzero(scarce)[uplift.argmax(axis=1)], -1)
+        blocked = np.where(planned == alone, -1, alone)
+
+    # Exploration: a share epsilon draws among the eligible non-scarce actions by explore weight.
+    # Scarce actions are not explored here: their slots are given out globally, so a random draw could
+    # overflow them. Explorers' planned slots stay unused, so every propensity is exact.
+    explore_p = explore_probabilities(catalog, eligible & ~scarce)
+    can_explore = explore_p.sum(axis=1) > 0
+    eps = np.where(can_explore, epsilon, 0.0)
+    rng = np.random.default_rng(seed)
+    explored = rng.random(n) < eps
+    draw = (explore_p.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
+    action = np.where(explored, draw, planned)
+    propensity = eps * explore_p[np.arange(n), action] + (1 - eps) * (action == planned)
+
+    why = np.full(n, BEST, np.int8)
+    why[planned != fallback] = ASSIGNED
+    why[blocked >= 0] = CAPACITY_FULL
+    why[explored] = EXPLORED
+    return Plan(action, planned, propensity, explored, values, fallback, why, blocked, rules)
+
+
+def _best(values: np.ndarray, allowed: np.ndarray, none: int) -> np.ndarray:
+    """Column of the highest value among allowed actions; ``none`` wins ties (it is always allowed)."""
+    masked = np.where(allowed, values, -np.inf)
+    best = masked.argmax(axis=1)
+    return np.where(masked[:, none] >= masked[np.arange(len(best)), best], none, best)
+
+
+def _assign(uplift: np.ndarray, slots: list[Slots]) -> tuple[np.ndarray, np.ndarray]:
+    """Max total uplift with at most one scarce action per customer and each group's limit: (rows, slot)."""
+    if not slots:
+        return np.array([], np.int64), np.array([], np.int64)
+    cand_rows, cand_cols = _candidates(uplift, slots)
+    if len(cand_rows) == 0:
+        return cand_rows, cand_cols
+    m = len(cand_rows)
+    customers, cust_idx = np.unique(cand_rows, return_inverse=True)
+    # capacity rows: one per (slot, group)
+    offsets = np.cumsum([0, *(len(s.limit) for s in slots)])
+    cap_idx = np.empty(m, np.int64)
+    for c, s in enumerate(slots):
+        mine = cand_cols == c
+        cap_idx[mine] = offsets[c] + s.group[cand_rows[mine]]
+    a_ub = sparse.vstack(
+        [
+            sparse.csr_matrix((np.ones(m), (cust_idx, np.arange(m))), shape=(len(customers), m)),
+            sparse.csr_matrix((np.ones(m), (cap_idx, np.arange(m))), shape=(offsets[-1], m)),
+        ]
+    ).tocsr()
+    b_ub = np.concatenate([np.ones(len(customers)), np.concatenate([s.limit for s in slots]).astype(float)])
+    result = linprog(-uplift[cand_rows, cand_cols], A_ub=a_ub, b_ub=b_ub, bounds=(0, 1), method="highs-ds")
+    if result.status != 0:
+        raise RuntimeError(f"capacity assignment LP failed: {result.message}")
+    take = result.x > 0.5  # integral at a vertex (bipartite b-matching); 0.5 guards float noise
+    return cand_rows[take], cand_cols[take]
+
+
+def _candidates(uplift: np.ndarray, slots: list[Slots]) -> tuple[np.ndarray, np.ndarray]:
+    """(customer, slot) pairs that an optimal assignment can use, with positive uplift.
+
+    For slot s and group g only the top ``limit[s, g] + B`` customers of g by uplift can matter,
+    where B bounds how many of them other scarce actions can take (their limit in the same group,
+    or their total limit when grouped by another column): if a customer outside the top set held
+    the slot, some customer in the top set would be free and at least as good (exchange argument).
+    """
+    rows, cols = [], []
+    for c, s in enumerate(slots):
+        others = [o for o in slots if o is not s]
+        positive = np.flatnonzero(uplift[:, c] > 0)
+        order = positive[np.lexsort((positive, -uplift[positive, c]))]  # by uplift, then row: deterministic
+        group = s.group[order]
+        for g, limit in enumerate(s.limit):
+            bound = sum(int(o.limit[g]) if o.per == s.per else int(o.limit.sum()) for o in others)
+            top = order[group == g][: int(limit) + bound] if limit > 0 else order[:0]
+            rows.append(top)
+            cols.append(np.full(len(top), c))
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def first_come_first_served(
+    catalog: Catalog, frame: pd.DataFrame, p_success: np.ndarray, now: datetime | None, default_time_zone: str = "UTC"
+) -> np.ndarray:
+    """Baseline: customers in row order each take their best eligible action while capacity lasts.
+
+    A customer whose best scarce action is full falls back to the next best eligible one.
+    """
+    eligible = broken_rules(catalog, frame, now, default_time_zone) == OK
+    values = np.where(eligible, net_values(catalog, p_success), -np.inf)
+    slots = {s.action: s for s in capacity_slots(catalog, frame)}
+    left = {j: s.limit.copy() for j, s in slots.items()}
+    none = catalog.names.index(NO_ACTION)
+    chosen = _best(values, eligible, none)
+    for i in np.flatnonzero(np.isin(chosen, list(slots))):
+        order = sorted(range(values.shape[1]), key=lambda j: (-values[i, j], j != none))
+        for j in order:
+            if j in slots:
+                g = slots[j].group[i]
+                if left[j][g] <= 0:
+                    continue
+                left[j][g] -= 1
+            chosen[i] = j
+            break
+    return chosen
+
+
+def plan_frame(catalog: Catalog, frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """One row per customer: action, propensity, values, the uplift behind it and the reasons."""
+    names = np.array(catalog.names, dtype=object)
+    n = len(plan.action)
+    out = pd.DataFrame(
+        {
+            CUSTOMER_ID: frame[CUSTOMER_ID].to_numpy(),
+            ACTION: pd.Categorical.from_codes(plan.action, catalog.names),
+            PROPENSITY: plan.propensity,
+            "explored": plan.explored,
+            "fallback": pd.Categorical.from_codes(plan.fallback, catalog.names),
+        }
+    )
+    for j, a in enumerate(catalog.names):
+        out[f"value_{a}"] = plan.values[:, j]
+    out["uplift_over_fallback"] = plan.values[np.arange(n), plan.action] - plan.values[np.arange(n), plan.fallback]
+    per = sorted({s.per for s in capacity_slots(catalog, frame) if s.per})
+    for col in per:
+        out[col] = frame[col].to_numpy()
+    # Reasons: few distinct combinations of (why, blocked action, broken rules), so each text is built once.
+    keys = np.column_stack([plan.why, plan.blocked, plan.action, plan.rules])
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    texts = [_reason(catalog, names, row) for row in uniq]
+    out["reasons"] = pd.Series(np.array(texts, dtype=object)[inverse.ravel()], dtype="category")
+    return out
+
+
+def _reason(catalog: Catalog, names: np.ndarray, key: np.ndarray) -> str:
+    why, blocked, action, rules = int(key[0]), int(key[1]), int(key[2]), key[3:]
+    parts = [f"{names[action]}: " + WHY[why].format(scarce=names[blocked] if blocked >= 0 else "")]
+    removed = [f"{names[j]} ({RULES[r]})" for j, r in enumerate(rules) if r != OK]
+    if removed:
+        parts.append("removed: " + ", ".join(removed))
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    customers: int
+    total_value: float
+    counts: dict[str, int]
+    path: Path
+
+
+def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
+    """Every customer's latest offline feature row at ``now`` plus recency at ``now``: what the online store holds.
+
+    ``features.online_load.read_latest`` is the function that loads the online store, so these are
+    the rows ``get_online_features`` would return (as of the nightly build; contact touches pushed
+    to the online store since then are not in the files). Reading parquet in bulk is ~100x faster
+    than millions of online lookups. Recency comes from the same function as the on-demand view.
+    """
+    import pyarrow.parquet as pq
+
+    from features.online_load import read_latest
+    from features.pipeline import CUSTOMER_PROFILE, TOUCH_HISTORY
+    from features.touch_features import CONTACT_STATE, recency_frame
+
+    def latest(name: str) -> pd.DataFrame:
+        path = settings.offline_dir / f"{name}.parquet"
+        columns = pq.read_schema(path).names
+        return read_latest(path, [CUSTOMER_ID], EVENT_TIMESTAMP, columns, now).drop(columns=[EVENT_TIMESTAMP])
+
+    frame = latest(CUSTOMER_PROFILE).merge(latest(TOUCH_HISTORY), on=CUSTOMER_ID, how="left")
+    state = frame[CONTACT_STATE].assign(**{REQUEST_AT: pd.Timestamp(now)})
+    return pd.concat([frame, recency_frame(state)], axis=1)
+
+
+def predict(model: DecisionModel, frame: pd.DataFrame, actions: list[str], size: int = 100_000) -> np.ndarray:
+    """Calibrated P(success) in catalog order, ``size`` customers at a time (bounded memory)."""
+    missing = set(actions) - set(model.actions)
+    if missing:
+        raise ValueError(f"model does not score catalog actions {sorted(missing)}")
+    absent = [c for c in model.inputs if c not in frame]
+    if absent:
+        raise ValueError(f"the features lack model inputs {absent}")
+    columns = [model.actions.index(a) for a in actions]
+    out = np.empty((len(frame), len(actions)))
+    for lo in range(0, len(frame), size):
+        part = slice(lo, min(lo + size, len(frame)))
+        out[part] = model.predict_all(frame.iloc[part])[:, columns]
+    return out
+
+
+def write_plan(frame: pd.DataFrame, path: Path) -> None:
+    """Parquet, or CSV when the path ends in .csv."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        tmp = path.with_name(f".{path.name}.tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+    else:
+        write_parquet(frame, path)
+
+
+def run_plan(
+    settings: Settings, catalog: Catalog, now: datetime, out: Path | None = None, epsilon: float | None = None
+) -> PlanSummary:
+    """`nexttouch plan`: latest features -> champion P(success) -> global plan -> parquet/CSV."""
+    from serving.champion import load_champion
+
+    frame = latest_features(settings, now)
+    model = load_champion(settings).model
+    p = predict(model, frame, catalog.names)
+    plan = plan_actions(
+        catalog,
+        frame,
+        p,
+        now,
+        epsilon=settings.epsilon if epsilon is None else epsilon,
+        seed=settings.seed,
+        default_time_zone=settings.default_time_zone,
+    )
+    table = plan_frame(catalog, frame, plan)
+    path = out or settings.data_dir / "plans" / f"plan-{now:%Y%m%dT%H%M}.parquet"
+    write_plan(table, path)
+    counts = table[ACTION].value_counts().reindex(catalog.names, fill_value=0)
+    return PlanSummary(len(table), plan.total_value(), {a: int(c) for a, c in counts.items()}, path)
