@@ -1,9 +1,21 @@
-"""Point-in-time-correct training set: the decision log joined with the FeatureService."""
+"""Point-in-time-correct training set: labelled decisions joined with the FeatureService.
+
+A decision's label is its outcome when feedback came back; otherwise it is attributed from the
+touch history: success when the action's ``success_touch`` (catalog) happens within
+``attribution_days`` after the decision, failure once that window has closed without it. A
+decision whose window is still open carries no label yet and is left out (not counted as 0).
+"""
 
 from __future__ import annotations
 
-import pandas as pd
+import logging
+from datetime import datetime, timedelta
 
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from nexttouch.catalog import Catalog
 from nexttouch.feature_store import open_store
 from nexttouch.schemas import (
     ACTION,
@@ -13,19 +25,101 @@ from nexttouch.schemas import (
     DECISIONS_COLUMNS,
     EVENT_TIMESTAMP,
     OUTCOME,
+    PROPENSITY,
     REQUEST_AT,
     check_columns,
 )
 from nexttouch.settings import Settings
 
+log = logging.getLogger(__name__)
+DEFAULT_ATTRIBUTION_DAYS = 2  # catalogs without the field: the simulated brand answers within 2 days
+TOUCH_TYPE, OCCURRED_AT = "touch_type", "occurred_at"
 
-def training_set(settings: Settings, decisions: pd.DataFrame) -> pd.DataFrame:
+
+def attribute_outcomes(
+    decisions: pd.DataFrame, events: pd.DataFrame, catalog: Catalog, as_of: datetime
+) -> tuple[pd.DataFrame, int]:
+    """Decisions with a label: (labelled decisions, number left out because their window is open).
+
+    ``events`` needs ``customer_id``, ``occurred_at``, ``touch_type``; ``as_of`` is how far the
+    touch history is known. Feedback outcomes win over attribution. An action without a
+    ``success_touch`` can only be labelled by feedback.
+    """
+    out = decisions.copy()
+    missing = out[OUTCOME].isna().to_numpy()
+    if not missing.any():
+        return out, 0
+    todo = out.loc[missing, [DECISION_ID, CUSTOMER_ID, DECIDED_AT, ACTION]].copy()
+    touch = {a.name: getattr(a, "success_touch", None) for a in catalog.actions}
+    days = {a.name: getattr(a, "attribution_days", DEFAULT_ATTRIBUTION_DAYS) for a in catalog.actions}
+    todo[TOUCH_TYPE] = todo[ACTION].astype(object).map(touch)
+    todo["window_end"] = todo[DECIDED_AT] + pd.to_timedelta(todo[ACTION].astype(object).map(days), unit="D")
+    todo[CUSTOMER_ID] = todo[CUSTOMER_ID].astype(object)
+    ev = events.loc[events[TOUCH_TYPE].astype(object).isin(set(touch.values()) - {None})]
+    ev = pd.DataFrame(
+        {
+            CUSTOMER_ID: ev[CUSTOMER_ID].astype(object),
+            TOUCH_TYPE: ev[TOUCH_TYPE].astype(object),
+            "next_success_at": ev[OCCURRED_AT],
+        }
+    ).sort_values("next_success_at")
+    known = todo.loc[todo[TOUCH_TYPE].notna()].sort_values(DECIDED_AT)
+    # First success touch of the same customer strictly after the decision.
+    hit = pd.merge_asof(
+        known,
+        ev,
+        left_on=DECIDED_AT,
+        right_on="next_success_at",
+        by=[CUSTOMER_ID, TOUCH_TYPE],
+        direction="forward",
+        allow_exact_matches=False,
+    ).set_index(DECISION_ID)
+    success = (hit["next_success_at"] <= hit["window_end"]).to_numpy()
+    closed = (hit["window_end"] <= pd.Timestamp(as_of)).to_numpy()
+    label = pd.Series(np.where(success, 1.0, np.where(closed, 0.0, np.nan)), index=hit.index)
+    filled = out[DECISION_ID].map(label)
+    out[OUTCOME] = out[OUTCOME].where(~missing, filled)
+    still = int(out[OUTCOME].isna().sum())
+    return out.loc[out[OUTCOME].notna()].reset_index(drop=True), still
+
+
+def read_success_events(settings: Settings, catalog: Catalog, since: datetime) -> pd.DataFrame:
+    """The success touches after ``since`` from the ingested events (filtered in arrow: 50M rows stay on disk)."""
+    touches = sorted({t for a in catalog.actions if (t := getattr(a, "success_touch", None))})
+    table = pads.dataset(settings.raw_dir / "events.parquet").to_table(
+        columns=[CUSTOMER_ID, OCCURRED_AT, TOUCH_TYPE],
+        filter=(pads.field(TOUCH_TYPE).isin(touches)) & (pads.field(OCCURRED_AT) > pd.Timestamp(since)),
+    )
+    return table.to_pandas()
+
+
+def label_decisions(
+    settings: Settings, decisions: pd.DataFrame, catalog: Catalog | None, as_of: datetime | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Feedback outcomes plus attributed ones; returns (labelled decisions, open-window count)."""
+    open_ = decisions[OUTCOME].isna()
+    if catalog is None or not open_.any():
+        return decisions.loc[~open_].reset_index(drop=True), int(open_.sum())
+    since = decisions.loc[open_, DECIDED_AT].min() - timedelta(seconds=1)
+    events = read_success_events(settings, catalog, since)
+    if as_of is None:  # the touch history is known up to its latest event
+        as_of = events[OCCURRED_AT].max() if len(events) else decisions[DECIDED_AT].max()
+    return attribute_outcomes(decisions, events, catalog, as_of)
+
+
+def training_set(
+    settings: Settings, decisions: pd.DataFrame, catalog: Catalog | None = None, as_of: datetime | None = None
+) -> pd.DataFrame:
     """Features as they were at each ``decided_at`` (Feast ``get_historical_features``).
 
-    Decisions without a known outcome are not training rows yet; they are reported by the caller.
+    With a ``catalog``, decisions without feedback are labelled by attribution (see the module
+    docstring); without one only decisions with an outcome are used. Decisions whose label is not
+    known yet are not training rows; their count is in ``frame.attrs["open_window"]``.
     """
     check_columns(decisions, DECISIONS_COLUMNS, "decisions")
-    labelled = decisions.loc[decisions[OUTCOME].notna()]
+    labelled, open_window = label_decisions(settings, decisions, catalog, as_of)
+    if open_window:
+        log.info("%d decisions have no outcome yet (attribution window open): left out", open_window)
     entity_df = labelled[[DECISION_ID, CUSTOMER_ID, DECIDED_AT]].rename(columns={DECIDED_AT: EVENT_TIMESTAMP})
     entity_df[REQUEST_AT] = entity_df[EVENT_TIMESTAMP]  # recency is measured at decision time
     store = open_store(settings)
@@ -33,9 +127,11 @@ def training_set(settings: Settings, decisions: pd.DataFrame) -> pd.DataFrame:
     features = store.get_historical_features(entity_df=entity_df, features=service).to_df()
     # The offline store does not keep row order: join back by decision id.
     features = features.drop(columns=[CUSTOMER_ID, REQUEST_AT]).rename(columns={EVENT_TIMESTAMP: DECIDED_AT})
-    out = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, "propensity", OUTCOME]].merge(
+    out = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME]].merge(
         features, on=DECISION_ID, how="left", validate="one_to_one"
     )
     if len(out) != len(labelled):
         raise RuntimeError(f"training set has {len(out)} rows for {len(labelled)} decisions")
-    return out.sort_values([DECIDED_AT, DECISION_ID], ignore_index=True)
+    out = out.sort_values([DECIDED_AT, DECISION_ID], ignore_index=True)
+    out.attrs["open_window"] = open_window
+    return out

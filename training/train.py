@@ -1,8 +1,20 @@
-"""Fit the LightGBM decision model on a time-ordered training set and measure it."""
+"""Fit the LightGBM decision model on a time-ordered training set, calibrate it and measure it.
+
+The decisions are split by time: the earliest ``1 - valid_share - test_share`` train the booster,
+the next ``valid_share`` early-stop it and fit the calibration, the latest ``test_share`` are kept
+for evaluation (training/evaluate.py), so every reported number is out of time.
+
+One booster with the action as a categorical feature serves all actions (``structure="shared"``).
+The alternative, one booster per action (``"per_action"``), is kept for the comparison in
+benchmarks/bench_train.py: on the simulated brand the shared model has the lower test log loss and
+the higher policy value, because the parts of P(success) that do not depend on the action
+(engagement, fatigue) are learnt from every decision instead of a quarter of them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -10,23 +22,29 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nexttouch.catalog import Catalog
-from nexttouch.model import DecisionModel
-from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME
+from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
+from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
 
-NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, "propensity", OUTCOME, DECIDED_AT}
+NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME, DECIDED_AT}
+# Features the score must never decrease in (behavioural guarantee, LightGBM monotone constraints):
+# more event attendance / in-person contact must not lower any action's score, the invite's included.
+MONOTONE_INCREASING = ("low_in_7d", "low_in_30d", "low_in_90d", "event_attend_rate_90d")
 PARAMS = {
     "objective": "binary",
     "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 50,
+    "num_leaves": 15,
+    "min_data_in_leaf": 200,
     "feature_fraction": 0.9,
     "bagging_fraction": 0.9,
     "bagging_freq": 1,
-    "lambda_l2": 1.0,
+    "lambda_l2": 10.0,
+    "monotone_constraints_method": "intermediate",
     "verbose": -1,
     "num_threads": 2,
     "seed": 7,
 }
+EARLY_STOPPING = 30
+Structure = Literal["shared", "per_action"]
 
 
 @dataclass
@@ -34,55 +52,164 @@ class TrainResult:
     model: DecisionModel
     metrics: dict[str, float]
     params: dict[str, object]
+    train: pd.DataFrame = field(repr=False)
+    valid: pd.DataFrame = field(repr=False)
+    test: pd.DataFrame = field(repr=False)  # the out-of-time evaluation period
 
 
-def fit(train_set: pd.DataFrame, catalog: Catalog, valid_share: float = 0.2, rounds: int = 500) -> TrainResult:
-    """Train on the earlier decisions, validate (and early-stop) on the latest ``valid_share``."""
-    # Raw timestamps (last-touch times) are not model inputs; their recency features are.
-    features = [
-        c for c in train_set.columns if c not in NOT_FEATURES and not pd.api.types.is_datetime64_any_dtype(train_set[c])
-    ]
+def split_by_time(
+    data: pd.DataFrame, valid_share: float, test_share: float
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train / validation / test periods of a frame sorted by ``decided_at``."""
+    data = data.sort_values([DECIDED_AT, DECISION_ID], ignore_index=True)
+    n = len(data)
+    a, b = int(n * (1 - valid_share - test_share)), int(n * (1 - test_share))
+    return data.iloc[:a], data.iloc[a:b], data.iloc[b:]
+
+
+def feature_columns(data: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
+    """(numeric, categorical -> levels). Raw timestamps are not inputs: their recency features are."""
+    features = [c for c in data.columns if c not in NOT_FEATURES and not pd.api.types.is_datetime64_any_dtype(data[c])]
     categorical = {
-        c: sorted(train_set[c].dropna().astype(str).unique().tolist())
+        c: sorted(data[c].dropna().astype(str).unique().tolist())
         for c in features
-        if not pd.api.types.is_numeric_dtype(train_set[c])
+        if not pd.api.types.is_numeric_dtype(data[c])
     }
-    numeric = [c for c in features if c not in categorical]
-    template = DecisionModel(booster=None, numeric=numeric, categorical=categorical, actions=catalog.names)  # type: ignore[arg-type]
+    return [c for c in features if c not in categorical], categorical
 
-    cut = int(len(train_set) * (1 - valid_share))  # rows are sorted by decided_at
-    train, valid = train_set.iloc[:cut], train_set.iloc[cut:]
+
+def fit(
+    train_set: pd.DataFrame,
+    catalog: Catalog,
+    valid_share: float = 0.15,
+    test_share: float = 0.15,
+    rounds: int = 500,
+    calibration: CalibrationMethod = "sigmoid",
+    dask_scheduler: str | None = None,
+    params: dict[str, object] | None = None,
+) -> TrainResult:
+    """Train on the earliest decisions, early-stop and calibrate on the next, keep the latest for tests.
+
+    ``dask_scheduler`` (an address such as ``tcp://127.0.0.1:8786``) trains on that Dask cluster with
+    ``lightgbm.DaskLGBMClassifier``; without one LightGBM trains locally on threads.
+    """
+    params = {**PARAMS, **(params or {})}
+    numeric, categorical = feature_columns(train_set)
+    template = DecisionModel(booster=None, numeric=numeric, categorical=categorical, actions=catalog.names)  # type: ignore[arg-type]
+    train, valid, test = split_by_time(train_set, valid_share, test_share)
     names = [*template.inputs, ACTION]
     cat_idx = [names.index(c) for c in [*categorical, ACTION]]
-    dtrain = lgb.Dataset(
-        template.design(train, train[ACTION].to_numpy()),
-        train[OUTCOME],
-        feature_name=names,
-        categorical_feature=cat_idx,
-        free_raw_data=False,
-    )
-    dvalid = lgb.Dataset(template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME], reference=dtrain)
-    booster = lgb.train(
-        PARAMS,
+    params["monotone_constraints"] = [int(c in MONOTONE_INCREASING) for c in names]
+    x_train, y_train = template.design(train, train[ACTION].to_numpy()), train[OUTCOME].to_numpy()
+    x_valid, y_valid = template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME].to_numpy()
+
+    if dask_scheduler:
+        from training.distributed import fit_booster_on_dask
+
+        booster = fit_booster_on_dask(
+            dask_scheduler, params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds
+        )
+    else:
+        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds)
+
+    raw_valid = booster.predict(x_valid)
+    calib = Calibration.fit(calibration, raw_valid, y_valid, valid[ACTION].to_numpy(), catalog.names)
+    model = DecisionModel(booster, numeric, categorical, catalog.names, calib)
+    p_valid = logged_action_scores(model, valid)
+    metrics = {
+        "valid_auc": float(roc_auc_score(y_valid, p_valid)) if len(np.unique(y_valid)) == 2 else float("nan"),
+        "valid_logloss": float(log_loss(y_valid, p_valid, labels=[0, 1])),
+        "valid_logloss_raw": float(log_loss(y_valid, raw_valid, labels=[0, 1])),
+        "valid_base_rate": float(y_valid.mean()),
+        "best_iteration": float(booster.best_iteration or booster.current_iteration()),
+        "train_rows": float(len(train)),
+        "valid_rows": float(len(valid)),
+        "test_rows": float(len(test)),
+    }
+    used = {**params, "monotone_constraints": ",".join(c for c in names if c in MONOTONE_INCREASING)}
+    run_params = {
+        **used,
+        "valid_share": valid_share,
+        "test_share": test_share,
+        "max_rounds": rounds,
+        "calibration": calibration,
+        "structure": "shared",
+        "trainer": "dask" if dask_scheduler else "local",
+    }
+    return TrainResult(model, metrics, run_params, train, valid, test)
+
+
+def fit_booster(
+    params: dict[str, object],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    names: list[str],
+    cat_idx: list[int],
+    rounds: int,
+) -> lgb.Booster:
+    """Local LightGBM with early stopping on the validation period."""
+    dtrain = lgb.Dataset(x_train, y_train, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
+    dvalid = lgb.Dataset(x_valid, y_valid, reference=dtrain)
+    return lgb.train(
+        params,
         dtrain,
         num_boost_round=rounds,
         valid_sets=[dvalid],
-        callbacks=[lgb.early_stopping(30, verbose=False)],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
     )
-    model = DecisionModel(booster, numeric, categorical, catalog.names)
 
-    p = booster.predict(template.design(valid, valid[ACTION].to_numpy()), num_iteration=booster.best_iteration)
-    y = valid[OUTCOME].to_numpy()
-    metrics = {
-        "valid_auc": float(roc_auc_score(y, p)),
-        "valid_logloss": float(log_loss(y, p, labels=[0, 1])),
-        "valid_base_rate": float(y.mean()),
-        "best_iteration": float(booster.best_iteration),
-        "train_rows": float(len(train)),
-        "valid_rows": float(len(valid)),
-    }
+
+def logged_action_scores(model: DecisionModel, frame: pd.DataFrame) -> np.ndarray:
+    """Calibrated P(success) of the action each row actually logged."""
+    p = model.predict_all(frame)
+    idx = pd.Index(model.actions).get_indexer(frame[ACTION].astype(object))
+    return p[np.arange(len(frame)), idx]
+
+
+class PerActionModel:
+    """One calibrated booster per action: the alternative structure, measured against the shared one."""
+
+    def __init__(self, boosters: dict[str, lgb.Booster], numeric, categorical, actions, calibration) -> None:
+        self.boosters, self.numeric, self.categorical = boosters, numeric, categorical
+        self.actions, self.calibration = actions, calibration
+
+    def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
+        x = DecisionModel.encode_columns(frame, self.numeric, self.categorical)
+        return np.column_stack([self.boosters[a].predict(x) for a in self.actions])
+
+    def predict_all(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.calibration.apply(self.predict_raw(frame), self.actions)
+
+
+def fit_per_action(
+    train_set: pd.DataFrame,
+    catalog: Catalog,
+    valid_share: float = 0.15,
+    test_share: float = 0.15,
+    rounds: int = 500,
+    calibration: CalibrationMethod = "sigmoid",
+) -> PerActionModel:
+    """One booster per action on that action's logged decisions, same split, constraints and calibration."""
+    params = dict(PARAMS)
+    numeric, categorical = feature_columns(train_set)
+    train, valid, _ = split_by_time(train_set, valid_share, test_share)
+    names = [*numeric, *categorical]
+    cat_idx = [names.index(c) for c in categorical]
+    params["monotone_constraints"] = [int(c in MONOTONE_INCREASING) for c in names]
+    boosters = {}
     for action in catalog.names:
-        m = valid[ACTION].to_numpy() == action
-        if m.sum() and len(np.unique(y[m])) == 2:
-            metrics[f"valid_auc_{action}"] = float(roc_auc_score(y[m], p[m]))
-    return TrainResult(model, metrics, {**PARAMS, "valid_share": valid_share, "max_rounds": rounds})
+        tr, va = train.loc[train[ACTION] == action], valid.loc[valid[ACTION] == action]
+        x_tr = DecisionModel.encode_columns(tr, numeric, categorical)
+        x_va = DecisionModel.encode_columns(va, numeric, categorical)
+        boosters[action] = fit_booster(
+            params, x_tr, tr[OUTCOME].to_numpy(), x_va, va[OUTCOME].to_numpy(), names, cat_idx, rounds
+        )
+    model = PerActionModel(boosters, numeric, categorical, catalog.names, Calibration())
+    raw = model.predict_raw(valid)
+    idx = pd.Index(catalog.names).get_indexer(valid[ACTION].astype(object))
+    model.calibration = Calibration.fit(
+        calibration, raw[np.arange(len(valid)), idx], valid[OUTCOME].to_numpy(), valid[ACTION].to_numpy(), catalog.names
+    )
+    return model
