@@ -77,6 +77,7 @@ def one(project_dir: Path, size: int, at: datetime) -> dict[str, float]:
         "fcfs_s": fcfs_s,
         "plan_value": float(values[rows, exploit.action].sum()),
         "fcfs_value": float(values[rows, fcfs].sum()),
+        "fallback_value": float(values[rows, exploit.fallback].sum()),  # no scarce action for anyone
         "scarce_given": int(
             np.isin(exploit.action, [catalog.names.index(a) for a in ("event_invite", "advisor_call")]).sum()
         ),
@@ -119,15 +120,17 @@ def main() -> None:
     print(f"latest feature read ({real:,} real customers): {rows[0]['read_s']:.1f} s\n")
     print(
         "| customers | data | score (booster) | plan (LP) | reasons + parquet | core total | peak RSS "
-        "| plan value | FCFS value | plan / FCFS |"
+        "| plan value | FCFS value | plan / FCFS | value added by scarce capacity: plan / FCFS |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         data = f"real x{r['size'] / r['real_customers']:.0f} (replicated)" if r["replicated"] else "real"
         print(
             f"| {r['size']:,} | {data} | {r['score_s']:.1f} s | {r['plan_s']:.1f} s | {r['write_s']:.1f} s "
             f"| {r['core_s']:.1f} s | {r['peak_rss_gib']:.2f} GiB | {r['plan_value']:,.0f} | {r['fcfs_value']:,.0f} "
-            f"| {r['plan_value'] / r['fcfs_value']:.4f} |"
+            f"| {r['plan_value'] / r['fcfs_value']:.4f} "
+            f"| {r['plan_value'] - r['fallback_value']:,.0f} / {r['fcfs_value'] - r['fallback_value']:,.0f} "
+            f"= {(r['plan_value'] - r['fallback_value']) / (r['fcfs_value'] - r['fallback_value']):.2f} |"
         )
 
 

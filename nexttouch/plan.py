@@ -253,15 +253,18 @@ def plan_frame(catalog: Catalog, frame: pd.DataFrame, plan: Plan) -> pd.DataFram
     for col in per:
         out[col] = frame[col].to_numpy()
     # Reasons: few distinct combinations of (why, blocked action, broken rules), so each text is built once.
-    keys = np.column_stack([plan.why, plan.blocked, plan.action, plan.rules])
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    texts = [_reason(catalog, names, row) for row in uniq]
-    out["reasons"] = pd.Series(np.array(texts, dtype=object)[inverse.ravel()], dtype="category")
+    keys = np.column_stack([plan.why, plan.blocked + 1, plan.action, plan.rules]).astype(np.int64)
+    radix = np.array([len(WHY), len(catalog.names) + 1, len(catalog.names), *[len(RULES)] * plan.rules.shape[1]])
+    code = keys @ np.concatenate([[1], np.cumprod(radix[:-1])])  # one int per row; hashing beats sorting rows
+    inverse, uniq = pd.factorize(code)
+    texts = [_reason(catalog, names, keys[np.argmax(code == c)]) for c in uniq]
+    text_code, distinct = pd.factorize(pd.Series(texts, dtype=object))  # some keys read the same
+    out["reasons"] = pd.Categorical.from_codes(text_code[inverse], categories=distinct)
     return out
 
 
 def _reason(catalog: Catalog, names: np.ndarray, key: np.ndarray) -> str:
-    why, blocked, action, rules = int(key[0]), int(key[1]), int(key[2]), key[3:]
+    why, blocked, action, rules = int(key[0]), int(key[1]) - 1, int(key[2]), key[3:]
     parts = [f"{names[action]}: " + WHY[why].format(scarce=names[blocked] if blocked >= 0 else "")]
     removed = [f"{names[j]} ({RULES[r]})" for j, r in enumerate(rules) if r != OK]
     if removed:
