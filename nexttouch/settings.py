@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     decision_rate: float = Field(0.08, gt=0, le=1, description="Daily chance a customer gets a decision.")
 
+    dask_scheduler: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:8786): train LightGBM on that cluster; local if unset."
+    )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
     max_rejected_share: float = Field(
         0.05, ge=0, le=1, description="Nightly retraining stops when ingest rejects more of any table than this."

@@ -1,0 +1,65 @@
+"""LightGBM on a Dask cluster, for training sets too big for one machine (settings.dask_scheduler).
+
+The training data are split into one partition per worker and trained with
+``lightgbm.DaskLGBMClassifier`` (LightGBM's own distributed data-parallel learner). Early stopping
+is done after training, on the same time-based validation period as the local trainer: the number
+of trees with the lowest validation log loss is kept (workers see only their own partitions, so
+stopping inside distributed training would let them disagree).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightgbm as lgb
+import numpy as np
+
+log = logging.getLogger(__name__)
+# Core parameters LightGBM's scikit-learn API takes under its own names; threads are the workers'.
+_SKLEARN_NAMES = {"seed": "random_state"}
+_NOT_ON_DASK = {"objective", "num_threads"}
+
+
+def best_iteration(booster: lgb.Booster, x_valid: np.ndarray, y_valid: np.ndarray) -> int:
+    """Number of trees (>= 1) with the lowest validation log loss, from cumulative raw scores."""
+    raw = np.zeros(len(x_valid))
+    best, best_loss = 1, math.inf
+    for i in range(booster.num_trees()):
+        raw += booster.predict(x_valid, start_iteration=i, num_iteration=1, raw_score=True)
+        # log loss from log-odds, numerically stable: log(1 + e^-z) for y=1, log(1 + e^z) for y=0
+        loss = float(np.mean(np.logaddexp(0.0, np.where(y_valid == 1, -raw, raw))))
+        if loss < best_loss:
+            best, best_loss = i + 1, loss
+    return best
+
+
+def fit_booster_on_dask(
+    scheduler: str,
+    params: dict[str, object],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    names: list[str],
+    cat_idx: list[int],
+    rounds: int,
+) -> lgb.Booster:
+    """Train on the Dask cluster at ``scheduler``; returns a local booster cut at its best iteration."""
+    import dask.array as da
+    from distributed import Client
+
+    with Client(scheduler) as client:
+        workers = max(len(client.scheduler_info()["workers"]), 1)
+        rows = max(math.ceil(len(x_train) / workers), 1)
+        x = da.from_array(x_train, chunks=(rows, x_train.shape[1]))
+        y = da.from_array(y_train, chunks=(rows,))
+        kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in params.items() if k not in _NOT_ON_DASK}
+        model = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
+        model.fit(x, y, feature_name=names, categorical_feature=cat_idx)
+        booster = model.to_local().booster_
+    best = best_iteration(booster, x_valid, y_valid)
+    log.info("dask: %d workers, %d trees, best on validation %d", workers, booster.num_trees(), best)
+    cut = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    cut.best_iteration = best
+    return cut
