@@ -21,8 +21,8 @@ class SourceKey(BaseModel):
     key: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["app-0000a1b2"])
 
 
-class DecideRequest(BaseModel):
-    """Decide the next contact for one customer, named by customer id or by a source key."""
+class CustomerRef(BaseModel):
+    """One customer, named by customer id or by a source key."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,16 +35,33 @@ class DecideRequest(BaseModel):
         examples=["C0000001"],
     )
     source: SourceKey | None = Field(None, description="A source system's key, instead of customer_id.")
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> CustomerRef:
+        if (self.customer_id is None) == (self.source is None):
+            raise ValueError("give exactly one of customer_id or source {system, key}")
+        return self
+
+
+class DecideRequest(CustomerRef):
+    """Decide the next contact for one customer, named by customer id or by a source key."""
+
     at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
     context: dict[str, str] = Field(
         default_factory=dict, max_length=16, description="Request context, e.g. {'channel': 'app'}."
     )
 
-    @model_validator(mode="after")
-    def _one_identity(self) -> DecideRequest:
-        if (self.customer_id is None) == (self.source is None):
-            raise ValueError("give exactly one of customer_id or source {system, key}")
-        return self
+
+class DecideBatchRequest(BaseModel):
+    """Decide for many customers at once (at most settings.batch_limit), all at the same time ``at``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customers: list[CustomerRef] = Field(min_length=1, max_length=100_000)
+    at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
+    context: dict[str, str] = Field(
+        default_factory=dict, max_length=16, description="Request context, e.g. {'channel': 'app'}."
+    )
 
 
 class DecideResponse(BaseModel):
@@ -58,8 +75,27 @@ class DecideResponse(BaseModel):
     eligible: list[str]
     reasons: list[str]
     cold_start: bool = Field(description="True when the customer has no features: a cold-start answer.")
+    fallback: bool = Field(
+        False, description="True for a rule-based answer: unknown customer or online store slow or down."
+    )
     model_version: str
     decided_at: datetime
+
+
+class DecideBatchResponse(BaseModel):
+    decisions: list[DecideResponse] = Field(description="One decision per customer, in request order.")
+
+
+class ModelInfo(BaseModel):
+    """What the service decides with right now."""
+
+    model_name: str
+    champion_alias: str
+    model_version: str
+    loaded_at: datetime
+    feature_service: str
+    inputs: list[str] = Field(description="Features the model reads, by name.")
+    catalog: list[dict] = Field(description="The action catalog: costs, values, contact rules, capacity.")
 
 
 class TouchEvent(BaseModel):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nexttouch.model import DecisionModel
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
+
+log = logging.getLogger("nexttouch.champion")
 
 
 @dataclass(frozen=True)
@@ -16,23 +23,39 @@ class Champion:
     version: str
 
 
-def load_champion(settings: Settings) -> Champion:
-    """Copy ``models:/<name>@champion`` to models/ (once per version) and load its raw parts.
+def champion_version(settings: Settings) -> str:
+    """The registry version the champion alias points at now."""
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    return str(MlflowClient().get_model_version_by_alias(settings.model_name, settings.champion_alias).version)
+
+
+def load_champion(settings: Settings, version: str | None = None) -> Champion:
+    """Copy ``models:/<name>@champion`` (or ``version``) to models/ (once per version) and load its raw parts.
 
     Serving scores with the LightGBM booster directly: the ``mlflow.pyfunc`` wrapper costs
     ~19x more per prediction.
     """
     import mlflow
-    from mlflow import MlflowClient
 
-    configure_mlflow(settings)
-    version = MlflowClient().get_model_version_by_alias(settings.model_name, settings.champion_alias).version
+    version = version or champion_version(settings)
     local = settings.models_dir / settings.model_name / f"v{version}"
     if not (local / "MLmodel").exists():
-        local.mkdir(parents=True, exist_ok=True)
+        # Download beside the final place and rename: a worker never sees a half-copied model.
+        partial = local.with_name(f"{local.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
         mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(local)
+            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(partial)
         )
+        try:
+            partial.rename(local)
+        except OSError:  # another worker got there first (or a stale empty dir): keep theirs
+            shutil.rmtree(partial, ignore_errors=True)
+            if not (local / "MLmodel").exists():
+                shutil.rmtree(local, ignore_errors=True)
+                return load_champion(settings, version)
     return Champion(DecisionModel.load(_decision_model_dir(local)), str(version))
 
 
@@ -41,3 +64,41 @@ def _decision_model_dir(local: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no decision_model artifact under {local}")
     return found[0].parent
+
+
+class ChampionWatcher:
+    """Polls the champion alias in a background thread; a new version is loaded fully, then handed over.
+
+    ``on_new`` receives the loaded champion and swaps one reference: requests in flight finish with
+    the model they started with, the next ones use the new one. A registry that cannot be reached is
+    logged and retried at the next poll; serving goes on with the model it has.
+    """
+
+    def __init__(self, settings: Settings, current: str, on_new: Callable[[Champion], None]) -> None:
+        self.settings = settings
+        self.version = current
+        self.on_new = on_new
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="champion-watcher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.champion_poll_s):
+            try:
+                self.check()
+            except Exception as exc:  # keep serving with the current model
+                log.warning("champion check failed: %s: %s", type(exc).__name__, exc)
+
+    def check(self) -> bool:
+        """Load and hand over the champion if the alias moved; True when it did."""
+        version = champion_version(self.settings)
+        if version == self.version:
+            return False
+        champion = load_champion(self.settings, version)
+        self.on_new(champion)
+        log.info("champion %s v%s -> v%s", self.settings.model_name, self.version, version)
+        self.version = version
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()

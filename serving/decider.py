@@ -1,26 +1,63 @@
-"""One decision: features -> P(success) per action -> policy -> answer. No HTTP, no Feast here."""
+"""Decisions: features -> P(success) per action -> contact policy -> capacity -> answer.
+
+No HTTP, no Feast and no database here: the model, the feature reader and the capacity check are
+injected, so tests drive the policy directly. A decision is made in two steps because capacity is
+only known inside the decision-log transaction: ``draft`` (model, eligibility, first choice,
+reasons) runs in the request, ``finish`` (capacity, next best action when it is used up) runs in
+the transaction that logs the decision. ``decide_batch`` is the same policy vectorised.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from nexttouch.api import DecideRequest, DecideResponse
-from nexttouch.catalog import Catalog
+from nexttouch.api import CustomerRef, DecideBatchResponse, DecideRequest, DecideResponse
+from nexttouch.catalog import NO_ACTION, Action, Catalog
 from nexttouch.model import DecisionModel
-from nexttouch.policy import choose, eligibility
+from nexttouch.policy import (
+    Choice,
+    choose,
+    eligibility,
+    eligible_mask,
+    explore_probabilities,
+    net_values,
+    why_not,
+)
 
 FeatureReader = Callable[[str, datetime | None], dict[str, Any] | None]
 Resolver = Callable[[str, str], str | None]
+# (action, customer features or None, decision time, how many) -> how many units were granted
+TakeCapacity = Callable[[Action, Mapping[str, Any] | None, datetime, int], int]
+
+
+def unlimited(_action: Action, _features: Mapping[str, Any] | None, _at: datetime, want: int) -> int:
+    return want
+
+
+@dataclass
+class Draft:
+    """A decision before capacity is checked and the log is written."""
+
+    customer_id: str | None
+    features: dict[str, Any] | None
+    now: datetime
+    p: np.ndarray  # calibrated P(success), catalog order
+    removed: dict[str, str]
+    choice: Choice
+    head: list[str]  # reasons before the value line (cold start, removed actions)
+    drivers: list[str] = field(default_factory=list)
+    x: np.ndarray | None = None  # encoded features
 
 
 class Decider:
-    """The decision logic with its model and feature reader injected (tests pass their own)."""
+    """The decision policy with its model, feature reader and identity resolver injected."""
 
     def __init__(
         self,
@@ -31,6 +68,7 @@ class Decider:
         epsilon: float,
         seed: int | None = None,
         resolve: Resolver = lambda _system, _key: None,
+        default_time_zone: str = "UTC",
     ) -> None:
         missing = set(catalog.names) - set(model.actions)
         if missing:
@@ -41,61 +79,306 @@ class Decider:
         self.read_features = read_features
         self.resolve = resolve
         self.epsilon = epsilon
+        self.default_time_zone = default_time_zone
         self.rng = np.random.default_rng(seed)
         self._columns = [self.model.actions.index(a) for a in catalog.names]
+        self._names = np.array(catalog.names)
+        self._none = catalog.names.index(NO_ACTION)
+        self._numeric = list(model.numeric)
+        self._levels = [(col, {v: float(i) for i, v in enumerate(levels)}) for col, levels in model.categorical.items()]
 
-    def decide(self, request: DecideRequest) -> DecideResponse:
-        customer_id = request.customer_id
-        if request.source is not None:
-            customer_id = self.resolve(request.source.system, request.source.key)
-        features = self.read_features(customer_id, request.at) if customer_id else None
-        cold_start = features is None
-        row = pd.DataFrame([features or {}], columns=self.model.inputs)
-        p = self.model.predict_all(row)[0, self._columns]
-        consents = {} if cold_start else features
-        removed = eligibility(self.catalog, consents)
+    # -- one customer ------------------------------------------------------------------------------
+
+    def customer_id(self, ref: CustomerRef) -> str | None:
+        if ref.source is not None:
+            return self.resolve(ref.source.system, ref.source.key)
+        return ref.customer_id
+
+    def decide(self, request: DecideRequest, take: TakeCapacity = unlimited) -> DecideResponse:
+        """Read features, decide, check capacity: the whole path without a log (tests, tools)."""
+        now = request.at or datetime.now(UTC)
+        cid = self.customer_id(request)
+        features = self.read_features(cid, now) if cid else None
+        if features is None:
+            return self.fallback(cid, now, _unknown(cid))
+        return self.finish(self.draft(cid, features, now), take)
+
+    def draft(self, customer_id: str, features: dict[str, Any], now: datetime) -> Draft:
+        x = self.encode_row(features)
+        p = self.score_row(x)
+        removed = eligibility(self.catalog, features, now, self.default_time_zone)
         choice = choose(self.catalog, p, removed, self.epsilon, self.rng)
+        head = [f"{a} removed: {why}" for a, why in removed.items()]
+        draft = Draft(customer_id, features, now, p, removed, choice, head, x=x)
+        draft.drivers = self._drivers(draft, choice.action)
+        return draft
 
-        reasons = [f"{a} removed: {why}" for a, why in removed.items()]
-        if customer_id is None:
-            reasons.insert(0, "cold start: unknown source key; consent unknown")
-        elif cold_start:
-            reasons.insert(0, "cold start: no features for this customer; consent unknown")
-        if choice.explored:
-            reasons.append(f"exploration: {choice.action} drawn at random among {len(choice.eligible)} eligible")
-        else:
-            a = self.catalog[choice.action]
-            reasons.append(
-                f"{a.name} has the highest net value: {p[self.catalog.names.index(a.name)]:.3f} x "
-                f"{a.value_of_success:g} - {a.cost:g} = {choice.values[a.name]:.2f}"
+    # The single-customer path skips pandas (it was half the time of a decision): the same encoding
+    # as DecisionModel.encode_columns and the same scoring as predict_all, for one row of plain
+    # values; tests/test_decider.py checks both give the same numbers.
+
+    def encode_row(self, features: Mapping[str, Any]) -> np.ndarray:
+        """DecisionModel.encode_columns for one customer's features."""
+        x = np.empty(len(self._numeric) + len(self._levels))
+        try:
+            for j, col in enumerate(self._numeric):
+                v = features.get(col)
+                x[j] = np.nan if v is None else float(v)  # float(str) would be a coercion: use pandas
+        except (TypeError, ValueError):
+            return self.model.encode_columns(
+                pd.DataFrame([features]).reindex(columns=self.model.inputs), self.model.numeric, self.model.categorical
+            )[0]
+        for j, (col, levels) in enumerate(self._levels, start=len(self._numeric)):
+            x[j] = levels.get(features.get(col), np.nan)
+        return x
+
+    def score_row(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated P(success) of every catalog action for one encoded row (catalog order)."""
+        k = len(self.model.actions)
+        stacked = np.column_stack([np.repeat(x[None, :], k, axis=0), np.arange(k, dtype=np.float64)])
+        raw = self.model.booster.predict(stacked, num_threads=1).reshape(1, k)
+        calibration = getattr(self.model, "calibration", None)
+        p = calibration.apply(raw, self.model.actions) if calibration is not None else raw
+        return p[0, self._columns]
+
+    def finish(self, draft: Draft, take: TakeCapacity = unlimited) -> DecideResponse:
+        """Take capacity for the chosen action; when it is used up, the next best eligible action."""
+        choice, removed, head = draft.choice, dict(draft.removed), list(draft.head)
+        first = choice.action
+        while (a := self.catalog[choice.action]).capacity is not None and not take(a, draft.features, draft.now, 1):
+            why = _no_capacity(a)
+            removed[a.name] = why
+            head.append(f"{a.name} removed: {why}")
+            # Capacity is part of the state: the policy chooses again among what is left (exact propensity).
+            choice = choose(self.catalog, draft.p, removed, self.epsilon, self.rng)
+        drivers = draft.drivers if choice.action == first else self._drivers(draft, choice.action)
+        return self._answer(draft.customer_id, draft.now, draft.p, choice, [*head, self._why(choice, draft.p)], drivers)
+
+    def fallback(self, customer_id: str | None, now: datetime, why: str, cold_start: bool = True) -> DecideResponse:
+        """Rule-based answer without the model: no contact with a customer we cannot see."""
+        return DecideResponse(**self._fallback(customer_id, now, why, cold_start))
+
+    def _fallback(self, customer_id: str | None, now: datetime, why: str, cold_start: bool) -> dict[str, Any]:
+        removed = eligibility(self.catalog, {}, now, self.default_time_zone)
+        return {
+            "decision_id": uuid.uuid4().hex,
+            "customer_id": customer_id,
+            "action": NO_ACTION,
+            "propensity": 1.0,
+            "explored": False,
+            "values": {},
+            "p_success": {},
+            "eligible": [a for a in self.catalog.names if a not in removed],
+            "reasons": [f"fallback: {why}", f"rule: no contact ({NO_ACTION}) without the customer's features"],
+            "cold_start": cold_start,
+            "fallback": True,
+            "model_version": self.model_version,
+            "decided_at": now,
+        }
+
+    # -- many customers ----------------------------------------------------------------------------
+
+    def decide_batch(
+        self,
+        customer_ids: Sequence[str | None],
+        frame: pd.DataFrame,
+        known: np.ndarray,
+        now: datetime,
+        take: TakeCapacity = unlimited,
+    ) -> list[DecideResponse]:
+        """The same policy for many customers at once: one model call, vectorised eligibility and choice.
+
+        ``frame`` holds every customer's features (rows in ``customer_ids`` order), ``known`` marks
+        the customers with features; the others get the rule-based fallback answer.
+        """
+        n = len(customer_ids)
+        # Answers are built as plain dicts and validated in one pydantic call (its Rust core is fast).
+        answers: list[dict[str, Any]] = [{}] * n
+        idx = np.flatnonzero(known)
+        for i in np.flatnonzero(~known):
+            answers[i] = self._fallback(customer_ids[i], now, _unknown(customer_ids[i]), True)
+        if len(idx) == 0:
+            return DecideBatchResponse.model_validate({"decisions": answers}).decisions
+        sub = frame.iloc[idx].reset_index(drop=True)
+        m = len(idx)
+        p = self.model.predict_all(sub)[:, self._columns]
+        policy_mask = eligible_mask(self.catalog, sub, now, self.default_time_zone)
+        mask = policy_mask.copy()  # capacity removes more below
+        values = net_values(self.catalog, p)
+        explore_u, draw_u = self.rng.random(m), 1.0 - self.rng.random(m)  # fixed per row across rounds
+        held = np.full(m, -1)  # action whose capacity a row holds
+        why: dict[int, dict[str, str]] = {}
+        for _ in range(len(self._names) + 1):  # each round removes at least one action from some rows
+            action, explored, propensity = self._choose_rows(values, mask, explore_u, draw_u)
+            refused = self._take_capacity(sub, action, held, values, now, take)
+            if not refused:
+                break
+            for j, rows in refused:
+                mask[rows, j] = False
+                a = self.catalog.actions[j]
+                for r in rows:
+                    why.setdefault(int(r), {})[a.name] = _no_capacity(a)
+        contrib = self._contributions(sub, self._names[action])
+        top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :3]
+        features = sub.to_dict("records")
+        names, actions, inputs = self.catalog.names, self.catalog.actions, self.model.inputs
+        blocked = ~policy_mask
+        values_l, p_l, mask_l, top_l = values.tolist(), p.tolist(), mask.tolist(), top.tolist()
+        action_l, explored_l, propensity_l = action.tolist(), explored.tolist(), propensity.tolist()
+        for r, i in enumerate(idx):
+            # Reasons only for what the vectorised mask removed (most rows lose few actions).
+            removed = {
+                names[j]: why_not(actions[j], features[r], now, self.default_time_zone)[1]
+                for j in np.flatnonzero(blocked[r])
+            } | why.get(r, {})
+            name = names[action_l[r]]
+            vals = {a: round(v, 4) for a, v in zip(names, values_l[r], strict=True)}
+            reasons = [f"{a} removed: {reason}" for a, reason in removed.items()]
+            if explored_l[r]:
+                reasons.append(f"exploration: {name} drawn at random among {sum(mask_l[r])} eligible")
+            else:
+                a = actions[action_l[r]]
+                reasons.append(
+                    f"{name} has the highest net value: {p_l[r][action_l[r]]:.3f} x "
+                    f"{a.value_of_success:g} - {a.cost:g} = {vals[name]:.2f}"
+                )
+            row_contrib = contrib[r]
+            for j in top_l[r]:
+                c = row_contrib[j]
+                reasons.append(
+                    f"{inputs[j]}={_plain(features[r][inputs[j]])} {'raised' if c > 0 else 'lowered'} "
+                    f"the {name} score ({c:+.3f} log-odds)"
+                )
+            answers[i] = {
+                "decision_id": uuid.uuid4().hex,
+                "customer_id": customer_ids[i],
+                "action": name,
+                "propensity": round(propensity_l[r], 6),
+                "explored": explored_l[r],
+                "values": vals,
+                "p_success": {a: round(v, 4) for a, v in zip(names, p_l[r], strict=True)},
+                "eligible": [a for a, ok in zip(names, mask_l[r], strict=True) if ok],
+                "reasons": reasons,
+                "cold_start": False,
+                "fallback": False,
+                "model_version": self.model_version,
+                "decided_at": now,
+            }
+        return DecideBatchResponse.model_validate({"decisions": answers}).decisions
+
+    def _choose_rows(
+        self, values: np.ndarray, mask: np.ndarray, explore_u: np.ndarray, draw_u: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """policy.choose for every row at once: (action index, explored, propensity)."""
+        masked = np.where(mask, values, -np.inf)
+        top = masked.max(axis=1)
+        best = np.where(masked[:, self._none] == top, self._none, masked.argmax(axis=1))  # ties go to none
+        explore_p = explore_probabilities(self.catalog, mask)
+        total = explore_p.sum(axis=1)
+        can = total > 0
+        explored = can & (explore_u < self.epsilon)
+        drawn = (explore_p.cumsum(axis=1) >= (draw_u * total)[:, None]).argmax(axis=1)
+        action = np.where(explored, drawn, best)
+        eps = np.where(can, self.epsilon, 0.0)
+        propensity = eps * explore_p[np.arange(len(action)), action] + (1 - eps) * (action == best)
+        return action, explored, propensity
+
+    def _take_capacity(
+        self,
+        frame: pd.DataFrame,
+        action: np.ndarray,
+        held: np.ndarray,
+        values: np.ndarray,
+        now: datetime,
+        take: TakeCapacity,
+    ) -> list[tuple[int, np.ndarray]]:
+        """Take capacity for the rows newly given a scarce action, most valuable first; the refused rows."""
+        refused = []
+        for j, a in enumerate(self.catalog.actions):
+            if a.capacity is None:
+                continue
+            rows = np.flatnonzero((action == j) & (held != j))
+            if len(rows) == 0:
+                continue
+            per = a.capacity.per
+            keys = (
+                frame[per].astype(object).where(frame[per].notna(), None).to_numpy()[rows]
+                if per and per in frame
+                else np.full(len(rows), None, dtype=object)
             )
-        if not cold_start:
-            reasons.extend(self._drivers(row, choice.action))
+            for key in pd.unique(keys):
+                group = rows[keys == key] if key is not None else rows[pd.isna(keys)]
+                group = group[np.argsort(-values[group, j], kind="stable")]
+                granted = take(a, {per: key} if per else None, now, len(group))
+                held[group[:granted]] = j
+                if granted < len(group):
+                    refused.append((j, group[granted:]))
+        return refused
+
+    # -- reasons -----------------------------------------------------------------------------------
+
+    def _why(self, choice: Choice, p: np.ndarray) -> str:
+        if choice.explored:
+            return f"exploration: {choice.action} drawn at random among {len(choice.eligible)} eligible"
+        a = self.catalog[choice.action]
+        return (
+            f"{a.name} has the highest net value: {p[self.catalog.names.index(a.name)]:.3f} x "
+            f"{a.value_of_success:g} - {a.cost:g} = {choice.values[a.name]:.2f}"
+        )
+
+    def _answer(
+        self,
+        cid: str | None,
+        now: datetime,
+        p: Sequence[float],
+        choice: Choice,
+        reasons: list[str],
+        drivers: list[str],
+    ) -> DecideResponse:
         return DecideResponse(
             decision_id=uuid.uuid4().hex,
-            customer_id=customer_id,
+            customer_id=cid,
             action=choice.action,
             propensity=round(choice.propensity, 6),
             explored=choice.explored,
             values=choice.values,
             p_success={a: round(float(v), 4) for a, v in zip(self.catalog.names, p, strict=True)},
             eligible=choice.eligible,
-            reasons=reasons,
-            cold_start=cold_start,
+            reasons=[*reasons, *drivers],
+            cold_start=False,
             model_version=self.model_version,
-            decided_at=request.at or datetime.now(UTC),
+            decided_at=now,
         )
 
-    def _drivers(self, row: pd.DataFrame, action: str, top: int = 3) -> list[str]:
+    def _contributions(self, frame: pd.DataFrame, actions: np.ndarray) -> np.ndarray:
+        x = self.model.design(frame, actions)
+        return self.model.booster.predict(x, pred_contrib=True, num_threads=1)[:, : len(self.model.inputs)]
+
+    def _drivers(self, draft: Draft, action: str) -> list[str]:
         """The features that pushed the chosen action's score most (LightGBM contributions)."""
-        x = self.model.design(row, np.array([action]))
-        contrib = self.model.booster.predict(x, pred_contrib=True)[0, : len(self.model.inputs)]
+        code = float(self.model.actions.index(action))
+        design = np.append(draft.x, code)[None, :]
+        contrib = self.model.booster.predict(design, pred_contrib=True, num_threads=1)[0, : len(self.model.inputs)]
+        return self._driver_text(draft.features or {}, contrib, action)
+
+    def _driver_text(self, values: Mapping[str, Any], contrib: np.ndarray, action: str, top: int = 3) -> list[str]:
         order = np.argsort(-np.abs(contrib))[:top]
+        inputs = self.model.inputs
         return [
-            f"{self.model.inputs[j]}={_plain(row.iloc[0, j])} {'raised' if contrib[j] > 0 else 'lowered'} "
+            f"{inputs[j]}={_plain(values.get(inputs[j]))} {'raised' if contrib[j] > 0 else 'lowered'} "
             f"the {action} score ({contrib[j]:+.3f} log-odds)"
             for j in order
         ]
+
+
+def _no_capacity(a: Action) -> str:
+    c = a.capacity
+    assert c is not None
+    return f"no capacity left: all {c.limit} per {c.period}" + (f" for this {c.per}" if c.per else "") + " are taken"
+
+
+def _unknown(customer_id: str | None) -> str:
+    return "unknown source key" if customer_id is None else "no features for this customer"
 
 
 def _plain(value: object) -> str:

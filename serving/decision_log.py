@@ -1,4 +1,10 @@
-"""The decision log: every decision is committed to SQLite before its answer is sent.
+"""The decision log: every decision is committed before its answer is sent.
+
+SQLite (``data/decisions.db``, WAL, full sync) by default; PostgreSQL when
+``settings.decision_log_url`` is a ``postgresql://`` URL. One writer thread per process owns the
+connection and commits in groups: requests that arrive while a commit is being synced share the
+next transaction (and its fsync), each waits for the commit that holds its row. The capacity
+ledger (serving/capacity.py) lives in the same database and is updated in the same transaction.
 
 Outcomes come back through ``feedback`` (idempotent); ``export`` writes the log as a
 ``decisions`` table that `nexttouch ingest` loads for the nightly retraining.
@@ -6,34 +12,62 @@ Outcomes come back through ``feedback`` (idempotent); ``export`` writes the log 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import queue
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from nexttouch.api import DecideResponse
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
+from nexttouch.settings import Settings
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id   TEXT PRIMARY KEY,
-    customer_id   TEXT,
-    decided_at    TEXT NOT NULL,
-    action        TEXT NOT NULL,
-    propensity    REAL NOT NULL,
-    explored      INTEGER NOT NULL,
-    cold_start    INTEGER NOT NULL,
-    model_version TEXT NOT NULL,
-    net_values    TEXT NOT NULL,
-    context       TEXT NOT NULL,
-    outcome       REAL,
-    outcome_at    TEXT
+T = TypeVar("T")
+log = logging.getLogger("nexttouch.decision_log")
+
+MAX_GROUP = 512  # operations sharing one commit
+COLUMNS = (
+    "decision_id, customer_id, decided_at, action, propensity, explored, cold_start, fallback, "
+    "model_version, net_values, context"
 )
-"""
+INSERT = f"INSERT INTO decisions ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _schema(real: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS decisions (
+            decision_id   TEXT PRIMARY KEY,
+            customer_id   TEXT,
+            decided_at    TEXT NOT NULL,
+            action        TEXT NOT NULL,
+            propensity    {real} NOT NULL,
+            explored      INTEGER NOT NULL,
+            cold_start    INTEGER NOT NULL,
+            model_version TEXT NOT NULL,
+            net_values    TEXT NOT NULL,
+            context       TEXT NOT NULL,
+            outcome       {real},
+            outcome_at    TEXT,
+            fallback      INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE IF NOT EXISTS capacity (
+            action TEXT NOT NULL,
+            period TEXT NOT NULL,
+            bucket TEXT NOT NULL,
+            used   INTEGER NOT NULL,
+            PRIMARY KEY (action, period, bucket)
+        )""",
+    ]
 
 
 class Feedback(Enum):
@@ -43,59 +77,221 @@ class Feedback(Enum):
     CONFLICT = "a different outcome is already recorded"
 
 
+class Tx:
+    """The open transaction an operation runs in; SQL is written with ``?`` for both databases."""
+
+    def __init__(self, conn: Any, postgres: bool) -> None:
+        self.conn = conn
+        self.postgres = postgres
+        # Rows read to be updated stay locked until commit (SQLite: BEGIN IMMEDIATE locks the database).
+        self.for_update = " FOR UPDATE" if postgres else ""
+        self._sql: dict[str, str] = {}
+
+    def _q(self, sql: str) -> str:
+        if not self.postgres:
+            return sql
+        if sql not in self._sql:
+            self._sql[sql] = sql.replace("?", "%s")
+        return self._sql[sql]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self._q(sql), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.postgres:
+            with self.conn.cursor() as cur:
+                cur.executemany(self._q(sql), rows)
+        else:
+            self.conn.executemany(sql, rows)
+
+
+def decision_row(answer: DecideResponse, context: dict[str, str]) -> tuple:
+    return (
+        answer.decision_id,
+        answer.customer_id,
+        answer.decided_at.astimezone(UTC).isoformat(),
+        answer.action,
+        answer.propensity,
+        int(answer.explored),
+        int(answer.cold_start),
+        int(answer.fallback),
+        answer.model_version,
+        json.dumps(answer.values),
+        json.dumps(context),
+    )
+
+
+def insert_decisions(tx: Tx, rows: Sequence[tuple]) -> None:
+    if len(rows) == 1:
+        tx.execute(INSERT, rows[0])
+    else:
+        tx.executemany(INSERT, rows)
+
+
 class DecisionLog:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed decision survives a crash
-        self._db.execute(SCHEMA)
-        self._lock = threading.Lock()
+    """The durable log; ``run``/``arun`` execute an operation inside the next group commit."""
+
+    def __init__(self, target: Path | str) -> None:
+        self.target = target
+        self.postgres = isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+        if not self.postgres:
+            self.target = Path(target)
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()  # fail at start, not at the first request
+        self._setup(conn)
+        self.commits = 0  # transactions committed by the writer (group commit: fewer than operations)
+        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], Future] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="decision-log", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    def open(cls, settings: Settings) -> DecisionLog:
+        return cls(settings.decision_log_url or settings.decision_log)
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def submit(self, op: Callable[[Tx], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((op, future))
+        return future
+
+    def run(self, op: Callable[[Tx], T]) -> T:
+        """Run ``op`` in the next transaction and return once it is committed."""
+        return self.submit(op).result()
+
+    async def arun(self, op: Callable[[Tx], T]) -> T:
+        return await asyncio.wrap_future(self.submit(op))
 
     def record(self, answer: DecideResponse, context: dict[str, str]) -> None:
-        row = (
-            answer.decision_id,
-            answer.customer_id,
-            answer.decided_at.astimezone(UTC).isoformat(),
-            answer.action,
-            answer.propensity,
-            int(answer.explored),
-            int(answer.cold_start),
-            answer.model_version,
-            json.dumps(answer.values),
-            json.dumps(context),
-        )
-        with self._lock:
-            self._db.execute("INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,NULL,NULL)", row)
+        row = decision_row(answer, context)
+        self.run(lambda tx: insert_decisions(tx, [row]))
 
     def feedback(self, decision_id: str, outcome: float, at: datetime | None = None) -> Feedback:
-        with self._lock:
-            found = self._db.execute("SELECT outcome FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
-            if found is None:
-                return Feedback.UNKNOWN
-            if found[0] is not None:
-                return Feedback.UNCHANGED if found[0] == outcome else Feedback.CONFLICT
-            when = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
-            self._db.execute(
-                "UPDATE decisions SET outcome = ?, outcome_at = ? WHERE decision_id = ?", (outcome, when, decision_id)
-            )
-            return Feedback.RECORDED
+        return self.run(feedback_op(decision_id, outcome, at))
 
     def export(self, directory: Path) -> Path | None:
         """The log as ``decisions-log.parquet`` in the ingest contract (customers known by id only)."""
-        with self._lock:
-            frame = pd.read_sql_query(
+        conn = self._connect()
+        try:
+            rows = conn.execute(
                 "SELECT decision_id, customer_id, decided_at, action, propensity, outcome FROM decisions "
-                "WHERE customer_id IS NOT NULL ORDER BY decided_at, decision_id",
-                self._db,
-            )
-        if frame.empty:
+                "WHERE customer_id IS NOT NULL ORDER BY decided_at, decision_id"
+            ).fetchall()
+        finally:
+            conn.close()
+        if not rows:
             return None
+        frame = pd.DataFrame(rows, columns=[DECISION_ID, CUSTOMER_ID, DECIDED_AT, ACTION, PROPENSITY, OUTCOME])
         frame[DECIDED_AT] = pd.to_datetime(frame[DECIDED_AT], utc=True, format="ISO8601")
+        frame[OUTCOME] = frame[OUTCOME].astype(float)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "decisions-log.parquet"
-        frame[[DECISION_ID, CUSTOMER_ID, DECIDED_AT, ACTION, PROPENSITY, OUTCOME]].to_parquet(path, index=False)
+        frame.to_parquet(path, index=False)
         return path
 
     def close(self) -> None:
-        self._db.close()
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        if self.postgres:
+            import psycopg
+
+            return psycopg.connect(str(self.target), autocommit=True)
+        conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=10000")  # other workers hold the write lock for one commit
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a committed decision survives a crash
+        return conn
+
+    def _setup(self, conn: Any) -> None:
+        if self.postgres:
+            # Several workers may start at once: serialise the DDL.
+            conn.execute("SELECT pg_advisory_lock(724001)")
+        try:
+            for statement in _schema("DOUBLE PRECISION" if self.postgres else "REAL"):
+                conn.execute(statement)
+            columns = [d[0] for d in conn.execute("SELECT * FROM decisions LIMIT 0").description]
+            if "fallback" not in columns:  # a log written before fallback answers existed
+                conn.execute("ALTER TABLE decisions ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0")
+        finally:
+            if self.postgres:
+                conn.execute("SELECT pg_advisory_unlock(724001)")
+
+    def _write_loop(self, conn: Any) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            group = [item]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            conn = self._commit(conn, group)
+            if stop:
+                break
+        if conn is not None:
+            conn.close()
+
+    def _commit(self, conn: Any, group: list[tuple[Callable[[Tx], Any], Future]]) -> Any:
+        """Run a group of operations in one transaction; each gets its result only once committed."""
+        live = [(op, f) for op, f in group if f.set_running_or_notify_cancel()]
+        outcomes: list[tuple[Future, Any, BaseException | None]] = []
+        try:
+            if conn is None:
+                conn = self._connect()
+            tx = Tx(conn, self.postgres)
+            conn.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
+            for i, (op, future) in enumerate(live):
+                # A failing operation is rolled back alone; the others still commit.
+                conn.execute(f"SAVEPOINT op{i}")
+                try:
+                    outcomes.append((future, op(tx), None))
+                    conn.execute(f"RELEASE SAVEPOINT op{i}")
+                except Exception as exc:  # the caller gets the exception
+                    conn.execute(f"ROLLBACK TO SAVEPOINT op{i}")
+                    conn.execute(f"RELEASE SAVEPOINT op{i}")
+                    outcomes.append((future, None, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:  # nothing of this group is durable: every caller fails
+            log.error("decision log commit failed: %s", type(exc).__name__)
+            with contextlib.suppress(Exception):  # the connection is dropped anyway
+                conn.close()
+            for _, future in live:
+                future.set_exception(exc)
+            return None  # reconnect for the next group
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+        return conn
+
+
+def feedback_op(decision_id: str, outcome: float, at: datetime | None) -> Callable[[Tx], Feedback]:
+    def op(tx: Tx) -> Feedback:
+        found = tx.execute(
+            "SELECT outcome FROM decisions WHERE decision_id = ?" + tx.for_update, (decision_id,)
+        ).fetchone()
+        if found is None:
+            return Feedback.UNKNOWN
+        if found[0] is not None:
+            return Feedback.UNCHANGED if found[0] == outcome else Feedback.CONFLICT
+        when = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
+        tx.execute(
+            "UPDATE decisions SET outcome = ?, outcome_at = ? WHERE decision_id = ?", (outcome, when, decision_id)
+        )
+        return Feedback.RECORDED
+
+    return op

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from nexttouch.feature_store import open_store
 from nexttouch.schemas import CUSTOMER_ID, REQUEST_AT
 from nexttouch.settings import Settings
@@ -30,3 +33,14 @@ class OnlineFeatures:
         ).to_dict()
         values = {k: v[0] for k, v in row.items() if k not in (CUSTOMER_ID, REQUEST_AT)}
         return values if any(values.get(name) is not None for name in self.stored) else None
+
+    def read_many(self, customer_ids: list[str], at: datetime | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        """One online read for many customers: features by name (rows in order) and who is known."""
+        at = at or datetime.now(UTC)
+        frame = pd.DataFrame(
+            self.store.get_online_features(
+                features=self.service, entity_rows=[{CUSTOMER_ID: c, REQUEST_AT: at} for c in customer_ids]
+            ).to_dict()
+        ).drop(columns=[CUSTOMER_ID, REQUEST_AT], errors="ignore")
+        stored = [c for c in frame.columns if c in self.stored]
+        return frame, frame[stored].notna().any(axis=1).to_numpy()

@@ -45,10 +45,11 @@ def _decider(catalog: Catalog, model: DecisionModel, features: dict | None, epsi
 
 
 ACTIVE = {"tech_in_30d": 25, "push_opt_in": 1, "call_consent": 1, "region": "north"}
+NOON = datetime(2026, 11, 2, 12, tzinfo=UTC)  # outside every quiet hour (customers default to UTC)
 
 
 def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, model: DecisionModel) -> None:
-    at = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    at = NOON
     answer = _decider(catalog, model, ACTIVE).decide(DecideRequest(customer_id="C1", at=at))
     assert answer.action == "push"
     assert (answer.propensity, answer.explored, answer.cold_start) == (1.0, False, False)
@@ -66,23 +67,30 @@ def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, m
 
 
 def test_no_consent_removes_push_and_none_wins(catalog: Catalog, model: DecisionModel) -> None:
-    answer = _decider(catalog, model, {**ACTIVE, "push_opt_in": 0}).decide(DecideRequest(customer_id="C1"))
+    answer = _decider(catalog, model, {**ACTIVE, "push_opt_in": 0}).decide(DecideRequest(customer_id="C1", at=NOON))
     assert "push" not in answer.eligible
     assert answer.action == "none"
     assert "push removed: no push_opt_in on record" in answer.reasons
 
 
-def test_unknown_customer_gets_a_flagged_cold_start_answer(catalog: Catalog, model: DecisionModel) -> None:
-    answer = _decider(catalog, model, None).decide(DecideRequest(customer_id="nobody"))
-    assert answer.cold_start is True
+def test_unknown_customer_gets_a_flagged_rule_based_answer(catalog: Catalog, model: DecisionModel) -> None:
+    answer = _decider(catalog, model, None).decide(DecideRequest(customer_id="nobody", at=NOON))
+    assert (answer.cold_start, answer.fallback, answer.action, answer.propensity) == (True, True, "none", 1.0)
     assert answer.eligible == ["none", "event_invite"]  # consent unknown: no push, no call
-    assert answer.action in answer.eligible
-    assert answer.reasons[0].startswith("cold start")
+    assert answer.reasons[0] == "fallback: no features for this customer"
+    assert answer.values == {} and answer.p_success == {}  # no model score behind a rule
+
+
+def test_quiet_hours_use_the_request_time(catalog: Catalog, model: DecisionModel) -> None:
+    night = datetime(2026, 11, 2, 23, tzinfo=UTC)
+    answer = _decider(catalog, model, ACTIVE).decide(DecideRequest(customer_id="C1", at=night))
+    assert "push" not in answer.eligible and answer.action != "push"
+    assert any(r.startswith("push removed: quiet hours 21:00-08:00") for r in answer.reasons)
 
 
 def test_exploration_logs_the_probability_of_its_choice(catalog: Catalog, model: DecisionModel) -> None:
     decider = _decider(catalog, model, ACTIVE, epsilon=0.4)
-    answers = [decider.decide(DecideRequest(customer_id="C1")) for _ in range(400)]
+    answers = [decider.decide(DecideRequest(customer_id="C1", at=NOON)) for _ in range(400)]
     explored = [a for a in answers if a.explored]
     assert 0.3 < len(explored) / len(answers) < 0.5
     for a in answers:
@@ -105,11 +113,11 @@ def test_a_source_key_resolves_to_the_customer(catalog: Catalog, model: Decision
 
     keys = {("app", "app-1"): "C1"}
     decider = Decider(catalog, model, "7", read, epsilon=0.0, resolve=lambda s, k: keys.get((s, k)))
-    answer = decider.decide(DecideRequest(source={"system": "app", "key": "app-1"}))
+    answer = decider.decide(DecideRequest(source={"system": "app", "key": "app-1"}, at=NOON))
     assert (answer.customer_id, answer.cold_start, answer.action) == ("C1", False, "push")
-    unknown = decider.decide(DecideRequest(source={"system": "crm", "key": "app-1"}))
-    assert (unknown.customer_id, unknown.cold_start) == (None, True)
-    assert unknown.reasons[0] == "cold start: unknown source key; consent unknown"
+    unknown = decider.decide(DecideRequest(source={"system": "crm", "key": "app-1"}, at=NOON))
+    assert (unknown.customer_id, unknown.cold_start, unknown.fallback) == (None, True, True)
+    assert unknown.reasons[0] == "fallback: unknown source key"
     assert seen == ["C1"]  # an unresolved key never reaches the feature store
 
 
@@ -119,3 +127,140 @@ def test_exactly_one_identity_is_required() -> None:
     for body in ({}, {"customer_id": "C1", "source": {"system": "app", "key": "k"}}):
         with pytest.raises(ValidationError, match="exactly one of customer_id or source"):
             DecideRequest.model_validate(body)
+
+
+CALLER = {"tech_in_30d": 2, "push_opt_in": 0, "call_consent": 1, "region": "north"}
+
+
+def _prefers_call(catalog: Catalog, model: DecisionModel) -> Catalog:
+    """The test catalog with the call made worth more than anything else for CALLER, 2 calls a day per region."""
+    actions = [
+        a.model_copy(update={"value_of_success": 10_000.0, "cost": 0.0, "caps": (), "cooldown_days": None})
+        if a.name == "advisor_call"
+        else a
+        for a in catalog.actions
+    ]
+    call = actions[catalog.names.index("advisor_call")]
+    assert call.capacity is not None
+    actions[catalog.names.index("advisor_call")] = call.model_copy(
+        update={"capacity": call.capacity.model_copy(update={"limit": 2, "per": "region"})}
+    )
+    return Catalog(actions=tuple(actions))
+
+
+class Ledger:
+    """In-memory capacity ledger with the same contract as serving/capacity.take."""
+
+    def __init__(self) -> None:
+        self.used: dict[tuple, int] = {}
+        self.calls: list[tuple] = []
+
+    def take(self, action, features, at, want):  # TakeCapacity
+        from serving.capacity import bucket_of, period_of
+
+        key = (action.name, period_of(action.capacity, at), bucket_of(action.capacity, features))
+        granted = max(0, min(want, action.capacity.limit - self.used.get(key, 0)))
+        self.used[key] = self.used.get(key, 0) + granted
+        self.calls.append((*key, want, granted))
+        return granted
+
+
+def test_used_up_capacity_gives_the_next_best_action_and_says_so(catalog: Catalog, model: DecisionModel) -> None:
+    cat = _prefers_call(catalog, model)
+    decider = Decider(cat, model, "7", lambda _c, _a: CALLER, epsilon=0.0, seed=1)
+    ledger = Ledger()
+    answers = [decider.decide(DecideRequest(customer_id=f"C{i}", at=NOON), ledger.take) for i in range(4)]
+    assert [a.action for a in answers[:2]] == ["advisor_call", "advisor_call"]
+    for a in answers[2:]:
+        assert a.action != "advisor_call" and "advisor_call" not in a.eligible
+        assert "advisor_call removed: no capacity left: all 2 per day for this region are taken" in a.reasons
+        assert a.propensity == 1.0  # the policy chose again among what was left
+    assert ledger.used == {("advisor_call", "2026-11-02", "region=north"): 2}
+    # A new day has new capacity; another region has its own.
+    tomorrow = decider.decide(DecideRequest(customer_id="C9", at=NOON.replace(day=3)), ledger.take)
+    assert tomorrow.action == "advisor_call"
+    south = Decider(cat, model, "7", lambda _c, _a: {**CALLER, "region": "south"}, epsilon=0.0)
+    assert south.decide(DecideRequest(customer_id="C8", at=NOON), ledger.take).action == "advisor_call"
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["tech_in_30d", "push_opt_in", "call_consent", "region"])
+
+
+def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel) -> None:
+    rng = np.random.default_rng(3)
+    rows = [
+        {"tech_in_30d": float(t), "push_opt_in": float(po), "call_consent": float(cc), "region": r}
+        for t, po, cc, r in zip(
+            rng.integers(0, 30, 60),
+            rng.integers(0, 2, 60),
+            rng.integers(0, 2, 60),
+            rng.choice(["north", "south"], 60),
+            strict=True,
+        )
+    ]
+    ids = [f"C{i}" for i in range(60)]
+    decider = Decider(catalog, model, "7", lambda c, _a: rows[int(c[1:])], epsilon=0.0)
+    batch = decider.decide_batch(ids, _frame(rows), np.ones(60, bool), NOON)
+    single = [decider.decide(DecideRequest(customer_id=c, at=NOON)) for c in ids]
+    for b, s in zip(batch, single, strict=True):
+        assert (b.customer_id, b.action, b.propensity, b.eligible) == (
+            s.customer_id,
+            s.action,
+            s.propensity,
+            s.eligible,
+        )
+        assert b.values == s.values and b.reasons == s.reasons
+    assert len({b.decision_id for b in batch}) == 60
+
+
+def test_batch_explores_with_the_logged_propensity(catalog: Catalog, model: DecisionModel) -> None:
+    n = 4000
+    decider = Decider(catalog, model, "7", lambda _c, _a: None, epsilon=0.4, seed=5)
+    answers = decider.decide_batch([f"C{i}" for i in range(n)], _frame([ACTIVE] * n), np.ones(n, bool), NOON)
+    explored = sum(a.explored for a in answers)
+    assert 0.36 < explored / n < 0.44
+    for a in answers:
+        assert a.propensity == pytest.approx(0.4 / 4 + (0.6 if a.action == "push" else 0.0))
+    drawn = [a.action for a in answers if a.explored]
+    for action in catalog.names:  # every eligible action is drawn, with weight 1 each: ~1/4
+        assert 0.18 < drawn.count(action) / len(drawn) < 0.32
+
+
+def test_batch_grants_capacity_to_the_most_valuable_and_falls_back_for_unknowns(
+    catalog: Catalog, model: DecisionModel
+) -> None:
+    cat = _prefers_call(catalog, model)
+    decider = Decider(cat, model, "7", lambda _c, _a: None, epsilon=0.0)
+    rows = [{**CALLER, "tech_in_30d": float(t)} for t in (1, 2, 3, 4, 5)] + [CALLER]
+    known = np.array([True, True, True, True, True, False])
+    ledger = Ledger()
+    answers = decider.decide_batch(["A", "B", "C", "D", "E", "F"], _frame(rows), known, NOON, ledger.take)
+    calls = [a.customer_id for a in answers if a.action == "advisor_call"]
+    assert len(calls) == 2
+    assert ledger.calls == [("advisor_call", "2026-11-02", "region=north", 5, 2)]  # one ledger call for the group
+    best_two = sorted(answers[:5], key=lambda a: -a.values["advisor_call"])[:2]
+    assert sorted(calls) == sorted(a.customer_id for a in best_two)
+    for a in answers[:5]:
+        if a.action != "advisor_call":
+            assert "advisor_call removed: no capacity left: all 2 per day for this region are taken" in a.reasons
+    assert (answers[5].fallback, answers[5].action) == (True, "none")
+
+
+def test_the_single_row_path_scores_like_the_model(catalog: Catalog, model: DecisionModel) -> None:
+    rows = [
+        ACTIVE,
+        {"tech_in_30d": None, "push_opt_in": 1, "call_consent": None, "region": None},
+        {"tech_in_30d": 7.5, "push_opt_in": 0, "call_consent": 1, "region": "atlantis"},  # unknown level
+        {"tech_in_30d": "12", "push_opt_in": True, "call_consent": 0, "region": "south"},  # coerced like pandas
+        {"region": "north"},  # missing features
+    ]
+    decider = _decider(catalog, model, None)
+    frame = pd.DataFrame(rows).reindex(columns=model.inputs)
+    expected = model.predict_all(frame)[:, [model.actions.index(a) for a in catalog.names]]
+    for row, want in zip(rows, expected, strict=True):
+        x = decider.encode_row(row)
+        np.testing.assert_allclose(
+            x, model.encode_columns(frame.iloc[[rows.index(row)]], model.numeric, model.categorical)[0]
+        )
+        np.testing.assert_allclose(decider.score_row(x), want, rtol=1e-12)

@@ -9,7 +9,7 @@ from nexttouch.api import DecideResponse
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import ingest
 from nexttouch.settings import Settings
-from serving.decision_log import DecisionLog, Feedback
+from serving.decision_log import DecisionLog, Feedback, decision_row, insert_decisions
 
 
 def _answer(decision_id: str, customer_id: str | None = "C1") -> DecideResponse:
@@ -64,3 +64,21 @@ def test_export_feeds_ingest(project: Settings, catalog: Catalog, tmp_path: Path
     assert exported["outcome"].tolist()[0] == 1.0 and pd.isna(exported["outcome"].tolist()[1])
     (report,) = [r for r in ingest(project, catalog, tmp_path / "inbox", now=datetime(2026, 11, 1, tzinfo=UTC))]
     assert (report.table, report.loaded, report.rejected) == ("decisions", 2, {})
+
+
+def test_concurrent_decisions_share_commits_and_all_are_durable(tmp_path: Path) -> None:
+    import sqlite3
+
+    log = DecisionLog(tmp_path / "d.db")
+    futures = [
+        log.submit(lambda tx, i=i: insert_decisions(tx, [decision_row(_answer(f"d{i}"), {})])) for i in range(300)
+    ]
+    for f in futures:
+        f.result()  # returns only once its commit is done
+    assert log.commits < 100  # rows waiting for a commit went into the next one together
+    log.close()
+    with sqlite3.connect(tmp_path / "d.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM decisions").fetchone() == (300,)
+    reopened = DecisionLog(tmp_path / "d.db")
+    assert reopened.feedback("d299", 0.0) is Feedback.RECORDED
+    reopened.close()
