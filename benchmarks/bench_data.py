@@ -1,13 +1,28 @@
-"""Data-side benchmarks: simulate, ingest + features, online load, point-in-time training set.
+"""Data-side benchmarks at brand scale, through the real commands' code paths.
 
-Each case runs in a fresh process so its peak RSS is its own; cases share one temporary
-project, in order. Usage:
+Each case runs in a fresh process, so its peak RSS (reported by the child itself) is its own;
+the cases share one project (a copy of the Feast repo, as tests/conftest.py makes it) and run
+in order, each reading what the one before wrote:
 
-    .venv/bin/python -m benchmarks.bench_data --customers 100000
-    .venv/bin/python -m benchmarks.bench_data --customers 20000 --cases simulate,features
+    simulate   simulate N customers for 180 days and write the landing parquet (write_brand)
+    ingest     nexttouch.ingest.ingest: validation, identity resolution, quarantine, data/raw
+    features   features.pipeline.build_offline (snapshots every --every-days) + `feast apply`
+    online     SQLite: a plain bulk insert of the latest rows (the baseline) and the bulk load
+               (features.pipeline.materialize); then the bulk load into Redis (127.0.0.1:6379,
+               db 15). Every load is read back through `get_online_features`.
+    stock      stock Feast `materialize` into SQLite. Above --stock-customers (default 100,000)
+               it is measured on the first --stock-customers customers and scaled linearly:
+               the table says so.
+    training   a point-in-time training set for (up to) 1M decisions: Feast
+               `get_historical_features` on the DuckDB offline store (training.dataset)
 
-The online load is compared, in the same run, with a plain bulk insert of the same rows into
-SQLite (the ratio column): stock `materialize` is what nexttouch uses today.
+Usage:
+
+    .venv/bin/python -m benchmarks.bench_data --customers 20000            # ~2 min
+    .venv/bin/python -m benchmarks.bench_data --customers 1000000          # weekly snapshots
+
+Daily snapshots of 1M customers (180M rows) do not fit in 24 GiB, so above 100,000 customers
+snapshots are weekly unless ``--every-days`` says otherwise.
 """
 
 from __future__ import annotations
@@ -24,130 +39,311 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-CASES = ("simulate", "ingest", "features", "online", "bulk_sqlite", "training_set")
+import pandas as pd
+
+CASES = ("simulate", "ingest", "features", "online", "stock", "training")
 END = datetime(2026, 11, 1, tzinfo=UTC)
+DAYS = 180
+TRAINING_ROWS = 1_000_000
+REDIS_URL = "127.0.0.1:6379,db=15"  # a database of its own, emptied after the case
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _settings(project: Path, customers: int):
+def _peak_mib() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+BASELINE = "online: plain bulk insert (baseline)"
+
+
+def _row(case: str, size: str, seconds: float, vs_bulk: bool = False) -> dict[str, object]:
+    """One table row; ``vs_bulk`` rows get their time as a multiple of the baseline's."""
+    return {"case": case, "size": size, "seconds": round(seconds, 2), "peak_mib": _peak_mib(), "vs_bulk": vs_bulk}
+
+
+def _settings(project: Path, args: argparse.Namespace, **extra: object):
     from nexttouch.settings import load_settings
 
-    return load_settings(project_dir=project, customers=customers)
+    return load_settings(
+        project_dir=project, customers=args.customers, days=DAYS, snapshot_every_days=args.every_days, **extra
+    )
 
 
-def run_case(case: str, project: Path, customers: int) -> dict[str, object]:
-    """One case, in this process; returns what it measured."""
+def case_simulate(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
     from nexttouch.catalog import load_catalog
+    from nexttouch.simulate import write_brand
 
-    s = _settings(project, customers)
-    catalog = load_catalog()
+    s = _settings(project, args)
     t = time.perf_counter()
-    size: object
-    if case == "simulate":
-        from nexttouch.simulate import write_brand
+    brand = write_brand(s, load_catalog(), END, s.landing_dir)
+    size = f"{args.customers:,} cust., {len(brand.events):,} events, {len(brand.decisions):,} decisions"
+    return [_row("simulate (+ landing parquet)", size, time.perf_counter() - t)]
 
-        brand = write_brand(s, catalog, END, s.landing_dir)
-        size = f"{customers:,} customers, {len(brand.events):,} events"
-    elif case == "ingest":
-        from nexttouch.ingest import ingest
 
-        reports = ingest(s, catalog, s.landing_dir, now=END)
-        size = f"{sum(r.rows for r in reports):,} rows"
-    elif case == "features":
-        from features.pipeline import build_offline, feast_apply
+def case_ingest(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    from nexttouch.catalog import load_catalog
+    from nexttouch.ingest import ingest
 
-        build = build_offline(s, END, s.days)
-        feast_apply(s)
-        size = f"{build.rows:,} snapshot rows"
-    elif case == "online":
-        from features.pipeline import materialize
-
-        materialize(s, END)
-        size = f"{customers:,} customers (stock materialize)"
-    elif case == "bulk_sqlite":
-        import pandas as pd
-
-        rows = pd.read_parquet(s.offline_dir / "touch_history.parquet")
-        latest = rows[rows["event_timestamp"] == rows["event_timestamp"].max()]
-        t = time.perf_counter()  # reading the parquet is not part of the write
-        with sqlite3.connect(project / "bulk.db") as db:
-            latest.assign(event_timestamp=latest["event_timestamp"].astype(str)).to_sql(
-                "bulk", db, if_exists="replace", index=False, chunksize=50_000
-            )
-        size = f"{len(latest):,} rows (plain SQLite insert, baseline)"
-    elif case == "training_set":
-        import pandas as pd
-
-        from training.dataset import training_set
-
-        decisions = pd.read_parquet(s.raw_dir / "decisions.parquet")
-        data = training_set(s, decisions)
-        size = f"{len(data):,} decisions"
-    else:
-        raise ValueError(case)
+    s = _settings(project, args)
+    t = time.perf_counter()
+    reports = ingest(s, load_catalog(), s.landing_dir, now=END)
     seconds = time.perf_counter() - t
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"case": case, "size": size, "seconds": round(seconds, 2), "peak_mib": round(peak_mib)}
+    rows, loaded = sum(r.rows for r in reports), sum(r.loaded for r in reports)
+    return [_row("ingest (validate, resolve ids, load)", f"{rows:,} rows, {loaded:,} loaded", seconds)]
+
+
+def case_features(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    from features.pipeline import build_offline, feast_apply
+
+    s = _settings(project, args)
+    t = time.perf_counter()
+    build = build_offline(s, END, DAYS)
+    built = time.perf_counter() - t
+    t = time.perf_counter()
+    feast_apply(s)
+    size = f"{build.rows:,} snapshot rows (every {args.every_days} d) from {build.events:,} events"
+    return [_row("features (build_offline)", size, built), _row("feast apply", "", time.perf_counter() - t)]
+
+
+def _latest(s) -> pd.DataFrame:
+    """The latest touch-history row of each customer (the rows an online load writes)."""
+    from features.online_load import read_latest
+    from features.touch_features import CONTACT_STATE, TOUCH_FEATURES
+
+    cols = ["customer_id", "event_timestamp", *TOUCH_FEATURES, *CONTACT_STATE]
+    return read_latest(s.offline_dir / "touch_history.parquet", ["customer_id"], "event_timestamp", cols, END)
+
+
+def _check_online(store, frame: pd.DataFrame, n: int = 200) -> None:
+    """Read ``n`` customers back through Feast and compare with the rows that were loaded."""
+    import numpy as np
+
+    from features.touch_features import TOUCH_FEATURES
+
+    sample = frame.sample(min(n, len(frame)), random_state=0)
+    refs = [f"touch_history:{f}" for f in TOUCH_FEATURES]
+    rows = [{"customer_id": c} for c in sample["customer_id"]]
+    got = store.get_online_features(features=refs, entity_rows=rows).to_df()
+    for f in TOUCH_FEATURES:
+        if not np.allclose(got[f].to_numpy(float), sample[f].to_numpy(float), rtol=1e-6, equal_nan=True):
+            raise AssertionError(f"online value of {f} differs from the loaded row")
+
+
+def _empty_sqlite(s) -> None:
+    db = s.data_dir / "feast" / "online.db"
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                con.execute(f'DELETE FROM "{table}"')
+
+
+def _stock_materialize(project: Path, args: argparse.Namespace, n: int) -> float:
+    """Seconds of stock `materialize` (all views) for the first ``n`` customers, in a project of its own."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.pipeline import feast_apply, materialize
+    from nexttouch.feature_store import open_store
+    from tests.conftest import copy_feature_repo
+
+    sub = project / f"stock-{n}"
+    if not (sub / "features").exists():
+        copy_feature_repo(sub)
+    s, small = _settings(project, args), _settings(sub, args)
+    small.offline_dir.mkdir(parents=True, exist_ok=True)
+    ids = pq.read_table(s.offline_dir / "customer_profile.parquet", columns=["customer_id"]).column(0)[:n]
+    for name in ("touch_history", "customer_profile"):
+        table = pq.read_table(s.offline_dir / f"{name}.parquet")
+        pq.write_table(
+            table.filter(pc.is_in(table["customer_id"], value_set=ids)), small.offline_dir / f"{name}.parquet"
+        )
+        del table
+    feast_apply(small)
+    _empty_sqlite(small)
+    open_store(small)  # Feast imported before the clock starts
+    t = time.perf_counter()
+    materialize(small, END, stock=True)
+    return time.perf_counter() - t
+
+
+def case_online(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    from features.pipeline import feast_apply, materialize
+    from features.touch_features import TOUCH_FEATURES
+    from nexttouch.feature_store import open_store
+
+    s = _settings(project, args)
+    latest = _latest(s)
+
+    # Baseline: the same rows, one wide row per customer, plain executemany into a plain table.
+    plain = latest.copy()
+    for col in plain.columns:  # times as epoch seconds, as Feast stores them
+        if isinstance(plain[col].dtype, pd.DatetimeTZDtype):
+            seconds = plain[col].dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype("int64")
+            plain[col] = pd.Series(seconds, index=plain.index).where(plain[col].notna())
+    db = project / "bulk.db"
+    db.unlink(missing_ok=True)
+    t = time.perf_counter()
+    with sqlite3.connect(db) as con:
+        cols = ", ".join(f'"{c}"' for c in plain.columns)
+        con.execute(f"CREATE TABLE bulk ({cols}, PRIMARY KEY(customer_id))")
+        con.executemany(
+            f"INSERT INTO bulk VALUES ({', '.join('?' * plain.shape[1])})",
+            plain.astype(object).where(plain.notna(), None).itertuples(index=False, name=None),
+        )
+    bulk_s = time.perf_counter() - t
+    rows = [_row(BASELINE, f"{len(latest):,} wide rows, plain SQLite table", bulk_s)]
+
+    _empty_sqlite(s)  # a first load (reruns start empty too)
+    open_store(s)  # Feast imported and its registry read before the clock starts, as for the baseline
+    t = time.perf_counter()
+    written = materialize(s, END)
+    load_s = time.perf_counter() - t
+    _check_online(open_store(s), latest)
+    n_rows = sum(written.values())
+    rows.append(
+        _row(
+            "online: nexttouch bulk load, SQLite",
+            f"3 views, {n_rows:,} entity rows (touch_history: {len(TOUCH_FEATURES)} features), read back ok",
+            load_s,
+            vs_bulk=True,
+        )
+    )
+
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=6379, db=15, socket_connect_timeout=2)
+        if client.dbsize():
+            raise RuntimeError("redis db 15 is not empty; not touching it")
+    except Exception as exc:  # no Redis here: the SQLite numbers stand alone
+        rows.append(_row("online: nexttouch bulk load, Redis", f"skipped: {exc}"[:60], float("nan")))
+        return rows
+    r = s.model_copy(update={"online_store": "redis", "redis_url": REDIS_URL})
+    feast_apply(r)
+    open_store(r)
+    try:
+        t = time.perf_counter()
+        written = materialize(r, END)
+        load_s = time.perf_counter() - t
+        _check_online(open_store(r), latest)
+    finally:
+        client.flushdb()
+    rows.append(
+        _row(
+            "online: nexttouch bulk load, Redis",
+            f"{written['touch_history']:,} customers, 3 views, read back ok",
+            load_s,
+            vs_bulk=True,
+        )
+    )
+    return rows
+
+
+def case_stock(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    n = min(args.customers, args.stock_customers)
+    seconds = _stock_materialize(project, args, n)
+    if n == args.customers:
+        return [_row("online: stock Feast materialize, SQLite", "3 views, measured", seconds, vs_bulk=True)]
+    size = f"3 views, {n:,} cust. measured ({seconds:.0f} s, this RSS), x{args.customers / n:g} linear"
+    return [_row("online: stock Feast materialize, SQLite", size, seconds * args.customers / n, vs_bulk=True)]
+
+
+def case_training(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    from training.dataset import training_set
+
+    s = _settings(project, args)
+    decisions = pd.read_parquet(s.raw_dir / "decisions.parquet")
+    if len(decisions) > TRAINING_ROWS:
+        decisions = decisions.sample(TRAINING_ROWS, random_state=0).reset_index(drop=True)
+    t = time.perf_counter()
+    data = training_set(s, decisions)
+    seconds = time.perf_counter() - t
+    missing = int(data["spend_90d"].isna().sum())
+    size = f"{len(data):,} decisions, {missing:,} before their first snapshot"
+    return [_row("training set (get_historical_features, DuckDB)", size, seconds)]
+
+
+RUNNERS = {
+    "simulate": case_simulate,
+    "ingest": case_ingest,
+    "features": case_features,
+    "online": case_online,
+    "stock": case_stock,
+    "training": case_training,
+}
+
+
+def _run(cmd: list[str], env: dict[str, str], max_rss_gib: float) -> tuple[int, str, str]:
+    """Run one case; stop it if its RSS passes ``max_rss_gib`` (the machine is shared: no OOM killer)."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        proc = psutil.Process(child.pid)
+        while child.poll() is None:
+            try:
+                if proc.memory_info().rss > max_rss_gib * 2**30:
+                    child.kill()
+                    child.wait()
+                    return 1, "", f"stopped: RSS above {max_rss_gib} GiB"
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        return child.returncode, out.read(), err.read()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=100_000)
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--every-days", type=int, default=1, help="feature snapshot spacing (7: weekly)")
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {','.join(CASES)}")
+    parser.add_argument("--every-days", type=int, help="snapshot spacing (default: 1 up to 100,000 customers, else 7)")
+    parser.add_argument("--stock-customers", type=int, default=100_000, help="customers for stock materialize")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the project here (default: a temporary one); reruns can skip cases"
+    )
+    parser.add_argument("--max-rss-gib", type=float, default=18.0, help="stop a case whose RSS passes this")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.every_days = args.every_days or (1 if args.customers <= 100_000 else 7)
     if args.one:
-        print(json.dumps(run_case(args.one, args.project, args.customers, args.every_days)))
+        print(json.dumps(RUNNERS[args.one](args.project, args)))
         return
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "FEAST_USAGE": "False", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp)
-        (project / "features").mkdir()
-        for item in (root / "features").iterdir():
-            if item.suffix in {".py", ".yaml"} or item.name == ".feastignore":
-                (project / "features" / item.name).write_bytes(item.read_bytes())
+    env = {**os.environ, "FEAST_USAGE": "False", "MLFLOW_DISABLE_TELEMETRY": "true", "NEXTTOUCH_REDIS_URL": REDIS_URL}
+    results: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="nexttouch-bench-") as tmp:
+        project = args.workdir or Path(tmp)
+        if not (project / "features").exists():
+            sys.path.insert(0, str(ROOT))
+            from tests.conftest import copy_feature_repo
+
+            copy_feature_repo(project)
         for case in args.cases.split(","):
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmarks.bench_data",
-                "--one",
-                case,
-                "--project",
-                str(project),
-                "--customers",
-                str(args.customers),
-                "--every-days",
-                str(args.every_days),
-            ]
-            out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                results.append(
-                    {
-                        "case": case,
-                        "size": "FAILED: " + out.stderr.strip().splitlines()[-1][:80],
-                        "seconds": float("nan"),
-                        "peak_mib": float("nan"),
-                    }
-                )
+            cmd = [sys.executable, "-m", "benchmarks.bench_data", "--one", case, "--project", str(project)]
+            cmd += ["--customers", str(args.customers), "--every-days", str(args.every_days)]
+            cmd += ["--stock-customers", str(args.stock_customers)]
+            t = time.perf_counter()
+            code, stdout, stderr = _run(cmd, env, args.max_rss_gib)
+            if code != 0:
+                reason = (stderr.strip().splitlines() or [f"exit {code}"])[-1][:90]
+                results.append({"case": case, "size": f"FAILED: {reason}", "seconds": "", "peak_mib": ""})
                 break
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    base = {r["case"]: r["seconds"] for r in results}
+            results.extend(json.loads(stdout.strip().splitlines()[-1]))
+            print(f"{case} done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
     print(
-        f"\nnexttouch data benchmarks, {args.customers:,} customers, snapshots every {args.every_days} day(s), "
-        f"{os.cpu_count()} cores\n"
+        f"\nnexttouch data benchmarks: {args.customers:,} customers, {DAYS} days, snapshots every "
+        f"{args.every_days} day(s), {os.cpu_count()} cores\n"
     )
-    print(f"| {'case':<13} | {'size':<48} | {'seconds':>8} | {'peak RSS MiB':>12} | {'x bulk':>6} |")
-    print(f"|{'-' * 15}|{'-' * 50}|{'-' * 10}|{'-' * 14}|{'-' * 8}|")
+    print("| case | size | seconds | peak RSS MiB | vs bulk insert |")
+    print("|---|---|---:|---:|---:|")
+    bulk = next((r["seconds"] for r in results if r["case"] == BASELINE), None)
     for r in results:
-        ratio = ""
-        if r["case"] == "online" and base.get("bulk_sqlite"):
-            ratio = f"{r['seconds'] / base['bulk_sqlite']:.1f}"
-        print(f"| {r['case']:<13} | {r['size']:<48} | {r['seconds']:>8} | {r['peak_mib']:>12} | {ratio:>6} |")
+        ratio = f"{r['seconds'] / bulk:.1f}x" if r.get("vs_bulk") and bulk else ""
+        print(f"| {r['case']} | {r['size']} | {r['seconds']} | {r['peak_mib']} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def _settings(project_dir: Path | None, catalog: Path | None, **more: object) ->
     for var in ("MLFLOW_DISABLE_TELEMETRY", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK"):
         os.environ.setdefault(var, "true")
     os.environ.setdefault("FEAST_USAGE", "False")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # job logs, not progress bars
     return load_settings(project_dir=project_dir, catalog_path=catalog, **more)
 
 
@@ -79,6 +80,11 @@ def ingest(
         raise typer.Exit(2) from exc
     for line in summary(reports):
         typer.echo(line)
+    failed = [f"{path}: {why}" for r in reports for path, why in r.failed_files.items()]
+    if failed:  # the other files loaded; these need a person
+        typer.echo("ingest failed for these files (copied to data/quarantine/files/):", err=True)
+        typer.echo("\n".join(f"  {line}" for line in failed), err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -106,15 +112,16 @@ def features(
 
 @app.command()
 def train(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
-    """Train on the decision log, log the run to MLflow, register it and make it champion."""
+    """Train on the ingested data, evaluate, register; the version becomes champion only if it passes the gate."""
     from training.job import run_training
 
     s = _settings(project_dir, catalog)
     report = run_training(s, load_catalog(s.catalog_path))
+    outcome = f"promoted to @{s.champion_alias}" if report.promoted else f"champion kept ({report.verdict.reason})"
     typer.echo(
         f"trained on {report.rows:,} decisions: valid AUC {report.metrics['valid_auc']:.3f}, "
         f"log loss {report.metrics['valid_logloss']:.4f}; registered {s.model_name} "
-        f"v{report.registered.version} as @{s.champion_alias}"
+        f"v{report.registered.version}: {outcome}"
     )
 
 
@@ -148,6 +155,78 @@ def export_log(project_dir: ProjectOpt = None) -> None:
         raise typer.Exit(1)
     path = DecisionLog(s.decision_log).export(s.data_dir / "inbox")
     typer.echo(f"decision log exported to {path}" if path else "decision log has no decisions for known customers")
+
+
+@app.command()
+def retrain(
+    project_dir: ProjectOpt = None,
+    catalog: CatalogOpt = None,
+    date: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="The day, UTC (default: today).")] = None,
+    source: Annotated[
+        list[Path] | None, typer.Option(help="Input directory, repeatable (default: data/landing and data/inbox).")
+    ] = None,
+) -> None:
+    """Nightly job: ingest, validate, features, label, train, evaluate, register; promote only through the gate."""
+    from training.retrain import RetrainFailed, RetrainLocked
+    from training.retrain import retrain as run_retrain
+
+    s = _settings(project_dir, catalog)
+    day = (date or _today()).date()
+    try:
+        report = run_retrain(s, load_catalog(s.catalog_path), day, source)
+    except RetrainLocked as exc:
+        typer.echo(f"retrain refused: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    except RetrainFailed as exc:
+        typer.echo(f"retrain failed at step {exc.step}: {exc.cause}; champion unchanged", err=True)
+        raise typer.Exit(1) from exc
+    if report.skipped:
+        typer.echo(
+            f"retrain {day}: already done with the same inputs (fingerprint {report.fingerprint[:12]}), nothing to do"
+        )
+        return
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    t = report.train
+    assert t is not None
+    outcome = f"promoted to @{s.champion_alias}" if t.promoted else f"champion kept ({t.verdict.reason})"
+    typer.echo(f"retrain {day}: {t.rows:,} decisions -> {s.model_name} v{t.registered.version}: {outcome}")
+    typer.echo(f"steps: {steps}")
+
+
+@app.command()
+def rollback(project_dir: ProjectOpt = None) -> None:
+    """Point @champion back at @previous (the version it replaced); the move is recorded."""
+    from training.promotion import NothingToRollBack, actor
+    from training.promotion import rollback as run_rollback
+
+    s = _settings(project_dir, None)
+    try:
+        move = run_rollback(s, actor("nexttouch rollback"))
+    except NothingToRollBack as exc:
+        typer.echo(f"rollback refused: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"{s.model_name}: @{s.champion_alias} v{move.replaced} -> v{move.champion}; "
+        f"@previous {'v' + move.previous if move.previous else 'cleared'}"
+    )
+
+
+@app.command("champion-history")
+def champion_history(project_dir: ProjectOpt = None) -> None:
+    """Every move of @champion: when, what, who, why, with the gate's numbers (from the MLflow registry)."""
+    from training.promotion import champion_history as read_history
+
+    s = _settings(project_dir, None)
+    moves = read_history(s)
+    if not moves:
+        typer.echo(f"{s.model_name} has no champion history")
+        return
+    for m in moves:
+        numbers = " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
+        typer.echo(
+            f"{m.seq:>3} {m.at} {m.kind:<8} v{m.replaced or '-'} -> v{m.champion} "
+            f"(previous {m.previous or '-'}) by {m.by}: {m.why}" + (f" [{numbers}]" if numbers else "")
+        )
 
 
 @app.command()

@@ -167,7 +167,7 @@ d1,C1,2026-10-03T09:00:00Z,push,0.5,0
     assert decisions.loc["d2", "outcome"] == 1.0 and decisions.loc["d1", "outcome"] == 1.0
 
 
-def test_unusable_input_fails_whole_and_loads_nothing(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
+def test_an_unusable_file_is_reported_and_loads_nothing(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(IngestError, match="no tables"):
@@ -175,13 +175,16 @@ def test_unusable_input_fails_whole_and_loads_nothing(project: Settings, catalog
     broken = tmp_path / "broken"
     broken.mkdir()
     _write(broken / "identity.csv", "system,key\napp,a-1")
-    with pytest.raises(IngestError, match="missing required columns"):
-        ingest(project, catalog, broken, now=NOW)
-    (broken / "identity.csv").unlink()
     (broken / "events.parquet").write_bytes(b"PAR1 truncated")
-    with pytest.raises(IngestError, match="cannot read"):
-        ingest(project, catalog, broken, now=NOW)
-    assert not (project.raw_dir / "events.parquet").exists()
+    reports = {r.table: r for r in ingest(project, catalog, broken, now=NOW)}
+    (why,) = reports["identity"].failed_files.values()
+    assert "missing required columns ['source_system', 'source_key', 'customer_id']" in why
+    (why,) = reports["events"].failed_files.values()
+    assert why.startswith("cannot read events.parquet")
+    assert all(r.rows == r.loaded == 0 for r in reports.values())
+    assert not any(project.raw_dir.glob("*.parquet"))
+    kept = sorted(p.name for p in (project.quarantine_dir / "files").iterdir())
+    assert len(kept) == 4 and kept[0].startswith("events-") and kept[0].endswith("events.parquet")
 
 
 def test_event_parts_such_as_the_service_inbox_load_together(
