@@ -1,14 +1,73 @@
-"""Training against a temporary MLflow tracking store: the run, its metrics, the champion alias."""
+"""Labels, and training against a temporary MLflow tracking store: the run, its metrics, the champion alias."""
 
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from nexttouch.catalog import Catalog
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
+from training.dataset import attribute_outcomes
 
-pytestmark = pytest.mark.slow
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
 
+def test_outcomes_are_attributed_within_the_window_and_open_windows_are_left_out(catalog: Catalog) -> None:
+    """push: success_touch push_opened within 2 days (catalog); as_of = 10 days after T0."""
+    h = timedelta(hours=1)
+    decisions = pd.DataFrame(
+        {
+            "decision_id": ["fb", "hit", "late", "before", "closed", "open", "open_hit", "other", "prev", "next"],
+            "customer_id": ["A", "B", "C", "D", "E", "F", "G", "H", "I", "I"],
+            "decided_at": [T0, T0, T0, T0, T0, T0 + 9 * 24 * h, T0 + 9 * 24 * h, T0, T0, T0 + h],
+            "action": ["push"] * 7 + ["event_invite", "push", "push"],
+            "propensity": 0.5,
+            "outcome": [0.0, *[np.nan] * 9],
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "customer_id": ["A", "B", "C", "D", "G", "H", "I"],
+            "occurred_at": [T0 + h, T0 + 47 * h, T0 + 49 * h, T0 - h, T0 + 9 * 24 * h + h, T0 + h, T0 + 2 * h],
+            "touch_type": ["push_opened"] * 7,
+            "decision_id": [None] * 6 + ["prev"],  # the opened push names its decision
+        }
+    )
+    labelled, still_open = attribute_outcomes(decisions, events, catalog, as_of=T0 + 10 * 24 * h)
+    got = labelled.set_index("decision_id")["outcome"].to_dict()
+    # feedback wins; a touch inside 2 days is a success; after it, before the decision, or the wrong
+    # touch type for the action is not, nor a touch that names another decision; "open" (window ends
+    # after as_of, no touch yet) has no label.
+    assert got == {
+        **{"fb": 0.0, "hit": 1.0, "late": 0.0, "before": 0.0, "closed": 0.0, "open_hit": 1.0, "other": 0.0},
+        **{"prev": 1.0, "next": 0.0},
+    }
+    assert still_open == 1
+
+
+def test_attributed_labels_match_the_simulated_outcomes(catalog: Catalog) -> None:
+    """Pushes and invites succeed only through their success touch (never organic) in the simulator:
+    attribution from the event log must give back exactly the outcomes it recorded."""
+    from nexttouch.simulate import simulate
+
+    brand = simulate(catalog, 300, 40, T0, seed=5, decision_rate=0.2)
+    keys = brand.identity.astype(object)
+    events = brand.events.astype({"source_system": object, "source_key": object, "touch_type": object})
+    events = events.merge(keys, on=["source_system", "source_key"])
+    decisions = brand.decisions.astype({"customer_id": object, "action": object})
+    hidden = decisions.assign(outcome=np.nan)
+    labelled, still_open = attribute_outcomes(hidden, events, catalog, as_of=brand.end + timedelta(days=3))
+    assert still_open == 0 and len(labelled) == len(decisions)
+    both = labelled.merge(decisions[["decision_id", "outcome"]], on="decision_id", suffixes=("", "_true"))
+    for action in ("push", "event_invite"):
+        one = both.loc[both["action"] == action]
+        assert len(one) > 50 and (one["outcome"] == one["outcome_true"]).all(), action
+
+
+@pytest.mark.slow
 def test_run_metrics_and_champion_alias(built: Settings) -> None:
     configure_mlflow(built)
     assert (
@@ -26,6 +85,7 @@ def test_run_metrics_and_champion_alias(built: Settings) -> None:
     assert run.info.artifact_uri.startswith((built.mlruns_dir / "artifacts").as_uri())
 
 
+@pytest.mark.slow
 def test_registered_model_loads_as_pyfunc_with_the_same_scores(built: Settings) -> None:
     import mlflow
     import pandas as pd

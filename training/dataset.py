@@ -41,9 +41,11 @@ def attribute_outcomes(
 ) -> tuple[pd.DataFrame, int]:
     """Decisions with a label: (labelled decisions, number left out because their window is open).
 
-    ``events`` needs ``customer_id``, ``occurred_at``, ``touch_type``; ``as_of`` is how far the
-    touch history is known. Feedback outcomes win over attribution. An action without a
-    ``success_touch`` can only be labelled by feedback.
+    ``events`` needs ``customer_id``, ``occurred_at``, ``touch_type`` and may have ``decision_id``:
+    a touch that names its decision counts for that decision only (an opened push is the answer to
+    that push, not to the next one); an unnamed touch counts for every decision of the customer whose
+    window it falls in. ``as_of`` is how far the touch history is known. Feedback outcomes win over
+    attribution. An action without a ``success_touch`` can only be labelled by feedback.
     """
     out = decisions.copy()
     missing = out[OUTCOME].isna().to_numpy()
@@ -56,25 +58,32 @@ def attribute_outcomes(
     todo["window_end"] = todo[DECIDED_AT] + pd.to_timedelta(todo[ACTION].astype(object).map(days), unit="D")
     todo[CUSTOMER_ID] = todo[CUSTOMER_ID].astype(object)
     ev = events.loc[events[TOUCH_TYPE].astype(object).isin(set(touch.values()) - {None})]
+    linked_to = ev[DECISION_ID].astype(object) if DECISION_ID in ev else pd.Series(None, index=ev.index, dtype=object)
+    linked = linked_to.notna().to_numpy()
     ev = pd.DataFrame(
         {
+            DECISION_ID: linked_to,
             CUSTOMER_ID: ev[CUSTOMER_ID].astype(object),
             TOUCH_TYPE: ev[TOUCH_TYPE].astype(object),
             "next_success_at": ev[OCCURRED_AT],
         }
-    ).sort_values("next_success_at")
-    known = todo.loc[todo[TOUCH_TYPE].notna()].sort_values(DECIDED_AT)
-    # First success touch of the same customer strictly after the decision.
+    )
+    known = todo.loc[todo[TOUCH_TYPE].notna()]
+    # A touch that names its decision (e.g. the push it opened) counts for that decision only ...
+    own = known.merge(ev.loc[linked], on=[DECISION_ID, CUSTOMER_ID, TOUCH_TYPE], how="inner")
+    own = own.loc[(own["next_success_at"] > own[DECIDED_AT]) & (own["next_success_at"] <= own["window_end"])]
+    # ... an unlinked one for the customer's decisions whose window it falls in (first one after each).
+    free = ev.loc[~linked].drop(columns=DECISION_ID).sort_values("next_success_at")
     hit = pd.merge_asof(
-        known,
-        ev,
+        known.sort_values(DECIDED_AT),
+        free,
         left_on=DECIDED_AT,
         right_on="next_success_at",
         by=[CUSTOMER_ID, TOUCH_TYPE],
         direction="forward",
         allow_exact_matches=False,
     ).set_index(DECISION_ID)
-    success = (hit["next_success_at"] <= hit["window_end"]).to_numpy()
+    success = (hit["next_success_at"] <= hit["window_end"]).to_numpy() | hit.index.isin(own[DECISION_ID])
     closed = (hit["window_end"] <= pd.Timestamp(as_of)).to_numpy()
     label = pd.Series(np.where(success, 1.0, np.where(closed, 0.0, np.nan)), index=hit.index)
     filled = out[DECISION_ID].map(label)
@@ -87,7 +96,7 @@ def read_success_events(settings: Settings, catalog: Catalog, since: datetime) -
     """The success touches after ``since`` from the ingested events (filtered in arrow: 50M rows stay on disk)."""
     touches = sorted({t for a in catalog.actions if (t := getattr(a, "success_touch", None))})
     table = pads.dataset(settings.raw_dir / "events.parquet").to_table(
-        columns=[CUSTOMER_ID, OCCURRED_AT, TOUCH_TYPE],
+        columns=[CUSTOMER_ID, OCCURRED_AT, TOUCH_TYPE, DECISION_ID],
         filter=(pads.field(TOUCH_TYPE).isin(touches)) & (pads.field(OCCURRED_AT) > pd.Timestamp(since)),
     )
     return table.to_pandas()
