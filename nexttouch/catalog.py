@@ -81,8 +81,9 @@ class Action(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Action:
-        if self.tier == NO_ACTION and (self.caps or self.cooldown_days or self.quiet_hours or self.capacity):
-            raise ValueError(f"{self.name}: an action of tier 'none' makes no contact; it takes no contact rules")
+        rules = self.requires or self.caps or self.cooldown_days or self.quiet_hours or self.capacity
+        if (self.tier == NO_ACTION or self.name == NO_ACTION) and rules:
+            raise ValueError(f"{self.name}: no contact is always allowed; it takes no consent or contact rules")
         if self.success_touch is not None and self.success_touch not in TOUCH_TYPES:
             raise ValueError(f"{self.name}: success_touch {self.success_touch!r} is not one of {list(TOUCH_TYPES)}")
         return self

@@ -96,6 +96,8 @@ def test_contact_rules_are_validated(tmp_path: Path) -> None:
         load("{name: call, tier: high, cost: 1, value_of_success: 1, capacity: {limit: 3, period: month}}")
     with pytest.raises(ValidationError, match="success_touch 'email_opened'"):
         load("{name: mail, tier: tech, cost: 0, value_of_success: 1, success_touch: email_opened}")
+    with pytest.raises(ValidationError, match="no contact is always allowed"):
+        load("{name: rest, tier: none, cost: 0, value_of_success: 1, requires: push_opt_in}")
     ok = load("{name: push, tier: tech, cost: 0, value_of_success: 1, caps: [{max: 3, days: 30}]}")
     assert ok["push"].cap_feature(ok["push"].caps[0]) == "tech_out_30d"
 

@@ -181,3 +181,31 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
     assert {"push", "none"} <= set(table["action"])
     chosen = table.apply(lambda r: r[f"value_{r['action']}"], axis=1)
     assert (chosen[~table["explored"]] >= table.loc[~table["explored"], "value_none"] - 1e-9).all()
+
+
+@pytest.mark.slow
+def test_plan_reads_what_the_online_store_serves(built: Settings) -> None:
+    """The latest offline rows + recency are the online features, so eligibility agrees with the service's."""
+    from nexttouch.plan import latest_features
+    from nexttouch.policy import eligibility
+    from serving.online_features import OnlineFeatures
+
+    catalog = load_catalog()
+    now = END.replace(hour=23, minute=30)
+    frame = latest_features(built, now)
+    mask = eligible_mask(catalog, frame, now)
+    online = OnlineFeatures(built)
+    stamps = 0
+    for i in range(0, len(frame), 8):
+        row = online.read(frame.at[i, "customer_id"], now)
+        for name, value in row.items():
+            offline = frame.at[i, name]
+            if value is None:
+                assert pd.isna(offline), name
+            elif isinstance(value, float):
+                assert value == pytest.approx(offline, abs=1e-4), name
+            else:
+                assert value == offline, name
+            stamps += isinstance(value, datetime)
+        assert [a not in eligibility(catalog, row, now) for a in catalog.names] == mask[i].tolist()
+    assert stamps > 0  # last-touch times were compared too
