@@ -20,6 +20,9 @@ from nexttouch.settings import Settings, load_settings
 for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
     os.environ.setdefault(_var, "true")
 os.environ.setdefault("FEAST_USAGE", "False")
+# OpenMP threads (LightGBM) sleep instead of spinning while they wait: on a busy 2-core machine
+# spinning threads made a 100k-row fit 5x slower (24 s instead of 4.6 s). Read when libgomp loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 11, 1, tzinfo=UTC)

@@ -1,0 +1,218 @@
+"""Training-side benchmark on the simulated brand: training set, train, evaluate, at two sizes.
+
+For each size a brand with enough customers to log about that many decisions in 180 days is
+simulated, ingested and featurised (``prepare``, the data side: benchmarks/bench_data.py measures
+it in detail), then each step runs in its own process so its peak RSS is its own:
+
+    training_set  labels (feedback / attribution) + Feast get_historical_features (training.dataset)
+    shared        fit one booster with the action as a feature (training.train.fit) + evaluate
+    per_action    fit one booster per action (training.train.fit_per_action) + evaluate (--compare)
+
+Evaluation (training.evaluate) runs on the latest 15% of decisions, with the simulator's ground
+truth, so the table also shows the learned policy's true value as a share of the oracle's gain
+over random, and the doubly robust estimate next to the true value.
+
+    .venv/bin/python -m benchmarks.bench_train                         # 100k and 1M decisions
+    .venv/bin/python -m benchmarks.bench_train --decisions 100000 --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+END = datetime(2026, 11, 1, tzinfo=UTC)
+DAYS = 180
+DECISION_RATE = 0.08  # the simulator's default daily chance of a decision per customer
+TRAINSET = "trainset.parquet"
+
+
+def _peak_mib() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _settings(project: Path, customers: int, every_days: int):
+    from nexttouch.settings import load_settings
+
+    return load_settings(project_dir=project, customers=customers, days=DAYS, snapshot_every_days=every_days)
+
+
+def case_prepare(project: Path, customers: int, every_days: int) -> dict[str, object]:
+    from features.pipeline import build_offline, feast_apply
+    from nexttouch.catalog import load_catalog
+    from nexttouch.ingest import ingest
+    from nexttouch.simulate import write_brand
+
+    s = _settings(project, customers, every_days)
+    t = time.perf_counter()
+    brand = write_brand(s, load_catalog(), END, s.landing_dir)
+    ingest(s, load_catalog(), s.landing_dir, now=END)
+    build = build_offline(s, END, DAYS)
+    feast_apply(s)
+    size = f"{customers:,} customers, {len(brand.events):,} events, {build.rows:,} snapshot rows (every {every_days} d)"
+    return {"seconds": time.perf_counter() - t, "size": size}
+
+
+def case_training_set(project: Path, customers: int, every_days: int) -> dict[str, object]:
+    import pandas as pd
+
+    from nexttouch.catalog import load_catalog
+    from training.dataset import training_set
+
+    s = _settings(project, customers, every_days)
+    decisions = pd.read_parquet(s.raw_dir / "decisions.parquet")
+    t = time.perf_counter()
+    data = training_set(s, decisions, load_catalog())
+    seconds = time.perf_counter() - t
+    data.to_parquet(project / TRAINSET)
+    return {"seconds": seconds, "size": f"{len(data):,} labelled decisions x {data.shape[1]} columns"}
+
+
+def _train_and_evaluate(project: Path, customers: int, every_days: int, per_action: bool) -> dict[str, object]:
+    import pandas as pd
+
+    from nexttouch.catalog import load_catalog
+    from training.evaluate import evaluate
+    from training.train import fit, fit_per_action, split_by_time
+
+    s = _settings(project, customers, every_days)
+    catalog = load_catalog()
+    data = pd.read_parquet(project / TRAINSET)
+    t = time.perf_counter()
+    if per_action:
+        model = fit_per_action(data, catalog)
+        test = split_by_time(data, 0.15, 0.15)[2]
+    else:
+        result = fit(data, catalog)
+        model, test = result.model, result.test
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ev = evaluate(model, test, catalog, s, out_dir=Path(tmp))
+    eval_s = time.perf_counter() - t
+    return {
+        "fit_s": fit_s,
+        "evaluate_s": eval_s,
+        "rows": len(data),
+        "test_rows": len(test),
+        "metrics": {k: v for k, v in ev.metrics.items() if k.startswith(("test_", "new_share"))},
+        "policies": {name: pv.as_dict() for name, pv in ev.policies.items()},
+    }
+
+
+def case_shared(project: Path, customers: int, every_days: int) -> dict[str, object]:
+    return _train_and_evaluate(project, customers, every_days, per_action=False)
+
+
+def case_per_action(project: Path, customers: int, every_days: int) -> dict[str, object]:
+    return _train_and_evaluate(project, customers, every_days, per_action=True)
+
+
+RUNNERS = {
+    "prepare": case_prepare,
+    "training_set": case_training_set,
+    "shared": case_shared,
+    "per_action": case_per_action,
+}
+
+
+def _one(case: str, project: Path, customers: int, every_days: int, env: dict[str, str]) -> dict[str, object]:
+    cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", case, "--project", str(project)]
+    cmd += ["--customers", str(customers), "--every-days", str(every_days)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{case} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _policy_lines(label: str, result: dict[str, object]) -> list[str]:
+    lines = []
+    for name in ("oracle", "new", "champion", "rules", "always_push", "logging", "random"):
+        pv = result["policies"].get(name)
+        if pv:
+            lines.append(
+                f"| {label} | {name} | {pv['dr']:.3f} [{pv['dr_low']:.3f}, {pv['dr_high']:.3f}] | {pv['ips']:.3f} "
+                f"| {pv['snips']:.3f} | {pv['true']:.3f} |"
+            )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decisions", default="100000,1000000", help="comma-separated decision counts")
+    parser.add_argument("--compare", action="store_true", help="also one booster per action")
+    parser.add_argument("--every-days", type=int, help="snapshot spacing (default: 1 up to 20,000 customers, else 3)")
+    parser.add_argument("--workdir", type=Path, help="keep projects here (reruns skip prepare/training_set)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--customers", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        out = RUNNERS[args.one](args.project, args.customers, args.every_days)
+        print(json.dumps({**out, "peak_mib": _peak_mib()}))
+        return
+
+    # OpenMP threads sleep while waiting: spinning ones made fits 5x slower on this busy shared machine.
+    env = {**os.environ, "FEAST_USAGE": "False", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    timing = ["| decisions | step | size | seconds | peak RSS MiB |", "|---|---|---|---|---|"]
+    quality = [
+        "| decisions | model | test log loss | test AUC | new policy's share of the oracle's gain over random |",
+        "|---|---|---|---|---|",
+    ]
+    values = ["| decisions | policy | DR [95% CI] | IPS | SNIPS | true |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="nexttouch-bench-train-") as tmp:
+        for n in (int(x) for x in args.decisions.split(",")):
+            customers = math.ceil(n / (DAYS * DECISION_RATE))
+            every = args.every_days or (1 if customers <= 20_000 else 3)
+            project = (args.workdir or Path(tmp)) / f"d{n}"
+            label = f"{n:,}"
+            if not (project / "features").exists():
+                sys.path.insert(0, str(ROOT))
+                from tests.conftest import copy_feature_repo
+
+                project.mkdir(parents=True, exist_ok=True)
+                copy_feature_repo(project)
+            if not (project / "data" / "raw").exists():
+                r = _one("prepare", project, customers, every, env)
+                step = "prepare (simulate, ingest, features)"
+                timing.append(_row(label, step, r["size"], f"{r['seconds']:.1f}", f"{r['peak_mib']:,}"))
+            if not (project / TRAINSET).exists():
+                r = _one("training_set", project, customers, every, env)
+                step = "training set (labels + Feast)"
+                timing.append(_row(label, step, r["size"], f"{r['seconds']:.1f}", f"{r['peak_mib']:,}"))
+            for case in ("shared", "per_action") if args.compare else ("shared",):
+                r = _one(case, project, customers, every, env)
+                name = "one booster, action as feature" if case == "shared" else "one booster per action"
+                peak = f"{r['peak_mib']:,}"
+                timing.append(_row(label, f"train: {name}", f"{r['rows']:,} rows", f"{r['fit_s']:.1f}", peak))
+                test = f"{r['test_rows']:,} test rows"
+                timing.append(_row(label, "evaluate (+ plots, report)", test, f"{r['evaluate_s']:.1f}", "same process"))
+                m = r["metrics"]
+                share = f"{m['new_share_of_oracle_gain']:.1%}"
+                quality.append(_row(label, name, f"{m['test_logloss']:.4f}", f"{m['test_auc']:.3f}", share))
+                if case == "shared":
+                    values += _policy_lines(label, r)
+            print("\n".join(timing), flush=True)
+    print()
+    print("\n".join(quality))
+    print()
+    print("\n".join(values))
+
+
+if __name__ == "__main__":
+    main()
