@@ -1,21 +1,38 @@
-"""The training step end to end: decision log -> training set -> model -> MLflow registry."""
+"""The training step: decision log -> labels -> training set -> model -> evaluation -> registry -> gate.
+
+``run_training`` is `nexttouch train` on the data already ingested; the nightly job
+(training.retrain) runs the same steps after ingest and features, inside its own MLflow run.
+"""
 
 from __future__ import annotations
 
 import logging
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from nexttouch.catalog import Catalog
-from nexttouch.schemas import DECIDED_AT
 from nexttouch.settings import Settings
-from training.dataset import training_set
-from training.registry import Registered, log_and_register
-from training.train import fit
+from training.dataset import label_decisions, training_set
+from training.evaluate import Evaluation, evaluate, load_registered, log_evaluation
+from training.promotion import Move, Verdict, actor, alias_version, gate, promote
+from training.registry import Registered, data_tags, log_model_version, log_training_set, start_run
+from training.train import TrainResult, fit
 
 log = logging.getLogger(__name__)
+MIN_ROWS = 200  # fewer labelled decisions than this cannot train and test a model
+
+
+class InvalidTrainingData(ValueError):
+    """The labelled decisions cannot make a model (too few, or one outcome only)."""
 
 
 @dataclass(frozen=True)
@@ -24,27 +41,141 @@ class TrainReport:
     metrics: dict[str, float]
     rows: int
     unlabelled: int
+    verdict: Verdict
+    move: Move | None  # the champion move, when the gate passed
+
+    @property
+    def promoted(self) -> bool:
+        return self.move is not None
 
 
-def run_training(settings: Settings, catalog: Catalog) -> TrainReport:
+def labelled_decisions(settings: Settings, catalog: Catalog, as_of: datetime | None = None) -> tuple[pd.DataFrame, int]:
+    """Decisions with a known outcome (feedback or attribution) and how many still wait for one."""
     decisions = pd.read_parquet(settings.raw_dir / "decisions.parquet")
-    data = training_set(settings, decisions)
-    result = fit(data, catalog)
-    tags = {
-        "data_window": f"{data[DECIDED_AT].min().isoformat()} .. {data[DECIDED_AT].max().isoformat()}",
-        "feature_service": settings.feature_service,
-        "code_version": _git_commit(),
-        "catalog": ",".join(catalog.names),
-    }
-    registered = log_and_register(settings, result.model, result.params, result.metrics, data, tags)
-    log.info("registered %s version %s (run %s)", settings.model_name, registered.version, registered.run_id)
-    unlabelled = int(decisions["outcome"].isna().sum())
-    return TrainReport(registered, result.metrics, len(data), unlabelled)
+    labelled, open_window = label_decisions(settings, decisions, catalog, as_of)
+    if len(labelled) < MIN_ROWS or labelled["outcome"].nunique() < 2:
+        raise InvalidTrainingData(
+            f"{len(labelled)} labelled decisions with outcomes {sorted(labelled['outcome'].unique())}: "
+            f"need at least {MIN_ROWS} and both 0 and 1"
+        )
+    return labelled, open_window
 
 
-def _git_commit() -> str:
+def build_training_set(settings: Settings, labelled: pd.DataFrame) -> pd.DataFrame:
+    """Features as they were at each decision (Feast); every row already has its label."""
+    return training_set(settings, labelled)
+
+
+def train_model(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> TrainResult:
+    """LightGBM locally, or on the Dask cluster when ``settings.dask_scheduler`` names one."""
+    return fit(data, catalog, dask_scheduler=settings.dask_scheduler)
+
+
+def evaluate_register_gate(
+    settings: Settings,
+    catalog: Catalog,
+    data: pd.DataFrame,
+    result: TrainResult,
+    by: str,
+    validated: bool = True,
+    step: StepTimer | None = None,
+) -> tuple[Registered, Evaluation, Verdict, Move | None]:
+    """Inside the active MLflow run: evaluate against the champion, log everything, register, gate, promote."""
+    step = step or StepTimer()
+    run = mlflow.active_run()
+    assert run is not None, "call inside an MLflow run"
+    mlflow.set_tags(data_tags(settings, data, catalog))
+    mlflow.log_params(result.params)
+    mlflow.log_metrics(result.metrics)
+    log_training_set(settings, data)
+    champion_version = alias_version(settings, settings.champion_alias)
+    with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
+        champion = load_registered(settings) if champion_version else None
+        ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=Path(tmp) / "evaluation")
+        log_evaluation(ev)
+    with step("register"):
+        version = log_model_version(settings, result.model, data)
+    with step("gate"):
+        verdict = gate(validated, ev.policies, champion_version is not None)
+        client = mlflow.MlflowClient()
+        for key, value in {
+            "gate": "passed" if verdict.promote else "refused",
+            "gate_reason": verdict.reason,
+            "champion_at_gate": champion_version or "none",
+        }.items():
+            client.set_model_version_tag(settings.model_name, version, key, value)
+            mlflow.set_tag(key, value)
+    move = None
+    if verdict.promote:
+        with step("promote"):
+            evidence = {
+                f"{name}_{key}": getattr(ev.policies[name], key)
+                for name in ("new", "champion")
+                if name in ev.policies
+                for key in ("dr", "dr_low")
+            }
+            evidence |= {k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}
+            move = promote(settings, version, by, verdict.reason, evidence)
+        log.info("%s v%s is @%s: %s", settings.model_name, version, settings.champion_alias, verdict.reason)
+    else:
+        log.info(
+            "%s v%s registered, champion kept (v%s): %s", settings.model_name, version, champion_version, verdict.reason
+        )
+    return Registered(run.info.run_id, version), ev, verdict, move
+
+
+def run_training(
+    settings: Settings, catalog: Catalog, as_of: datetime | None = None, by: str | None = None
+) -> TrainReport:
+    """`nexttouch train`: train on the ingested data, register the version; the gate decides on the champion."""
+    step = StepTimer()
+    with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}):
+        with step("label"):
+            labelled, open_window = labelled_decisions(settings, catalog, as_of)
+        with step("training_set"):
+            data = build_training_set(settings, labelled)
+        with step("train"):
+            result = train_model(settings, data, catalog)
+        registered, ev, verdict, move = evaluate_register_gate(
+            settings, catalog, data, result, by or actor("nexttouch train"), step=step
+        )
+        mlflow.log_metrics(step.metrics())
+    return TrainReport(registered, {**result.metrics, **ev.metrics}, len(data), open_window, verdict, move)
+
+
+class StepTimer:
+    """Times named steps (``with timer("train"): ...``), logs each, keeps them for the MLflow run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.current: str | None = None  # the step running (or that failed)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("step %s ...", name)
+        self.current = name
+        start, outcome = time.monotonic(), "failed"
+        try:
+            yield
+            outcome = "done"
+        finally:
+            self.seconds[name] = time.monotonic() - start
+            log.info("step %s %s in %.2fs", name, outcome, self.seconds[name])
+
+    def metrics(self) -> dict[str, float]:
+        return {f"step_{k}_s": round(v, 3) for k, v in self.seconds.items()}
+
+
+def git_commit() -> str:
+    """The code version of this run (short commit, ``+dirty`` with uncommitted changes)."""
+    root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

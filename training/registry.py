@@ -1,7 +1,13 @@
-"""Log a trained decision model to MLflow, register it and point the champion alias at it."""
+"""MLflow for training: one experiment per action catalog, the run's lineage, a registry version per run.
+
+Registering never moves the champion by itself: training.promotion does that, through the gate.
+The one exception is the very first version of a model name, which has nothing to be compared with.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -10,9 +16,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.models import infer_signature
+from mlflow.tracking.fluent import ActiveRun
 
+from nexttouch.catalog import Catalog, load_catalog
 from nexttouch.model import DecisionModel, DecisionPyfunc
+from nexttouch.schemas import DECIDED_AT, OUTCOME
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
 
@@ -28,6 +38,15 @@ def _requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn")]
 
 
+def experiment_name(settings: Settings, catalog: Catalog | None = None) -> str:
+    """``<model name>/<catalog file stem>-<hash of the action names>``: runs of one catalog together,
+    and a catalog whose actions change gets a new experiment even under the same file name."""
+    catalog = catalog or load_catalog(settings.catalog_path)
+    stem = settings.catalog_path.stem if settings.catalog_path else "catalog"
+    digest = hashlib.sha256(",".join(catalog.names).encode()).hexdigest()[:8]
+    return f"{settings.model_name}/{stem}-{digest}"
+
+
 def experiment_id(settings: Settings, name: str) -> str:
     """The experiment, created with its artifacts under mlruns/ on first use."""
     client = MlflowClient()
@@ -37,21 +56,34 @@ def experiment_id(settings: Settings, name: str) -> str:
     return client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{name}")
 
 
-def log_and_register(
-    settings: Settings,
-    model: DecisionModel,
-    params: dict[str, object],
-    metrics: dict[str, float],
-    example: pd.DataFrame,
-    tags: dict[str, str],
-    promote: bool = True,
-) -> Registered:
-    """One run: params, metrics, the whole decision model (signature + example), a registry version."""
+def start_run(settings: Settings, catalog: Catalog | None, tags: dict[str, str]) -> ActiveRun:
+    """A run in the catalog's experiment (use as a context manager)."""
     configure_mlflow(settings)
-    exp = experiment_id(settings, f"{settings.model_name}")
-    with mlflow.start_run(experiment_id=exp, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
+    exp = experiment_id(settings, experiment_name(settings, catalog))
+    return mlflow.start_run(experiment_id=exp, tags=tags)
+
+
+def data_tags(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> dict[str, str]:
+    """What the model was trained on: the data window, the feature service, the catalog."""
+    return {
+        "data_window": f"{data[DECIDED_AT].min().isoformat()} .. {data[DECIDED_AT].max().isoformat()}",
+        "feature_service": settings.feature_service,
+        "catalog": ",".join(catalog.names),
+    }
+
+
+def log_training_set(settings: Settings, data: pd.DataFrame) -> None:
+    """Dataset lineage: the training set as an MLflow dataset (schema, digest, profile, source)."""
+    # A plain path string matches two registered source types (MLflow warns): name the type.
+    uri = json.dumps({"uri": str(settings.raw_dir / "decisions.parquet")})
+    source = get_dataset_source_from_json(uri, source_type="local")
+    dataset = mlflow.data.from_pandas(data, source=source, targets=OUTCOME, name="training_set")
+    mlflow.log_input(dataset, context="training", tags={"feature_service": settings.feature_service})
+
+
+def log_model_version(settings: Settings, model: DecisionModel, example: pd.DataFrame) -> str:
+    """Log the whole decision model to the active run (signature + input example) and register it."""
+    with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "decision_model")
         # Numeric features are optional doubles in the signature: Feast returns NaN for gaps.
         example = example[model.inputs].head(5).astype(dict.fromkeys(model.numeric, "float64"))
@@ -65,7 +97,31 @@ def log_and_register(
             pip_requirements=_requirements(),
             registered_model_name=settings.model_name,
         )
-    version = str(info.registered_model_version)
-    if promote:
-        MlflowClient().set_registered_model_alias(settings.model_name, settings.champion_alias, version)
-    return Registered(run.info.run_id, version)
+    return str(info.registered_model_version)
+
+
+def log_and_register(
+    settings: Settings,
+    model: DecisionModel,
+    params: dict[str, object],
+    metrics: dict[str, float],
+    example: pd.DataFrame,
+    tags: dict[str, str],
+    promote: bool = True,
+) -> Registered:
+    """One run: params, metrics, training set, the decision model, a registry version.
+
+    With ``promote``, the version becomes champion only if the model has none yet; an existing
+    champion is replaced only through the gate (training.job, training.promotion).
+    """
+    from training.promotion import actor, alias_version
+    from training.promotion import promote as move_champion
+
+    with start_run(settings, None, tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        log_training_set(settings, example)
+        registered = log_model_version(settings, model, example)
+    if promote and alias_version(settings, settings.champion_alias) is None:
+        move_champion(settings, registered, actor("log_and_register"), "first version of the model")
+    return Registered(run.info.run_id, registered)

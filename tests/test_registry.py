@@ -1,0 +1,130 @@
+"""Registry and promotion: the gate, alias moves with their history, rollback, a worse model kept out."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from nexttouch.catalog import Catalog
+from nexttouch.cli import app
+from nexttouch.settings import Settings
+from tests.reliability import clone_project
+from training.ope import PolicyValue
+from training.promotion import (
+    HISTORY_FILE,
+    PREVIOUS,
+    NothingToRollBack,
+    alias_version,
+    champion_history,
+    gate,
+    promote,
+    rollback,
+)
+
+
+def _value(dr: float, low: float) -> PolicyValue:
+    return PolicyValue(dr, dr, dr, low, dr + 1, low, dr + 1, low, dr + 1)
+
+
+def test_gate_compares_the_new_lower_bound_with_the_champion_estimate() -> None:
+    better = {"new": _value(9.0, 8.0), "champion": _value(7.5, 6.0)}
+    tie = {"new": _value(9.0, 7.5), "champion": _value(7.5, 6.0)}
+    unsure = {"new": _value(9.0, 7.4), "champion": _value(7.5, 6.0)}
+    assert gate(True, better, has_champion=True).promote
+    assert gate(True, tie, has_champion=True).promote
+    refused = gate(True, unsure, has_champion=True)
+    assert not refused.promote and refused.reason == "new DR lower bound 7.4000 < champion DR 7.5000"
+    assert not gate(False, better, has_champion=True).promote  # invalid input never promotes
+    assert gate(True, {"new": _value(1.0, -5.0)}, has_champion=False).promote  # first model
+    assert not gate(True, {"new": _value(9.0, 8.0)}, has_champion=True).promote  # champion not evaluated
+
+
+@pytest.fixture(scope="module")
+def project(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return clone_project(built, tmp_path_factory.mktemp("registry") / "project")
+
+
+@pytest.fixture(scope="module")
+def data(project: Settings) -> pd.DataFrame:
+    from training.job import build_training_set
+
+    return build_training_set(project, pd.read_parquet(project.raw_dir / "decisions.parquet"))
+
+
+@pytest.mark.slow
+def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
+    project: Settings, catalog: Catalog, data: pd.DataFrame
+) -> None:
+    from training.job import evaluate_register_gate
+    from training.registry import start_run
+    from training.train import fit
+
+    before = alias_version(project, "champion")
+    bad = data.assign(outcome=np.random.default_rng(0).permutation(data["outcome"].to_numpy()))
+    with start_run(project, catalog, {"job": "test"}):  # exactly what the training job does after fit
+        registered, ev, verdict, move = evaluate_register_gate(project, catalog, bad, fit(bad, catalog), by="test")
+    assert not verdict.promote and move is None
+    assert ev.policies["new"].dr_low < ev.policies["champion"].dr
+    assert alias_version(project, "champion") == before
+    tags = MlflowClient().get_model_version(project.model_name, registered.version).tags
+    assert tags["gate"] == "refused" and tags["champion_at_gate"] == before
+    assert tags["gate_reason"].startswith("new DR lower bound")
+    assert mlflow.get_run(registered.run_id).data.tags["gate"] == "refused"  # every run is registered
+
+
+@pytest.mark.slow
+def test_promote_rollback_and_history(project: Settings, data: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.evaluate import load_registered
+    from training.registry import log_and_register
+
+    first = alias_version(project, "champion")
+    start = len(champion_history(project))
+    model = load_registered(project)
+    # Registering never replaces an existing champion.
+    v2 = log_and_register(project, model, {}, {}, data, {"job": "test"}).version
+    v3 = log_and_register(project, model, {}, {}, data, {"job": "test"}).version
+    assert alias_version(project, "champion") == first
+
+    promote(project, v2, by="test", why="v2 better", metrics={"new_dr_low": 8.0, "champion_dr": 7.5})
+    promote(project, v3, by="test", why="v3 better")
+    assert (alias_version(project, "champion"), alias_version(project, PREVIOUS)) == (v3, v2)
+
+    back = rollback(project, by="test")  # v3 was bad: back to v2, whose fallback was the first champion
+    assert (back.replaced, back.champion, back.previous) == (v3, v2, first)
+    assert (alias_version(project, "champion"), alias_version(project, PREVIOUS)) == (v2, first)
+    rollback(project, by="test")
+    assert (alias_version(project, "champion"), alias_version(project, PREVIOUS)) == (first, None)
+    with pytest.raises(NothingToRollBack, match="no @previous version"):
+        rollback(project, by="test")
+
+    history = champion_history(project)[start:]
+    assert [(m.kind, m.replaced, m.champion, m.previous) for m in history] == [
+        ("promote", first, v2, first),
+        ("promote", v2, v3, v2),
+        ("rollback", v3, v2, first),
+        ("rollback", v2, first, None),
+    ]
+    assert history[0].metrics == {"new_dr_low": 8.0, "champion_dr": 7.5} and history[0].why == "v2 better"
+    assert [m.seq for m in history] == sorted({m.seq for m in history})
+    # The same moves, readable without nexttouch: registered-model tags, version tags and the JSONL file.
+    tags = MlflowClient().get_registered_model(project.model_name).tags
+    assert sum(k.startswith("champion_move.") for k in tags) == start + 4
+    assert MlflowClient().get_model_version(project.model_name, v2).tags["promotion_reason"] == "rollback"
+    lines = [json.loads(line) for line in (project.mlruns_dir / HISTORY_FILE).read_text().splitlines()]
+    assert [(x["kind"], x["champion"]) for x in lines[-4:]] == [(m.kind, m.champion) for m in history]
+
+    # The CLI: history printed from the registry; a rollback with nothing to go back to is refused.
+    monkeypatch.setenv("NEXTTOUCH_PROJECT_DIR", str(project.project_dir))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["champion-history"])
+    assert shown.exit_code == 0 and len(shown.output.strip().splitlines()) == start + 4
+    assert f"rollback v{v2} -> v{first}" in shown.output.splitlines()[-1]
+    refused = runner.invoke(app, ["rollback"])
+    assert refused.exit_code == 1 and "nothing to roll back to" in refused.output
+    assert alias_version(project, "champion") == first

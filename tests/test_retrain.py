@@ -1,0 +1,123 @@
+"""`nexttouch retrain` on a private copy of the built project: one full nightly run, then the same day
+again (nothing to do), corrupted input (fails, champion and data unchanged) and a held lock (refused)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from typer.testing import CliRunner, Result
+
+from nexttouch.catalog import Catalog
+from nexttouch.cli import app
+from nexttouch.settings import Settings
+from tests.conftest import END, SMALL
+from tests.reliability import clone_project
+from training.promotion import alias_version, champion_history
+from training.retrain import RetrainFailed, exclusive, lock_path, marker_path, retrain
+
+pytestmark = pytest.mark.slow
+DAY = END.date()
+STEPS = ["tracking", "ingest", "validate", "features", "materialize", "label", "training_set", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def nightly(built: Settings, tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> tuple[Settings, str]:
+    """The copy after one full nightly run for END's day; returns it with the champion before the run."""
+    project = clone_project(built, tmp_path_factory.mktemp("retrain") / "project")
+    # The copied Feast registry records the original's online tables as its infra: `feast apply` in the
+    # copy would drop them from the original's online store. The nightly run applies a fresh one.
+    (project.data_dir / "feast" / "registry.db").unlink()
+    champion = alias_version(project, "champion")
+    assert champion is not None
+    first = retrain(project, catalog, DAY)
+    assert not first.skipped and first.train is not None
+    return project, champion
+
+
+def _cli(project: Settings, monkeypatch: pytest.MonkeyPatch, *args: str, day: date = DAY) -> Result:
+    for key, value in {"PROJECT_DIR": project.project_dir, **SMALL}.items():
+        monkeypatch.setenv(f"NEXTTOUCH_{key.upper()}", str(value))
+    return CliRunner().invoke(app, ["retrain", "--date", day.isoformat(), *args])
+
+
+def test_a_nightly_run_logs_every_step_and_a_second_run_does_nothing(
+    nightly: tuple[Settings, str], catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, champion = nightly
+    marker = json.loads(marker_path(project, DAY).read_text())
+    assert marker["status"] == "done" and marker["version"] is not None
+    run = mlflow.get_run(marker["run_id"])
+    assert run.info.status == "FINISHED"
+    assert {f"step_{s}_s" for s in [*STEPS, "register", "gate"]} <= set(run.data.metrics)
+    assert run.data.tags["day"] == DAY.isoformat() and run.data.tags["input_fingerprint"] == marker["fingerprint"]
+    assert run.data.tags["code_version"] and run.data.tags["feature_service"] == project.feature_service
+    assert run.data.tags["gate"] in ("passed", "refused")
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["training_set"]
+    assert run.info.experiment_id == mlflow.get_experiment_by_name(_experiment(project, catalog)).experiment_id
+    promotions = sum(m.kind == "promote" for m in champion_history(project))
+
+    again = retrain(project, catalog, DAY)
+    assert again.skipped and again.run_id == marker["run_id"] and again.fingerprint == marker["fingerprint"]
+    out = _cli(project, monkeypatch)
+    assert out.exit_code == 0 and "already done with the same inputs" in out.output
+    assert sum(m.kind == "promote" for m in champion_history(project)) == promotions  # one promotion at most
+    # the new version went through the gate: it is champion only if the gate passed
+    expected = marker["version"] if marker["promoted"] else champion
+    assert alias_version(project, "champion") == expected
+
+
+def _experiment(project: Settings, catalog: Catalog) -> str:
+    from training.registry import experiment_name
+
+    return experiment_name(project, catalog)
+
+
+def test_corrupted_input_fails_cleanly_and_keeps_champion_and_data(
+    nightly: tuple[Settings, str], catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = nightly[0]
+    champion = alias_version(project, "champion")
+    raw_before = {p.name: p.read_bytes() for p in project.raw_dir.iterdir()}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = pd.read_parquet(project.raw_dir / "decisions.parquet").head(50)
+    corrupted = good.assign(decision_id=good["decision_id"] + "-new", propensity="n/a", action="fax")
+    corrupted.to_csv(bad / "decisions.csv", index=False)  # every row wrong
+
+    with pytest.raises(RetrainFailed) as failed:
+        retrain(project, catalog, DAY, sources=[bad])
+    assert failed.value.step == "validate" and "decisions: 50 of 50 rows rejected" in str(failed.value)
+    assert alias_version(project, "champion") == champion
+    assert {p.name: p.read_bytes() for p in project.raw_dir.iterdir()} == raw_before
+    marker = json.loads(marker_path(project, DAY).read_text())
+    assert (marker["status"], marker["failed_step"]) == ("failed", "validate")
+    run = mlflow.get_run(marker["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["failed_step"] == "validate"
+
+    (bad / "decisions.csv").unlink()
+    (bad / "events.parquet").write_bytes(b"PAR1 this is not parquet")
+    out = _cli(project, monkeypatch, "--source", str(bad))
+    assert out.exit_code == 1 and "retrain failed at step validate: input rejected" in out.output
+    assert "events: file events.parquet not loaded (cannot read events.parquet" in out.output
+    assert "champion unchanged" in out.output
+    assert alias_version(project, "champion") == champion
+    assert {p.name: p.read_bytes() for p in project.raw_dir.iterdir()} == raw_before
+
+
+def test_a_second_run_is_refused_while_the_lock_is_held(
+    nightly: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = nightly[0]
+    champion = alias_version(project, "champion")
+    with exclusive(lock_path(project)):  # a run in progress (flock: a second open file conflicts)
+        out = _cli(project, monkeypatch, day=DAY + timedelta(days=1))
+    assert out.exit_code == 3 and "retrain refused: another retrain is running (pid" in out.output
+    assert not marker_path(project, DAY + timedelta(days=1)).exists()
+    assert alias_version(project, "champion") == champion
+    with exclusive(lock_path(project)):  # released: it can be taken again
+        pass

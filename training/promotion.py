@@ -1,0 +1,180 @@
+"""The champion gate, alias moves, rollback and the champion's history.
+
+Serving follows the alias ``champion``; ``previous`` points at the version it replaced, so a bad
+promotion is undone with one command. Every alias move is recorded twice:
+
+- in the registry itself, as a registered-model tag ``champion_move.<seq>`` holding the move as JSON
+  (who, when, why, metrics), readable from any MLflow client and the UI; the promoted version also
+  gets ``champion_since`` / ``promoted_by`` / ``promotion_reason`` tags;
+- appended to ``mlruns/champion-history.jsonl`` (one JSON line per move), for `tail` and `grep`.
+
+The registry is the source of truth: ``champion_history`` reads the tags.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from nexttouch.settings import Settings
+from nexttouch.tracking import configure_mlflow
+
+PREVIOUS = "previous"
+MOVE_TAG = "champion_move."
+HISTORY_FILE = "champion-history.jsonl"
+
+
+class Estimate(Protocol):
+    """What the gate reads of a policy's off-policy value (training.ope.PolicyValue)."""
+
+    dr: float
+    dr_low: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+
+
+def gate(validated: bool, policies: Mapping[str, Estimate], has_champion: bool) -> Verdict:
+    """Promote iff the input was validated and the new policy's doubly robust lower bound is not
+    below the champion's doubly robust estimate, both measured on the same out-of-time decisions."""
+    if not validated:
+        return Verdict(False, "input data failed validation")
+    new = policies.get("new")
+    if new is None:
+        return Verdict(False, "no estimate of the new policy")
+    if not has_champion:
+        return Verdict(True, f"first champion (new DR {new.dr:.4f}, 95% low {new.dr_low:.4f})")
+    old = policies.get("champion")
+    if old is None:
+        return Verdict(False, "the champion was not evaluated on the new data")
+    if new.dr_low >= old.dr:
+        return Verdict(True, f"new DR lower bound {new.dr_low:.4f} >= champion DR {old.dr:.4f}")
+    return Verdict(False, f"new DR lower bound {new.dr_low:.4f} < champion DR {old.dr:.4f}")
+
+
+@dataclass(frozen=True)
+class Move:
+    """One change of the champion alias."""
+
+    seq: int
+    at: str
+    kind: Literal["promote", "rollback"]
+    champion: str
+    replaced: str | None  # the champion before this move
+    previous: str | None  # where ``previous`` points after this move
+    by: str
+    why: str
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class NothingToRollBack(RuntimeError):
+    """There is no ``previous`` version to restore."""
+
+
+def actor(what: str) -> str:
+    """Who/what moved the alias: the command, the OS user and the host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{what} ({user}@{socket.gethostname()})"
+
+
+def alias_version(settings: Settings, alias: str) -> str | None:
+    configure_mlflow(settings)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(settings.model_name, alias).version)
+    except MlflowException:  # no such alias (or no such model yet)
+        return None
+
+
+def promote(settings: Settings, version: str, by: str, why: str, metrics: Mapping[str, float] | None = None) -> Move:
+    """champion <- ``version``; previous <- the champion it replaces (unchanged if there was none)."""
+    old = alias_version(settings, settings.champion_alias)
+    if old == version:
+        raise ValueError(f"version {version} is already {settings.champion_alias}")
+    previous = old if old is not None else alias_version(settings, PREVIOUS)
+    return _move(settings, "promote", version, old, previous, by, why, metrics or {})
+
+
+def rollback(settings: Settings, by: str, why: str = "rollback") -> Move:
+    """champion <- previous; previous <- the version that ``previous`` itself replaced (or cleared).
+
+    Rolling back again walks further back through the champion's history; it refuses when
+    there is nothing left.
+    """
+    current = alias_version(settings, settings.champion_alias)
+    target = alias_version(settings, PREVIOUS)
+    if target is None or current is None:
+        raise NothingToRollBack(
+            f"nothing to roll back to: {settings.model_name} has no @{PREVIOUS} version"
+            + ("" if current is None else f" (champion is v{current})")
+        )
+    # Where ``previous`` pointed while ``target`` was champion the last time.
+    before = next((m.previous for m in reversed(champion_history(settings)) if m.champion == target), None)
+    after = before if before not in (current, target) else None
+    return _move(settings, "rollback", target, current, after, by, why, {})
+
+
+def champion_history(settings: Settings) -> list[Move]:
+    """Every alias move, oldest first, read back from the registered model's tags."""
+    configure_mlflow(settings)
+    try:
+        tags = MlflowClient().get_registered_model(settings.model_name).tags
+    except MlflowException:
+        return []
+    moves = [Move(**json.loads(v)) for k, v in tags.items() if k.startswith(MOVE_TAG)]
+    return sorted(moves, key=lambda m: m.seq)
+
+
+def _move(
+    settings: Settings,
+    kind: Literal["promote", "rollback"],
+    champion: str,
+    replaced: str | None,
+    previous: str | None,
+    by: str,
+    why: str,
+    metrics: Mapping[str, float],
+) -> Move:
+    client = MlflowClient()
+    name = settings.model_name
+    run_id = client.get_model_version(name, champion).run_id
+    seq = max((m.seq for m in champion_history(settings)), default=0) + 1
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    move = Move(seq, at, kind, champion, replaced, previous, by, why, run_id, {k: float(v) for k, v in metrics.items()})
+    old_previous = alias_version(settings, PREVIOUS)
+    client.set_registered_model_alias(name, settings.champion_alias, champion)
+    try:
+        if previous is None:
+            if alias_version(settings, PREVIOUS) is not None:
+                client.delete_registered_model_alias(name, PREVIOUS)
+        else:
+            client.set_registered_model_alias(name, PREVIOUS, previous)
+        client.set_registered_model_tag(name, f"{MOVE_TAG}{seq:06d}", json.dumps(asdict(move)))
+    except Exception:
+        # The champion must not move without its record: put both aliases back.
+        for alias, version in ((settings.champion_alias, replaced), (PREVIOUS, old_previous)):
+            if version is None:
+                if alias_version(settings, alias) is not None:
+                    client.delete_registered_model_alias(name, alias)
+            else:
+                client.set_registered_model_alias(name, alias, version)
+        raise
+    for key, value in {"champion_since": at, "promoted_by": by, "promotion_reason": why}.items():
+        client.set_model_version_tag(name, champion, key, value)
+    with (settings.mlruns_dir / HISTORY_FILE).open("a", encoding="utf-8") as out:
+        out.write(json.dumps({"model": name, **asdict(move)}) + "\n")
+    return move
