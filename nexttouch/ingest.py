@@ -203,13 +203,22 @@ def _trim_header(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _from_arrow(table: pa.Table) -> pd.DataFrame:
-    """Text as ``string[pyarrow]``, dictionary (categorical) text decoded, everything else as pandas makes it."""
-    text = pd.StringDtype("pyarrow")
-    for i, col in enumerate(table.columns):
+    """Text as ``string[pyarrow]`` (dictionary text decoded), the rest as pandas makes it.
+
+    Column by column, each dropped from the arrow table once converted: one copy at a time.
+    """
+    columns = {}
+    for name in table.column_names:
+        col = table.column(name)
+        table = table.drop_columns([name])
         if pa.types.is_dictionary(col.type):
-            table = table.set_column(i, table.field(i).name, col.cast(col.type.value_type))
-    strings = {pa.string(): text, pa.large_string(): text, pa.string_view(): text}
-    return table.to_pandas(types_mapper=strings.get, ignore_metadata=True)
+            col = col.cast(col.type.value_type)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):
+            columns[name] = pd.Series(pd.arrays.ArrowStringArray(pc.cast(col, pa.large_string())))
+        else:
+            columns[name] = pa.table({name: col}).to_pandas(ignore_metadata=True)[name]
+        del col
+    return pd.DataFrame(columns)
 
 
 def _require(frame: pd.DataFrame, columns: list[str], table: str) -> None:
@@ -245,17 +254,20 @@ class _Reasons:
 
     def split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         bad = self.code > 0
+        if not bad.any():  # the usual case: no copy of a 50M-row frame
+            return self.frame, self.arrived.iloc[:0].astype("string[pyarrow]").assign(reason=pd.Series(dtype=object))
         rejected = self.arrived.loc[bad].astype("string[pyarrow]")
         rejected["reason"] = np.array(self.reasons, dtype=object)[self.code[bad]]
         return self.frame.loc[~bad], rejected
 
 
 def _ids(column: pd.Series) -> pd.Series:
-    """Identifiers and codes as trimmed arrow strings; empty means missing."""
+    """Identifiers and codes as trimmed arrow strings; empty means missing. Copies only when it must."""
     text = column if column.dtype == "string[pyarrow]" else column.astype("string[pyarrow]")
     if text.str.contains(r"^\s|\s$", regex=True, na=False).any():
         text = text.str.strip()
-    return text.where(text != "")
+    empty = (text == "").fillna(False).to_numpy(bool)
+    return text.where(~empty) if empty.any() else text
 
 
 def _index_in(column: pd.Series, values: list[str]) -> np.ndarray:
@@ -267,7 +279,10 @@ def _index_in(column: pd.Series, values: list[str]) -> np.ndarray:
 
 
 def _duplicated(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """Later rows whose ``column`` value came before (on integer codes: cheap at 50M rows)."""
+    """Later rows whose ``column`` value came before; counted in arrow first, as there usually are none."""
+    values = pa.array(frame[column], type=pa.large_string(), from_pandas=True)
+    if pc.count_distinct(values).as_py() == len(values) - values.null_count:
+        return np.zeros(len(values), bool)
     codes = pd.factorize(frame[column])[0]
     return pd.Series(codes).duplicated(keep="first").to_numpy() & (codes >= 0)
 
@@ -355,8 +370,11 @@ def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataF
         derived = np.array([values.index(getattr(t, col)) for t in types])[np.maximum(code, 0)]
         if col in frame:
             given = _ids(frame[col])
-            wrong = given.notna().to_numpy() & (code >= 0) & (_index_in(given, list(values)) != derived)
-            r.flag(wrong, f"{col} does not match touch type")
+            stated, found = given.notna().to_numpy(), _index_in(given, list(values))
+            r.flag(stated & (code >= 0) & (found != derived), f"{col} does not match touch type")
+            if stated.all() and (found == derived).all():  # complete and right: keep it, no new column
+                frame[col] = given
+                continue
         frame[col] = _text(list(values), np.where(code >= 0, derived, -1))
     _timestamp(frame, "occurred_at", r, latest)
     r.flag(frame["occurred_at"].isna(), "missing occurred_at")
@@ -377,13 +395,33 @@ def _text(values: list[str], codes: np.ndarray) -> pd.Series:
 
 
 def _resolve(settings: Settings, frame: pd.DataFrame) -> pd.Series:
-    """Each event's customer through the loaded identity map (null when its key is unknown)."""
+    """Each event's customer through the loaded identity map (null when its key is unknown).
+
+    One arrow hash lookup per source system: no joined copy of 50M keys.
+    """
     identity = _load(settings, "identity")
-    if identity is None:
-        return _text([], np.full(len(frame), -1))
-    keys = ["source_system", "source_key"]
-    found = frame[keys].merge(identity[[*keys, CUSTOMER_ID]], on=keys, how="left", sort=False)
-    return found[CUSTOMER_ID].astype("string[pyarrow]").set_axis(frame.index)
+    position = np.full(len(frame), -1, np.int64)
+    if identity is not None:
+        systems = _arrow(frame["source_system"])
+        keys = _arrow(frame["source_key"])
+        known_systems = _arrow(identity["source_system"])
+        known_keys = _arrow(identity["source_key"])
+        for system in pc.unique(known_systems).to_pylist():
+            mine = np.flatnonzero(pc.fill_null(pc.equal(systems, system), False).to_numpy(zero_copy_only=False))
+            if not len(mine):
+                continue
+            rows = np.flatnonzero(pc.equal(known_systems, system).to_numpy(zero_copy_only=False))
+            found = pc.index_in(keys.take(mine), value_set=known_keys.take(rows))
+            found = pc.fill_null(found, -1).to_numpy(zero_copy_only=False)
+            position[mine] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
+    customers = [] if identity is None else _arrow(identity[CUSTOMER_ID])
+    taken = pa.array(customers, pa.large_string()).take(pa.array(position, mask=position < 0))
+    return pd.Series(pd.arrays.ArrowStringArray(taken), index=frame.index)
+
+
+def _arrow(column: pd.Series) -> pa.Array:
+    array = pa.array(column, type=pa.large_string(), from_pandas=True)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.DataFrame, pd.DataFrame]:
