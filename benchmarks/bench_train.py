@@ -82,7 +82,7 @@ def _train_and_evaluate(project: Path, customers: int, every_days: int, per_acti
     import pandas as pd
 
     from nexttouch.catalog import load_catalog
-    from training.evaluate import evaluate
+    from training.evaluate import evaluate, load_truth
     from training.train import fit, fit_per_action, split_by_time
 
     s = _settings(project, customers, every_days)
@@ -98,7 +98,7 @@ def _train_and_evaluate(project: Path, customers: int, every_days: int, per_acti
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        ev = evaluate(model, test, catalog, s, out_dir=Path(tmp))
+        ev = evaluate(model, test, catalog, truth=load_truth(s), out_dir=Path(tmp))  # no registry here
     eval_s = time.perf_counter() - t
     return {
         "fit_s": fit_s,

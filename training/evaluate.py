@@ -33,7 +33,7 @@ from nexttouch.model import DecisionModel
 from nexttouch.policy import net_values
 from nexttouch.schemas import ACTION, DECISION_ID, OUTCOME, PROPENSITY
 from nexttouch.settings import Settings
-from training.ope import PolicyValue, estimate_many, greedy, on_policy, one_hot, uniform
+from training.ope import LOGGED, PolicyValue, estimate_many, greedy, one_hot, uniform
 
 log = logging.getLogger(__name__)
 TRUTH_FILE = Path("simulation") / "decision_truth.parquet"  # under settings.data_dir; simulated brands only
@@ -281,8 +281,7 @@ def evaluate(
         else:
             notes.append("ground truth does not cover the evaluation decisions: no true values")
 
-    policies = estimate_many(pis, logged, propensity, reward, q, n_boot=n_boot, seed=seed)
-    policies["logging"] = on_policy(reward, n_boot=n_boot, seed=seed)
+    policies = estimate_many({**pis, "logging": LOGGED}, logged, propensity, reward, q, n_boot=n_boot, seed=seed)
     if true_nv is not None:
         for name, pi in pis.items():
             policies[name] = replace(policies[name], true=float((pi * true_nv).sum(axis=1).mean()))
