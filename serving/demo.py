@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections import Counter
@@ -52,17 +53,20 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
     )
 
     t = _step(f"4/4 bentoml serve on http://{settings.host}:{settings.port} and real /decide calls")
-    proc = server.start(settings, settings.data_dir / "logs" / "demo-serve.log")
+    key = settings.api_key.get_secret_value() if settings.api_key else secrets.token_urlsafe(24)
+    proc = server.start(settings, settings.data_dir / "logs" / "demo-serve.log", api_key=key)
     url = f"http://{settings.host}:{settings.port}"
     try:
-        print(f"   service ready ({time.monotonic() - t:.1f}s)")
-        _show_decisions(url, brand.customers["customer_id"].head(200).tolist())
+        print(f"   service ready ({time.monotonic() - t:.1f}s); API key for this run: {key}")
+        _show_decisions(url, key, brand.customers["customer_id"].head(200).tolist())
         print("\nWhere to look next:")
         print("   make ui                      MLflow UI over mlruns/ (runs, metrics, registry)")
         print(f"   {url}/            the service's OpenAPI page (spec: {url}/docs.json)")
         print(
-            f"   curl -s -XPOST {url}/decide -H 'content-type: application/json' -d '{{\"customer_id\": \"C0000001\"}}'"
+            f"   curl -s -XPOST {url}/decide -H 'X-API-Key: {key}' -H 'content-type: application/json' "
+            f'-d \'{{"customer_id": "C0000001"}}\''
         )
+        print(f"   curl -s {url}/model -H 'X-API-Key: {key}'   the champion, catalog and feature service")
         if keep_serving if keep_serving is not None else sys.stdin.isatty():
             print("\nService running; Ctrl-C to stop.")
             proc.wait()
@@ -72,9 +76,9 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
         server.stop(proc)
 
 
-def _show_decisions(url: str, customer_ids: list[str]) -> None:
+def _show_decisions(url: str, key: str, customer_ids: list[str]) -> None:
     answers = []
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, headers={"X-API-Key": key}) as client:
         for cid in customer_ids:
             r = client.post("/decide", json={"customer_id": cid, "context": {"channel": "app"}})
             r.raise_for_status()
@@ -94,6 +98,7 @@ def _show_decisions(url: str, customer_ids: list[str]) -> None:
                 "propensity": a["propensity"],
                 **{f"value[{k}]": v for k, v in a["values"].items()},
                 "cold start": a["cold_start"],
+                "fallback": a.get("fallback"),
             }
             for a in [*shown.values(), unknown]
         ]

@@ -1,7 +1,13 @@
-"""Start and stop a real `bentoml serve` process of the decision service."""
+"""Start and stop a real `bentoml serve` process of the decision service.
+
+proc = server.start(settings, log_file, api_key="...")   # returns once /readyz answers 200
+...                                                        # call http://{host}:{port} with X-API-Key
+server.stop(proc)                                          # server and workers (one process group)
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from nexttouch.settings import Settings
 
@@ -16,22 +23,36 @@ SERVICE = "serving.service:NextTouch"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _command(settings: Settings) -> tuple[list[str], dict[str, str]]:
+def _command(
+    settings: Settings, api_key: str | None = None, service: str = SERVICE
+) -> tuple[list[str], dict[str, str]]:
+    """`bentoml serve` and its environment: every setting passed on as NEXTTOUCH_*, so the server
+    sees exactly the settings object it was started with."""
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     env = {
         **os.environ,
-        "NEXTTOUCH_PROJECT_DIR": str(settings.project_dir.resolve()),
-        "NEXTTOUCH_REQUEST_TIMEOUT_S": str(settings.request_timeout_s),
         "BENTOML_DO_NOT_TRACK": "true",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "FEAST_USAGE": "False",
+        "OMP_NUM_THREADS": "1",  # one scoring thread per worker (see serving/service.py)
     }
-    if settings.catalog_path:
-        env["NEXTTOUCH_CATALOG_PATH"] = str(settings.catalog_path.resolve())
+    for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, Path):
+            value = value.resolve()
+        elif isinstance(value, dict | list | tuple):
+            value = json.dumps(value)  # pydantic-settings reads complex values as JSON
+        if value is not None:
+            env[f"NEXTTOUCH_{name.upper()}"] = str(value)
+    if api_key is not None:
+        env["NEXTTOUCH_API_KEY"] = api_key
+    if not env.get("NEXTTOUCH_API_KEY"):
+        raise ValueError("the service needs an API key: set NEXTTOUCH_API_KEY or pass api_key")
     cmd = [
         bentoml,
         "serve",
-        SERVICE,
+        service,
         "--host",
         settings.host,
         "--port",
@@ -47,9 +68,20 @@ def serve_forever(settings: Settings) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def start(settings: Settings, log_file: Path, timeout_s: float = 180.0) -> subprocess.Popen[bytes]:
-    """Start the service in the background and wait until it answers /readyz."""
-    cmd, env = _command(settings)
+def start(
+    settings: Settings,
+    log_file: Path,
+    timeout_s: float = 180.0,
+    api_key: str | None = None,
+    service: str = SERVICE,
+) -> subprocess.Popen[bytes]:
+    """Start the service in the background and wait until it answers /readyz.
+
+    ``api_key`` (default: settings.api_key / NEXTTOUCH_API_KEY) is the key clients must send as
+    ``X-API-Key``; ``settings.workers`` worker processes are started. Stop it with ``stop(proc)``.
+    ``service`` is another BentoML service to run the same way (benchmarks' no-op baseline).
+    """
+    cmd, env = _command(settings, api_key, service)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -11,13 +11,17 @@ from nexttouch.settings import Settings
 pytestmark = pytest.mark.slow
 
 
+KEY = "test-key-0123456789"
+
+
 @pytest.fixture(scope="module")
 def client(built: Settings) -> Iterator[TestClient]:
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTTOUCH_PROJECT_DIR", str(built.project_dir))
+    mp.setenv("NEXTTOUCH_API_KEY", KEY)
     from serving.service import NextTouch
 
-    with TestClient(app=NextTouch.to_asgi()) as c:
+    with TestClient(app=NextTouch.to_asgi(), headers={"X-API-Key": KEY}) as c:
         yield c
     mp.undo()
 
@@ -51,10 +55,59 @@ def test_decide_by_source_key(client: TestClient, built: Settings) -> None:
     assert r.status_code == 200 and r.json()["customer_id"] is None and r.json()["cold_start"] is True
 
 
-def test_unknown_customer_is_a_cold_start_not_an_error(client: TestClient) -> None:
+def test_unknown_customer_is_a_flagged_fallback_not_an_error(client: TestClient) -> None:
     r = client.post("/decide", json={"customer_id": "C9999999"})
     assert r.status_code == 200, r.text
-    assert r.json()["cold_start"] is True
+    assert (r.json()["cold_start"], r.json()["fallback"], r.json()["action"]) == (True, True, "none")
+
+
+@pytest.mark.parametrize("path", ["/decide", "/decide/batch", "/feedback", "/events", "/model", "/metrics"])
+def test_every_endpoint_but_health_needs_the_api_key(client: TestClient, path: str) -> None:
+    for headers, needle in (({"X-API-Key": ""}, "missing API key"), ({"X-API-Key": KEY + "x"}, "wrong API key")):
+        r = client.request("GET" if path in ("/model", "/metrics") else "POST", path, json={}, headers=headers)
+        assert (r.status_code, r.json()) == (401, {"error": needle})
+    assert client.get("/livez", headers={"X-API-Key": ""}).status_code == 200
+    assert client.get("/readyz", headers={"X-API-Key": ""}).status_code == 200
+
+
+def test_model_endpoint_names_champion_catalog_and_feature_service(client: TestClient, built: Settings) -> None:
+    r = client.get("/model")
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert (info["model_name"], info["model_version"], info["champion_alias"]) == ("nexttouch", "1", "champion")
+    assert info["feature_service"] == built.feature_service
+    assert [a["name"] for a in info["catalog"]] == ["none", "push", "event_invite", "advisor_call"]
+    assert info["catalog"][3]["capacity"] == {"limit": 40, "period": "day", "per": "region"}
+
+
+def test_batch_decides_in_order_logs_all_and_flags_unknowns(client: TestClient, built: Settings) -> None:
+    import sqlite3
+
+    customers = [{"customer_id": f"C{i:07d}"} for i in range(1, 41)] + [
+        {"customer_id": "C9999999"},
+        {"source": {"system": "crm", "key": "no-such-key"}},
+    ]
+    r = client.post("/decide/batch", json={"customers": customers, "at": "2026-11-02T12:00:00Z"})
+    assert r.status_code == 200, r.text
+    decisions = r.json()["decisions"]
+    assert [d["customer_id"] for d in decisions] == [c.get("customer_id") for c in customers]
+    assert [d["fallback"] for d in decisions] == [False] * 40 + [True, True]
+    for d in decisions[:40]:
+        assert d["action"] in d["eligible"] and 0 < d["propensity"] <= 1
+        assert any("highest net value" in x or "exploration" in x for x in d["reasons"])
+    ids = [d["decision_id"] for d in decisions]
+    with sqlite3.connect(built.decision_log) as db:
+        logged = db.execute(
+            f"SELECT COUNT(*), SUM(fallback) FROM decisions WHERE decision_id IN ({','.join('?' * len(ids))})", ids
+        ).fetchone()
+    assert logged == (42, 2)
+
+
+def test_batch_over_the_limit_is_refused_and_says_so(client: TestClient) -> None:
+    customers = [{"customer_id": "C0000001"}] * 1001
+    r = client.post("/decide/batch", json={"customers": customers})
+    assert r.status_code == 413 and "over the batch limit of 1000" in r.text
+    assert client.post("/decide/batch", json={"customers": []}).status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -183,3 +236,24 @@ def test_every_decision_is_logged_and_takes_feedback_once(client: TestClient, bu
     unknown = client.post("/feedback", json={"decision_id": "no-such-decision", "outcome": 1})
     assert unknown.status_code == 404 and "no-such-decision" in unknown.text
     assert client.post("/feedback", json={**fb, "outcome": 2}).status_code == 400
+
+
+def test_the_fast_online_read_equals_feast_with_its_on_demand_view(built: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from serving.online_features import OnlineFeatures
+
+    online = OnlineFeatures(built)
+    assert online._fast  # the packaged feature service takes the fast path
+    for i, at in enumerate(
+        [datetime(2026, 11, 2, 12, tzinfo=UTC), datetime(2026, 10, 1, 7, 30, 15, 123456, tzinfo=UTC)]
+    ):
+        for cid in [f"C{n:07d}" for n in range(1 + i, 400, 37)]:
+            fast, feast = online.read(cid, at), online.read_feast(cid, at)
+            assert fast is not None and set(fast) == set(feast)
+            for name, value in feast.items():
+                if isinstance(value, float):
+                    assert fast[name] == pytest.approx(value, rel=1e-12), name
+                else:
+                    assert fast[name] == value, name
+    assert online.read("C9999999") is None and online.read_feast("C9999999") is None

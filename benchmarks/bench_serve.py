@@ -1,0 +1,323 @@
+"""Serving benchmark: the real service against a no-op BentoML baseline, in the same run.
+
+    .venv/bin/python -m benchmarks.bench_serve                       # builds a 2,000-customer project
+    .venv/bin/python -m benchmarks.bench_serve --project-dir DIR --workers 2 --soak-minutes 5
+
+Both services run as real `bentoml serve` processes on 127.0.0.1 with the same worker count and
+API key middleware; the client is a lean asyncio HTTP/1.1 keep-alive client in this process (it
+shares the machine's cores with the server, as any same-host benchmark does). Cases:
+
+- closed loop: C connections send back to back for S seconds -> requests/s, p50, p99;
+- open loop at a fixed rate (default 300/s): latency measured from the scheduled send time;
+- /decide/batch of B customers, closed loop -> customers/s;
+- soak: open loop for M minutes; RSS of the service process tree before and after.
+
+Prints one table (ratios against the no-op baseline) and the in-process profile of the hot path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+DAY = "2026-11-02T12:00:00Z"
+
+
+@dataclass
+class Result:
+    case: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies: np.ndarray  # seconds
+    rows_per_request: int = 1
+
+    @property
+    def rate(self) -> float:
+        return self.requests * self.rows_per_request / self.seconds
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if len(self.latencies) else float("nan")
+
+
+def _request(path: str, body: dict, key: str, port: int) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-Key: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def closed_loop(port: int, requests: Sequence[bytes], connections: int, seconds: float) -> tuple:
+    latencies: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = offset
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            status = await _exchange(reader, writer, requests[i % len(requests)])
+            latencies.append(time.perf_counter() - t)
+            errors += status != 200
+            i += connections
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(connections)))
+    return len(latencies), errors, time.perf_counter() - start, np.array(latencies)
+
+
+async def open_loop(port: int, requests: Sequence[bytes], rate: float, seconds: float, pool: int = 32) -> tuple:
+    """Send at a fixed rate; latency counts from the scheduled time (a slow server cannot hide queueing)."""
+    conns: asyncio.Queue = asyncio.Queue()
+    for _ in range(pool):
+        conns.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        reader, writer = await conns.get()
+        try:
+            status = await _exchange(reader, writer, requests[i % len(requests)])
+        finally:
+            conns.put_nowait((reader, writer))
+        latencies.append(time.perf_counter() - scheduled)
+        errors += status != 200
+
+    start = time.perf_counter()
+    tasks = []
+    n = int(rate * seconds)
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not conns.empty():
+        conns.get_nowait()[1].close()
+    return n, errors, elapsed, np.array(latencies)
+
+
+def tree_rss_mib(pid: int) -> float:
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def build_project(base: Path, customers: int) -> Path:
+    from datetime import UTC, datetime
+
+    from features.pipeline import build_offline, feast_apply, materialize
+    from nexttouch.catalog import load_catalog
+    from nexttouch.ingest import ingest
+    from nexttouch.settings import load_settings
+    from nexttouch.simulate import write_brand
+    from tests.conftest import copy_feature_repo
+    from training.job import run_training
+
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    copy_feature_repo(base)
+    settings = load_settings(project_dir=base, customers=customers, days=120, seed=11, decision_rate=0.15)
+    catalog = load_catalog()
+    write_brand(settings, catalog, end, settings.landing_dir)
+    ingest(settings, catalog, settings.landing_dir, now=end)
+    build_offline(settings, end, settings.days)
+    feast_apply(settings)
+    materialize(settings, end)
+    run_training(settings, catalog)
+    return base
+
+
+def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
+    """In-process timing of one decision's steps (the service's own code, no HTTP), microseconds."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from nexttouch.catalog import load_catalog
+    from nexttouch.settings import load_settings
+    from serving import capacity
+    from serving.champion import load_champion
+    from serving.decider import Decider
+    from serving.decision_log import DecisionLog, decision_row, insert_decisions
+    from serving.online_features import OnlineFeatures
+
+    settings = load_settings(project_dir=project)
+    catalog = load_catalog()
+    online = OnlineFeatures(settings)
+    champion = load_champion(settings)
+    decider = Decider(catalog, champion.model, champion.version, online.read, settings.epsilon)
+    ids = pd.read_parquet(settings.raw_dir / "customers.parquet", columns=["customer_id"])["customer_id"].tolist()
+    now = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = DecisionLog(Path(tmp) / "d.db")
+        steps = {"online read (Feast)": 0.0, "model + policy + reasons": 0.0, "durable log (1 commit each)": 0.0}
+        for i in range(n):
+            cid = ids[i % len(ids)]
+            t0 = time.perf_counter()
+            features = online.read(cid, now)
+            t1 = time.perf_counter()
+            draft = decider.draft(cid, features, now)
+            t2 = time.perf_counter()
+
+            def op(tx, draft=draft):
+                def take(a, f, at, want):
+                    return capacity.take(
+                        tx, a, capacity.period_of(a.capacity, at), capacity.bucket_of(a.capacity, f), want
+                    )
+
+                answer = decider.finish(draft, take)
+                insert_decisions(tx, [decision_row(answer, {})])
+
+            log.run(op)
+            t3 = time.perf_counter()
+            steps["online read (Feast)"] += t1 - t0
+            steps["model + policy + reasons"] += t2 - t1
+            steps["durable log (1 commit each)"] += t3 - t2
+        log.close()
+    return [f"| {k} | {v / n * 1e6:,.0f} |" for k, v in steps.items()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project-dir", type=Path, help="an already built project (default: build one)")
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rate", type=float, default=300.0, help="open-loop requests per second")
+    parser.add_argument("--batch", type=int, default=1000, help="customers per /decide/batch call")
+    parser.add_argument("--soak-minutes", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+
+    from nexttouch.settings import load_settings
+    from serving import server
+    from tests.conftest import free_port
+
+    with tempfile.TemporaryDirectory(prefix="nexttouch-bench-") as tmp:
+        project = args.project_dir.resolve() if args.project_dir else build_project(Path(tmp) / "p", args.customers)
+        ids = pd.read_parquet(project / "data" / "raw" / "customers.parquet", columns=["customer_id"])
+        ids = ids["customer_id"].tolist()
+        key = secrets.token_urlsafe(24)
+        results: dict[str, Result] = {}
+
+        def run(case: str, coro: object, per: int = 1) -> Result:
+            n, errors, seconds, lat = asyncio.run(coro)  # type: ignore[arg-type]
+            results[case] = Result(case, n, errors, seconds, lat, per)
+            r = results[case]
+            print(f"{case}: {r.rate:,.0f}/s p50 {r.pct(50):.2f} ms p99 {r.pct(99):.2f} ms errors {errors}", flush=True)
+            return r
+
+        # The no-op baseline first, then the real service, each alone on the machine.
+        settings = load_settings(project_dir=project, port=free_port(), workers=args.workers)
+        proc = server.start(settings, Path(tmp) / "noop.log", api_key=key, service="benchmarks.noop_service:Noop")
+        try:
+            noop = [_request("/noop", {"customer_id": c}, key, settings.port) for c in ids]
+            asyncio.run(closed_loop(settings.port, noop, args.connections, 2))  # warm-up
+            run("no-op BentoML endpoint, closed loop", closed_loop(settings.port, noop, args.connections, args.seconds))
+            run(f"no-op, open loop {args.rate:g}/s", open_loop(settings.port, noop, args.rate, args.seconds))
+        finally:
+            server.stop(proc)
+
+        log_dir = Path(tmp) / "service-project"
+        settings = load_settings(project_dir=project, port=free_port(), workers=args.workers)
+        proc = server.start(settings, log_dir / "serve.log", api_key=key)
+        try:
+            decide = [_request("/decide", {"customer_id": c, "at": DAY}, key, settings.port) for c in ids]
+            batches = [
+                _request(
+                    "/decide/batch",
+                    {"customers": [{"customer_id": c} for c in ids[i : i + args.batch]], "at": DAY},
+                    key,
+                    settings.port,
+                )
+                for i in range(0, len(ids) - args.batch + 1, args.batch)
+            ] or [
+                _request(
+                    "/decide/batch", {"customers": [{"customer_id": c} for c in ids[: args.batch]]}, key, settings.port
+                )
+            ]
+            asyncio.run(closed_loop(settings.port, decide, args.connections, 3))  # warm-up
+            rss_before = tree_rss_mib(proc.pid)
+            run("/decide, closed loop", closed_loop(settings.port, decide, args.connections, args.seconds))
+            run(f"/decide, open loop {args.rate:g}/s", open_loop(settings.port, decide, args.rate, args.seconds))
+            run(
+                f"/decide/batch ({args.batch} customers), closed loop",
+                closed_loop(settings.port, batches, args.workers, args.seconds),
+                per=args.batch,
+            )
+            soak = None
+            if args.soak_minutes > 0:
+                rss_start = tree_rss_mib(proc.pid)
+                soak = run(
+                    f"soak: /decide open loop {args.rate:g}/s for {args.soak_minutes:g} min",
+                    open_loop(settings.port, decide, args.rate, args.soak_minutes * 60),
+                )
+                rss_end = tree_rss_mib(proc.pid)
+        finally:
+            server.stop(proc)
+
+        base_closed = results["no-op BentoML endpoint, closed loop"]
+        print(
+            f"\nworkers={args.workers}, connections={args.connections}, {args.seconds:g} s per case, "
+            f"{len(ids):,} customers"
+        )
+        print("\n| case | decisions/s | x no-op | p50 ms | p99 ms | errors |")
+        print("|---|---|---|---|---|---|")
+        for r in results.values():
+            ratio = f"{r.rate / base_closed.rate:.2f}" if "closed" in r.case else ""
+            print(f"| {r.case} | {r.rate:,.0f} | {ratio} | {r.pct(50):.2f} | {r.pct(99):.2f} | {r.errors} |")
+        print(f"\nRSS of the service (server + {args.workers} workers): {rss_before:,.0f} MiB after warm-up", end="")
+        if soak is not None:
+            print(
+                f"; {rss_start:,.0f} MiB before and {rss_end:,.0f} MiB after the soak ({rss_end - rss_start:+,.0f} MiB)"
+            )
+        else:
+            print()
+        print("\nIn-process profile of one /decide (no HTTP), microseconds per decision:\n")
+        print("| step | µs |\n|---|---|")
+        for line in profile_hot_path(project):
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
