@@ -30,6 +30,7 @@ def test_online_store_serves_the_latest_snapshot(built: Settings) -> None:
     assert online["days_since_low"][at] == pytest.approx(expected)
     profile = pd.read_parquet(built.raw_dir / "customers.parquet").set_index("customer_id").loc["C0000001"]
     assert online["region"][at] == profile["region"]
+    assert online["time_zone"][at] == profile["time_zone"]  # IANA name: a text profile feature like region
     assert online["push_opt_in"][at] == profile["push_opt_in"]
     gone = online["customer_id"].index("nobody")
     assert online["tech_in_30d"][gone] is None and online["region"][gone] is None

@@ -1,10 +1,12 @@
+from zoneinfo import ZoneInfo
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from nexttouch.catalog import Catalog
 from nexttouch.schemas import DECISIONS_COLUMNS, EVENTS_COLUMNS, TOUCH_TYPES, check_columns
-from nexttouch.simulate import simulate
+from nexttouch.simulate import TIME_ZONES, simulate
 from tests.conftest import END
 
 
@@ -32,6 +34,9 @@ def test_simulated_tables_meet_their_contracts(catalog: Catalog) -> None:
     resolved = ev.merge(brand.identity, on=["source_system", "source_key"], how="left")
     assert resolved["customer_id"].notna().all()
     assert ev["source_system"].nunique() == 4
+    # every customer's time zone is a real IANA zone, the one of its region
+    zones = brand.customers["region"].map(TIME_ZONES)
+    assert (brand.customers["time_zone"] == zones).all() and all(ZoneInfo(z) for z in zones.unique())
 
 
 def test_contacts_respect_consent_in_the_log(catalog: Catalog) -> None:
