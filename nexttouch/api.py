@@ -66,7 +66,10 @@ class DecideBatchRequest(BaseModel):
 
 class DecideResponse(BaseModel):
     decision_id: str
-    customer_id: str | None = Field(description="The resolved customer id (null: unknown source key).")
+    customer_id: str | None = Field(
+        description="The resolved customer id (null: unknown source key).",
+        json_schema_extra={"nullable": True},  # BentoML's OpenAPI keeps only the first type of `str | None`
+    )
     action: str = Field(description="The chosen action from the catalog.")
     propensity: float = Field(description="Probability that this policy chose this action.")
     explored: bool = Field(description="True when the action was drawn by exploration.")

@@ -1,0 +1,332 @@
+"""The service under load, faults and hostile input: a real `bentoml serve` of a private project copy on the
+production profile (Feast online store in our own redis-server), with an API key.
+
+The tests run in file order on one service: steady load, access, fuzzing, oversized bodies, personal data,
+Redis down and back, kill -9 under load and restart, MLflow tracking store gone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from benchmarks import soak
+from nexttouch.settings import Settings
+from tests.conftest import END
+from tests.reliability import Redis, Service, clone_project, integrity_ok, personal_data
+
+pytestmark = [pytest.mark.slow, pytest.mark.service]
+
+RATE = 8.0  # requests/s: a third of what one worker serves of this mix on 2 quiet cores (others share them)
+LOAD_S = 20.0
+HEALTH = {"/livez", "/readyz", "/healthz"}
+DOCS = {"/", "/docs.json"}
+FUZZ_EXAMPLES = 40  # per POST operation and mode (valid, invalid)
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    r = Redis(tmp_path_factory.mktemp("redis")).start()
+    yield r
+    r.stop(save=False)
+
+
+@pytest.fixture(scope="module")
+def service(built: Settings, redis: Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    from features.pipeline import materialize
+
+    base = tmp_path_factory.mktemp("reliability")
+    settings = clone_project(built, base / "project", online_store="redis", redis_url=redis.url, champion_poll_s=2.0)
+    feast_dir = settings.data_dir / "feast"
+    # The Redis profile's registry holds the same definitions (the online store is configured in the yaml).
+    shutil.copy(feast_dir / "registry.db", feast_dir / "registry.redis.db")
+    materialize(settings, END)
+    svc = Service(settings, base / "logs").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def customers(built: Settings) -> list[str]:
+    return pd.read_parquet(built.raw_dir / "customers.parquet")["customer_id"].tolist()
+
+
+def _decisions(svc: Service) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{svc.settings.decision_log}?mode=ro", uri=True)
+
+
+def test_steady_load_loses_nothing(service: Service, customers: list[str]) -> None:
+    result = soak.run(service.url, LOAD_S, RATE, customers, api_key=service.key, pid=service.proc.pid, window_s=5.0)
+    print("\n" + soak.table(result))
+    assert result.errors == []
+    assert result.total == int(LOAD_S * RATE)
+    assert soak.missing_decisions(service.settings.decision_log, result.decision_ids) == []
+    with _decisions(service) as db:
+        fed_back = db.execute("SELECT count(*) FROM decisions WHERE outcome IS NOT NULL").fetchone()[0]
+    assert fed_back == result.requests["feedback"]
+
+
+def test_every_endpoint_but_health_needs_the_key(service: Service) -> None:
+    with service.client() as c:
+        spec = c.get("/docs.json")
+        assert spec.status_code == 200
+        paths = {(m.upper(), p) for p, ops in spec.json()["paths"].items() for m in ops}
+    assert {("POST", "/decide"), ("POST", "/events"), ("POST", "/feedback"), ("GET", "/metrics")} <= paths
+    guarded = {(m, p) for m, p in paths if p not in HEALTH} | {("GET", "/no-such-route"), ("POST", "/decide/x")}
+    with httpx.Client(base_url=service.url, timeout=10) as anonymous:
+        for path in HEALTH:
+            assert anonymous.get(path).status_code == 200, path
+        for path in DOCS:  # the API description holds no data (serving/auth.py keeps it open)
+            assert anonymous.get(path).status_code == 200, path
+        for method, path in sorted(guarded):
+            for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}, {"X-API-Key": service.key[:-1]}):
+                r = anonymous.request(method, path, headers=headers, json={})
+                assert r.status_code == 401, (method, path, headers, r.status_code, r.text[:200])
+                assert isinstance(r.json()["error"], str) and service.key not in r.text
+    log = "".join(f.read_text(errors="replace") for f in service.log_dir.glob("serve-*.log"))
+    assert service.key not in log
+
+
+def _fuzz(op, mode, examples: int, run) -> None:
+    """One operation, one generation mode: ``examples`` cases from the schema through ``run``."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=op.as_strategy(generation_mode=mode))
+    def call(case) -> None:
+        run(case)
+
+    call()
+
+
+def test_fuzzed_requests_get_no_5xx_and_match_the_schema(service: Service) -> None:
+    """Schemathesis: valid and invalid bodies from docs.json for every operation. No 5xx; every status code
+    documented; invalid input refused with a 4xx; answers (2xx) match the schema (error bodies: next test)."""
+    import schemathesis
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        negative_data_rejection,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    def answers_match_the_schema(ctx, response, case):
+        return response_schema_conformance(ctx, response, case) if response.status_code < 300 else None
+
+    schema = schemathesis.openapi.from_url(f"{service.url}/docs.json", headers=service.headers, timeout=10)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, answers_match_the_schema]
+    tried: Counter[str] = Counter()
+    failures = []
+    for result in schema.get_all_operations():
+        op = result.ok()
+        post = op.method.upper() == "POST"
+        for mode in [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if post else []):
+            more = [negative_data_rejection] if mode.is_negative else []
+
+            def run(case, more=more, label=op.label) -> None:
+                tried[label] += 1
+                case.call_and_validate(headers=service.headers, checks=checks + more, timeout=10)
+
+            try:
+                _fuzz(op, mode, FUZZ_EXAMPLES if post else 3, run)
+            except (Exception, BaseExceptionGroup) as exc:  # every operation's failures, reported together
+                failures.append(f"{op.label} ({mode}): {exc}")
+    print(f"\nfuzzed {sum(tried.values())} requests: {dict(tried)}")
+    assert not failures, "\n\n".join(failures)
+    assert tried["POST /decide"] >= FUZZ_EXAMPLES
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BentoML 1.4.39: a 400 body's 'detail' is a list while docs.json says string; NotFound raised in "
+    "an API comes back as a one-element list [{'error': ...}] while docs.json says an object (owner: C2)",
+)
+def test_error_bodies_match_the_schema(service: Service) -> None:
+    import schemathesis
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    schema = schemathesis.openapi.from_url(f"{service.url}/docs.json", headers=service.headers, timeout=10)
+    for path, body in (("/decide", {}), ("/feedback", {"decision_id": "no-such-decision", "outcome": 0})):
+        case = schema[path]["POST"].Case(body=body, media_type="application/json")
+        case.call_and_validate(headers=service.headers, checks=[response_schema_conformance], timeout=10)
+
+
+def test_oversized_requests_are_refused(service: Service) -> None:
+    """Too many items and too long values get a clear 4xx (BentoML has no request-size limit of its own)."""
+    s = service.settings
+    with service.client(timeout=30) as c:
+        event = {"occurred_at": "2026-11-01T10:00:00Z", "customer_id": "C0000001", "touch_type": "app_session"}
+        r = c.post("/events", json={"events": [{**event, "event_id": f"big-{i}"} for i in range(1001)]})
+        assert r.status_code == 400 and "at most 1000" in r.text, r.text[:300]
+        many = [{"customer_id": f"C{i:07d}"} for i in range(s.batch_limit + 1)]
+        r = c.post("/decide/batch", json={"customers": many})
+        assert r.status_code == 413 and "batch limit" in r.text, r.text[:300]
+        r = c.post("/decide/batch", json={"customers": many[:3]})
+        assert r.status_code == 200 and len(r.json()["decisions"]) == 3, r.text[:300]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no limit on a context value's length nor on the body size: a 5 MB value is decided and stored in "
+    "the decision log (owner: C2: max_length on context values; a body-size guard, BentoML has none)",
+)
+def test_an_oversized_value_is_refused_not_stored(service: Service) -> None:
+    big = json.dumps({"customer_id": "C0000001", "context": {"note": "x" * (5 * 2**20)}})
+    with service.client(timeout=30) as c:
+        r = c.post("/decide", content=big, headers={"content-type": "application/json"})
+    with _decisions(service) as db:
+        longest = db.execute("SELECT max(length(context)) FROM decisions").fetchone()[0]
+    assert 400 <= r.status_code < 500 and r.json()["error"], r.text[:300]
+    assert longest < 10_000
+
+
+def _stores(service: Service, redis: Redis) -> dict[str, bytes]:
+    """Raw bytes of the decision log, both online stores and the text of every offline feature file."""
+    s = service.settings
+    wal = Path(f"{s.decision_log}-wal")
+    blobs = {
+        "decision log": s.decision_log.read_bytes() + (wal.read_bytes() if wal.exists() else b""),
+        "online store (redis)": redis.dump_values(),
+        "online store (sqlite)": (s.data_dir / "feast" / "online.db").read_bytes(),
+    }
+    for path in sorted(s.offline_dir.glob("*.parquet")):
+        frame = pd.read_parquet(path)
+        blobs[f"offline {path.name}"] = (",".join(frame.columns) + frame.astype(str).to_csv(index=False)).encode()
+    return blobs
+
+
+def test_no_personal_data_in_the_log_or_the_features(service: Service, redis: Redis) -> None:
+    assert personal_data(b'{"x": "jane.doe@example.com", "y": "+44 20 7946 0958"}'), "the scanner finds nothing"
+    blobs = _stores(service, redis)
+    assert len(blobs["decision log"]) > 50_000 and len(blobs["online store (redis)"]) > 10_000
+    assert any(name.startswith("offline") for name in blobs)
+    found = {name: personal_data(blob)[:5] for name, blob in blobs.items()}
+    assert not any(found.values()), found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ID_PATTERN (nexttouch/api.py) allows an e-mail as customer_id/source key and context values are free "
+    "text: both are stored in the decision log (owner: C2)",
+)
+def test_personal_data_in_a_request_is_refused_not_stored(service: Service, redis: Redis) -> None:
+    hostile = [
+        {"customer_id": "jane.doe@example.com"},
+        {"source": {"system": "crm", "key": "jane.doe@example.com"}},
+        {"customer_id": "C0000001", "context": {"email": "jane.doe@example.com"}},
+        {"customer_id": "C0000001", "context": {"phone": "+44 20 7946 0958"}},
+    ]
+    with service.client() as c:
+        codes = [c.post("/decide", json=body).status_code for body in hostile]
+    found = personal_data(_stores(service, redis)["decision log"])
+    assert codes == [400] * len(hostile) and not found, (codes, found[:5])
+
+
+def test_redis_down_gives_flagged_fallbacks_then_recovers(service: Service, redis: Redis) -> None:
+    with service.client() as c:
+        normal = c.post("/decide", json={"customer_id": "C0000005"}).json()
+        assert normal["cold_start"] is False and not normal["fallback"]
+        redis.stop(save=True)
+        try:
+            down = [c.post("/decide", json={"customer_id": f"C{i:07d}"}) for i in range(1, 21)]
+        finally:
+            redis.start()
+        assert all(r.status_code == 200 for r in down), [r.text[:200] for r in down if r.status_code != 200]
+        assert all(r.json()["fallback"] and r.json()["reasons"] for r in down), down[0].json()
+        with _decisions(service) as db:
+            logged = {row[0] for row in db.execute("SELECT decision_id FROM decisions")}
+        assert {r.json()["decision_id"] for r in down} <= logged
+        deadline = time.monotonic() + 15
+        while True:  # back to normal without a restart
+            back = c.post("/decide", json={"customer_id": "C0000005"}).json()
+            if not back["fallback"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert not back["fallback"] and back["cold_start"] is False, back
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="POST /events with Redis down: the Feast push raises redis ConnectionError -> 500 (after ~3.7 s per "
+    "call of redis-py retries; 504 when over the 5 s timeout). Owner: C2 (serving/contact_state.py)",
+)
+def test_events_with_redis_down_are_kept_and_answered(service: Service, redis: Redis) -> None:
+    event = {"event_id": "redis-down-1", "occurred_at": "2026-11-01T10:00:00Z", "customer_id": "C0000005"}
+    inbox = service.settings.data_dir / "inbox"
+    before = set(inbox.glob("events-*.parquet"))
+    redis.stop(save=True)
+    try:
+        with service.client() as c:
+            r = c.post("/events", json={"events": [{**event, "touch_type": "app_session"}]})
+    finally:
+        redis.start()
+    kept = set(inbox.glob("events-*.parquet")) - before
+    assert len(kept) == 1 and pd.read_parquet(kept.pop())["event_id"].tolist() == ["redis-down-1"]
+    assert r.status_code in (200, 503), (r.status_code, r.text[:300])
+
+
+def test_kill_9_under_load_loses_no_decision(service: Service, customers: list[str]) -> None:
+    results: list[soak.SoakResult] = []
+    load = threading.Thread(
+        target=lambda: results.append(soak.run(service.url, 8.0, RATE, customers, api_key=service.key, seed=2))
+    )
+    load.start()
+    time.sleep(4.0)
+    service.kill9()
+    load.join()
+    received = results[0].decision_ids
+    assert len(received) > 10 and results[0].errors  # decisions before the kill, refused connections after
+    log = service.settings.decision_log
+    assert integrity_ok(log) == "ok"
+    assert soak.missing_decisions(log, received) == []
+    with sqlite3.connect(log) as db:
+        rows = db.execute("SELECT decision_id, decided_at, action, propensity, net_values, context FROM decisions")
+        for decision_id, decided_at, action, propensity, values, context in rows:
+            assert decision_id and action and 0 < propensity <= 1, decision_id
+            pd.Timestamp(decided_at)
+            assert isinstance(json.loads(values), dict) and isinstance(json.loads(context), dict)
+
+    service.start()
+    with service.client() as c:
+        again = c.post("/decide", json={"customer_id": "C0000007"})
+    assert again.status_code == 200, again.text
+    assert soak.missing_decisions(log, [again.json()["decision_id"]]) == []
+
+
+def test_tracking_store_unreachable_keeps_serving_the_loaded_champion(service: Service) -> None:
+    db = service.settings.mlruns_dir / "mlflow.db"
+    with service.client() as c:
+        before = c.post("/decide", json={"customer_id": "C0000008"}).json()["model_version"]
+        db.rename(db.with_suffix(".moved"))
+        db.mkdir()  # sqlite cannot open a directory: the tracking store is gone
+        try:
+            deadline = time.monotonic() + service.settings.champion_poll_s + 3
+            answers = []
+            while time.monotonic() < deadline:  # across at least one champion poll
+                answers.append(c.post("/decide", json={"customer_id": "C0000009"}))
+                time.sleep(0.5)
+        finally:
+            db.rmdir()
+            db.with_suffix(".moved").rename(db)
+    assert all(r.status_code == 200 for r in answers), [r.text[:200] for r in answers if r.status_code != 200]
+    assert {r.json()["model_version"] for r in answers} == {before}
+    assert service.proc.poll() is None
