@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.touch_features import CONTACT_STATE, NEVER, RECENCY_FEATURES
+from features.touch_features import CONTACT_STATE, NEVER, RECENCY_FEATURES, recency_frame
 from nexttouch.feature_store import open_store
 from nexttouch.schemas import CUSTOMER_ID, REQUEST_AT
 from nexttouch.settings import Settings
@@ -66,15 +66,28 @@ class OnlineFeatures:
         return values if any(values.get(name) is not None for name in self.stored) else None
 
     def read_many(self, customer_ids: list[str], at: datetime | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-        """One online read for many customers: features by name (rows in order) and who is known."""
+        """One online read for many customers: features by name (rows in order) and who is known.
+
+        Recency is computed by ``recency_frame`` itself, vectorised, instead of Feast's on-demand view
+        (the same function, without Feast's per-row request-data handling).
+        """
         at = at or datetime.now(UTC)
-        frame = pd.DataFrame(
-            self.store.get_online_features(
-                features=self.service, entity_rows=[{CUSTOMER_ID: c, REQUEST_AT: at} for c in customer_ids]
-            ).to_dict()
-        ).drop(columns=[CUSTOMER_ID, REQUEST_AT], errors="ignore")
+        if not self._fast:
+            features, rows = self.service, [{CUSTOMER_ID: c, REQUEST_AT: at} for c in customer_ids]
+        else:
+            features, rows = self._refs, [{CUSTOMER_ID: c} for c in customer_ids]
+        frame = pd.DataFrame(self.store.get_online_features(features=features, entity_rows=rows).to_dict())
+        frame = frame.drop(columns=[CUSTOMER_ID, REQUEST_AT], errors="ignore")
         stored = [c for c in frame.columns if c in self.stored]
-        return frame, frame[stored].notna().any(axis=1).to_numpy()
+        known = frame[stored].notna().any(axis=1).to_numpy()
+        if self._fast and self._recency:
+            inputs = frame[[last for last, _ in self._recency]].assign(
+                **{REQUEST_AT: pd.Timestamp(at).tz_convert(UTC).floor("s")}
+            )
+            recency = recency_frame(inputs)
+            for _, name in self._recency:
+                frame[name] = recency[name]
+        return frame, known
 
 
 def _recency(last: datetime | None, at: datetime) -> float:

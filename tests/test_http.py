@@ -257,3 +257,18 @@ def test_the_fast_online_read_equals_feast_with_its_on_demand_view(built: Settin
                 else:
                     assert fast[name] == value, name
     assert online.read("C9999999") is None and online.read_feast("C9999999") is None
+    ids = ["C0000002", "C9999999", "C0000040"]
+    frame, known = online.read_many(ids, at)
+    assert known.tolist() == [True, False, True]
+    for cid, (_, row) in zip(ids, frame.iterrows(), strict=True):
+        feast = online.read_feast(cid, at)
+        if feast is None:
+            continue
+        for name in online.stored | {"days_since_tech", "days_since_contact"}:
+            want = feast[name]
+            if isinstance(want, float):
+                assert row[name] == pytest.approx(want, rel=1e-12), name
+            elif want is None:
+                assert pd.isna(row[name]), name
+            else:
+                assert row[name] == want or pd.Timestamp(row[name]) == pd.Timestamp(want), name
