@@ -132,15 +132,20 @@ def plan(
     at: Annotated[datetime | None, typer.Option(help="When contacts go out, UTC (quiet hours; default now).")] = None,
     out: Annotated[Path | None, typer.Option(help="Plan file, .parquet or .csv (default data/plans/).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Exploration share (default: settings epsilon).")] = None,
+    take_capacity: Annotated[
+        bool, typer.Option(help="Take the plan's scarce slots in the service's capacity ledger.")
+    ] = False,
 ) -> None:
     """Decide every customer at once (nightly batch); scarce capacity goes where it adds most value."""
     from nexttouch.plan import run_plan
 
     s = _settings(project_dir, catalog)
     when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
-    summary = run_plan(s, load_catalog(s.catalog_path), when, out, epsilon)
+    summary = run_plan(s, load_catalog(s.catalog_path), when, out, epsilon, take_capacity)
     counts = ", ".join(f"{a} {c:,}" for a, c in summary.counts.items())
     typer.echo(f"planned {summary.customers:,} customers ({counts}); expected net value {summary.total_value:,.0f}")
+    if summary.fell_back:
+        typer.echo(f"{summary.fell_back:,} customers fell back: the service took their slots while the plan ran")
     typer.echo(f"plan written to {summary.path}")
 
 

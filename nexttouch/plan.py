@@ -14,6 +14,7 @@ champion model, parquet/CSV out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from nexttouch.settings import Settings
 
 ALL = "all"  # the group of a capacity without `per`
+UNKNOWN = "unknown"
 # Why each customer got its action (index into WHY).
 WHY = (
     "best net value",
@@ -55,31 +57,38 @@ class Slots:
     limit: np.ndarray  # (groups,) how many the plan may assign
 
 
-def capacity_slots(catalog: Catalog, frame: pd.DataFrame) -> list[Slots]:
+def capacity_slots(
+    catalog: Catalog, frame: pd.DataFrame, used: Mapping[tuple[str, str], int] | None = None
+) -> list[Slots]:
     """The capacities of the catalog's scarce actions, grouped by their ``per`` profile column.
 
-    A customer without a value in the ``per`` column is in group ``"unknown"``, which has no capacity:
-    the plan cannot count the customer against any group's limit.
+    Groups are named like the service's capacity ledger buckets (``region=north``, ``all``) and
+    ``used`` (action, bucket) -> units already taken this period is subtracted from each limit.
+    A customer without a value in the ``per`` column is in ``<per>=unknown``, which the plan gives
+    nothing: it cannot tell which group's limit the customer would count against.
     """
+    used = used or {}
     slots = []
     for j, action in enumerate(catalog.actions):
         cap = action.capacity
         if cap is None:
             continue
         if cap.per is None:
-            group, names = np.zeros(len(frame), np.int64), [ALL]
-            limit = np.array([cap.limit])
+            group, names, open_ = np.zeros(len(frame), np.int64), [ALL], [True]
         else:
             if cap.per not in frame:
                 raise KeyError(f"{action.name} capacity is per {cap.per!r}, a column the customer features lack")
             codes, uniques = pd.factorize(frame[cap.per], use_na_sentinel=True)
-            names = [str(u) for u in uniques]
-            limit = np.full(len(names), cap.limit)
+            names = [f"{cap.per}={u}" for u in uniques]
+            open_ = [True] * len(names)
             if (codes < 0).any():
                 codes = np.where(codes < 0, len(names), codes)
-                names.append("unknown")
-                limit = np.append(limit, 0)
+                names.append(f"{cap.per}={UNKNOWN}")
+                open_.append(False)
             group = codes.astype(np.int64)
+        limit = np.array(
+            [max(cap.limit - used.get((action.name, g), 0), 0) if o else 0 for g, o in zip(names, open_, strict=True)]
+        )
         slots.append(Slots(j, cap.per, group, names, limit))
     return slots
 
@@ -95,6 +104,8 @@ class Plan:
     why: np.ndarray  # (rows,) index into WHY
     blocked: np.ndarray  # (rows,) scarce action that would have been better but had no capacity left, or -1
     rules: np.ndarray  # (rows, actions) broken contact rule per action (policy.RULES)
+    epsilon: np.ndarray  # (rows,) exploration share of each row (0 where nothing can be explored)
+    explore_p: np.ndarray  # (rows, actions) P(action | exploring)
 
     def total_value(self) -> float:
         return float(self.values[np.arange(len(self.action)), self.action].sum())
@@ -108,13 +119,17 @@ def plan_actions(
     epsilon: float = 0.0,
     seed: int = 0,
     default_time_zone: str = "UTC",
+    used: Mapping[tuple[str, str], int] | None = None,
 ) -> Plan:
-    """Decide every row of ``frame`` (one customer each) at once; ``p_success`` columns follow the catalog."""
+    """Decide every row of ``frame`` (one customer each) at once; ``p_success`` columns follow the catalog.
+
+    ``used``: capacity already taken this period per (action, bucket), e.g. from the service's ledger.
+    """
     n, k = p_success.shape
     rules = broken_rules(catalog, frame, now, default_time_zone)
     eligible = rules == OK
     values = net_values(catalog, p_success)
-    slots = capacity_slots(catalog, frame)
+    slots = capacity_slots(catalog, frame, used)
     scarce = np.zeros(k, bool)
     scarce[[s.action for s in slots]] = True
 
@@ -146,7 +161,20 @@ def plan_actions(
     why[planned != fallback] = ASSIGNED
     why[blocked >= 0] = CAPACITY_FULL
     why[explored] = EXPLORED
-    return Plan(action, planned, propensity, explored, values, fallback, why, blocked, rules)
+    return Plan(action, planned, propensity, explored, values, fallback, why, blocked, rules, eps, explore_p)
+
+
+def demote(plan: Plan, rows: np.ndarray) -> None:
+    """Give ``rows`` their fallback instead of a scarce slot they cannot have after all (in place).
+
+    The fallback becomes what the plan chose for them, so their propensities are recomputed.
+    """
+    keep = ~plan.explored[rows]  # explorers hold no slot
+    rows = rows[keep]
+    plan.blocked[rows] = plan.action[rows]
+    plan.planned[rows] = plan.action[rows] = plan.fallback[rows]
+    plan.why[rows] = CAPACITY_FULL
+    plan.propensity[rows] = plan.epsilon[rows] * plan.explore_p[rows, plan.fallback[rows]] + 1 - plan.epsilon[rows]
 
 
 def _best(values: np.ndarray, allowed: np.ndarray, none: int) -> np.ndarray:
@@ -278,6 +306,7 @@ class PlanSummary:
     total_value: float
     counts: dict[str, int]
     path: Path
+    fell_back: int = 0  # customers who lost a slot the service took meanwhile (with take_capacity)
 
 
 def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
@@ -331,10 +360,77 @@ def write_plan(frame: pd.DataFrame, path: Path) -> None:
         write_parquet(frame, path)
 
 
+def ledger_used(settings: Settings, catalog: Catalog, now: datetime) -> dict[tuple[str, str], int]:
+    """Capacity the service has already taken in the period of ``now``, per (action, bucket)."""
+    from serving.capacity import period_of
+    from serving.decision_log import DecisionLog, Tx
+
+    def read(tx: Tx) -> dict[tuple[str, str], int]:
+        used = {}
+        for a in catalog.actions:
+            if a.capacity:
+                sql = "SELECT bucket, used FROM capacity WHERE action = ? AND period = ?"
+                for bucket, n in tx.execute(sql, (a.name, period_of(a.capacity, now))).fetchall():
+                    used[(a.name, bucket)] = int(n)
+        return used
+
+    log = DecisionLog.open(settings)
+    try:
+        return log.run(read)
+    finally:
+        log.close()
+
+
+def reserve(settings: Settings, catalog: Catalog, frame: pd.DataFrame, plan: Plan, now: datetime) -> int:
+    """Take the plan's scarce slots in the service's capacity ledger, in one transaction.
+
+    The online path then only gives out what the plan left. If the service took capacity between
+    the plan's read of the ledger and now, the lowest-uplift holders of the missing slots fall back
+    (in place, with their propensities recomputed). Returns how many customers fell back.
+    """
+    from serving.capacity import period_of, take
+    from serving.decision_log import DecisionLog, Tx
+
+    rows_of = {}
+    for s in capacity_slots(catalog, frame):
+        mine = np.flatnonzero((plan.action == s.action) & ~plan.explored)
+        for g in np.unique(s.group[mine]):
+            rows_of[(s.action, s.names[g])] = mine[s.group[mine] == g]
+
+    def take_all(tx: Tx) -> dict[tuple[int, str], int]:
+        return {
+            (j, bucket): take(tx, catalog.actions[j], period_of(catalog.actions[j].capacity, now), bucket, len(rows))
+            for (j, bucket), rows in rows_of.items()
+        }
+
+    log = DecisionLog.open(settings)
+    try:
+        granted = log.run(take_all)
+    finally:
+        log.close()
+    short = []
+    for key, rows in rows_of.items():
+        uplift = plan.values[rows, plan.action[rows]] - plan.values[rows, plan.fallback[rows]]
+        short.append(rows[np.argsort(uplift, kind="stable")][: len(rows) - granted[key]])
+    lost = np.concatenate(short) if short else np.array([], np.int64)
+    demote(plan, lost)
+    return len(lost)
+
+
 def run_plan(
-    settings: Settings, catalog: Catalog, now: datetime, out: Path | None = None, epsilon: float | None = None
+    settings: Settings,
+    catalog: Catalog,
+    now: datetime,
+    out: Path | None = None,
+    epsilon: float | None = None,
+    take_capacity: bool = False,
 ) -> PlanSummary:
-    """`nexttouch plan`: latest features -> champion P(success) -> global plan -> parquet/CSV."""
+    """`nexttouch plan`: latest features -> champion P(success) -> global plan -> parquet/CSV.
+
+    Capacity the service already used this period (its ledger) is not planned again; with
+    ``take_capacity`` the plan's own slots are taken in the ledger, so the service cannot give them
+    out twice.
+    """
     from serving.champion import load_champion
 
     frame = latest_features(settings, now)
@@ -348,9 +444,11 @@ def run_plan(
         epsilon=settings.epsilon if epsilon is None else epsilon,
         seed=settings.seed,
         default_time_zone=settings.default_time_zone,
+        used=ledger_used(settings, catalog, now),
     )
+    fell_back = reserve(settings, catalog, frame, plan, now) if take_capacity else 0
     table = plan_frame(catalog, frame, plan)
     path = out or settings.data_dir / "plans" / f"plan-{now:%Y%m%dT%H%M}.parquet"
     write_plan(table, path)
     counts = table[ACTION].value_counts().reindex(catalog.names, fill_value=0)
-    return PlanSummary(len(table), plan.total_value(), {a: int(c) for a, c in counts.items()}, path)
+    return PlanSummary(len(table), plan.total_value(), {a: int(c) for a, c in counts.items()}, path, fell_back)

@@ -167,7 +167,8 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
 
     out = tmp_path / "plan.csv"
     at = END.replace(hour=17).strftime("%Y-%m-%dT%H:%M:%S")  # 12:00-9:00 across the US zones: no quiet hours
-    result = CliRunner().invoke(app, ["plan", "--project-dir", str(built.project_dir), "--at", at, "--out", str(out)])
+    project = ["--project-dir", str(built.project_dir)]
+    result = CliRunner().invoke(app, ["plan", *project, "--at", at, "--out", str(out), "--take-capacity"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
     customers = pd.read_parquet(built.raw_dir / "customers.parquet")
@@ -181,6 +182,20 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
     assert {"push", "none"} <= set(table["action"])
     chosen = table.apply(lambda r: r[f"value_{r['action']}"], axis=1)
     assert (chosen[~table["explored"]] >= table.loc[~table["explored"], "value_none"] - 1e-9).all()
+
+    # the slots were taken in the service's ledger: a second plan for the same day has none left to give
+    from nexttouch.plan import ledger_used
+
+    held = table[~table["explored"] & table["action"].isin(["event_invite", "advisor_call"])]
+    taken = {(a, f"region={r}"): n for (a, r), n in held.groupby(["action", "region"]).size().items()}
+    assert ledger_used(built, catalog, END.replace(hour=17)) == taken
+    again = CliRunner().invoke(app, ["plan", *project, "--at", at, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    second = pd.read_csv(out)
+    for (action, bucket), n in taken.items():
+        left = catalog[action].capacity.limit - n
+        region = bucket.split("=")[1]
+        assert ((second["action"] == action) & (second["region"] == region)).sum() <= left
 
 
 @pytest.mark.slow
@@ -209,3 +224,44 @@ def test_plan_reads_what_the_online_store_serves(built: Settings) -> None:
             stamps += isinstance(value, datetime)
         assert [a not in eligibility(catalog, row, now) for a in catalog.names] == mask[i].tolist()
     assert stamps > 0  # last-touch times were compared too
+
+
+def test_plan_spends_only_what_the_ledger_has_left_and_takes_its_slots(catalog: Catalog, tmp_path: Path) -> None:
+    """Capacity the service used is not planned again; taken slots make the service give out only the rest."""
+    from nexttouch.plan import ledger_used, reserve
+    from nexttouch.settings import load_settings
+    from serving.capacity import period_of, take
+    from serving.decision_log import DecisionLog
+
+    settings = load_settings(project_dir=tmp_path)
+    small = _limits(catalog, advisor_call=5, event_invite=0)
+    call = small["advisor_call"]
+    period = period_of(call.capacity, NOON)
+    log = DecisionLog.open(settings)
+    assert log.run(lambda tx: take(tx, call, period, "region=north", 2)) == 2  # the service called 2 today
+    log.close()
+
+    rng = np.random.default_rng(8)
+    frame = _customers(400, rng).assign(call_consent=1)
+    p = rng.random((400, 4)) * np.array([0.2, 0.2, 0.2, 0.9])
+    used = ledger_used(settings, small, NOON)
+    assert used == {("advisor_call", "region=north"): 2}
+    plan = plan_actions(small, frame, p, NOON, used=used)
+    calls = pd.Series(frame["region"].to_numpy()[plan.action == 3]).value_counts()
+    assert calls.to_dict() == {"north": 3, "south": 5, "east": 5, "west": 5}
+
+    # the service takes one more north call between the plan's read and its reservation
+    log = DecisionLog.open(settings)
+    log.run(lambda tx: take(tx, call, period, "region=north", 1))
+    log.close()
+    holders = np.flatnonzero((plan.action == 3) & (frame["region"] == "north").to_numpy())
+    weakest = holders[np.argmin(plan.values[holders, 3] - plan.values[holders, plan.fallback[holders]])]
+    assert reserve(settings, small, frame, plan, NOON) == 1
+    assert plan.action[weakest] == plan.fallback[weakest] and plan.blocked[weakest] == 3
+    assert plan.propensity[weakest] == pytest.approx(  # no exploration here: 1
+        plan.epsilon[weakest] * plan.explore_p[weakest, plan.fallback[weakest]] + 1 - plan.epsilon[weakest]
+    )
+    assert ledger_used(settings, small, NOON) == {("advisor_call", f"region={r}"): 5 for r in calls.index}
+    log = DecisionLog.open(settings)
+    assert log.run(lambda tx: take(tx, call, period, "region=west", 1)) == 0  # nothing left for the service
+    log.close()
