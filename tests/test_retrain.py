@@ -121,3 +121,15 @@ def test_a_second_run_is_refused_while_the_lock_is_held(
     assert alias_version(project, "champion") == champion
     with exclusive(lock_path(project)):  # released: it can be taken again
         pass
+
+
+def test_an_unusable_tracking_store_fails_first_in_seconds(
+    nightly: tuple[Settings, str], catalog: Catalog, tmp_path: Path
+) -> None:
+    project = nightly[0]
+    broken = project.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}"})  # a directory, not a database
+    with pytest.raises(RetrainFailed) as failed:
+        retrain(broken, catalog, DAY + timedelta(days=2), sources=[])
+    assert failed.value.step == "tracking" and "MLflow tracking store sqlite:///" in str(failed.value)
+    assert failed.value.cause.__class__.__name__ == "TrackingUnavailable"
+    assert json.loads(marker_path(project, DAY + timedelta(days=2)).read_text())["failed_step"] == "tracking"

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -150,6 +151,7 @@ def retrain(
                     mlflow.log_metrics(step.metrics())
                     report.seconds = dict(step.seconds)
         except Exception as exc:
+            report.seconds = dict(step.seconds)
             _write_marker(settings, day, report, "failed", step.current)
             raise RetrainFailed(step.current or "start", exc) from exc
         _write_marker(settings, day, report, "done", None)
@@ -199,18 +201,23 @@ class TrackingUnavailable(RuntimeError):
 
 
 def check_tracking(settings: Settings) -> None:
+    """Fail in seconds when the tracking store is unusable (MLflow itself retries a broken SQLite
+    database for ~100 s before giving up)."""
     from mlflow import MlflowClient
 
     from nexttouch.tracking import configure_mlflow
 
-    configure_mlflow(settings)
+    uri = settings.resolved_tracking_uri
     try:
+        path = Path(uri.removeprefix("sqlite:///"))
+        if uri.startswith("sqlite:///") and path.exists():
+            with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        configure_mlflow(settings)
         MlflowClient().search_experiments(max_results=1)
     except Exception as exc:
-        raise TrackingUnavailable(
-            f"MLflow tracking store {settings.resolved_tracking_uri} unreachable: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300]}"
-        ) from exc
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {first}") from exc
 
 
 class InvalidInput(ValueError):
