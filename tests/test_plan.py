@@ -265,3 +265,22 @@ def test_plan_spends_only_what_the_ledger_has_left_and_takes_its_slots(catalog: 
     log = DecisionLog.open(settings)
     assert log.run(lambda tx: take(tx, call, period, "region=west", 1)) == 0  # nothing left for the service
     log.close()
+
+
+def test_a_customer_who_loses_a_slot_gets_the_fallback_with_its_exact_propensity(catalog: Catalog) -> None:
+    from nexttouch.plan import demote
+    from nexttouch.policy import explore_probabilities
+
+    rng = np.random.default_rng(6)
+    frame = _customers(3_000, rng).assign(call_consent=1)
+    p = rng.random((3_000, 4)) * np.array([0.2, 0.2, 0.3, 0.9])
+    plan = plan_actions(_limits(catalog, advisor_call=10), frame, p, NOON, epsilon=0.3, seed=4)
+    holders = np.flatnonzero(plan.action == 3)[:4]
+    explorer = np.flatnonzero(plan.explored)[:1]
+    before = plan.action[explorer].copy(), plan.propensity[explorer].copy()
+    demote(plan, np.concatenate([holders, explorer]))
+    non_scarce = eligible_mask(catalog, frame, NOON) & np.array([True, True, False, False])
+    q = explore_probabilities(catalog, non_scarce)
+    np.testing.assert_array_equal(plan.action[holders], plan.fallback[holders])
+    np.testing.assert_allclose(plan.propensity[holders], 0.3 * q[holders, plan.fallback[holders]] + 0.7)
+    assert (plan.action[explorer], plan.propensity[explorer]) == before  # explorers held no slot
