@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -97,6 +98,9 @@ class NextTouch:
         # Feast's import leaves a huge heap; freeze it so full GC passes stay short.
         gc.collect()
         gc.freeze()
+        # Feature reads and log commits run in threads that give the GIL back while they wait: the
+        # default 5 ms switch interval makes each of them queue behind the event loop for up to 5 ms.
+        sys.setswitchinterval(0.0005)
         self.watcher = ChampionWatcher(settings, self.model_version, self._swap)
         _running["service"] = self
         log.info("serving %s v%s", settings.model_name, self.model_version)
