@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ from scipy.optimize import linprog
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.parquet import write_parquet
 from nexttouch.policy import OK, RULES, broken_rules, explore_probabilities, net_values
-from nexttouch.schemas import ACTION, CUSTOMER_ID, EVENT_TIMESTAMP, PROPENSITY, REQUEST_AT
+from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, EVENT_TIMESTAMP, PROPENSITY, REQUEST_AT
 
 if TYPE_CHECKING:
     from nexttouch.model import DecisionModel
@@ -261,13 +261,22 @@ def first_come_first_served(
     return chosen
 
 
-def plan_frame(catalog: Catalog, frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
-    """One row per customer: action, propensity, values, the uplift behind it and the reasons."""
+def plan_frame(
+    catalog: Catalog, frame: pd.DataFrame, plan: Plan, decided_at: datetime | None = None, model_version: str = ""
+) -> pd.DataFrame:
+    """One row per customer: decision id, action, propensity, values, the uplift behind it and the reasons.
+
+    Decision ids are ``plan-<decided_at>-<row>``: unique per plan, so outcomes can be sent back for them.
+    """
     names = np.array(catalog.names, dtype=object)
     n = len(plan.action)
+    stamp = pd.Timestamp(decided_at or datetime.now(UTC))
     out = pd.DataFrame(
         {
+            DECISION_ID: f"plan-{stamp:%Y%m%dT%H%M%S}-" + pd.Series(np.arange(n)).astype(str).str.zfill(8),
             CUSTOMER_ID: frame[CUSTOMER_ID].to_numpy(),
+            DECIDED_AT: stamp,
+            "model_version": model_version,
             ACTION: pd.Categorical.from_codes(plan.action, catalog.names),
             PROPENSITY: plan.propensity,
             "explored": plan.explored,
@@ -434,7 +443,8 @@ def run_plan(
     from serving.champion import load_champion
 
     frame = latest_features(settings, now)
-    model = load_champion(settings).model
+    champion = load_champion(settings)
+    model = champion.model
     p = predict(model, frame, catalog.names)
     plan = plan_actions(
         catalog,
@@ -447,7 +457,7 @@ def run_plan(
         used=ledger_used(settings, catalog, now),
     )
     fell_back = reserve(settings, catalog, frame, plan, now) if take_capacity else 0
-    table = plan_frame(catalog, frame, plan)
+    table = plan_frame(catalog, frame, plan, now, champion.version)
     path = out or settings.data_dir / "plans" / f"plan-{now:%Y%m%dT%H%M}.parquet"
     write_plan(table, path)
     counts = table[ACTION].value_counts().reindex(catalog.names, fill_value=0)

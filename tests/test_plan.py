@@ -174,6 +174,9 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
     customers = pd.read_parquet(built.raw_dir / "customers.parquet")
     assert sorted(table["customer_id"]) == sorted(customers["customer_id"])
     assert f"planned {len(customers):,} customers" in result.output
+    assert table["decision_id"].is_unique and table["decision_id"].str.startswith("plan-20261101T170000-").all()
+    assert (pd.to_datetime(table["decided_at"]) == pd.Timestamp(END.replace(hour=17))).all()
+    assert table["model_version"].nunique() == 1
     assert (table["propensity"] > 0).all() and (table["propensity"] <= 1).all()
     counts = table.groupby(["action", "region"]).size()
     catalog = load_catalog()
