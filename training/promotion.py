@@ -155,26 +155,25 @@ def _move(
     seq = max((m.seq for m in champion_history(settings)), default=0) + 1
     at = datetime.now(UTC).isoformat(timespec="seconds")
     move = Move(seq, at, kind, champion, replaced, previous, by, why, run_id, {k: float(v) for k, v in metrics.items()})
-    old_previous = alias_version(settings, PREVIOUS)
-    client.set_registered_model_alias(name, settings.champion_alias, champion)
+    before = {alias: alias_version(settings, alias) for alias in (settings.champion_alias, PREVIOUS)}
     try:
-        if previous is None:
-            if alias_version(settings, PREVIOUS) is not None:
-                client.delete_registered_model_alias(name, PREVIOUS)
-        else:
-            client.set_registered_model_alias(name, PREVIOUS, previous)
+        _point(client, name, settings.champion_alias, champion)
+        _point(client, name, PREVIOUS, previous)
         client.set_registered_model_tag(name, f"{MOVE_TAG}{seq:06d}", json.dumps(asdict(move)))
     except Exception:
-        # The champion must not move without its record: put both aliases back.
-        for alias, version in ((settings.champion_alias, replaced), (PREVIOUS, old_previous)):
-            if version is None:
-                if alias_version(settings, alias) is not None:
-                    client.delete_registered_model_alias(name, alias)
-            else:
-                client.set_registered_model_alias(name, alias, version)
+        for alias, version in before.items():  # no alias move without its record: put both back
+            _point(client, name, alias, version)
         raise
     for key, value in {"champion_since": at, "promoted_by": by, "promotion_reason": why}.items():
         client.set_model_version_tag(name, champion, key, value)
     with (settings.mlruns_dir / HISTORY_FILE).open("a", encoding="utf-8") as out:
         out.write(json.dumps({"model": name, **asdict(move)}) + "\n")
     return move
+
+
+def _point(client: MlflowClient, name: str, alias: str, version: str | None) -> None:
+    """Set the alias, or remove it for ``None``."""
+    if version is None:
+        client.delete_registered_model_alias(name, alias)  # a no-op when it is not set
+    else:
+        client.set_registered_model_alias(name, alias, version)

@@ -25,6 +25,7 @@ from nexttouch.model import DecisionModel, DecisionPyfunc
 from nexttouch.schemas import DECIDED_AT, OUTCOME
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
+from training import promotion
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,11 @@ def log_and_register(
     With ``promote``, the version becomes champion only if the model has none yet; an existing
     champion is replaced only through the gate (training.job, training.promotion).
     """
-    from training.promotion import actor, alias_version
-    from training.promotion import promote as move_champion
-
     with start_run(settings, None, tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         log_training_set(settings, example)
         registered = log_model_version(settings, model, example)
-    if promote and alias_version(settings, settings.champion_alias) is None:
-        move_champion(settings, registered, actor("log_and_register"), "first version of the model")
+    if promote and promotion.alias_version(settings, settings.champion_alias) is None:
+        promotion.promote(settings, registered, promotion.actor("log_and_register"), "first version of the model")
     return Registered(run.info.run_id, registered)
