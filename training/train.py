@@ -6,9 +6,11 @@ for evaluation (training/evaluate.py), so every reported number is out of time.
 
 One booster with the action as a categorical feature serves all actions (``structure="shared"``).
 The alternative, one booster per action (``"per_action"``), is kept for the comparison in
-benchmarks/bench_train.py: on the simulated brand the shared model has the lower test log loss and
-the higher policy value, because the parts of P(success) that do not depend on the action
-(engagement, fatigue) are learnt from every decision instead of a quarter of them.
+benchmarks/bench_train.py. On the simulated brand (100k decisions) the shared model is as good or
+better on every count: test log loss 0.3881 vs 0.3886, its policy's true value 69.0% vs 65.2% of
+the oracle's gain over random. The parts of P(success) that do not depend on the action
+(engagement, fatigue, recent contact) are learnt from every decision instead of a quarter of them,
+and one booster keeps serving and its reasons (pred_contrib) simple.
 """
 
 from __future__ import annotations
