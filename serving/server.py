@@ -64,7 +64,12 @@ def _command(
 
 
 def serve_forever(settings: Settings) -> int:
-    cmd, env = _command(settings)
+    """`nexttouch serve`: the service in the foreground; exit code 2 without an API key."""
+    try:
+        cmd, env = _command(settings)
+    except ValueError as exc:
+        print(f"nexttouch serve: {exc}", file=sys.stderr)
+        return 2
     return subprocess.call(cmd, env=env)
 
 
