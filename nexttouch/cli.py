@@ -113,10 +113,15 @@ def features(
 @app.command()
 def train(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
     """Train on the ingested data, evaluate, register; the version becomes champion only if it passes the gate."""
-    from training.job import run_training
+    from training.job import InvalidTrainingData, run_training
+    from training.registry import TrackingUnavailable
 
     s = _settings(project_dir, catalog)
-    report = run_training(s, load_catalog(s.catalog_path))
+    try:
+        report = run_training(s, load_catalog(s.catalog_path))
+    except (TrackingUnavailable, InvalidTrainingData) as exc:
+        typer.echo(f"train failed: {exc}; champion unchanged", err=True)
+        raise typer.Exit(1) from exc
     outcome = f"promoted to @{s.champion_alias}" if report.promoted else f"champion kept ({report.verdict.reason})"
     typer.echo(
         f"trained on {report.rows:,} decisions: valid AUC {report.metrics['valid_auc']:.3f}, "

@@ -24,7 +24,7 @@ from nexttouch.settings import Settings
 from training.dataset import label_decisions, training_set
 from training.evaluate import Evaluation, evaluate, load_registered, log_evaluation
 from training.promotion import Move, Verdict, actor, alias_version, gate, promote
-from training.registry import Registered, data_tags, log_model_version, log_training_set, start_run
+from training.registry import Registered, check_tracking, data_tags, log_model_version, log_training_set, start_run
 from training.train import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ def run_training(
 ) -> TrainReport:
     """`nexttouch train`: train on the ingested data, register the version; the gate decides on the champion."""
     step = StepTimer()
+    check_tracking(settings)
     with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}):
         with step("label"):
             labelled, open_window = labelled_decisions(settings, catalog, as_of)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -55,6 +57,26 @@ def experiment_id(settings: Settings, name: str) -> str:
     if found:
         return found.experiment_id
     return client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{name}")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached: fail before doing any work."""
+
+
+def check_tracking(settings: Settings) -> None:
+    """Fail in seconds when the tracking store is unusable (MLflow itself retries a broken SQLite
+    database for ~100 s before giving up)."""
+    uri = settings.resolved_tracking_uri
+    try:
+        path = Path(uri.removeprefix("sqlite:///"))
+        if uri.startswith("sqlite:///") and path.exists():
+            with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        configure_mlflow(settings)
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {first}") from exc
 
 
 def start_run(settings: Settings, catalog: Catalog | None, tags: dict[str, str]) -> ActiveRun:

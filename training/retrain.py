@@ -18,9 +18,8 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -40,7 +39,7 @@ from training.job import (
     train_model,
 )
 from training.promotion import actor
-from training.registry import start_run
+from training.registry import check_tracking, start_run
 
 log = logging.getLogger(__name__)
 INPUT_PATTERNS = [f"{t}{part}.{ext}" for t in TABLES for part in ("", "-*") for ext in ("parquet", "csv")]
@@ -194,30 +193,6 @@ def _steps(
     # evaluate, register, gate and promote are steps of their own inside
     registered, ev, verdict, move = evaluate_register_gate(settings, catalog, data, result, by, step=step)
     report.train = TrainReport(registered, {**result.metrics, **ev.metrics}, len(data), open_window, verdict, move)
-
-
-class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking store cannot be reached: fail before doing any work."""
-
-
-def check_tracking(settings: Settings) -> None:
-    """Fail in seconds when the tracking store is unusable (MLflow itself retries a broken SQLite
-    database for ~100 s before giving up)."""
-    from mlflow import MlflowClient
-
-    from nexttouch.tracking import configure_mlflow
-
-    uri = settings.resolved_tracking_uri
-    try:
-        path = Path(uri.removeprefix("sqlite:///"))
-        if uri.startswith("sqlite:///") and path.exists():
-            with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10)) as db:
-                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        configure_mlflow(settings)
-        MlflowClient().search_experiments(max_results=1)
-    except Exception as exc:
-        first = (str(exc).splitlines() or [""])[0][:300]
-        raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {first}") from exc
 
 
 class InvalidInput(ValueError):
