@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import lightgbm as lgb
 import numpy as np
@@ -56,7 +57,9 @@ def fit_booster_on_dask(
         y = da.from_array(y_train, chunks=(rows,))
         kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in params.items() if k not in _NOT_ON_DASK}
         model = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
-        model.fit(x, y, feature_name=names, categorical_feature=cat_idx)
+        with warnings.catch_warnings():  # threads are the workers' (n_jobs is always set by the sklearn API)
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            model.fit(x, y, feature_name=names, categorical_feature=cat_idx)
         booster = model.to_local().booster_
     best = best_iteration(booster, x_valid, y_valid)
     log.info("dask: %d workers, %d trees, best on validation %d", workers, booster.num_trees(), best)
