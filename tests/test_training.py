@@ -31,7 +31,9 @@ def test_outcomes_are_attributed_within_the_window_and_open_windows_are_left_out
     events = pd.DataFrame(
         {
             "customer_id": ["A", "B", "C", "D", "G", "H", "I"],
-            "occurred_at": [T0 + h, T0 + 47 * h, T0 + 49 * h, T0 - h, T0 + 9 * 24 * h + h, T0 + h, T0 + 2 * h],
+            "occurred_at": pd.Series(  # microseconds, as Feast-ready parquet has them; decisions are in ns
+                [T0 + h, T0 + 47 * h, T0 + 49 * h, T0 - h, T0 + 9 * 24 * h + h, T0 + h, T0 + 2 * h]
+            ).astype("datetime64[us, UTC]"),
             "touch_type": ["push_opened"] * 7,
             "decision_id": [None] * 6 + ["prev"],  # the opened push names its decision
         }

@@ -55,6 +55,7 @@ def attribute_outcomes(
     touch = {a.name: getattr(a, "success_touch", None) for a in catalog.actions}
     days = {a.name: getattr(a, "attribution_days", DEFAULT_ATTRIBUTION_DAYS) for a in catalog.actions}
     todo[TOUCH_TYPE] = todo[ACTION].astype(object).map(touch)
+    todo[DECIDED_AT] = _utc_ns(todo[DECIDED_AT])  # one time unit on both sides of the as-of join
     todo["window_end"] = todo[DECIDED_AT] + pd.to_timedelta(todo[ACTION].astype(object).map(days), unit="D")
     todo[CUSTOMER_ID] = todo[CUSTOMER_ID].astype(object)
     ev = events.loc[events[TOUCH_TYPE].astype(object).isin(set(touch.values()) - {None})]
@@ -65,7 +66,7 @@ def attribute_outcomes(
             DECISION_ID: linked_to,
             CUSTOMER_ID: ev[CUSTOMER_ID].astype(object),
             TOUCH_TYPE: ev[TOUCH_TYPE].astype(object),
-            "next_success_at": ev[OCCURRED_AT],
+            "next_success_at": _utc_ns(ev[OCCURRED_AT]),
         }
     )
     known = todo.loc[todo[TOUCH_TYPE].notna()]
@@ -90,6 +91,10 @@ def attribute_outcomes(
     out[OUTCOME] = out[OUTCOME].where(~missing, filled)
     still = int(out[OUTCOME].isna().sum())
     return out.loc[out[OUTCOME].notna()].reset_index(drop=True), still
+
+
+def _utc_ns(times: pd.Series) -> pd.Series:
+    return pd.to_datetime(times, utc=True).astype("datetime64[ns, UTC]")
 
 
 def read_success_events(settings: Settings, catalog: Catalog, since: datetime) -> pd.DataFrame:
