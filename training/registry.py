@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
@@ -65,13 +66,15 @@ class TrackingUnavailable(RuntimeError):
 
 def check_tracking(settings: Settings) -> None:
     """Fail in seconds when the tracking store is unusable (MLflow itself retries a broken SQLite
-    database for ~100 s before giving up)."""
+    database for ~100 s, and a tracking server for minutes, before giving up)."""
     uri = settings.resolved_tracking_uri
     try:
         path = Path(uri.removeprefix("sqlite:///"))
         if uri.startswith("sqlite:///") and path.exists():
             with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10)) as db:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        elif uri.startswith(("http://", "https://")):
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
         configure_mlflow(settings)
         MlflowClient().search_experiments(max_results=1)
     except Exception as exc:
