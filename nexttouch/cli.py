@@ -195,6 +195,10 @@ def retrain(
             f"retrain {day}: already done with the same inputs (fingerprint {report.fingerprint[:12]}), nothing to do"
         )
         return
+    from nexttouch.ingest import summary
+
+    for line in summary(report.ingested):
+        typer.echo(line)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     t = report.train
     assert t is not None
