@@ -452,7 +452,8 @@ def run_plan(
         p,
         now,
         epsilon=settings.epsilon if epsilon is None else epsilon,
-        seed=settings.seed,
+        # reproducible for a given plan time, different every night (explorers are not the same people)
+        seed=int(np.random.SeedSequence([settings.seed, int(now.timestamp())]).generate_state(1)[0]),
         default_time_zone=settings.default_time_zone,
         used=ledger_used(settings, catalog, now),
     )
