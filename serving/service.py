@@ -167,7 +167,23 @@ class NextTouch:
         decider = self.decider
         now = body.at or datetime.now(UTC)
         cids = [decider.customer_id(c) for c in body.customers]
-        answers, cause = await asyncio.get_running_loop().run_in_executor(self.reader, self._batch, decider, cids, now)
+        loop = asyncio.get_running_loop()
+        read_s = self.settings.request_timeout_s / 2  # a whole batch's read gets half the request's time
+        try:  # an unresolved source key reads as "": nobody has that id
+            read = loop.run_in_executor(self.reader, self.online.read_many, [c or "" for c in cids], now)
+            frame, known = await asyncio.wait_for(read, read_s)
+        except Exception as exc:  # store slow or down: every answer is the rule-based fallback, never a 500
+            log.warning("online batch read failed: %s", type(exc).__name__)
+            slow = isinstance(exc, TimeoutError)
+            cause = (
+                f"online store did not answer within {read_s:g} s"
+                if slow
+                else f"online store error ({type(exc).__name__})"
+            )
+            answers = [decider.fallback(c, now, cause, cold_start=False) for c in cids]
+        else:
+            cause = ""
+            answers = await loop.run_in_executor(self.reader, self._batch, decider, cids, frame, known, now)
         rows = [decision_row(a, body.context) for a in answers]
         await self._logged(lambda tx: insert_decisions(tx, rows))
         for a in answers:
@@ -222,26 +238,21 @@ class NextTouch:
             return None, f"online store error ({type(exc).__name__})"
         return (features, "") if features is not None else (None, "no features for this customer")
 
-    def _batch(self, decider: Any, cids: list[str | None], now: datetime) -> tuple[list[DecideResponse], str]:
-        """The batch decision (runs in a thread): one online read, then the vectorised policy."""
+    def _batch(
+        self, decider: Any, cids: list[str | None], frame: Any, known: Any, now: datetime
+    ) -> list[DecideResponse]:
+        """The vectorised policy for a batch (runs in a thread: it takes capacity through the log)."""
         import numpy as np
 
         from serving import capacity
 
-        cause = ""
-        try:  # an unresolved source key reads as "": nobody has that id
-            frame, known = self.online.read_many([c or "" for c in cids], now)
-        except Exception as exc:  # store down: every answer is the rule-based fallback
-            log.warning("online batch read failed: %s", type(exc).__name__)
-            cause = f"online store error ({type(exc).__name__})"
-            return [decider.fallback(c, now, cause, cold_start=False) for c in cids], cause
-        known &= np.array([c is not None for c in cids])
+        known = known & np.array([c is not None for c in cids])
 
         def take(action: Any, features: Any, at: datetime, want: int) -> int:
             period, bucket = capacity.period_of(action.capacity, at), capacity.bucket_of(action.capacity, features)
             return self.log.run(lambda tx: capacity.take(tx, action, period, bucket, want))
 
-        return decider.decide_batch(cids, frame, known, now, take), cause
+        return decider.decide_batch(cids, frame, known, now, take)
 
     @staticmethod
     def _finish(tx: Any, decider: Any, draft: Any, context: dict[str, str]) -> DecideResponse:
