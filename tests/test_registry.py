@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -128,3 +129,30 @@ def test_promote_rollback_and_history(project: Settings, data: pd.DataFrame, mon
     refused = runner.invoke(app, ["rollback"])
     assert refused.exit_code == 1 and "nothing to roll back to" in refused.output
     assert alias_version(project, "champion") == first
+
+
+@pytest.mark.slow
+def test_a_champion_moved_during_the_run_is_left_alone(
+    project: Settings, catalog: Catalog, data: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone rolls back (or promotes) while the nightly model is being evaluated: the gate's comparison
+    is stale, so the new version, however good, does not replace the champion that was just set."""
+    import training.job as job
+    from training.registry import log_and_register, start_run
+    from training.train import fit
+
+    result = fit(data, catalog)
+    other = log_and_register(project, result.model, {}, {}, data, {"job": "test"}).version
+    evaluate = job.evaluate
+
+    def evaluated_while_someone_promotes(*args: object, **kwargs: object) -> object:
+        ev = evaluate(*args, **kwargs)
+        promote(project, other, by="someone", why="manual promotion")
+        return replace(ev, policies={**ev.policies, "new": replace(ev.policies["new"], dr_low=1e9)})  # a clear win
+
+    monkeypatch.setattr(job, "evaluate", evaluated_while_someone_promotes)
+    with start_run(project, catalog, {"job": "test"}):
+        registered, _, verdict, move = job.evaluate_register_gate(project, catalog, data, result, by="test")
+    assert not verdict.promote and move is None
+    assert verdict.reason.startswith("champion changed during the run")
+    assert alias_version(project, "champion") == other != registered.version

@@ -97,6 +97,9 @@ def evaluate_register_gate(
         version = log_model_version(settings, result.model, data)
     with step("gate"):
         verdict = gate(validated, ev.policies, champion_version is not None)
+        now = alias_version(settings, settings.champion_alias)
+        if verdict.promote and now != champion_version:  # e.g. a rollback while this run trained
+            verdict = Verdict(False, f"champion changed during the run (v{champion_version} -> v{now}): not compared")
         client = mlflow.MlflowClient()
         for key, value in {
             "gate": "passed" if verdict.promote else "refused",
