@@ -5,12 +5,16 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 
 from nexttouch.settings import Settings
 from tests.conftest import END, copy_feature_repo
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +25,7 @@ def _ids(settings: Settings) -> list[str]:
     return ["nobody", *known[:50], known[3], "", known[0], "nobody", *known[50:], "c-unknown-9", known[7]]
 
 
-def _feast(store, refs: list[str], ids: list[str]) -> pd.DataFrame:  # noqa: ANN001 - feast.FeatureStore
+def _feast(store: FeatureStore, refs: list[str], ids: list[str]) -> pd.DataFrame:
     got = store.get_online_features(features=refs, entity_rows=[{"customer_id": c} for c in ids])
     return pd.DataFrame(got.to_dict())
 
