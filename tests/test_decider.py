@@ -48,6 +48,15 @@ ACTIVE = {"tech_in_30d": 25, "push_opt_in": 1, "call_consent": 1, "region": "nor
 NOON = datetime(2026, 11, 2, 12, tzinfo=UTC)  # outside every quiet hour (customers default to UTC)
 
 
+def _explore_shares(catalog: Catalog) -> np.ndarray:
+    """P(action | exploring) when every action is eligible: the catalog's cost-aware explore weights."""
+    from nexttouch.policy import explore_probabilities
+
+    shares = explore_probabilities(catalog, np.ones(len(catalog.names), bool))
+    assert shares[catalog.names.index("push")] > shares[catalog.names.index("advisor_call")]  # cost-aware
+    return shares
+
+
 def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, model: DecisionModel) -> None:
     at = NOON
     answer = _decider(catalog, model, ACTIVE).decide(DecideRequest(customer_id="C1", at=at))
@@ -93,9 +102,10 @@ def test_exploration_logs_the_probability_of_its_choice(catalog: Catalog, model:
     answers = [decider.decide(DecideRequest(customer_id="C1", at=NOON)) for _ in range(400)]
     explored = [a for a in answers if a.explored]
     assert 0.3 < len(explored) / len(answers) < 0.5
-    for a in answers:
-        expected = 0.4 / 4 + (0.6 if a.action == "push" else 0.0)
-        assert a.propensity == pytest.approx(expected)
+    explore = dict(zip(catalog.names, _explore_shares(catalog), strict=True))
+    for a in answers:  # epsilon x P(drawn | exploring) + (1 - epsilon) for the best action (push)
+        expected = 0.4 * explore[a.action] + (0.6 if a.action == "push" else 0.0)
+        assert a.propensity == pytest.approx(expected, abs=1e-6)  # answers round to 6 decimals
 
 
 def test_model_must_score_every_catalog_action(catalog: Catalog, model: DecisionModel) -> None:
@@ -220,11 +230,12 @@ def test_batch_explores_with_the_logged_propensity(catalog: Catalog, model: Deci
     answers = decider.decide_batch([f"C{i}" for i in range(n)], _frame([ACTIVE] * n), np.ones(n, bool), NOON)
     explored = sum(a.explored for a in answers)
     assert 0.36 < explored / n < 0.44
+    explore = dict(zip(catalog.names, _explore_shares(catalog), strict=True))
     for a in answers:
-        assert a.propensity == pytest.approx(0.4 / 4 + (0.6 if a.action == "push" else 0.0))
+        assert a.propensity == pytest.approx(0.4 * explore[a.action] + (0.6 if a.action == "push" else 0.0), abs=1e-6)
     drawn = [a.action for a in answers if a.explored]
-    for action in catalog.names:  # every eligible action is drawn, with weight 1 each: ~1/4
-        assert 0.18 < drawn.count(action) / len(drawn) < 0.32
+    for action in catalog.names:  # every eligible action is drawn in proportion to its explore weight
+        assert drawn.count(action) / len(drawn) == pytest.approx(explore[action], abs=0.04), action
 
 
 def test_batch_grants_capacity_to_the_most_valuable_and_falls_back_for_unknowns(
