@@ -250,7 +250,16 @@ def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table) -> No
                     f"INSERT INTO temp.nexttouch_stage VALUES ({', '.join('?' * len(stage))})",
                     zip(*(c[rows] for c in columns), strict=True),
                 )
+            # Feast's secondary index (on entity_key) is rebuilt once, sorted, not row by row.
+            indexes = db.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+                (name,),
+            ).fetchall()
+            for index, _ in indexes:
+                db.execute(f"DROP INDEX {_quote_id(index)}")
             db.execute(unpivot)
+            for _, sql in indexes:
+                db.execute(sql)
             db.execute("DROP TABLE temp.nexttouch_stage")
             db.execute("DROP TABLE temp.nexttouch_features")
     finally:

@@ -43,9 +43,11 @@ def _online(settings: Settings) -> pd.DataFrame:
 
 def _dump(settings: Settings) -> dict[str, list[tuple]]:
     with sqlite3.connect(settings.data_dir / "feast" / "online.db") as con:
-        return {
+        rows = {
             v: con.execute(f'SELECT * FROM "nexttouch_{v}" ORDER BY entity_key, feature_name').fetchall() for v in VIEWS
         }
+        # Feast's indexes are all there after a bulk load (it drops and rebuilds them)
+        return rows | {"indexes": sorted(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))}
 
 
 def _empty(settings: Settings) -> None:
