@@ -255,13 +255,14 @@ def test_redis_down_gives_flagged_fallbacks_then_recovers(service: Service, redi
         with _decisions(service) as db:
             logged = {row[0] for row in db.execute("SELECT decision_id FROM decisions")}
         assert {r.json()["decision_id"] for r in down} <= logged
-        deadline = time.monotonic() + 15
+        up = time.monotonic()
         while True:  # back to normal without a restart
             back = c.post("/decide", json={"customer_id": "C0000005"}).json()
-            if not back["fallback"] or time.monotonic() > deadline:
+            if not back["fallback"] or time.monotonic() > up + 15:
                 break
             time.sleep(0.5)
     assert not back["fallback"] and back["cold_start"] is False, back
+    print(f"\nRedis down: {len(down)} fallbacks, flagged and logged; normal {time.monotonic() - up:.1f}s after restart")
 
 
 @pytest.mark.xfail(
@@ -294,39 +295,49 @@ def test_kill_9_under_load_loses_no_decision(service: Service, customers: list[s
     service.kill9()
     load.join()
     received = results[0].decision_ids
-    assert len(received) > 10 and results[0].errors  # decisions before the kill, refused connections after
+    assert len(received) >= 5 and results[0].errors  # decisions before the kill, refused connections after
     log = service.settings.decision_log
     assert integrity_ok(log) == "ok"
     assert soak.missing_decisions(log, received) == []
     with sqlite3.connect(log) as db:
-        rows = db.execute("SELECT decision_id, decided_at, action, propensity, net_values, context FROM decisions")
-        for decision_id, decided_at, action, propensity, values, context in rows:
-            assert decision_id and action and 0 < propensity <= 1, decision_id
-            pd.Timestamp(decided_at)
-            assert isinstance(json.loads(values), dict) and isinstance(json.loads(context), dict)
+        rows = db.execute(
+            "SELECT decision_id, decided_at, action, propensity, net_values, context FROM decisions"
+        ).fetchall()
+    for decision_id, decided_at, action, propensity, values, context in rows:
+        assert decision_id and action and 0 < propensity <= 1, decision_id
+        pd.Timestamp(decided_at)
+        assert isinstance(json.loads(values), dict) and isinstance(json.loads(context), dict)
 
+    started = time.monotonic()
     service.start()
     with service.client() as c:
         again = c.post("/decide", json={"customer_id": "C0000007"})
     assert again.status_code == 200, again.text
     assert soak.missing_decisions(log, [again.json()["decision_id"]]) == []
+    print(
+        f"\nkill -9 after {len(received)} decisions received ({len(results[0].errors)} requests refused after): "
+        f"all in the log, {len(rows)} rows complete, integrity ok; up {time.monotonic() - started:.0f}s after restart"
+    )
 
 
 def test_tracking_store_unreachable_keeps_serving_the_loaded_champion(service: Service) -> None:
     db = service.settings.mlruns_dir / "mlflow.db"
     with service.client() as c:
         before = c.post("/decide", json={"customer_id": "C0000008"}).json()["model_version"]
-        db.rename(db.with_suffix(".moved"))
-        db.mkdir()  # sqlite cannot open a directory: the tracking store is gone
+        content = db.read_bytes()
+        # Overwritten in place: the service's pooled SQLite connections survive a rename, not this.
+        db.write_bytes(b"\0" * len(content))
         try:
-            deadline = time.monotonic() + service.settings.champion_poll_s + 3
+            deadline = time.monotonic() + 2 * service.settings.champion_poll_s + 1
             answers = []
-            while time.monotonic() < deadline:  # across at least one champion poll
+            while time.monotonic() < deadline:  # across two champion polls
                 answers.append(c.post("/decide", json={"customer_id": "C0000009"}))
                 time.sleep(0.5)
         finally:
-            db.rmdir()
-            db.with_suffix(".moved").rename(db)
+            db.write_bytes(content)
     assert all(r.status_code == 200 for r in answers), [r.text[:200] for r in answers if r.status_code != 200]
     assert {r.json()["model_version"] for r in answers} == {before}
     assert service.proc.poll() is None
+    log = (service.log_dir / f"serve-{service.starts}.log").read_text(errors="replace")
+    assert "champion check failed" in log  # the watcher did poll while the store was gone
+    print(f"\nMLflow tracking store gone: {len(answers)} decisions served by model v{before}")
