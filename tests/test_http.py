@@ -130,6 +130,18 @@ def test_malformed_bodies_get_a_4xx_that_names_the_problem(client: TestClient, b
     assert needle in r.text
 
 
+def test_error_bodies_are_the_documented_object(client: TestClient) -> None:
+    """Every refusal is {"error": str, "detail": str}, as docs.json says (BentoML's own bodies are lists)."""
+    documented = client.get("/docs.json").json()["components"]["schemas"]
+    assert documented["InvalidArgument"]["properties"]["detail"]["type"] == "string"
+    invalid = client.post("/decide", json={"customer_id": "C1", "colour": "red"})
+    assert invalid.status_code == 400 and isinstance(invalid.json()["error"], str)
+    assert "colour" in invalid.json()["detail"] and invalid.headers["content-type"] == "application/json"
+    unknown = client.post("/feedback", json={"decision_id": "no-such-decision", "outcome": 1})
+    assert (unknown.status_code, unknown.json()) == (404, {"error": "no decision 'no-such-decision'"})
+    assert client.get("/no-such-route").json() == {"error": "Not Found"}
+
+
 def test_invalid_json_is_a_4xx(client: TestClient) -> None:
     r = client.post("/decide", content=b"{not json", headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text

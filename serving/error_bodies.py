@@ -1,0 +1,82 @@
+"""One error body for every refusal: ``{"error": str, "detail": str}``, as docs.json documents it.
+
+BentoML 1.4.39 answers a validation error with ``detail`` as a list of pydantic errors and a
+BentoMLException (NotFound, Conflict, ...) raised in an API as a one-element list ``[{"error": ...}]``,
+while its OpenAPI describes an object whose ``detail`` is a string. This ASGI middleware rewrites
+error responses (status >= 400) into that documented object, so clients and schema agree.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from serving.auth import OPEN, OPEN_PREFIX
+
+
+def problems(errors: list[Any]) -> str:
+    """Pydantic errors as one line: ``customer_id: String should match pattern ...; at: ...``."""
+    parts = []
+    for e in errors:
+        if not isinstance(e, dict):
+            parts.append(str(e))
+            continue
+        where = ".".join(str(x) for x in e.get("loc", ()))
+        parts.append(f"{where}: {e.get('msg', '')}" if where else str(e.get("msg", "")))
+    return "; ".join(parts)
+
+
+def error_body(raw: bytes, status: int) -> bytes:
+    """The documented error object for any error response body."""
+    try:
+        data: Any = json.loads(raw)
+    except ValueError:
+        data = raw.decode(errors="replace").strip()
+    if isinstance(data, list) and len(data) == 1:  # BentoMLException raised in an API
+        data = data[0]
+    if isinstance(data, dict):
+        error, detail = data.get("error"), data.get("detail") if "error" in data else None
+        error = error if error is not None else data.get("detail")
+    else:
+        error, detail = data, None
+    body: dict[str, str] = {"error": str(error) if error else HTTPStatus(status).phrase}
+    if isinstance(detail, list):
+        body["detail"] = problems(detail)
+    elif detail is not None:
+        body["detail"] = str(detail)
+    return json.dumps(body).encode()
+
+
+class ErrorBodyMiddleware:
+    """ASGI middleware: error responses of the API get the documented ``{"error", "detail"}`` body."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN or scope["path"].startswith(OPEN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def rewrite(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start = message  # held until the whole body is known
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = error_body(b"".join(chunks), start["status"])
+            skip = {b"content-length", b"content-type"}
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in skip]
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, rewrite)
