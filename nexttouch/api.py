@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from nexttouch.schemas import CLOCK_SKEW, TOUCH_TYPES
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+
+# Request context: a few short labels (channel, campaign), stored with each decision; never free text.
+ContextKey = Annotated[str, Field(min_length=1, max_length=64)]
+ContextValue = Annotated[str, Field(max_length=256)]
+Context = Annotated[
+    dict[ContextKey, ContextValue],
+    Field(max_length=16, description="Request context, e.g. {'channel': 'app'}: at most 16 short labels."),
+]
 
 
 class SourceKey(BaseModel):
@@ -47,9 +55,7 @@ class DecideRequest(CustomerRef):
     """Decide the next contact for one customer, named by customer id or by a source key."""
 
     at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
-    context: dict[str, str] = Field(
-        default_factory=dict, max_length=16, description="Request context, e.g. {'channel': 'app'}."
-    )
+    context: Context = Field(default_factory=dict)
 
 
 class DecideBatchRequest(BaseModel):
@@ -59,9 +65,7 @@ class DecideBatchRequest(BaseModel):
 
     customers: list[CustomerRef] = Field(min_length=1, max_length=100_000)
     at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
-    context: dict[str, str] = Field(
-        default_factory=dict, max_length=16, description="Request context, e.g. {'channel': 'app'}."
-    )
+    context: Context = Field(default_factory=dict)
 
 
 class DecideResponse(BaseModel):

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="Key every service call but health must send as X-API-Key.")
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
     batch_limit: int = Field(1000, ge=1, description="Most customers in one POST /decide/batch.")
+    max_body_bytes: int = Field(
+        2 * 2**20, ge=1024, description="Largest request body the service reads (413 above); raise with batch_limit."
+    )
     online_timeout_ms: int = Field(250, gt=0, description="Online feature read slower than this: rule-based fallback.")
     champion_poll_s: float = Field(10.0, gt=0, description="How often the service checks the champion alias.")
     decision_log_url: str | None = Field(

@@ -38,6 +38,7 @@ from nexttouch.api import (
 )
 from nexttouch.settings import load_settings
 from serving.auth import ApiKeyMiddleware
+from serving.body_limit import BodyLimitMiddleware
 from serving.error_bodies import ErrorBodyMiddleware
 
 for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
@@ -299,8 +300,9 @@ def _cause_label(cause: str, answer: DecideResponse) -> str:
     return "store_timeout" if "did not answer" in cause else "store_error"
 
 
-# Outermost first: the key before anything is read, then one documented error body.
+# Outermost first: the key before anything is read, then the body size, then one documented error body.
 NextTouch.add_asgi_middleware(ApiKeyMiddleware)
+NextTouch.add_asgi_middleware(BodyLimitMiddleware)
 NextTouch.add_asgi_middleware(ErrorBodyMiddleware)
 # GET /model: a plain route beside the API (BentoML APIs are POST); mounted passively, so only /model matches.
 NextTouch.mount_asgi_app(Starlette(routes=[Route("/model", _model_info, methods=["GET"])]), path="/")

@@ -122,6 +122,8 @@ def test_batch_over_the_limit_is_refused_and_says_so(client: TestClient) -> None
         ({"customer_id": "C1", "at": "2026-11-01T09:30:00"}, "timezone"),
         ({"customer_id": "C1", "colour": "red"}, "colour"),
         ({"customer_id": "C1", "context": ["app"]}, "context"),
+        ({"customer_id": "C1", "context": {"note": "x" * 257}}, "context.note: String should have at most 256"),
+        ({"customer_id": "C1", "context": {f"k{i}": "v" for i in range(17)}}, "at most 16"),
     ],
 )
 def test_malformed_bodies_get_a_4xx_that_names_the_problem(client: TestClient, body: dict, needle: str) -> None:
@@ -140,6 +142,19 @@ def test_error_bodies_are_the_documented_object(client: TestClient) -> None:
     unknown = client.post("/feedback", json={"decision_id": "no-such-decision", "outcome": 1})
     assert (unknown.status_code, unknown.json()) == (404, {"error": "no decision 'no-such-decision'"})
     assert client.get("/no-such-route").json() == {"error": "Not Found"}
+
+
+def test_a_body_over_the_limit_is_refused_before_parsing(client: TestClient, built: Settings) -> None:
+    import json
+
+    limit = built.max_body_bytes
+    big = json.dumps({"customer_id": "C0000001", "context": {"note": "x" * limit}}).encode()
+    for content in (big, iter([big[:1000], big[1000:]])):  # announced by Content-Length, or streamed
+        r = client.post("/decide", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and f"limit of {limit} bytes" in r.json()["error"], r.text[:300]
+    small = json.dumps({"customer_id": "C0000001", "context": {"channel": "app"}}).encode()
+    r = client.post("/decide", content=iter([small[:10], small[10:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
 
 
 def test_invalid_json_is_a_4xx(client: TestClient) -> None:
