@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from nexttouch.schemas import CLOCK_SKEW, TOUCH_TYPES
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Digit groups with separators (+44 20 7946 0958, (030) 1234-5678) or an E.164 number (+447946095800).
+PHONE = re.compile(r"(?<![\w.:-])\+?\(?\d{2,4}\)?(?:[ .-]\(?\d{2,4}\)?){2,4}(?![\w.:-])|\+\d{8,15}\b")
+
+
+def personal_data(value: str) -> str | None:
+    """What personal data ``value`` looks like (an e-mail address, a phone number), or None."""
+    if "@" in value and EMAIL.search(value):
+        return "an e-mail address"
+    if any(sum(c.isdigit() for c in m.group()) >= 9 for m in PHONE.finditer(value)):  # 8 digits: a date
+        return "a phone number"
+    return None
+
+
+def no_personal_data(value: Any) -> Any:
+    """Refuse ids and labels that carry personal data: the service stores them (decision log, inbox)."""
+    if isinstance(value, str) and (kind := personal_data(value)):
+        raise ValueError(f"looks like {kind}: personal data is refused, never stored; send an opaque id or label")
+    return value
+
 
 # Request context: a few short labels (channel, campaign), stored with each decision; never free text.
-ContextKey = Annotated[str, Field(min_length=1, max_length=64)]
-ContextValue = Annotated[str, Field(max_length=256)]
+ContextKey = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(no_personal_data)]
+ContextValue = Annotated[str, Field(max_length=256), BeforeValidator(no_personal_data)]
 Context = Annotated[
     dict[ContextKey, ContextValue],
     Field(max_length=16, description="Request context, e.g. {'channel': 'app'}: at most 16 short labels."),
@@ -27,6 +48,8 @@ class SourceKey(BaseModel):
 
     system: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN, examples=["app"])
     key: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["app-0000a1b2"])
+
+    _opaque = field_validator("system", "key", mode="before")(no_personal_data)
 
 
 class CustomerRef(BaseModel):
@@ -43,6 +66,8 @@ class CustomerRef(BaseModel):
         examples=["C0000001"],
     )
     source: SourceKey | None = Field(None, description="A source system's key, instead of customer_id.")
+
+    _opaque = field_validator("customer_id", mode="before")(no_personal_data)
 
     @model_validator(mode="after")
     def _one_identity(self) -> CustomerRef:
@@ -117,6 +142,8 @@ class TouchEvent(BaseModel):
     touch_type: str = Field(description="One of the touch types, e.g. app_session, event_attended, advisor_call.")
     amount: float | None = Field(None, allow_inf_nan=False)
     decision_id: str | None = Field(None, max_length=128, pattern=ID_PATTERN)
+
+    _opaque = field_validator("event_id", "customer_id", "decision_id", mode="before")(no_personal_data)
 
     @model_validator(mode="after")
     def _check(self) -> TouchEvent:

@@ -157,6 +157,43 @@ def test_a_body_over_the_limit_is_refused_before_parsing(client: TestClient, bui
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/decide", {"customer_id": "jane.doe@example.com"}),
+        ("/decide", {"source": {"system": "crm", "key": "jane.doe@example.com"}}),
+        ("/decide", {"customer_id": "C0000001", "context": {"email": "jane.doe@example.com"}}),
+        ("/decide", {"customer_id": "C0000001", "context": {"phone": "+44 20 7946 0958"}}),
+        ("/decide/batch", {"customers": [{"customer_id": "C0000001"}], "context": {"tel": "+447946095800"}}),
+        (
+            "/events",
+            {
+                "events": [
+                    {
+                        "event_id": "pii-1",
+                        "occurred_at": "2026-01-01T00:00:00Z",
+                        "touch_type": "app_session",
+                        "source": {"system": "app", "key": "jane.doe@example.com"},
+                    }
+                ]
+            },
+        ),
+    ],
+)
+def test_personal_data_is_refused_and_never_stored(client: TestClient, built: Settings, path: str, body: dict) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 400 and "personal data is refused" in r.json()["detail"], r.text
+    wal = built.decision_log.with_name(built.decision_log.name + "-wal")
+    log = built.decision_log.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert b"jane.doe" not in log and b"+44 20 7946" not in log and b"+447946095800" not in log
+
+
+def test_dates_and_ids_are_not_mistaken_for_personal_data(client: TestClient) -> None:
+    context = {"campaign": "summer-2026", "seen": "2026-11-01 10:00:00", "ref": "12345678", "at": "a@b"}
+    r = client.post("/decide", json={"customer_id": "C0000001", "context": context})
+    assert r.status_code == 200, r.text
+
+
 def test_invalid_json_is_a_4xx(client: TestClient) -> None:
     r = client.post("/decide", content=b"{not json", headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
