@@ -166,6 +166,11 @@ class EventsResponse(BaseModel):
     accepted: int = Field(description="Events kept for the nightly ingest (all valid events).")
     customers_updated: int = Field(description="Customers whose contact state was updated online.")
     unresolved: list[str] = Field(description="Event ids with an unknown source key: kept, not featurised yet.")
+    online_update_deferred: bool = Field(
+        False,
+        description="True when the online store was slow or down: the events are kept and the online contact "
+        "update is retried in the background.",
+    )
 
 
 class FeedbackRequest(BaseModel):

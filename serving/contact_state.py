@@ -1,10 +1,18 @@
-"""Real-time touch events: keep them for the nightly ingest and update the online contact state now."""
+"""Real-time touch events: keep them for the nightly ingest and update the online contact state now.
+
+The events are written to the inbox first, so nothing posted is lost. The online update then gets a
+short time (``timeout_s``): an online store that is down or slow (redis-py retries for ~4 s) makes it
+*deferred*: the answer says so at once, and the update is retried with the next events and in the
+background until the store answers.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,16 +27,41 @@ STATE_VIEW = "contact_state"
 LAST = {t: f"last_{t}_at" for t in TIERS}
 LAST_CONTACT = "last_contact_at"
 
+log = logging.getLogger("nexttouch.serving")
+
 
 class ContactUpdater:
     """Applies posted touches to the ``contact_state`` feature view through its Feast push source."""
 
-    def __init__(self, store, inbox: Path, resolve: Callable[[str, str], str | None]) -> None:
+    def __init__(
+        self,
+        store,
+        inbox: Path,
+        resolve: Callable[[str, str], str | None],
+        timeout_s: float = 1.0,
+        retry_s: float = 5.0,
+    ) -> None:
         self.store = store
         self.inbox = inbox
         self.resolve = resolve
+        self.timeout_s = timeout_s
         self.refs = [f"{STATE_VIEW}:{c}" for c in (*LAST.values(), LAST_CONTACT)]
-        self._lock = threading.Lock()  # read-modify-write of a customer's state must not interleave
+        # One update at a time: read-modify-write of a customer's state must not interleave.
+        self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
+        self._pending: list[pd.DataFrame] = []  # events whose online update has not been made yet
+        self._pending_lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._retry_loop, args=(retry_s,), name="contact-retry", daemon=True).start()
+
+    @property
+    def pending(self) -> int:
+        """Touches (one per customer, tier and direction) still waiting for their online update."""
+        with self._pending_lock:
+            return sum(len(f) for f in self._pending)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pusher.shutdown(wait=False, cancel_futures=False)
 
     def apply(self, request: EventsRequest) -> EventsResponse:
         rows = []
@@ -52,14 +85,49 @@ class ContactUpdater:
         events = pd.DataFrame(rows)
         self._keep(events)  # durable first: nothing posted is lost, even if the online update fails
         known = events.loc[events[CUSTOMER_ID].notna()]
+        deferred = False
         if len(known):
-            with self._lock:
-                self._push(known)
+            update = self._pusher.submit(self._update, known)
+            try:
+                update.result(timeout=self.timeout_s)
+            except Exception as exc:  # slow or down: the update keeps these events and is retried
+                from serving.metrics import EVENTS_DEFERRED
+
+                deferred = True
+                EVENTS_DEFERRED.inc(len(known))
+                log.warning("online contact update deferred (%s): %d events kept", type(exc).__name__, len(known))
         return EventsResponse(
             accepted=len(events),
-            customers_updated=int(known[CUSTOMER_ID].nunique()),
+            customers_updated=0 if deferred else int(known[CUSTOMER_ID].nunique()),
             unresolved=events.loc[events[CUSTOMER_ID].isna(), "event_id"].tolist(),
+            online_update_deferred=deferred,
         )
+
+    def _update(self, events: pd.DataFrame | None) -> None:
+        """Push ``events`` with every deferred one; on failure keep them all for the next try."""
+        with self._pending_lock:
+            batch, self._pending = [*self._pending, *([] if events is None else [events])], []
+        if not batch:
+            return
+        frame = pd.concat(batch, ignore_index=True)
+        try:
+            self._push(frame)
+        except Exception:
+            # Only the newest touch per customer, tier and direction matters online: bounded by customers.
+            latest = frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
+            with self._pending_lock:
+                self._pending.insert(0, latest)
+            raise
+        if events is None or len(batch) > 1:
+            log.info("deferred online contact updates made (%d touches)", len(frame))
+
+    def _retry_loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            if self.pending:
+                try:
+                    self._pusher.submit(self._update, None).result()
+                except Exception as exc:  # still down: the next round tries again
+                    log.warning("deferred online contact update failed again: %s", type(exc).__name__)
 
     def _keep(self, events: pd.DataFrame) -> None:
         """Write the batch to the inbox that `nexttouch ingest data/inbox` loads (with quarantine)."""

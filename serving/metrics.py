@@ -16,6 +16,10 @@ FALLBACKS = Counter("nexttouch_fallbacks", "Rule-based fallback answers, by caus
 CAPACITY_REFUSED = Counter(
     "nexttouch_capacity_refused", "Scarce actions refused because their capacity was used up.", ["action"]
 )
+EVENTS_DEFERRED = Counter(
+    "nexttouch_events_online_deferred",
+    "Events kept in the inbox whose online contact update was deferred (online store slow or down).",
+)
 CHAMPION_SWAPS = Counter("nexttouch_champion_swaps", "Champion models swapped in without a restart.")
 LATENCY = Histogram(
     "nexttouch_decide_seconds",

@@ -91,7 +91,12 @@ class NextTouch:
         self.online = OnlineFeatures(settings)
         self.identity = IdentityMap.load(settings.raw_dir / "identity.parquet")
         self.log = DecisionLog.open(settings)
-        self.contacts = ContactUpdater(self.online.store, settings.data_dir / "inbox", self.identity.resolve)
+        self.contacts = ContactUpdater(
+            self.online.store,
+            settings.data_dir / "inbox",
+            self.identity.resolve,
+            timeout_s=min(2.0, settings.request_timeout_s / 2),
+        )
         # Feature reads run here so a slow or hung online store can be timed out (-> fallback).
         self.reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-read")
         self.timeout_s = settings.online_timeout_ms / 1000

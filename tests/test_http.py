@@ -238,7 +238,7 @@ def test_posted_events_update_contact_state_at_once(client: TestClient, built: S
     inbox_before = set((built.data_dir / "inbox").glob("events-*.parquet"))
     r = client.post("/events", json=body)
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 3, "customers_updated": 2, "unresolved": ["rt-3"]}
+    assert r.json() == {"accepted": 3, "customers_updated": 2, "unresolved": ["rt-3"], "online_update_deferred": False}
 
     online = OnlineFeatures(built)
     called = online.read("C0000350")
@@ -249,6 +249,47 @@ def test_posted_events_update_contact_state_at_once(client: TestClient, built: S
 
     (kept,) = set((built.data_dir / "inbox").glob("events-*.parquet")) - inbox_before
     assert pd.read_parquet(kept)["event_id"].tolist() == ["rt-1", "rt-2", "rt-3"]  # nothing posted is lost
+
+
+def test_events_with_the_online_store_down_are_kept_answered_and_applied_later(built: Settings, tmp_path) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from nexttouch.api import EventsRequest
+    from serving.contact_state import ContactUpdater
+    from serving.online_features import OnlineFeatures
+
+    online = OnlineFeatures(built)
+
+    class Failing:  # the real Feast store, its writes failing while `down` (as redis-py raises when Redis is gone)
+        down = True
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(online.store, name)
+
+        def push(self, *args: object, **kwargs: object) -> None:
+            if self.down:
+                raise ConnectionError("Connection refused")
+            online.store.push(*args, **kwargs)
+
+    store = Failing()
+    updater = ContactUpdater(store, tmp_path, lambda _s, _k: None, timeout_s=1.0, retry_s=0.2)
+    at = [datetime.now(UTC) - timedelta(hours=h) for h in (3, 1)]
+    for i, when in enumerate(at):  # the second call retries the first one's update too
+        body = {"event_id": f"down-{i}", "occurred_at": when, "customer_id": "C0000352", "touch_type": "app_session"}
+        answer = updater.apply(EventsRequest.model_validate({"events": [body]}))
+        assert (answer.accepted, answer.customers_updated, answer.online_update_deferred) == (1, 0, True)
+    kept = pd.concat([pd.read_parquet(p) for p in tmp_path.glob("events-*.parquet")])
+    assert sorted(kept["event_id"]) == ["down-0", "down-1"]  # nothing posted is lost
+    assert updater.pending == 1  # one customer, tier and direction: only the newest touch is kept to push
+
+    store.down = False  # back: the background retry makes the update without a new request
+    deadline = time.monotonic() + 10
+    while updater.pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+    updater.close()
+    assert updater.pending == 0
+    assert pd.Timestamp(online.read("C0000352")["last_tech_at"]) == pd.Timestamp(at[1]).floor("s")
 
 
 @pytest.mark.parametrize(
