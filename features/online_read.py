@@ -23,15 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from features.online_load import _entity_keys
 from nexttouch.schemas import CUSTOMER_ID
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView
 
-SQLITE_CHUNK = 5_000  # keys per IN list: well under SQLite's bound-parameter limit
+SQLITE_CHUNK = 5_000  # keys per query (2 parameters each): well under SQLite's bound-parameter limit
 REDIS_CHUNK = 5_000  # customers per pipeline round trip
 
 
@@ -55,6 +53,10 @@ class OnlineReader:
             [(c.name, c.dtype.to_value_type().name) for c in view.entity_columns] == [(CUSTOMER_ID, "STRING")]
             for view, _ in self.views
         )
+        self._key_head = _key_head(store) if single_key else b""
+        self._by_type: dict[Any, list[int]] = {}
+        for j, name in enumerate(self.names):
+            self._by_type.setdefault(self.types[name], []).append(j)
         if online.type == "sqlite" and plain and single_key:
             self.kind = "sqlite"
         elif online.type == "redis" and str(getattr(online, "client", "redis")) in ("redis", "RedisClient.redis"):
@@ -67,14 +69,15 @@ class OnlineReader:
         ids = list(customer_ids)
         if self.kind == "feast" or not ids:
             return self._feast(ids)
-        codes, uniques = pd.factorize(np.asarray(ids, dtype=object))
-        view0 = self.views[0][0]
-        keys = _entity_keys(self.store, view0, pa.table({CUSTOMER_ID: pa.array(list(uniques), pa.string())}))
+        codes, uniques = _factorize(ids)
+        head = self._key_head
+        keys = np.array([head + len(b).to_bytes(4, "little") + b for b in (c.encode() for c in uniques)], dtype=object)
         blobs = self._sqlite(keys) if self.kind == "sqlite" else self._redis(keys)
-        out: dict[str, list[Any]] = {CUSTOMER_ID: ids}
-        for j, name in enumerate(self.names):
-            out[name] = _decoded(blobs[:, j], self.types[name])[codes].tolist()
-        return out
+        decoded = np.empty(blobs.shape, dtype=object)
+        for value_type, cols in self._by_type.items():  # one factorize per value type, not per feature
+            decoded[:, cols] = _decoded(blobs[:, cols].ravel(), value_type).reshape(len(keys), len(cols))
+        rows = decoded[codes]
+        return {CUSTOMER_ID: ids, **{name: rows[:, j].tolist() for j, name in enumerate(self.names)}}
 
     def read(self, customer_ids: Sequence[str]) -> pd.DataFrame:
         """The same as a frame, built as ``pd.DataFrame(get_online_features(...).to_dict())`` is."""
@@ -94,28 +97,26 @@ class OnlineReader:
         config = self.store.config
         conn = self.store._get_provider().online_store._get_conn(config)  # the connection Feast reads with
         blobs = np.full((len(keys), len(self.names)), None, dtype=object)
-        key_index = pd.Index(keys, dtype=object)
         column_of = {name: j for j, name in enumerate(self.names)}
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # in index order: neighbouring pages, fewer misses
         for view, features in self.views:
             table = _quote_id(_table_id(config.project, view, config.registry.enable_online_feature_view_versioning))
-            names = pd.Index(features, dtype=object)
             cols = np.array([column_of[f] for f in features])
+            # SQLite numbers the rows (key position, feature position): no Python lookups per row.
+            case = "CASE t.feature_name " + " ".join(f"WHEN ? THEN {i}" for i in range(len(features))) + " END"
+            wanted = f"t.feature_name IN ({','.join('?' * len(features))})"
             for lo in range(0, len(keys), SQLITE_CHUNK):
-                chunk = keys[lo : lo + SQLITE_CHUNK]
+                chunk = order[lo : lo + SQLITE_CHUNK]
                 rows = conn.execute(
-                    f"SELECT entity_key, feature_name, value FROM {table} "
-                    f"WHERE entity_key IN ({','.join('?' * len(chunk))})",
-                    chunk.tolist(),
+                    f"WITH k(i, key) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
+                    f"SELECT k.i, {case}, t.value FROM k JOIN {table} AS t ON t.entity_key = k.key WHERE {wanted}",
+                    [*(x for i in chunk for x in (i, keys[i])), *features, *features],
                 ).fetchall()
-                if not rows:
-                    continue
-                entity, feature, value = zip(*rows, strict=True)
-                at = names.get_indexer(list(feature))
-                wanted = at >= 0  # features of the view that were not asked for are dropped
-                rows_at = key_index.get_indexer(list(entity))[wanted]
-                value_arr = np.empty(len(value), dtype=object)
-                value_arr[:] = value
-                blobs[rows_at, cols[at[wanted]]] = value_arr[wanted]
+                if rows:
+                    at, feature, value = zip(*rows, strict=True)
+                    values = np.empty(len(value), dtype=object)
+                    values[:] = value
+                    blobs[np.array(at), cols[np.array(feature)]] = values
         return blobs
 
     def _redis(self, keys: np.ndarray) -> np.ndarray:
@@ -164,8 +165,42 @@ def _decoded(blobs: np.ndarray, value_type: Any) -> np.ndarray:
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
     from feast.type_map import feast_value_type_to_python_type
 
-    codes, uniques = pd.factorize(blobs, use_na_sentinel=True)
+    codes, uniques = _factorize(blobs)
     values = np.empty(len(uniques) + 1, dtype=object)  # the last one: an empty ValueProto, as Feast fills gaps
     for i, blob in enumerate([*uniques, b""]):
         values[i] = feast_value_type_to_python_type(ValueProto.FromString(blob), value_type)
     return values[codes]  # code -1 picks the last
+
+
+def _factorize(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Codes and distinct values (None -> -1); a dict below 64 values, where pandas' fixed cost dominates."""
+    if len(values) >= 64:
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+        return codes, list(uniques)
+    seen: dict[Any, int] = {}
+    codes = np.array([-1 if v is None else seen.setdefault(v, len(seen)) for v in values], dtype=np.intp)
+    return codes, list(seen)
+
+
+def _key_head(store: FeatureStore) -> bytes:
+    """Feast's serialized key of one string ``customer_id`` is this head, the value's length and its UTF-8 bytes.
+
+    Built once from Feast's own ``serialize_entity_key`` and checked on two values (one not ASCII).
+    """
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    version = store.config.entity_key_serialization_version
+
+    def feast_key(value: str) -> bytes:
+        return serialize_entity_key(
+            EntityKeyProto(join_keys=[CUSTOMER_ID], entity_values=[ValueProto(string_val=value)]), version
+        )
+
+    head = feast_key("x")[: -(4 + 1)]
+    for sample in ("c-000042", "kundé-ü"):
+        raw = sample.encode()
+        if feast_key(sample) != head + len(raw).to_bytes(4, "little") + raw:
+            raise RuntimeError("entity key serialization differs from Feast's; cannot bulk read")
+    return head
