@@ -155,11 +155,6 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_schema(service: Service) -> No
     assert tried["POST /decide"] >= FUZZ_EXAMPLES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BentoML 1.4.39: a 400 body's 'detail' is a list while docs.json says string; NotFound raised in "
-    "an API comes back as a one-element list [{'error': ...}] while docs.json says an object (owner: C2)",
-)
 def test_error_bodies_match_the_schema(service: Service) -> None:
     import schemathesis
     from schemathesis.specs.openapi.checks import response_schema_conformance
