@@ -179,11 +179,6 @@ def test_oversized_requests_are_refused(service: Service) -> None:
         assert r.status_code == 200 and len(r.json()["decisions"]) == 3, r.text[:300]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no limit on a context value's length nor on the body size: a 5 MB value is decided and stored in "
-    "the decision log (owner: C2: max_length on context values; a body-size guard, BentoML has none)",
-)
 def test_an_oversized_value_is_refused_not_stored(service: Service) -> None:
     big = json.dumps({"customer_id": "C0000001", "context": {"note": "x" * (5 * 2**20)}})
     with service.client(timeout=30) as c:
