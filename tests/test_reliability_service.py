@@ -213,11 +213,6 @@ def test_no_personal_data_in_the_log_or_the_features(service: Service, redis: Re
     assert not any(found.values()), found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ID_PATTERN (nexttouch/api.py) allows an e-mail as customer_id/source key and context values are free "
-    "text: both are stored in the decision log (owner: C2)",
-)
 def test_personal_data_in_a_request_is_refused_not_stored(service: Service, redis: Redis) -> None:
     hostile = [
         {"customer_id": "jane.doe@example.com"},
