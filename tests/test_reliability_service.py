@@ -250,11 +250,6 @@ def test_redis_down_gives_flagged_fallbacks_then_recovers(service: Service, redi
     print(f"\nRedis down: {len(down)} fallbacks, flagged and logged; normal {time.monotonic() - up:.1f}s after restart")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /events with Redis down: the Feast push raises redis ConnectionError -> 500 (after ~3.7 s per "
-    "call of redis-py retries; 504 when over the 5 s timeout). Owner: C2 (serving/contact_state.py)",
-)
 def test_events_with_redis_down_are_kept_and_answered(service: Service, redis: Redis) -> None:
     event = {"event_id": "redis-down-1", "occurred_at": "2026-11-01T10:00:00Z", "customer_id": "C0000005"}
     inbox = service.settings.data_dir / "inbox"
