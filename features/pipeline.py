@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 from features.online_load import materialize_bulk
 from features.touch_features import build_touch_features
@@ -85,13 +86,36 @@ def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:
 
 def feast_apply(settings: Settings) -> None:
     """The stock `feast apply`, run in the repo (it changes directory, so not in-process)."""
+    _forget_foreign_registry(settings)
     feast = Path(sys.executable).with_name("feast")
-    yaml = store_yaml(settings)
+    config = store_yaml(settings)
     env = {**os.environ, "FEAST_USAGE": "False"}
-    cmd = [str(feast), "-f", str(yaml), "apply"]
+    cmd = [str(feast), "-f", str(config), "apply"]
     result = subprocess.run(cmd, cwd=settings.feature_repo, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"feast apply failed in {settings.feature_repo}:\n{result.stderr[-4000:]}")
+    registry = _registry_path(settings)
+    registry.with_name(registry.name + ".owner").write_text(str(registry.resolve()))
+
+
+def _registry_path(settings: Settings) -> Path:
+    entry = yaml.safe_load(store_yaml(settings).read_text())["registry"]
+    path = Path(entry["path"] if isinstance(entry, dict) else entry)
+    return path if path.is_absolute() else settings.feature_repo / path
+
+
+def _forget_foreign_registry(settings: Settings) -> None:
+    """Drop a registry copied from another project directory before applying.
+
+    The registry records the online tables it created (absolute SQLite paths) as its infra, and
+    `feast apply` tears down infra that is no longer wanted: applying a copied registry would drop
+    the *original* project's online tables. The registry is derived from the repo, so a fresh one
+    loses nothing. The owner file next to it says which directory it was applied in.
+    """
+    registry = _registry_path(settings)
+    owner = registry.with_name(registry.name + ".owner")
+    if registry.exists() and (not owner.exists() or owner.read_text() != str(registry.resolve())):
+        registry.unlink()
 
 
 def materialize(settings: Settings, end: datetime, stock: bool = False) -> dict[str, int]:
