@@ -2,9 +2,10 @@
 
 ``get_online_features`` for 1,000 customers spends its time building and converting one
 ``ValueProto`` per cell in Python. Feature values repeat a lot, so here the stored rows are
-fetched in one go (SQLite: one ``SELECT ... IN`` per view and chunk on Feast's own table;
-Redis: one pipelined ``HMGET`` per customer with Feast's field hashing) and each *distinct*
-serialized value is decoded once with Feast's own ``feast_value_type_to_python_type``. The
+fetched in one go (SQLite: one query per view and 5,000 customers on Feast's own table, joined
+with the keys in index order; Redis: one pipelined ``HMGET`` per customer with Feast's field
+hashing) and each *distinct* serialized value is decoded once with Feast's own
+``feast_value_type_to_python_type``. The
 result is what ``get_online_features(...).to_dict()`` gives, column for column (checked by
 ``tests/test_online_read.py``): the same Python values, missing customers as ``None``, in
 request order, duplicates included.
