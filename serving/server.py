@@ -7,6 +7,7 @@ server.stop(proc)                                          # server and workers 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -106,7 +107,18 @@ def start(
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server and its workers (they share its process group)."""
+    """Stop the server and all its workers.
+
+    BentoML starts workers in sessions of their own, so signalling the server's process group can
+    leave a worker answering on the port: the whole process tree is collected first and every
+    process left after the graceful stop is killed.
+    """
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
     if proc.poll() is None:
         os.killpg(proc.pid, 15)
         try:
@@ -114,3 +126,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
+    _gone, alive = psutil.wait_procs(tree, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
