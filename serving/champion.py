@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nexttouch.model import DecisionModel
 from nexttouch.settings import Settings
-from nexttouch.tracking import configure_mlflow
+from nexttouch.tracking import tracking_client
 
 log = logging.getLogger("nexttouch.champion")
 
@@ -25,10 +25,8 @@ class Champion:
 
 def champion_version(settings: Settings) -> str:
     """The registry version the champion alias points at now."""
-    from mlflow import MlflowClient
-
-    configure_mlflow(settings)
-    return str(MlflowClient().get_model_version_by_alias(settings.model_name, settings.champion_alias).version)
+    client = tracking_client(settings)
+    return str(client.get_model_version_by_alias(settings.model_name, settings.champion_alias).version)
 
 
 def load_champion(settings: Settings, version: str | None = None) -> Champion:
@@ -46,11 +44,15 @@ def load_champion(settings: Settings, version: str | None = None) -> Champion:
         partial = local.with_name(f"{local.name}.{os.getpid()}.{threading.get_ident()}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(partial)
+        client = tracking_client(settings)
+        downloaded = mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(settings.model_name, version),
+            dst_path=str(partial),
+            tracking_uri=settings.resolved_tracking_uri,
         )
         try:
-            partial.rename(local)
+            Path(downloaded).rename(local)
+            shutil.rmtree(partial, ignore_errors=True)
         except OSError:  # another worker got there first (or a stale empty dir): keep theirs
             shutil.rmtree(partial, ignore_errors=True)
             if not (local / "MLmodel").exists():
