@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 SQLITE_CHUNK = 5_000  # keys per query (2 parameters each): well under SQLite's bound-parameter limit
 REDIS_CHUNK = 5_000  # customers per pipeline round trip
+DECODE_CACHE = 100_000  # decoded values kept for single-customer reads
+_MISSING = object()
 
 
 class OnlineReader:
@@ -64,6 +66,25 @@ class OnlineReader:
             self.kind = "redis" if single_key else "feast"
         else:
             self.kind = "feast"
+        self._decoded_cache: dict[tuple[Any, bytes | None], Any] = {}
+        if self.kind == "sqlite":
+            from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+            versioned = store.config.registry.enable_online_feature_view_versioning
+            self._row_queries = [
+                (
+                    f"SELECT feature_name, value FROM {_quote_id(_table_id(store.config.project, view, versioned))} "
+                    "WHERE entity_key = ?",
+                    {f: j for j, (v, f) in enumerate(self.refs) if v == view.name},  # feature -> position
+                )
+                for view, _ in self.views
+            ]
+        elif self.kind == "redis":
+            from feast.infra.online_stores.helpers import _mmh3
+            from feast.infra.online_stores.redis import _versioned_fv_name
+
+            view_of = {view.name: view for view, _ in self.views}
+            self._redis_fields = [_mmh3(f"{_versioned_fv_name(view_of[v], store.config)}:{f}") for v, f in self.refs]
 
     def columns(self, customer_ids: Sequence[str]) -> dict[str, list[Any]]:
         """``get_online_features(...).to_dict()`` for these customers: Python values by name, in order."""
@@ -79,6 +100,43 @@ class OnlineReader:
             decoded[:, cols] = _decoded(blobs[:, cols].ravel(), value_type).reshape(len(keys), len(cols))
         rows = decoded[codes]
         return {CUSTOMER_ID: ids, **{name: rows[:, j].tolist() for j, name in enumerate(self.names)}}
+
+    def row(self, customer_id: str) -> dict[str, Any]:
+        """One customer's values by name, as ``columns([customer_id])`` gives them, without its fixed costs.
+
+        One indexed lookup per view (SQLite) or one ``HMGET`` (Redis), and decoded values are cached
+        by their bytes (counts, flags and levels repeat across customers): ~0.1 ms instead of Feast's ~0.8.
+        """
+        if self.kind == "feast":
+            return {n: v[0] for n, v in self._feast([customer_id]).items() if n != CUSTOMER_ID}
+        raw = customer_id.encode()
+        key = self._key_head + len(raw).to_bytes(4, "little") + raw
+        blobs = self._sqlite_row(key) if self.kind == "sqlite" else self._redis_row(key)
+        cache = self._decoded_cache
+        if len(cache) > DECODE_CACHE:  # bounded: unique values (timestamps, spend) would fill it
+            cache.clear()
+        out: dict[str, Any] = {}
+        for name, blob in zip(self.names, blobs, strict=True):
+            k = (self.types[name], blob)
+            value = cache.get(k, _MISSING)
+            if value is _MISSING:
+                value = cache[k] = _decoded(np.array([blob], dtype=object), self.types[name])[0]
+            out[name] = value
+        return out
+
+    def _sqlite_row(self, key: bytes) -> list[bytes | None]:
+        conn = self.store._get_provider().online_store._get_conn(self.store.config)
+        blobs: list[bytes | None] = [None] * len(self.names)
+        for query, position in self._row_queries:
+            for feature, value in conn.execute(query, (key,)):
+                j = position.get(feature)
+                if j is not None:
+                    blobs[j] = value
+        return blobs
+
+    def _redis_row(self, key: bytes) -> list[bytes | None]:
+        client = self.store._get_provider().online_store._get_client(self.store.config.online_store)
+        return client.hmget(key + self.store.config.project.encode("utf-8"), self._redis_fields)
 
     def read(self, customer_ids: Sequence[str]) -> pd.DataFrame:
         """The same as a frame, built as ``pd.DataFrame(get_online_features(...).to_dict())`` is."""

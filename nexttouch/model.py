@@ -19,10 +19,13 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from nexttouch.contributions import PathContributions
+
 BOOSTER_FILE = "booster.txt"
 META_FILE = "meta.json"
 EPS = 1e-6
 CalibrationMethod = Literal["sigmoid", "isotonic", "none"]
+ContributionMethod = Literal["path", "shap"]
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -89,6 +92,7 @@ class DecisionModel:
     categorical: dict[str, list[str]]  # column -> known levels (code = position)
     actions: list[str]
     calibration: Calibration = field(default_factory=Calibration)
+    _paths: PathContributions | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def inputs(self) -> list[str]:
@@ -122,6 +126,18 @@ class DecisionModel:
     def predict_all(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated P(success) of every catalog action for every row: shape (rows, actions)."""
         return self.calibration.apply(self.predict_raw(frame), self.actions)
+
+    def contributions(self, design: np.ndarray, method: ContributionMethod = "path") -> np.ndarray:
+        """Each input's contribution to each design row's raw score (log-odds), the action's left out.
+
+        ``path``: along the row's decision path (nexttouch.contributions, ~10x cheaper);
+        ``shap``: LightGBM's TreeSHAP (``pred_contrib``).
+        """
+        if method == "shap":
+            return self.booster.predict(design, pred_contrib=True, num_threads=1)[:, : len(self.inputs)]
+        if self._paths is None:  # built once per model, on first use (tens of ms)
+            self._paths = PathContributions(self.booster)
+        return self._paths(design)[:, : len(self.inputs)]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

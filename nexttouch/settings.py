@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         None, description="Dask scheduler address (tcp://host:8786): train LightGBM on that cluster; local if unset."
     )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
+    reason_contributions: Literal["path", "shap"] = Field(
+        "path",
+        description="Feature contributions in reasons: along the decision path (fast) or TreeSHAP (~10x slower).",
+    )
     max_rejected_share: float = Field(
         0.05, ge=0, le=1, description="Nightly retraining stops when ingest rejects more of any table than this."
     )

@@ -20,7 +20,7 @@ import pandas as pd
 
 from nexttouch.api import CustomerRef, DecideBatchResponse, DecideRequest, DecideResponse
 from nexttouch.catalog import NO_ACTION, Action, Catalog
-from nexttouch.model import DecisionModel
+from nexttouch.model import ContributionMethod, DecisionModel
 from nexttouch.policy import (
     Choice,
     choose,
@@ -69,6 +69,7 @@ class Decider:
         seed: int | None = None,
         resolve: Resolver = lambda _system, _key: None,
         default_time_zone: str = "UTC",
+        contributions: ContributionMethod = "path",
     ) -> None:
         missing = set(catalog.names) - set(model.actions)
         if missing:
@@ -80,6 +81,7 @@ class Decider:
         self.resolve = resolve
         self.epsilon = epsilon
         self.default_time_zone = default_time_zone
+        self.contribution_method = contributions
         self.rng = np.random.default_rng(seed)
         self._columns = [self.model.actions.index(a) for a in catalog.names]
         self._names = np.array(catalog.names)
@@ -351,14 +353,13 @@ class Decider:
         )
 
     def _contributions(self, frame: pd.DataFrame, actions: np.ndarray) -> np.ndarray:
-        x = self.model.design(frame, actions)
-        return self.model.booster.predict(x, pred_contrib=True, num_threads=1)[:, : len(self.model.inputs)]
+        return self.model.contributions(self.model.design(frame, actions), self.contribution_method)
 
     def _drivers(self, draft: Draft, action: str) -> list[str]:
         """The features that pushed the chosen action's score most (LightGBM contributions)."""
         code = float(self.model.actions.index(action))
         design = np.append(draft.x, code)[None, :]
-        contrib = self.model.booster.predict(design, pred_contrib=True, num_threads=1)[0, : len(self.model.inputs)]
+        contrib = self.model.contributions(design, self.contribution_method)[0]
         return self._driver_text(draft.features or {}, contrib, action)
 
     def _driver_text(self, values: Mapping[str, Any], contrib: np.ndarray, action: str, top: int = 3) -> list[str]:

@@ -125,6 +125,7 @@ class NextTouch:
             self.settings.epsilon,
             resolve=self.identity.resolve,
             default_time_zone=self.settings.default_time_zone,
+            contributions=self.settings.reason_contributions,
         )
         decider.draft("warm-up", {}, datetime.now(UTC))  # first prediction and contributions
         if getattr(self, "decider", None) is not None:

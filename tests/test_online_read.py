@@ -53,6 +53,10 @@ def _check_reader(settings: Settings, kind: str) -> None:
     assert ours.drop(columns="customer_id").iloc[unknown].isna().all().all()
     assert ours.drop(columns="customer_id").drop(index=unknown).notna().any(axis=1).all()
     assert "days_since_tech" not in ours  # on-demand features are computed, not stored
+    refs = [f"{v}:{f}" for v, f in reader.refs]
+    for c in ids:  # one customer at a time: the same Python values (decoded values are cached)
+        got = store.get_online_features(features=refs, entity_rows=[{"customer_id": c}]).to_dict()
+        assert reader.row(c) == {n: got[n][0] for n in reader.names}, c
 
     # A subset of a view's features, by reference; one customer; nobody at all.
     refs = ["touch_history:tech_in_30d", "customer_profile:" + reader.refs[-1][1], "contact_state:last_tech_at"]
