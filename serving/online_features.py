@@ -3,9 +3,10 @@
 Stored views are read by ``features.online_read.OnlineReader``, which returns what Feast's
 ``get_online_features`` returns: one customer with one indexed lookup per view and cached value
 decoding (~0.1 ms against Feast's ~0.8 ms), many with one query per view, decoding each distinct
-value once (Feast's own call costs 0.5-2 s for 1,000 customers; see benchmarks/bench_online_read.py). The request-time recency is computed here instead of by
-Feast's on-demand view: for one customer by ``_recency`` (plain Python on scalars; pandas would
-cost ~10x the rest of the read), for many by ``recency_frame`` itself, vectorised.
+value once (Feast's own call costs 0.5-2 s for 1,000 customers; see benchmarks/bench_online_read.py).
+The request-time recency is computed here instead of by Feast's on-demand view: for one customer
+by ``_recency`` (plain Python on scalars; pandas would cost ~10x the rest of the read), for many
+by ``recency_frame`` itself, vectorised.
 tests/test_http.py checks both give exactly what Feast's on-demand view gives.
 """
 
