@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see README).")
     api_key: SecretStr | None = Field(None, description="Key every service call but health must send as X-API-Key.")
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
+    access_log: bool = Field(False, description="One line per request in the service log (BentoML's access log).")
+    request_tracing: bool = Field(
+        False, description="An OpenTelemetry span per request (configure the exporter in BentoML's configuration)."
+    )
     batch_limit: int = Field(1000, ge=1, description="Most customers in one POST /decide/batch.")
     max_body_bytes: int = Field(
         2 * 2**20, ge=1024, description="Largest request body the service reads (413 above); raise with batch_limit."

@@ -9,7 +9,6 @@ the transaction that logs the decision. ``decide_batch`` is the same policy vect
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,14 +21,20 @@ from nexttouch.api import CustomerRef, DecideBatchResponse, DecideRequest, Decid
 from nexttouch.catalog import NO_ACTION, Action, Catalog
 from nexttouch.model import ContributionMethod, DecisionModel
 from nexttouch.policy import (
+    CONSENT,
+    OK,
+    QUIET,
+    TIME_ZONE,
+    UNKNOWN_ZONE,
     Choice,
+    broken_rules,
     choose,
     eligibility,
-    eligible_mask,
     explore_probabilities,
     net_values,
     why_not,
 )
+from serving.decision_log import new_decision_id
 
 FeatureReader = Callable[[str, datetime | None], dict[str, Any] | None]
 Resolver = Callable[[str, str], str | None]
@@ -163,7 +168,7 @@ class Decider:
     def _fallback(self, customer_id: str | None, now: datetime, why: str, cold_start: bool) -> dict[str, Any]:
         removed = eligibility(self.catalog, {}, now, self.default_time_zone)
         return {
-            "decision_id": uuid.uuid4().hex,
+            "decision_id": new_decision_id(),
             "customer_id": customer_id,
             "action": NO_ACTION,
             "propensity": 1.0,
@@ -204,8 +209,8 @@ class Decider:
         sub = frame.iloc[idx].reset_index(drop=True)
         m = len(idx)
         p = self.model.predict_all(sub)[:, self._columns]
-        policy_mask = eligible_mask(self.catalog, sub, now, self.default_time_zone)
-        mask = policy_mask.copy()  # capacity removes more below
+        rules = broken_rules(self.catalog, sub, now, self.default_time_zone)
+        mask = rules == OK  # capacity removes more below
         values = net_values(self.catalog, p)
         explore_u, draw_u = self.rng.random(m), 1.0 - self.rng.random(m)  # fixed per row across rounds
         held = np.full(m, -1)  # action whose capacity a row holds
@@ -222,17 +227,13 @@ class Decider:
                     why.setdefault(int(r), {})[a.name] = _no_capacity(a)
         contrib = self._contributions(sub, self._names[action])
         top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :3]
-        features = sub.to_dict("records")
+        values_in = sub.reindex(columns=self.model.inputs).to_numpy(dtype=object)  # for the reason texts
+        removed_by_policy = self._removal_reasons(sub, rules, now)
         names, actions, inputs = self.catalog.names, self.catalog.actions, self.model.inputs
-        blocked = ~policy_mask
         values_l, p_l, mask_l, top_l = values.tolist(), p.tolist(), mask.tolist(), top.tolist()
         action_l, explored_l, propensity_l = action.tolist(), explored.tolist(), propensity.tolist()
         for r, i in enumerate(idx):
-            # Reasons only for what the vectorised mask removed (most rows lose few actions).
-            removed = {
-                names[j]: why_not(actions[j], features[r], now, self.default_time_zone)[1]
-                for j in np.flatnonzero(blocked[r])
-            } | why.get(r, {})
+            removed = removed_by_policy[r] | why.get(r, {})
             name = names[action_l[r]]
             vals = {a: round(v, 4) for a, v in zip(names, values_l[r], strict=True)}
             reasons = [f"{a} removed: {reason}" for a, reason in removed.items()]
@@ -248,11 +249,11 @@ class Decider:
             for j in top_l[r]:
                 c = row_contrib[j]
                 reasons.append(
-                    f"{inputs[j]}={_plain(features[r][inputs[j]])} {'raised' if c > 0 else 'lowered'} "
+                    f"{inputs[j]}={_plain(values_in[r, j])} {'raised' if c > 0 else 'lowered'} "
                     f"the {name} score ({c:+.3f} log-odds)"
                 )
             answers[i] = {
-                "decision_id": uuid.uuid4().hex,
+                "decision_id": new_decision_id(),
                 "customer_id": customer_ids[i],
                 "action": name,
                 "propensity": round(propensity_l[r], 6),
@@ -267,6 +268,31 @@ class Decider:
                 "decided_at": now,
             }
         return DecideBatchResponse.model_validate({"decisions": answers}).decisions
+
+    def _removal_reasons(self, frame: pd.DataFrame, rules: np.ndarray, now: datetime) -> list[dict[str, str]]:
+        """``eligibility``'s reasons for the actions ``broken_rules`` removed, row by row.
+
+        The text of a consent or quiet-hours rule depends only on the action and the time zone, so
+        it is written once per batch; caps and cool-downs quote the row's own numbers.
+        """
+        out: list[dict[str, str]] = [{} for _ in range(len(frame))]
+        rows, cols = np.nonzero(rules)
+        if len(rows) == 0:
+            return out
+        zone = frame[TIME_ZONE].to_numpy(dtype=object) if TIME_ZONE in frame else None
+        columns, records = list(frame.columns), frame.to_numpy(dtype=object)
+        memo: dict[tuple[int, int, Any], str] = {}
+        for r, j, rule in zip(rows.tolist(), cols.tolist(), rules[rows, cols].tolist(), strict=True):
+            action = self.catalog.actions[j]
+            shared = rule in (CONSENT, QUIET, UNKNOWN_ZONE)
+            key = (j, rule, zone[r] if zone is not None and rule != CONSENT else None)
+            text = memo.get(key) if shared else None
+            if text is None:
+                text = why_not(action, dict(zip(columns, records[r], strict=True)), now, self.default_time_zone)[1]
+                if shared:
+                    memo[key] = text
+            out[r][action.name] = text
+        return out
 
     def _choose_rows(
         self, values: np.ndarray, mask: np.ndarray, explore_u: np.ndarray, draw_u: np.ndarray
@@ -338,7 +364,7 @@ class Decider:
         drivers: list[str],
     ) -> DecideResponse:
         return DecideResponse(
-            decision_id=uuid.uuid4().hex,
+            decision_id=new_decision_id(),
             customer_id=cid,
             action=choice.action,
             propensity=round(choice.propensity, 6),

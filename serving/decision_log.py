@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -103,6 +105,19 @@ class Tx:
                 cur.executemany(self._q(sql), rows)
         else:
             self.conn.executemany(sql, rows)
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds, then random bits.
+
+    Decision ids are the log's primary key. Random ids (UUIDv4) land all over the key's B-tree, so
+    a commit of 1,000 decisions dirtied ~1,000 pages of a large log (megabytes per fsync, the
+    batch endpoint's bottleneck); time-ordered ids append at its right edge.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & (2**62 - 1)
+    return f"{value:032x}"
 
 
 def decision_row(answer: DecideResponse, context: dict[str, str]) -> tuple:

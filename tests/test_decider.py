@@ -275,3 +275,31 @@ def test_the_single_row_path_scores_like_the_model(catalog: Catalog, model: Deci
             x, model.encode_columns(frame.iloc[[rows.index(row)]], model.numeric, model.categorical)[0]
         )
         np.testing.assert_allclose(decider.score_row(x), want, rtol=1e-12)
+
+
+def test_batch_gives_every_contact_rule_the_same_reason_as_one_by_one(catalog: Catalog, model: DecisionModel) -> None:
+    """Quiet hours in several time zones, caps, cool-downs and consent: the batch's reason texts are eligibility's."""
+    rng = np.random.default_rng(9)
+    at = datetime(2026, 11, 2, 20, 30, tzinfo=UTC)  # night in Europe, office hours in America
+    zones = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "Mars/Olympus", None]
+    rows = [
+        {
+            **ACTIVE,
+            "push_opt_in": float(rng.integers(0, 2)),
+            "call_consent": float(rng.integers(0, 2)),
+            "time_zone": zones[i % len(zones)],
+            "tech_out_7d": float(rng.integers(0, 5)),
+            "low_out_30d": float(rng.integers(0, 4)),
+            "last_low_at": pd.Timestamp(at) - pd.Timedelta(days=float(rng.uniform(0, 20))),
+            "days_since_high": float(rng.uniform(0, 30)),
+        }
+        for i in range(80)
+    ]
+    ids = [f"C{i}" for i in range(80)]
+    decider = Decider(catalog, model, "7", lambda c, _a: rows[int(c[1:])], epsilon=0.0)
+    batch = decider.decide_batch(ids, pd.DataFrame(rows), np.ones(80, bool), at)
+    single = [decider.decide(DecideRequest(customer_id=c, at=at)) for c in ids]
+    kinds = {r.split(" removed: ")[1].split(" ")[0] for a in batch for r in a.reasons if " removed: " in r}
+    assert kinds >= {"no", "quiet", "unknown", "frequency", "cool-down:"}, kinds  # every kind of rule occurs
+    for b, s in zip(batch, single, strict=True):
+        assert (b.action, b.eligible, b.reasons) == (s.action, s.eligible, s.reasons)
