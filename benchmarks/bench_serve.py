@@ -9,7 +9,9 @@ shares the machine's cores with the server, as any same-host benchmark does). Ca
 
 - closed loop: C connections send back to back for S seconds -> requests/s, p50, p99;
 - open loop at a fixed rate (default 300/s): latency measured from the scheduled send time;
-- /decide/batch of B customers, closed loop -> customers/s;
+- /decide/batch of B customers, closed loop on 2 connections per worker -> customers/s;
+
+Connections are spread evenly over the workers (see ``connect``), as a load balancer would.
 - soak: open loop for M minutes; RSS of the service process tree before and after.
 
 Prints one table (ratios against the no-op baseline) and the in-process profile of the hot path.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import secrets
 import tempfile
@@ -72,14 +75,63 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status
 
 
-async def closed_loop(port: int, requests: Sequence[bytes], connections: int, seconds: float) -> tuple:
+async def connect(port: int, n: int, server_pid: int | None = None) -> list[tuple]:
+    """``n`` keep-alive connections, spread evenly over the server's worker processes.
+
+    BentoML's workers accept from one shared socket and the kernel may hand most of a few
+    long-lived connections to one worker, leaving the other idle (a load balancer in front of
+    replicas spreads them). Surplus connections on a busy worker are replaced until each worker
+    holds its share. Without ``server_pid`` the connections are taken as they come.
+    """
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+    if server_pid is None:
+        return conns
+    workers = [p for p in psutil.Process(server_pid).children(recursive=True) if _listens(p, port)]
+    share = -(-n // max(len(workers), 1))
+    for _ in range(20 * n):
+        owner = _owners(workers, port)
+        counts: dict[int, int] = {}
+        for _, writer in conns:
+            pid = owner.get(writer.get_extra_info("sockname")[1])
+            counts[pid] = counts.get(pid, 0) + 1
+        over = next((c for c in conns if counts.get(owner.get(c[1].get_extra_info("sockname")[1]), 0) > share), None)
+        if over is None:
+            break
+        conns.remove(over)
+        over[1].close()
+        conns.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(0.01)  # let the new connection be accepted before counting again
+    return conns
+
+
+def _listens(proc: psutil.Process, port: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any(c.laddr and c.laddr.port == port and c.status == "LISTEN" for c in proc.net_connections("tcp"))
+    return False
+
+
+def _owners(workers: list[psutil.Process], port: int) -> dict[int, int]:
+    """Client port -> pid of the worker that accepted the connection."""
+    owner = {}
+    for w in workers:
+        with contextlib.suppress(psutil.Error):
+            for c in w.net_connections("tcp"):
+                if c.laddr and c.laddr.port == port and c.raddr:
+                    owner[c.raddr.port] = w.pid
+    return owner
+
+
+async def closed_loop(
+    port: int, requests: Sequence[bytes], connections: int, seconds: float, server_pid: int | None = None
+) -> tuple:
     latencies: list[float] = []
     errors = 0
+    pool = await connect(port, connections, server_pid)
     end = time.perf_counter() + seconds
 
     async def worker(offset: int) -> None:
         nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = pool[offset]
         i = offset
         while time.perf_counter() < end:
             t = time.perf_counter()
@@ -94,11 +146,13 @@ async def closed_loop(port: int, requests: Sequence[bytes], connections: int, se
     return len(latencies), errors, time.perf_counter() - start, np.array(latencies)
 
 
-async def open_loop(port: int, requests: Sequence[bytes], rate: float, seconds: float, pool: int = 32) -> tuple:
+async def open_loop(
+    port: int, requests: Sequence[bytes], rate: float, seconds: float, pool: int = 32, server_pid: int | None = None
+) -> tuple:
     """Send at a fixed rate; latency counts from the scheduled time (a slow server cannot hide queueing)."""
     conns: asyncio.Queue = asyncio.Queue()
-    for _ in range(pool):
-        conns.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    for conn in await connect(port, pool, server_pid):
+        conns.put_nowait(conn)
     latencies: list[float] = []
     errors = 0
 
@@ -238,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids = ids["customer_id"].tolist()
         key = secrets.token_urlsafe(24)
         results: dict[str, Result] = {}
+        # This client process imported Feast and MLflow (to build the project): its full GC passes
+        # would add ~100 ms pauses to the latencies it measures.
+        gc.collect()
+        gc.freeze()
 
         def run(case: str, coro: object, per: int = 1) -> Result:
             n, errors, seconds, lat = asyncio.run(coro)  # type: ignore[arg-type]
@@ -252,8 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             noop = [_request("/noop", {"customer_id": c}, key, settings.port) for c in ids]
             asyncio.run(closed_loop(settings.port, noop, args.connections, 2))  # warm-up
-            run("no-op BentoML endpoint, closed loop", closed_loop(settings.port, noop, args.connections, args.seconds))
-            run(f"no-op, open loop {args.rate:g}/s", open_loop(settings.port, noop, args.rate, args.seconds))
+            run(
+                "no-op BentoML endpoint, closed loop",
+                closed_loop(settings.port, noop, args.connections, args.seconds, proc.pid),
+            )
+            run(
+                f"no-op, open loop {args.rate:g}/s",
+                open_loop(settings.port, noop, args.rate, args.seconds, 32, proc.pid),
+            )
         finally:
             server.stop(proc)
 
@@ -277,11 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             asyncio.run(closed_loop(settings.port, decide, args.connections, 3))  # warm-up
             rss_before = tree_rss_mib(proc.pid)
-            run("/decide, closed loop", closed_loop(settings.port, decide, args.connections, args.seconds))
-            run(f"/decide, open loop {args.rate:g}/s", open_loop(settings.port, decide, args.rate, args.seconds))
+            run("/decide, closed loop", closed_loop(settings.port, decide, args.connections, args.seconds, proc.pid))
+            run(
+                f"/decide, open loop {args.rate:g}/s",
+                open_loop(settings.port, decide, args.rate, args.seconds, 32, proc.pid),
+            )
             run(
                 f"/decide/batch ({args.batch} customers), closed loop",
-                closed_loop(settings.port, batches, args.workers, args.seconds),
+                # two per worker: one is decided while the other's read and commit wait
+                closed_loop(settings.port, batches, 2 * args.workers, args.seconds, proc.pid),
                 per=args.batch,
             )
             soak = None
@@ -289,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rss_start = tree_rss_mib(proc.pid)
                 soak = run(
                     f"soak: /decide open loop {args.rate:g}/s for {args.soak_minutes:g} min",
-                    open_loop(settings.port, decide, args.rate, args.soak_minutes * 60),
+                    open_loop(settings.port, decide, args.rate, args.soak_minutes * 60, 32, proc.pid),
                 )
                 rss_end = tree_rss_mib(proc.pid)
         finally:

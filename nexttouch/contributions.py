@@ -25,20 +25,30 @@ class PathContributions:
 
     def __init__(self, booster: lgb.Booster) -> None:
         self.booster = booster
-        trees = booster.dump_model()["tree_info"]
+        dump = booster.dump_model()
+        trees = dump["tree_info"]
         n_features = booster.num_feature()
         leaves = max(t["num_leaves"] for t in trees)
         self.enabled = len(trees) * leaves * n_features * 8 <= MAX_TABLE_BYTES
         self.bias = 0.0
         self.table = np.zeros((len(trees), leaves, n_features)) if self.enabled else np.zeros((0, 0, 0))
+        self.leaf_value = np.zeros((len(trees), leaves))
+        self._trees = np.arange(len(trees))
         for t, info in enumerate(trees):
             root = info["tree_structure"]
             if "leaf_value" in root:  # a tree of one leaf only shifts the bias
                 self.bias += root["leaf_value"]
+                self.leaf_value[t, :] = root["leaf_value"]
                 continue
             self.bias += root["internal_value"]
             if self.enabled:
                 self._walk(t, root, np.zeros(n_features))
+        # The raw score is the sum of the leaves reached, so one pred_leaf call gives both the score
+        # and the contributions (for plain tree models: no linear leaves, no score transform but sigmoid).
+        objective = str(dump.get("objective", "")).split(" ")
+        self.binary = self.enabled and objective[0] in ("binary", "cross_entropy") and "sigmoid:1" in objective[1:]
+        self.binary &= not any(t.get("tree_structure", {}).get("leaf_coeff") for t in trees)
+        self.binary &= booster.num_model_per_iteration() == 1
 
     def _walk(self, tree: int, node: dict[str, Any], path: np.ndarray) -> None:
         for side in ("left_child", "right_child"):
@@ -48,6 +58,7 @@ class PathContributions:
             contribution[node["split_feature"]] += value - node["internal_value"]
             if "leaf_index" in child:
                 self.table[tree, child["leaf_index"]] = contribution
+                self.leaf_value[tree, child["leaf_index"]] = child["leaf_value"]
             else:
                 self._walk(tree, child, contribution)
 
@@ -55,10 +66,22 @@ class PathContributions:
         """Contributions of each feature to each row's raw score (log-odds): shape (rows, features)."""
         if not self.enabled:
             return self.booster.predict(x, pred_contrib=True, num_threads=1)[:, :-1]
-        leaf = self.booster.predict(x, pred_leaf=True, num_threads=1).astype(np.intp)
-        if len(x) == 1:
-            return self.table[np.arange(len(self.table)), leaf[0]].sum(axis=0)[None, :]
-        out = np.zeros((len(x), self.table.shape[2]))
+        return self.of_leaves(self.leaves(x))
+
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """The leaf each row reaches in each tree: (rows, trees)."""
+        return self.booster.predict(x, pred_leaf=True, num_threads=1).astype(np.intp).reshape(len(x), -1)
+
+    def of_leaves(self, leaf: np.ndarray) -> np.ndarray:
+        """Contributions of rows given the leaves they reach: (rows, features)."""
+        if len(leaf) == 1:
+            return self.table[self._trees, leaf[0]].sum(axis=0)[None, :]
+        out = np.zeros((len(leaf), self.table.shape[2]))
         for t in range(len(self.table)):  # tree by tree: no (rows, trees, features) temporary
             out += self.table[t, leaf[:, t]]
         return out
+
+    def probability(self, leaf: np.ndarray) -> np.ndarray:
+        """What ``booster.predict`` gives for rows reaching these leaves (binary models: ``binary`` is True)."""
+        raw = self.leaf_value[self._trees, leaf].sum(axis=1)
+        return 1.0 / (1.0 + np.exp(-raw))

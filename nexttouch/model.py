@@ -47,16 +47,27 @@ class Calibration:
 
     def apply(self, raw: np.ndarray, actions: list[str]) -> np.ndarray:
         """Calibrate a (rows, actions) matrix of raw probabilities; columns follow ``actions``."""
+        if self.method == "sigmoid":  # all columns at once (one decision scores 4 values: no loop)
+            a, b, mapped = self._sigmoid_terms(tuple(actions))
+            calibrated = 1.0 / (1.0 + np.exp(-(a * logit(raw) + b)))
+            return np.where(mapped, calibrated, raw)
         out = np.array(raw, dtype=np.float64, copy=True)
         for j, action in enumerate(actions):
             m = self.maps.get(action)
-            if m is None:
-                continue
-            if self.method == "sigmoid":
-                out[:, j] = 1.0 / (1.0 + np.exp(-(m["a"][0] * logit(raw[:, j]) + m["b"][0])))
-            elif self.method == "isotonic":
+            if m is not None and self.method == "isotonic":
                 out[:, j] = np.interp(raw[:, j], m["x"], m["y"])
         return out
+
+    def _sigmoid_terms(self, actions: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cache = self.__dict__.setdefault("_terms", {})
+        if actions not in cache:
+            maps = [self.maps.get(a) for a in actions]
+            cache[actions] = (
+                np.array([m["a"][0] if m else 1.0 for m in maps]),
+                np.array([m["b"][0] if m else 0.0 for m in maps]),
+                np.array([m is not None for m in maps]),
+            )
+        return cache[actions]
 
     @classmethod
     def fit(
@@ -135,9 +146,14 @@ class DecisionModel:
         """
         if method == "shap":
             return self.booster.predict(design, pred_contrib=True, num_threads=1)[:, : len(self.inputs)]
-        if self._paths is None:  # built once per model, on first use (tens of ms)
+        return self.paths(design)[:, : len(self.inputs)]
+
+    @property
+    def paths(self) -> PathContributions:
+        """The booster's path-contribution table, built on first use (tens of ms)."""
+        if self._paths is None:
             self._paths = PathContributions(self.booster)
-        return self._paths(design)[:, : len(self.inputs)]
+        return self._paths
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

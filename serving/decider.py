@@ -59,6 +59,7 @@ class Draft:
     head: list[str]  # reasons before the value line (cold start, removed actions)
     drivers: list[str] = field(default_factory=list)
     x: np.ndarray | None = None  # encoded features
+    leaf: np.ndarray | None = None  # leaves reached per model action (path contributions), (actions, trees)
 
 
 class Decider:
@@ -112,11 +113,11 @@ class Decider:
 
     def draft(self, customer_id: str, features: dict[str, Any], now: datetime) -> Draft:
         x = self.encode_row(features)
-        p = self.score_row(x)
+        p, leaf = self._score(x)
         removed = eligibility(self.catalog, features, now, self.default_time_zone)
         choice = choose(self.catalog, p, removed, self.epsilon, self.rng)
         head = [f"{a} removed: {why}" for a, why in removed.items()]
-        draft = Draft(customer_id, features, now, p, removed, choice, head, x=x)
+        draft = Draft(customer_id, features, now, p, removed, choice, head, x=x, leaf=leaf)
         draft.drivers = self._drivers(draft, choice.action)
         return draft
 
@@ -141,12 +142,25 @@ class Decider:
 
     def score_row(self, x: np.ndarray) -> np.ndarray:
         """Calibrated P(success) of every catalog action for one encoded row (catalog order)."""
+        return self._score(x)[0]
+
+    def _score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """score_row, and the leaves each action's row reaches when reasons use path contributions.
+
+        With path contributions the leaves give both the score and the reasons: one LightGBM call
+        (``pred_leaf``) instead of a prediction and a second call for the contributions.
+        """
         k = len(self.model.actions)
         stacked = np.column_stack([np.repeat(x[None, :], k, axis=0), np.arange(k, dtype=np.float64)])
-        raw = self.model.booster.predict(stacked, num_threads=1).reshape(1, k)
-        calibration = getattr(self.model, "calibration", None)
-        p = calibration.apply(raw, self.model.actions) if calibration is not None else raw
-        return p[0, self._columns]
+        paths = self.model.paths if self.contribution_method == "path" else None
+        leaf = None
+        if paths is not None and paths.binary:
+            leaf = paths.leaves(stacked)
+            raw = paths.probability(leaf).reshape(1, k)
+        else:
+            raw = self.model.booster.predict(stacked, num_threads=1).reshape(1, k)
+        p = self.model.calibration.apply(raw, self.model.actions)
+        return p[0, self._columns], leaf
 
     def finish(self, draft: Draft, take: TakeCapacity = unlimited) -> DecideResponse:
         """Take capacity for the chosen action; when it is used up, the next best eligible action."""
@@ -383,9 +397,12 @@ class Decider:
 
     def _drivers(self, draft: Draft, action: str) -> list[str]:
         """The features that pushed the chosen action's score most (LightGBM contributions)."""
-        code = float(self.model.actions.index(action))
-        design = np.append(draft.x, code)[None, :]
-        contrib = self.model.contributions(design, self.contribution_method)[0]
+        code = self.model.actions.index(action)
+        if draft.leaf is not None:
+            contrib = self.model.paths.of_leaves(draft.leaf[code : code + 1])[0, : len(self.model.inputs)]
+        else:
+            design = np.append(draft.x, float(code))[None, :]
+            contrib = self.model.contributions(design, self.contribution_method)[0]
         return self._driver_text(draft.features or {}, contrib, action)
 
     def _driver_text(self, values: Mapping[str, Any], contrib: np.ndarray, action: str, top: int = 3) -> list[str]:
