@@ -27,6 +27,8 @@ def test_contributions_and_bias_add_up_to_the_raw_score(booster: tuple[lgb.Boost
     np.testing.assert_allclose(paths.bias + contrib.sum(axis=1), model.predict(x[:500], raw_score=True), atol=1e-9)
     one = paths(x[7:8])  # the single-row path gives the same numbers
     np.testing.assert_allclose(one, contrib[7:8], atol=1e-12)
+    assert paths.binary  # the leaves reached give the prediction itself
+    np.testing.assert_allclose(paths.probability(paths.leaves(x[:500])), model.predict(x[:500]), rtol=1e-12)
     # TreeSHAP agrees on the total (both are exact decompositions of the same score)
     shap = model.predict(x[:500], pred_contrib=True)
     np.testing.assert_allclose(shap.sum(axis=1), paths.bias + contrib.sum(axis=1), atol=1e-9)
