@@ -222,7 +222,7 @@ class Decider:
             return DecideBatchResponse.model_validate({"decisions": answers}).decisions
         sub = frame.iloc[idx].reset_index(drop=True)
         m = len(idx)
-        p = self.model.predict_all(sub)[:, self._columns]
+        p, leaf = self._scores(sub)
         rules = broken_rules(self.catalog, sub, now, self.default_time_zone)
         mask = rules == OK  # capacity removes more below
         values = net_values(self.catalog, p)
@@ -239,7 +239,12 @@ class Decider:
                 a = self.catalog.actions[j]
                 for r in rows:
                     why.setdefault(int(r), {})[a.name] = _no_capacity(a)
-        contrib = self._contributions(sub, self._names[action])
+        if leaf is not None:  # the rows of the chosen actions among the leaves already computed
+            k = len(self.model.actions)
+            chosen = np.arange(m) * k + np.asarray(self._columns)[action]
+            contrib = self.model.paths.of_leaves(leaf[chosen])[:, : len(self.model.inputs)]
+        else:
+            contrib = self._contributions(sub, self._names[action])
         top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :3]
         values_in = sub.reindex(columns=self.model.inputs).to_numpy(dtype=object)  # for the reason texts
         removed_by_policy = self._removal_reasons(sub, rules, now)
@@ -282,6 +287,18 @@ class Decider:
                 "decided_at": now,
             }
         return DecideBatchResponse.model_validate({"decisions": answers}).decisions
+
+    def _scores(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """predict_all in catalog order, and the leaves of every (row, model action) with path contributions."""
+        paths = self.model.paths if self.contribution_method == "path" else None
+        if paths is None or not paths.binary:
+            return self.model.predict_all(frame)[:, self._columns], None
+        n, k = len(frame), len(self.model.actions)
+        x = self.model.encode_columns(frame, self.model.numeric, self.model.categorical)
+        stacked = np.column_stack([np.repeat(x, k, axis=0), np.tile(np.arange(k, dtype=np.float64), n)])
+        leaf = paths.leaves(stacked)
+        p = self.model.calibration.apply(paths.probability(leaf).reshape(n, k), self.model.actions)
+        return p[:, self._columns], leaf
 
     def _removal_reasons(self, frame: pd.DataFrame, rules: np.ndarray, now: datetime) -> list[dict[str, str]]:
         """``eligibility``'s reasons for the actions ``broken_rules`` removed, row by row.

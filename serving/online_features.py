@@ -79,7 +79,7 @@ class OnlineFeatures:
             rows = [{CUSTOMER_ID: c, REQUEST_AT: at} for c in customer_ids]
             frame = pd.DataFrame(self.store.get_online_features(features=self.service, entity_rows=rows).to_dict())
         else:
-            frame = pd.DataFrame(self.reader.columns(customer_ids))
+            frame = self.reader.frame(customer_ids)
         frame = frame.drop(columns=[CUSTOMER_ID, REQUEST_AT], errors="ignore")
         stored = [c for c in frame.columns if c in self.stored]
         known = frame[stored].notna().any(axis=1).to_numpy()

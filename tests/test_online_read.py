@@ -53,6 +53,9 @@ def _check_reader(settings: Settings, kind: str) -> None:
     assert ours.drop(columns="customer_id").iloc[unknown].isna().all().all()
     assert ours.drop(columns="customer_id").drop(index=unknown).notna().any(axis=1).all()
     assert "days_since_tech" not in ours  # on-demand features are computed, not stored
+    typed = reader.frame(ids)  # the batch's typed frame: the same values, floats for numbers
+    assert list(typed.columns) == list(ours.columns)
+    pd.testing.assert_frame_equal(typed, ours, check_dtype=False, check_exact=True)
     refs = [f"{v}:{f}" for v, f in reader.refs]
     for c in ids:  # one customer at a time: the same Python values (decoded values are cached)
         got = store.get_online_features(features=refs, entity_rows=[{"customer_id": c}]).to_dict()
