@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, REQUEST_AT, TIERS
+from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, REQUEST_AT, TIERS, utc_times
 
 WINDOWS = (7, 30, 90)
 NEVER = 999.0  # days since a touch that never happened
@@ -45,10 +45,10 @@ def recency_frame(inputs: pd.DataFrame) -> pd.DataFrame:
     Runs inside Feast's on-demand feature view, for training (request time = decided_at) and for
     serving (request time = now) alike, so the two cannot drift apart.
     """
-    now = pd.to_datetime(inputs[REQUEST_AT], utc=True)
+    now = utc_times(inputs[REQUEST_AT])
     out = pd.DataFrame(index=inputs.index)
     for last, name in zip(CONTACT_STATE, RECENCY_FEATURES, strict=True):
-        delta = (now - pd.to_datetime(inputs[last], utc=True)).dt.total_seconds() / 86_400
+        delta = (now - utc_times(inputs[last])).dt.total_seconds() / 86_400
         out[name] = delta.clip(lower=0).fillna(NEVER).astype("float64")
     return out
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from nexttouch.catalog import NO_ACTION, Action, Catalog
+from nexttouch.schemas import utc_times
 
 TIME_ZONE = "time_zone"  # profile column: the customer's IANA time zone
 DAY_S = 86_400.0
@@ -120,7 +121,7 @@ def broken_rules(
         if action.cooldown_days:
             days = _column(frame, action.recency_feature)
             if now is not None and action.last_touch_feature in frame:
-                last = pd.to_datetime(frame[action.last_touch_feature], utc=True)
+                last = utc_times(frame[action.last_touch_feature])
                 since = ((pd.Timestamp(_utc(now)) - last).dt.total_seconds() / DAY_S).clip(lower=0).to_numpy()
                 days = np.where(np.isnan(since), days, since)
             mark(days < action.cooldown_days, COOLDOWN)

@@ -89,3 +89,11 @@ def _kind_ok(column: pd.Series, kind: str) -> bool:
     if kind == "M":
         return isinstance(column.dtype, pd.DatetimeTZDtype) and str(column.dtype.tz) == "UTC"
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def utc_times(values: pd.Series) -> pd.Series:
+    """Timestamps in UTC. Typed ones are converted directly: ``pd.to_datetime`` samples every Series it
+    gets, typed or not, which cost ~1 ms per 1,000 rows on the batch path."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    return pd.to_datetime(values, utc=True)

@@ -93,6 +93,12 @@ class Decider:
         self._names = np.array(catalog.names)
         self._none = catalog.names.index(NO_ACTION)
         self._numeric = list(model.numeric)
+        self._rule_columns = {TIME_ZONE} | {
+            c
+            for a in catalog.actions
+            for c in (a.requires, a.last_touch_feature, a.recency_feature, *(a.cap_feature(cap) for cap in a.caps))
+            if c
+        }  # what the contact rules (policy.why_not) read
         self._levels = [(col, {v: float(i) for i, v in enumerate(levels)}) for col, levels in model.categorical.items()]
 
     # -- one customer ------------------------------------------------------------------------------
@@ -311,7 +317,8 @@ class Decider:
         if len(rows) == 0:
             return out
         zone = frame[TIME_ZONE].to_numpy(dtype=object) if TIME_ZONE in frame else None
-        columns, records = list(frame.columns), frame.to_numpy(dtype=object)
+        columns = [c for c in frame.columns if c in self._rule_columns]
+        records = frame[columns].to_numpy(dtype=object)
         memo: dict[tuple[int, int, Any], str] = {}
         for r, j, rule in zip(rows.tolist(), cols.tolist(), rules[rows, cols].tolist(), strict=True):
             action = self.catalog.actions[j]
