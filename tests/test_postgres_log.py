@@ -1,5 +1,6 @@
 """The production decision log on the real PostgreSQL at 127.0.0.1:5432, in a throwaway database."""
 
+import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,7 @@ def test_decisions_feedback_and_export_on_postgres(database: str, tmp_path: Path
     assert exported["decided_at"].iloc[0] == pd.Timestamp(datetime(2026, 10, 1, 9, tzinfo=UTC))
     with psycopg.connect(database) as conn:
         row = conn.execute("SELECT context, fallback FROM decisions WHERE decision_id = 'd1'").fetchone()
-    assert row == ('{"channel": "app"}', 0)
+    assert (json.loads(row[0]), row[1]) == ({"channel": "app"}, 0)
     log.close()
 
 
