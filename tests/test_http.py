@@ -1,5 +1,6 @@
 """The HTTP layer through the service's ASGI app, in process (BentoML's own lifespan runs)."""
 
+import json
 from collections.abc import Iterator
 
 import pandas as pd
@@ -330,7 +331,8 @@ def test_every_decision_is_logged_and_takes_feedback_once(client: TestClient, bu
             "SELECT customer_id, action, propensity, context FROM decisions WHERE decision_id = ?",
             (decision["decision_id"],),
         ).fetchone()
-    assert row == ("C0000004", decision["action"], decision["propensity"], '{"channel": "store"}')
+    assert row[:3] == ("C0000004", decision["action"], decision["propensity"])
+    assert json.loads(row[3]) == {"channel": "store"}
 
     fb = {"decision_id": decision["decision_id"], "outcome": 1}
     first, again = client.post("/feedback", json=fb), client.post("/feedback", json=fb)
