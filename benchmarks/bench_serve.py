@@ -241,7 +241,11 @@ def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
     now = datetime(2026, 11, 2, 12, tzinfo=UTC)
     with tempfile.TemporaryDirectory() as tmp:
         log = DecisionLog(Path(tmp) / "d.db")
-        steps = {"online read (Feast)": 0.0, "model + policy + reasons": 0.0, "durable log (1 commit each)": 0.0}
+        steps = {
+            "online read (Feast store, by name)": 0.0,
+            "model + policy + reasons": 0.0,
+            "durable log (1 commit each)": 0.0,
+        }
         for i in range(n):
             cid = ids[i % len(ids)]
             t0 = time.perf_counter()
@@ -261,7 +265,7 @@ def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
 
             log.run(op)
             t3 = time.perf_counter()
-            steps["online read (Feast)"] += t1 - t0
+            steps["online read (Feast store, by name)"] += t1 - t0
             steps["model + policy + reasons"] += t2 - t1
             steps["durable log (1 commit each)"] += t3 - t2
         log.close()

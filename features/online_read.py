@@ -91,13 +91,10 @@ class OnlineReader:
         ids = list(customer_ids)
         if self.kind == "feast" or not ids:
             return self._feast(ids)
-        codes, uniques = _factorize(ids)
-        head = self._key_head
-        keys = np.array([head + len(b).to_bytes(4, "little") + b for b in (c.encode() for c in uniques)], dtype=object)
-        blobs = self._sqlite(keys) if self.kind == "sqlite" else self._redis(keys)
+        codes, blobs = self._stored(ids)
         decoded = np.empty(blobs.shape, dtype=object)
         for value_type, cols in self._by_type.items():  # one factorize per value type, not per feature
-            decoded[:, cols] = _decoded(blobs[:, cols].ravel(), value_type).reshape(len(keys), len(cols))
+            decoded[:, cols] = _decoded(blobs[:, cols].ravel(), value_type).reshape(len(blobs), len(cols))
         rows = decoded[codes]
         return {CUSTOMER_ID: ids, **{name: rows[:, j].tolist() for j, name in enumerate(self.names)}}
 
@@ -111,10 +108,8 @@ class OnlineReader:
         ids = list(customer_ids)
         if self.kind == "feast" or not ids:
             return self.read(ids)
-        codes, uniques = _factorize(ids)
-        head = self._key_head
-        keys = np.array([head + len(b).to_bytes(4, "little") + b for b in (c.encode() for c in uniques)], dtype=object)
-        blobs = (self._sqlite(keys) if self.kind == "sqlite" else self._redis(keys))[codes]
+        codes, blobs = self._stored(ids)
+        blobs = blobs[codes]
         columns: dict[str, Any] = {CUSTOMER_ID: ids}
         for value_type, cols in self._by_type.items():
             typed = _typed(blobs[:, cols].ravel(), value_type).reshape(len(ids), len(cols))
@@ -131,8 +126,7 @@ class OnlineReader:
         """
         if self.kind == "feast":
             return {n: v[0] for n, v in self._feast([customer_id]).items() if n != CUSTOMER_ID}
-        raw = customer_id.encode()
-        key = self._key_head + len(raw).to_bytes(4, "little") + raw
+        key = self._key(customer_id)
         blobs = self._sqlite_row(key) if self.kind == "sqlite" else self._redis_row(key)
         cache = self._decoded_cache
         if len(cache) > DECODE_CACHE:  # bounded: unique values (timestamps, spend) would fill it
@@ -145,6 +139,17 @@ class OnlineReader:
                 value = cache[k] = _decoded(np.array([blob], dtype=object), self.types[name])[0]
             out[name] = value
         return out
+
+    def _key(self, customer_id: str) -> bytes:
+        """Feast's serialized entity key of one customer id (see ``_key_head``)."""
+        raw = customer_id.encode()
+        return self._key_head + len(raw).to_bytes(4, "little") + raw
+
+    def _stored(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Serialized values of each distinct id (one row each, a column per feature) and each id's row."""
+        codes, uniques = _factorize(ids)
+        keys = np.array([self._key(c) for c in uniques], dtype=object)
+        return codes, self._sqlite(keys) if self.kind == "sqlite" else self._redis(keys)
 
     def _sqlite_row(self, key: bytes) -> list[bytes | None]:
         conn = self.store._get_provider().online_store._get_conn(self.store.config)
