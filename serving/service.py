@@ -40,6 +40,7 @@ from nexttouch.settings import load_settings
 from serving.auth import ApiKeyMiddleware
 from serving.body_limit import BodyLimitMiddleware
 from serving.error_bodies import ErrorBodyMiddleware
+from serving.openapi import OpenApiMiddleware
 from serving.timeout import install as install_cancelling_timeout
 
 for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
@@ -326,5 +327,7 @@ def _cause_label(cause: str, answer: DecideResponse) -> str:
 NextTouch.add_asgi_middleware(ApiKeyMiddleware)
 NextTouch.add_asgi_middleware(BodyLimitMiddleware)
 NextTouch.add_asgi_middleware(ErrorBodyMiddleware)
+# /docs.json with the API key, every error answer and GET /model documented (BentoML's omits them).
+NextTouch.add_asgi_middleware(OpenApiMiddleware, spec=lambda: NextTouch.openapi_spec.asdict())
 # GET /model: a plain route beside the API (BentoML APIs are POST); mounted passively, so only /model matches.
 NextTouch.mount_asgi_app(Starlette(routes=[Route("/model", _model_info, methods=["GET"])]), path="/")
