@@ -157,14 +157,25 @@ def plan(
 @app.command("export-log")
 def export_log(project_dir: ProjectOpt = None) -> None:
     """Write the service's decision log (with outcomes) to data/inbox/ for `nexttouch ingest data/inbox`."""
-    from serving.decision_log import DecisionLog
-
     s = _settings(project_dir, None)
-    if not s.decision_log.exists():
+    if not s.decision_log_url and not s.decision_log.exists():
         typer.echo(f"no decision log at {s.decision_log}", err=True)
         raise typer.Exit(1)
-    path = DecisionLog(s.decision_log).export(s.data_dir / "inbox")
+    path = _export_decision_log(s)
     typer.echo(f"decision log exported to {path}" if path else "decision log has no decisions for known customers")
+
+
+def _export_decision_log(s: Settings) -> Path | None:
+    """The service's decision log (SQLite, or PostgreSQL when DECISION_LOG_URL is set) as inbox parquet."""
+    from serving.decision_log import DecisionLog
+
+    if not s.decision_log_url and not s.decision_log.exists():
+        return None  # no service has decided yet
+    log = DecisionLog.open(s)
+    try:
+        return log.export(s.data_dir / "inbox")
+    finally:
+        log.close()
 
 
 @app.command()
@@ -183,7 +194,7 @@ def retrain(
     s = _settings(project_dir, catalog)
     day = (date or _today()).date()
     try:
-        report = run_retrain(s, load_catalog(s.catalog_path), day, source)
+        report = run_retrain(s, load_catalog(s.catalog_path), day, source, collect=lambda: _export_decision_log(s))
     except RetrainLocked as exc:
         typer.echo(f"retrain refused: {exc}", err=True)
         raise typer.Exit(3) from exc

@@ -133,3 +133,29 @@ def test_an_unusable_tracking_store_fails_first_in_seconds(
     assert failed.value.step == "tracking" and "MLflow tracking store sqlite:///" in str(failed.value)
     assert failed.value.cause.__class__.__name__ == "TrackingUnavailable"
     assert json.loads(marker_path(project, DAY + timedelta(days=2)).read_text())["failed_step"] == "tracking"
+
+
+def test_the_nightly_run_collects_the_services_decision_log(
+    nightly: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nexttouch retrain` exports the service's decision log first: its decisions and outcomes are trained on."""
+    from datetime import UTC, datetime, time
+
+    from serving.decision_log import DecisionLog, Feedback
+    from tests.test_decision_log import _answer
+
+    project = nightly[0]
+    customer = pd.read_parquet(project.raw_dir / "customers.parquet")["customer_id"].iloc[0]
+    decided_at = datetime.combine(DAY - timedelta(days=3), time(10), tzinfo=UTC)
+    log = DecisionLog(project.decision_log)
+    log.record(_answer("service-decision-1", customer).model_copy(update={"decided_at": decided_at}), {})
+    assert log.feedback("service-decision-1", 1.0) is Feedback.RECORDED
+    log.close()
+
+    out = _cli(project, monkeypatch)
+    assert out.exit_code == 0, out.output
+    decisions = pd.read_parquet(project.raw_dir / "decisions.parquet").set_index("decision_id")
+    row = decisions.loc["service-decision-1"]
+    assert (row["customer_id"], row["action"], row["propensity"], row["outcome"]) == (customer, "push", 0.95, 1.0)
+    again = _cli(project, monkeypatch)  # the log exported again is the same input: nothing to do
+    assert again.exit_code == 0 and "already done with the same inputs" in again.output

@@ -1,7 +1,8 @@
 """`nexttouch retrain`: the nightly job in one command.
 
-ingest -> validate -> features -> materialize -> label -> training set -> train -> evaluate ->
-register -> gate -> promote, each step logged with its time (and the times logged to the run).
+collect (the service's decision log into the inbox) -> ingest -> validate -> features -> materialize ->
+label -> training set -> train -> evaluate -> register -> gate -> promote, each step logged with its time
+(and the times logged to the run).
 
 - One at a time: an exclusive ``flock`` on ``data/retrain.lock``; a second run exits at once.
 - Idempotent per day: ``data/retrain/<day>.json`` records the input fingerprint (every input file's
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -121,13 +122,23 @@ def retrain(
     day: date,
     sources: list[Path] | None = None,
     by: str | None = None,
+    collect: Callable[[], object] | None = None,
 ) -> RetrainReport:
-    """The nightly job for ``day`` (UTC): see the module docstring. Raises RetrainLocked / RetrainFailed."""
+    """The nightly job for ``day`` (UTC): see the module docstring. Raises RetrainLocked / RetrainFailed.
+
+    ``collect`` runs first, under the lock: the CLI passes the export of the service's decision log to the
+    inbox, so decisions and their outcomes become inputs (and part of the fingerprint) like any other file.
+    """
     sources = sources if sources is not None else [settings.landing_dir, settings.data_dir / "inbox"]
     as_of = datetime.combine(day, time(), tzinfo=UTC)  # features: snapshots up to the day's midnight
     until = min(datetime.now(UTC), as_of + timedelta(days=1))  # data: nothing later than the day itself
     by = by or actor("nexttouch retrain")
     with exclusive(lock_path(settings)):
+        if collect is not None:
+            try:
+                collect()
+            except Exception as exc:  # e.g. the PostgreSQL decision log is down: nothing else has run
+                raise RetrainFailed("collect", exc) from exc
         files = input_files(sources)
         report = RetrainReport(day, fingerprint(files, catalog))
         done = _read_marker(settings, day)
