@@ -343,10 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table(result))
         lost = missing_decisions(settings.decision_log, result.decision_ids)
         print(f"decisions received {len(result.decision_ids):,}; missing from the decision log: {len(lost)}")
-        inbox = list((settings.data_dir / "inbox").glob("events-*.parquet"))
+        with sqlite3.connect(f"file:{settings.decision_log}?mode=ro", uri=True) as db:
+            events = db.execute("SELECT count(*) FROM touch_events").fetchone()[0]
         print(
-            f"disk after the run: decision log {_mib(settings.decision_log):.1f} MiB; "
-            f"events inbox {len(inbox):,} files, {sum(f.stat().st_size for f in inbox) / 2**20:.1f} MiB"
+            f"disk after the run: decision log {_mib(settings.decision_log):.1f} MiB "
+            f"({events:,} posted events kept in it for the nightly job)"
         )
         for line in result.errors[:20]:
             print(f"error: {line}")

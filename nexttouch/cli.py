@@ -156,24 +156,27 @@ def plan(
 
 @app.command("export-log")
 def export_log(project_dir: ProjectOpt = None) -> None:
-    """Write the service's decision log (with outcomes) to data/inbox/ for `nexttouch ingest data/inbox`."""
+    """Write the service's decisions (with outcomes) and posted events to data/inbox/ for `nexttouch ingest`."""
     s = _settings(project_dir, None)
     if not s.decision_log_url and not s.decision_log.exists():
         typer.echo(f"no decision log at {s.decision_log}", err=True)
         raise typer.Exit(1)
-    path = _export_decision_log(s)
-    typer.echo(f"decision log exported to {path}" if path else "decision log has no decisions for known customers")
+    for what, path in _collect_service_logs(s).items():
+        typer.echo(f"{what} exported to {path}" if path else f"{what}: nothing to export")
 
 
-def _export_decision_log(s: Settings) -> Path | None:
-    """The service's decision log (SQLite, or PostgreSQL when DECISION_LOG_URL is set) as inbox parquet."""
+def _collect_service_logs(s: Settings) -> dict[str, Path | None]:
+    """The service's decision log and the events posted to it (SQLite, or PostgreSQL when DECISION_LOG_URL is
+    set) as parquet in data/inbox: all decisions with their outcomes, the events not exported before."""
     from serving.decision_log import DecisionLog
+    from serving.event_log import EventLog
 
     if not s.decision_log_url and not s.decision_log.exists():
-        return None  # no service has decided yet
+        return {}  # no service has run yet
     log = DecisionLog.open(s)
     try:
-        return log.export(s.data_dir / "inbox")
+        inbox = s.data_dir / "inbox"
+        return {"decisions": log.export(inbox), "events": EventLog(log).export(inbox)}
     finally:
         log.close()
 
@@ -194,7 +197,7 @@ def retrain(
     s = _settings(project_dir, catalog)
     day = (date or _today()).date()
     try:
-        report = run_retrain(s, load_catalog(s.catalog_path), day, source, collect=lambda: _export_decision_log(s))
+        report = run_retrain(s, load_catalog(s.catalog_path), day, source, collect=lambda: _collect_service_logs(s))
     except RetrainLocked as exc:
         typer.echo(f"retrain refused: {exc}", err=True)
         raise typer.Exit(3) from exc

@@ -1,25 +1,22 @@
 """Real-time touch events: keep them for the nightly ingest and update the online contact state now.
 
-The events are written to the inbox first, so nothing posted is lost. The online update then gets a
-short time (``timeout_s``): an online store that is down or slow (redis-py retries for ~4 s) makes it
-*deferred*: the answer says so at once, and the update is retried with the next events and in the
-background until the store answers.
+The events are committed first (``keep``: the event log, serving/event_log.py), so nothing posted is
+lost. The online update then gets a short time (``timeout_s``): an online store that is down or slow
+(redis-py retries for ~4 s) makes it *deferred*: the answer says so at once, and the update is retried
+with the next events and in the background until the store answers.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC
 
 import pandas as pd
 
 from nexttouch.api import EventsRequest, EventsResponse
-from nexttouch.parquet import write_parquet
 from nexttouch.schemas import CUSTOMER_ID, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
 
 PUSH_SOURCE = "contact_push"
@@ -36,13 +33,13 @@ class ContactUpdater:
     def __init__(
         self,
         store,
-        inbox: Path,
+        keep: Callable[[pd.DataFrame], None],
         resolve: Callable[[str, str], str | None],
         timeout_s: float = 1.0,
         retry_s: float = 5.0,
     ) -> None:
         self.store = store
-        self.inbox = inbox
+        self.keep = keep
         self.resolve = resolve
         self.timeout_s = timeout_s
         self.refs = [f"{STATE_VIEW}:{c}" for c in (*LAST.values(), LAST_CONTACT)]
@@ -83,7 +80,7 @@ class ContactUpdater:
                 }
             )
         events = pd.DataFrame(rows)
-        self._keep(events)  # durable first: nothing posted is lost, even if the online update fails
+        self.keep(events.drop(columns=[CUSTOMER_ID]))  # durable first: nothing is lost if the update fails
         known = events.loc[events[CUSTOMER_ID].notna()]
         deferred = False
         if len(known):
@@ -128,11 +125,6 @@ class ContactUpdater:
                     self._pusher.submit(self._update, None).result()
                 except Exception as exc:  # still down: the next round tries again
                     log.warning("deferred online contact update failed again: %s", type(exc).__name__)
-
-    def _keep(self, events: pd.DataFrame) -> None:
-        """Write the batch to the inbox that `nexttouch ingest data/inbox` loads (with quarantine)."""
-        name = f"events-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        write_parquet(events.drop(columns=[CUSTOMER_ID]), self.inbox / name)
 
     def _push(self, events: pd.DataFrame) -> None:
         latest = {

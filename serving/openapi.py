@@ -19,12 +19,12 @@ from serving.auth import OPEN
 
 SCHEME = "ApiKey"
 ERROR = "Error"
-LOGGED = ("/decide", "/decide/batch", "/feedback")  # answers that need a decision-log commit
+LOGGED = ("/decide", "/decide/batch", "/feedback", "/events")  # answers that need a commit of the log
 _REASONS = {
     401: "Missing or wrong X-API-Key",
     409: "The decision already has a different outcome",
     413: "Request body over NEXTTOUCH_MAX_BODY_BYTES, or a batch over NEXTTOUCH_BATCH_LIMIT",
-    503: "The decision log cannot commit: no decision was made (retry later)",
+    503: "The decision log cannot commit: nothing was decided or kept (retry later)",
     504: "The request took longer than NEXTTOUCH_REQUEST_TIMEOUT_S",
 }
 

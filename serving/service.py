@@ -90,6 +90,7 @@ class NextTouch:
         from serving.champion import ChampionWatcher, load_champion
         from serving.contact_state import ContactUpdater
         from serving.decision_log import DecisionLog
+        from serving.event_log import EventLog
         from serving.identity import IdentityMap
         from serving.online_features import OnlineFeatures
 
@@ -100,7 +101,7 @@ class NextTouch:
         self.log = DecisionLog.open(settings)
         self.contacts = ContactUpdater(
             self.online.store,
-            settings.data_dir / "inbox",
+            EventLog(self.log).keep,
             self.identity.resolve,
             timeout_s=min(2.0, settings.request_timeout_s / 2),
         )
@@ -220,8 +221,15 @@ class NextTouch:
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
     def events(self, **request: object) -> EventsResponse:
-        """Touch events in real time: kept for the nightly ingest, contact state updated online now."""
-        return self.contacts.apply(EventsRequest.model_validate(request))
+        """Touch events in real time: committed for the nightly job, contact state updated online now."""
+        body = EventsRequest.model_validate(request)
+        try:
+            return self.contacts.apply(body)
+        except BentoMLException:
+            raise
+        except Exception as exc:  # the event log could not commit: nothing was kept, say so
+            log.error("event log unavailable: %s", type(exc).__name__)
+            raise ServiceUnavailable("the event log is unavailable; no event was kept") from exc
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(

@@ -1,6 +1,7 @@
 """The HTTP layer through the service's ASGI app, in process (BentoML's own lifespan runs)."""
 
 import json
+import sqlite3
 from collections.abc import Iterator
 
 import pandas as pd
@@ -236,7 +237,6 @@ def test_posted_events_update_contact_state_at_once(client: TestClient, built: S
             },
         ]
     }
-    inbox_before = set((built.data_dir / "inbox").glob("events-*.parquet"))
     r = client.post("/events", json=body)
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 3, "customers_updated": 2, "unresolved": ["rt-3"], "online_update_deferred": False}
@@ -248,8 +248,9 @@ def test_posted_events_update_contact_state_at_once(client: TestClient, built: S
     assert called["days_since_high"] == pytest.approx(2 / 24, abs=0.01)  # recency at request time
     assert online.read("C0000351")["days_since_tech"] == pytest.approx(2 / 24, abs=0.01)
 
-    (kept,) = set((built.data_dir / "inbox").glob("events-*.parquet")) - inbox_before
-    assert pd.read_parquet(kept)["event_id"].tolist() == ["rt-1", "rt-2", "rt-3"]  # nothing posted is lost
+    with sqlite3.connect(built.decision_log) as db:  # committed before the answer: nothing posted is lost
+        kept = db.execute("SELECT event_id, source_key FROM touch_events WHERE event_id LIKE 'rt-%' ORDER BY seq")
+        assert [r[0] for r in kept] == ["rt-1", "rt-2", "rt-3"]
 
 
 def test_events_with_the_online_store_down_are_kept_answered_and_applied_later(built: Settings, tmp_path) -> None:
@@ -274,14 +275,14 @@ def test_events_with_the_online_store_down_are_kept_answered_and_applied_later(b
             online.store.push(*args, **kwargs)
 
     store = Failing()
-    updater = ContactUpdater(store, tmp_path, lambda _s, _k: None, timeout_s=1.0, retry_s=0.2)
+    kept: list[pd.DataFrame] = []
+    updater = ContactUpdater(store, kept.append, lambda _s, _k: None, timeout_s=1.0, retry_s=0.2)
     at = [datetime.now(UTC) - timedelta(hours=h) for h in (3, 1)]
     for i, when in enumerate(at):  # the second call retries the first one's update too
         body = {"event_id": f"down-{i}", "occurred_at": when, "customer_id": "C0000352", "touch_type": "app_session"}
         answer = updater.apply(EventsRequest.model_validate({"events": [body]}))
         assert (answer.accepted, answer.customers_updated, answer.online_update_deferred) == (1, 0, True)
-    kept = pd.concat([pd.read_parquet(p) for p in tmp_path.glob("events-*.parquet")])
-    assert sorted(kept["event_id"]) == ["down-0", "down-1"]  # nothing posted is lost
+    assert sorted(pd.concat(kept)["event_id"]) == ["down-0", "down-1"]  # nothing posted is lost
     assert updater.pending == 1  # one customer, tier and direction: only the newest touch is kept to push
 
     store.down = False  # back: the background retry makes the update without a new request

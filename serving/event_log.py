@@ -1,0 +1,117 @@
+"""Touch events posted to the service, kept in the decision-log database until the nightly job collects them.
+
+They used to be one parquet file per ``POST /events`` in ``data/inbox``: 2,700 files in a 15-minute soak,
+all re-read by every nightly ingest, and on the local disk of whichever replica took the request. Here
+they are rows of ``touch_events`` in the decision log's database (SQLite, or the PostgreSQL that every
+replica shares), written in the log's group commit before the answer is sent.
+
+``export`` writes the rows not exported yet as one ``events-log-<first seq>.parquet`` in the ingest
+contract, then marks them. A crash between the two exports them again next time, under the same name
+(with any newer rows): the file is replaced, nothing is lost or loaded twice. (Should a row with a
+lower sequence number commit late in between, PostgreSQL's sequences not being commit-ordered, the
+rows land in two files and ingest quarantines the second copies as duplicate event ids, with that reason.)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from nexttouch.parquet import write_parquet
+from nexttouch.schemas import DECISION_ID
+from serving.decision_log import DecisionLog, Tx
+
+# As they arrived (source key, not customer id): the nightly ingest resolves identity again.
+COLUMNS = [
+    "event_id",
+    "occurred_at",
+    "source_system",
+    "source_key",
+    "touch_type",
+    "tier",
+    "direction",
+    "amount",
+    DECISION_ID,
+]
+_PENDING = "SELECT {} FROM touch_events WHERE exported_to IS NULL"
+MARK_CHUNK = 5_000  # rows marked per UPDATE (bound parameters per statement stay well under both limits)
+
+
+def _create(tx: Tx) -> None:
+    seq = "BIGSERIAL PRIMARY KEY" if tx.postgres else "INTEGER PRIMARY KEY"
+    real = "DOUBLE PRECISION" if tx.postgres else "REAL"
+    tx.execute(
+        f"""CREATE TABLE IF NOT EXISTS touch_events (
+            seq           {seq},
+            event_id      TEXT NOT NULL,
+            occurred_at   TEXT NOT NULL,
+            source_system TEXT NOT NULL,
+            source_key    TEXT NOT NULL,
+            touch_type    TEXT NOT NULL,
+            tier          TEXT NOT NULL,
+            direction     TEXT NOT NULL,
+            amount        {real},
+            decision_id   TEXT,
+            received_at   TEXT NOT NULL,
+            exported_to   TEXT
+        )"""
+    )
+    tx.execute("CREATE INDEX IF NOT EXISTS touch_events_pending ON touch_events (seq) WHERE exported_to IS NULL")
+
+
+class EventLog:
+    """Durable storage of posted touch events, sharing the decision log's connection and commits."""
+
+    def __init__(self, log: DecisionLog) -> None:
+        self.log = log
+        log.run(_create)
+
+    def keep(self, events: pd.DataFrame) -> None:
+        """Commit ``events`` (the columns of ``COLUMNS``, ``occurred_at`` aware); returns once durable."""
+        received = datetime.now(UTC).isoformat()
+        rows = [
+            (
+                r.event_id,
+                r.occurred_at.astimezone(UTC).isoformat(),
+                r.source_system,
+                r.source_key,
+                r.touch_type,
+                r.tier,
+                r.direction,
+                None if pd.isna(r.amount) else float(r.amount),
+                None if pd.isna(r.decision_id) else r.decision_id,
+                received,
+            )
+            for r in events.itertuples(index=False)
+        ]
+        sql = f"INSERT INTO touch_events ({', '.join(COLUMNS)}, received_at) VALUES ({', '.join('?' * 10)})"
+        self.log.run(lambda tx: tx.executemany(sql, rows))
+
+    def pending(self) -> int:
+        return self.log.run(lambda tx: tx.execute(_PENDING.format("count(*)")).fetchone()[0])
+
+    def export(self, directory: Path) -> Path | None:
+        """The events not exported yet as one parquet file in ``directory``; None when there are none."""
+        query = _PENDING.format(f"seq, {', '.join(COLUMNS)}") + " ORDER BY seq"
+        rows = self.log.run(lambda tx: tx.execute(query).fetchall())
+        if not rows:
+            return None
+        frame = pd.DataFrame(rows, columns=["seq", *COLUMNS])
+        seqs = frame.pop("seq").tolist()
+        frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True, format="ISO8601")
+        frame["amount"] = frame["amount"].astype(float)
+        path = directory / f"events-log-{seqs[0]:012d}.parquet"
+        write_parquet(frame, path)  # durable before the rows are marked: a crash here exports them again
+
+        def mark(tx: Tx) -> None:
+            for lo in range(0, len(seqs), MARK_CHUNK):
+                chunk = seqs[lo : lo + MARK_CHUNK]
+                tx.execute(
+                    f"UPDATE touch_events SET exported_to = ? WHERE seq IN ({', '.join('?' * len(chunk))})",
+                    (path.name, *chunk),
+                )
+
+        self.log.run(mark)
+        return path

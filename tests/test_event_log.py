@@ -1,0 +1,97 @@
+"""Posted touch events: committed to the decision-log database, exported once each, loaded by ingest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nexttouch.api import EventsRequest
+from nexttouch.catalog import Catalog
+from nexttouch.ingest import ingest
+from nexttouch.settings import Settings
+from serving.contact_state import ContactUpdater
+from serving.decision_log import DecisionLog
+from serving.event_log import EventLog
+from tests.test_ingest import NOW, landing  # noqa: F401  (identity a-1, a-2 -> customers)
+from tests.test_postgres_log import database  # noqa: F401
+
+EVENTS = [
+    {"event_id": "rt-1", "occurred_at": "2026-10-20T10:00:00Z", "source": {"system": "app", "key": "a-1"}},
+    {"event_id": "rt-2", "occurred_at": "2026-10-21T10:00:00+02:00", "source": {"system": "app", "key": "a-2"}},
+    {"event_id": "rt-3", "occurred_at": "2026-10-21T11:00:00Z", "source": {"system": "app", "key": "zzz"}},
+]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def events(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    target = request.getfixturevalue("database") if request.param == "postgres" else tmp_path / "decisions.db"
+    log = DecisionLog(target)
+    yield EventLog(log)
+    log.close()
+
+
+def _post(events: EventLog, bodies: list[dict]) -> None:
+    """Through the service's own code path; no source key resolves in the service, so nothing goes online."""
+    updater = ContactUpdater(None, events.keep, lambda _system, _key: None)
+    try:
+        kinds = [("app_like", None), ("purchase", 12.5), ("app_like", None)]
+        payload = [{**b, "touch_type": kinds[i % 3][0], "amount": kinds[i % 3][1]} for i, b in enumerate(bodies)]
+        answer = updater.apply(EventsRequest.model_validate({"events": payload}))
+    finally:
+        updater.close()
+    assert answer.accepted == len(bodies)
+
+
+def test_posted_events_are_exported_once_and_loaded(
+    events: EventLog,
+    project: Settings,
+    catalog: Catalog,
+    landing: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    inbox = tmp_path / "inbox"
+    _post(events, EVENTS)
+    assert events.pending() == 3
+
+    path = events.export(inbox)
+    assert path is not None and path.name.startswith("events-log-")
+    exported = pd.read_parquet(path)
+    assert exported["event_id"].tolist() == ["rt-1", "rt-2", "rt-3"]
+    assert exported["occurred_at"].tolist()[1] == pd.Timestamp("2026-10-21T08:00:00Z")
+    assert exported["amount"].tolist()[1] == 12.5 and pd.isna(exported["amount"].tolist()[0])
+    stored = exported[["source_system", "source_key", "touch_type", "tier", "direction"]].iloc[1].tolist()
+    assert stored == ["app", "a-2", "purchase", "high", "in"]
+    assert events.export(inbox) is None and events.pending() == 0
+
+    (report,) = ingest(project, catalog, inbox, now=NOW)
+    assert (report.rows, report.loaded, report.rejected) == (3, 2, {"unresolvable source key": 1})
+
+    _post(events, [{**EVENTS[0], "event_id": "rt-4"}])
+    later = events.export(inbox)
+    assert later is not None and later != path and pd.read_parquet(later)["event_id"].tolist() == ["rt-4"]
+    (report,) = ingest(project, catalog, inbox, now=NOW)
+    assert (report.loaded, report.already_loaded) == (1, 2)
+
+
+def test_a_crash_before_the_rows_are_marked_loses_nothing_and_loads_nothing_twice(
+    project: Settings,
+    catalog: Catalog,
+    landing: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    log = DecisionLog(tmp_path / "decisions.db")
+    events = EventLog(log)
+    _post(events, EVENTS[:1])
+    first = events.export(tmp_path / "inbox")
+    log.run(lambda tx: tx.execute("UPDATE touch_events SET exported_to = NULL"))  # as if the mark never committed
+    _post(events, [EVENTS[1]])
+    second = events.export(tmp_path / "inbox")
+    log.close()
+    assert second == first and pd.read_parquet(second)["event_id"].tolist() == ["rt-1", "rt-2"]  # replaced
+    (report,) = ingest(project, catalog, tmp_path / "inbox", now=NOW)
+    assert (report.rows, report.loaded, report.rejected) == (2, 2, {})
