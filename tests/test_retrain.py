@@ -138,18 +138,32 @@ def test_an_unusable_tracking_store_fails_first_in_seconds(
 def test_the_nightly_run_collects_the_services_decision_log(
     nightly: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`nexttouch retrain` exports the service's decision log first: its decisions and outcomes are trained on."""
+    """`nexttouch retrain` exports the service's logs first: its decisions, outcomes and posted events are inputs."""
     from datetime import UTC, datetime, time
 
     from serving.decision_log import DecisionLog, Feedback
+    from serving.event_log import EventLog
     from tests.test_decision_log import _answer
 
     project = nightly[0]
-    customer = pd.read_parquet(project.raw_dir / "customers.parquet")["customer_id"].iloc[0]
+    identity = pd.read_parquet(project.raw_dir / "identity.parquet").iloc[0]
+    customer = identity["customer_id"]
     decided_at = datetime.combine(DAY - timedelta(days=3), time(10), tzinfo=UTC)
     log = DecisionLog(project.decision_log)
     log.record(_answer("service-decision-1", customer).model_copy(update={"decided_at": decided_at}), {})
     assert log.feedback("service-decision-1", 1.0) is Feedback.RECORDED
+    event = {
+        "event_id": "service-event-1",
+        "occurred_at": decided_at + timedelta(hours=1),
+        "source_system": identity["source_system"],
+        "source_key": identity["source_key"],
+        "touch_type": "push_opened",
+        "tier": "tech",
+        "direction": "in",
+        "amount": None,
+        "decision_id": "service-decision-1",
+    }
+    EventLog(log).keep(pd.DataFrame([event]))
     log.close()
 
     out = _cli(project, monkeypatch)
@@ -157,5 +171,7 @@ def test_the_nightly_run_collects_the_services_decision_log(
     decisions = pd.read_parquet(project.raw_dir / "decisions.parquet").set_index("decision_id")
     row = decisions.loc["service-decision-1"]
     assert (row["customer_id"], row["action"], row["propensity"], row["outcome"]) == (customer, "push", 0.95, 1.0)
+    events = pd.read_parquet(project.raw_dir / "events.parquet").set_index("event_id")
+    assert events.loc["service-event-1", ["customer_id", "decision_id"]].tolist() == [customer, "service-decision-1"]
     again = _cli(project, monkeypatch)  # the log exported again is the same input: nothing to do
     assert again.exit_code == 0 and "already done with the same inputs" in again.output
