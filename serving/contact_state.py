@@ -8,11 +8,14 @@ with the next events and in the background until the store answers.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC
+from pathlib import Path
 
 import pandas as pd
 
@@ -37,13 +40,16 @@ class ContactUpdater:
         resolve: Callable[[str, str], str | None],
         timeout_s: float = 1.0,
         retry_s: float = 5.0,
+        lock: Path | None = None,
     ) -> None:
         self.store = store
+        self.lock = lock
         self.keep = keep
         self.resolve = resolve
         self.timeout_s = timeout_s
         self.refs = [f"{STATE_VIEW}:{c}" for c in (*LAST.values(), LAST_CONTACT)]
-        # One update at a time: read-modify-write of a customer's state must not interleave.
+        # One update at a time: read-modify-write of a customer's state must not interleave. Within the
+        # process one pusher thread; across the workers (processes) the ``flock`` on ``lock`` around it.
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
         self._pending: list[pd.DataFrame] = []  # events whose online update has not been made yet
         self._pending_lock = threading.Lock()
@@ -108,7 +114,8 @@ class ContactUpdater:
             return
         frame = pd.concat(batch, ignore_index=True)
         try:
-            self._push(frame)
+            with _exclusive(self.lock):
+                self._push(frame)
         except Exception:
             # Only the newest touch per customer, tier and direction matters online: bounded by customers.
             latest = frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
@@ -144,3 +151,17 @@ class ContactUpdater:
             state[col] = pd.concat([old, newest.reindex(customers)], axis=1).max(axis=1)
         state[EVENT_TIMESTAMP] = pd.Timestamp.now(tz="UTC")
         self.store.push(PUSH_SOURCE, state.reset_index())
+
+
+@contextmanager
+def _exclusive(path: Path | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (blocking): the workers of one host update contact state in turn."""
+    if path is None:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

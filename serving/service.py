@@ -104,6 +104,7 @@ class NextTouch:
             EventLog(self.log).keep,
             self.identity.resolve,
             timeout_s=min(2.0, settings.request_timeout_s / 2),
+            lock=settings.data_dir / "contact_state.lock",
         )
         # Feature reads run here so a slow or hung online store can be timed out (-> fallback).
         self.reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-read")
