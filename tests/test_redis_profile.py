@@ -1,6 +1,7 @@
 """The production profile for real: the same feature repo with Redis (127.0.0.1:6379) online."""
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -25,11 +26,13 @@ def redis_project(project: Settings) -> Settings:
     return project.model_copy(update={"online_store": "redis"})
 
 
-def test_materialize_and_read_back_from_redis(redis_project: Settings, catalog: Catalog) -> None:
+def test_materialize_push_and_read_back_from_redis(redis_project: Settings, catalog: Catalog) -> None:
     from features.pipeline import build_offline, feast_apply, materialize
+    from nexttouch.api import EventsRequest
     from nexttouch.feature_store import open_store
     from nexttouch.ingest import ingest
     from nexttouch.simulate import write_brand
+    from serving.contact_state import ContactUpdater
     from serving.online_features import OnlineFeatures
 
     s = redis_project
@@ -54,5 +57,19 @@ def test_materialize_and_read_back_from_redis(redis_project: Settings, catalog: 
                 last.floor("s") if pd.notna(last) else pd.NaT
             )
         assert online.read("nobody") is None
+
+        # A touch posted to the service goes to Redis through the Feast push source and reads back at once.
+        called_at = datetime.now(UTC) - timedelta(hours=1)
+        kept: list[pd.DataFrame] = []
+        updater = ContactUpdater(online.store, kept.append, lambda _system, _key: None)
+        event = {"event_id": "redis-push-1", "occurred_at": called_at, "customer_id": "C0000007"}
+        answer = updater.apply(EventsRequest.model_validate({"events": [{**event, "touch_type": "advisor_call"}]}))
+        updater.close()
+        assert (answer.customers_updated, answer.online_update_deferred, len(kept)) == (1, False, 1)
+        got = online.read("C0000007")
+        assert pd.Timestamp(got["last_high_at"]) == pd.Timestamp(called_at).floor("s")
+        assert pd.Timestamp(got["last_contact_at"]) == pd.Timestamp(called_at).floor("s")
+        assert got["days_since_high"] == pytest.approx(1 / 24, abs=0.01)
+        assert got["tech_in_30d"] == pytest.approx(latest.loc["C0000007", "tech_in_30d"])  # other views untouched
     finally:
         store.teardown()  # removes this project's keys from Redis
