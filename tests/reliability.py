@@ -91,6 +91,24 @@ class Service:
         if self.proc is not None:
             server.stop(self.proc)
 
+    def kill9_under_load(self, customers: list[str], rate: float, seed: int) -> list[str]:
+        """Drive the /decide, /events, /feedback mix, kill -9 the service 4 s in; the decision ids received."""
+        import threading
+
+        from benchmarks import soak
+
+        results: list[soak.SoakResult] = []
+        load = threading.Thread(
+            target=lambda: results.append(soak.run(self.url, 8.0, rate, customers, api_key=self.key, seed=seed))
+        )
+        load.start()
+        time.sleep(4.0)
+        self.kill9()
+        load.join()
+        received = results[0].decision_ids
+        assert len(received) >= 5 and results[0].errors  # decisions before the kill, refused connections after
+        return received
+
 
 @dataclass
 class Redis:

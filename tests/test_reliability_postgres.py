@@ -7,15 +7,12 @@ in the log after the crash, no row is half written, and the restarted service se
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 
 import pandas as pd
 import psycopg
 import pytest
 
-from benchmarks import soak
 from nexttouch.settings import Settings
 from tests.reliability import Service, clone_project
 from tests.test_postgres_log import database  # noqa: F401  (the throwaway database fixture)
@@ -43,16 +40,7 @@ def _missing(url: str, received: list[str]) -> list[str]:
 def test_kill_9_under_load_loses_no_decision_on_postgres(service: Service) -> None:
     url = service.settings.decision_log_url
     customers = pd.read_parquet(service.settings.raw_dir / "customers.parquet")["customer_id"].tolist()
-    results: list[soak.SoakResult] = []
-    load = threading.Thread(
-        target=lambda: results.append(soak.run(service.url, 8.0, RATE, customers, api_key=service.key, seed=3))
-    )
-    load.start()
-    time.sleep(4.0)
-    service.kill9()
-    load.join()
-    received = results[0].decision_ids
-    assert len(received) >= 5 and results[0].errors  # decisions before the kill, refused connections after
+    received = service.kill9_under_load(customers, RATE, seed=3)
     assert _missing(url, received) == []
     with psycopg.connect(url) as db:
         rows = db.execute("SELECT decision_id, decided_at, action, propensity, net_values, context FROM decisions")
