@@ -40,6 +40,8 @@ MARK_CHUNK = 5_000  # rows marked per UPDATE (bound parameters per statement sta
 
 
 def _create(tx: Tx) -> None:
+    if tx.postgres:  # workers start together: concurrent CREATE TABLE IF NOT EXISTS can still collide
+        tx.execute("SELECT pg_advisory_xact_lock(724002)")
     seq = "BIGSERIAL PRIMARY KEY" if tx.postgres else "INTEGER PRIMARY KEY"
     real = "DOUBLE PRECISION" if tx.postgres else "REAL"
     tx.execute(

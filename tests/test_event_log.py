@@ -14,10 +14,19 @@ from nexttouch.ingest import ingest
 from nexttouch.settings import Settings
 from serving.contact_state import ContactUpdater
 from serving.decision_log import DecisionLog
-from serving.event_log import EventLog
+from serving.event_log import COLUMNS, EventLog
 from tests.test_ingest import NOW, landing  # noqa: F401  (identity a-1, a-2 -> customers)
 from tests.test_postgres_log import database  # noqa: F401
 
+ROW = {
+    "event_id": "e-1",
+    "occurred_at": pd.Timestamp("2026-10-20T10:00:00Z"),
+    "source_system": "app",
+    "source_key": "a-1",
+    "touch_type": "app_like",
+    "tier": "tech",
+    "direction": "in",
+}
 EVENTS = [
     {"event_id": "rt-1", "occurred_at": "2026-10-20T10:00:00Z", "source": {"system": "app", "key": "a-1"}},
     {"event_id": "rt-2", "occurred_at": "2026-10-21T10:00:00+02:00", "source": {"system": "app", "key": "a-2"}},
@@ -95,3 +104,17 @@ def test_a_crash_before_the_rows_are_marked_loses_nothing_and_loads_nothing_twic
     assert second == first and pd.read_parquet(second)["event_id"].tolist() == ["rt-1", "rt-2"]  # replaced
     (report,) = ingest(project, catalog, tmp_path / "inbox", now=NOW)
     assert (report.rows, report.loaded, report.rejected) == (2, 2, {})
+
+
+def test_workers_starting_together_create_the_table_once(database: str) -> None:  # noqa: F811
+    from concurrent.futures import ThreadPoolExecutor
+
+    logs = [DecisionLog(database) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            made = list(pool.map(EventLog, logs))
+        made[0].keep(pd.DataFrame([{**dict.fromkeys(COLUMNS), **ROW}]))
+        assert [e.pending() for e in made] == [1, 1, 1, 1]
+    finally:
+        for log in logs:
+            log.close()
