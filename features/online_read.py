@@ -19,6 +19,7 @@ Any other online store (or a key other than one string ``customer_id``) goes thr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,16 @@ class OnlineReader:
                     {f: j for j, (v, f) in enumerate(self.refs) if v == view.name},  # feature -> position
                 )
                 for view, _ in self.views
+            ]
+            width = len(self.names)
+            self._bulk_queries = [  # (table, SQL for the flat position of each row in the result)
+                (
+                    _quote_id(_table_id(store.config.project, view, versioned)),
+                    "CASE t.feature_name "
+                    + " ".join(f"WHEN {_literal(f)} THEN k.i * {width} + {j}" for f, j in position.items())
+                    + " ELSE -1 END",
+                )
+                for (view, _), (_, position) in zip(self.views, self._row_queries, strict=True)
             ]
         elif self.kind == "redis":
             from feast.infra.online_stores.helpers import _mmh3
@@ -177,34 +188,34 @@ class OnlineReader:
         return {CUSTOMER_ID: ids, **{n: got[n] for n in self.names}}
 
     def _sqlite(self, keys: np.ndarray) -> np.ndarray:
-        """Serialized values, one row per key and one column per feature (None where nothing is stored)."""
-        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+        """Serialized values, one row per key and one column per feature (None where nothing is stored).
 
-        config = self.store.config
-        conn = self.store._get_provider().online_store._get_conn(config)  # the connection Feast reads with
-        blobs = np.full((len(keys), len(self.names)), None, dtype=object)
-        column_of = {name: j for j, name in enumerate(self.names)}
-        key_index = pd.Index(keys)
-        for view, features in self.views:
-            table = _quote_id(_table_id(config.project, view, config.registry.enable_online_feature_view_versioning))
-            wanted, cols = pd.Index(features), np.array([column_of[f] for f in features])
+        The keys are joined as a numbered ``VALUES`` list and SQLite numbers each row's place
+        (key number x features + the feature's column, -1 for a feature not asked for): Python
+        gets one small int and one value per stored row instead of the key's and the feature
+        name's objects, and places them with one numpy assignment (~10 ms less per 1,000 customers
+        than looking the keys and names up in pandas). ``CROSS JOIN`` keeps the keys as SQLite's outer
+        loop: one index search per key, never a scan of the table.
+        """
+        conn = self.store._get_provider().online_store._get_conn(self.store.config)  # the connection Feast reads
+        width = len(self.names)
+        blobs = np.full(len(keys) * width, None, dtype=object)
+        for table, place in self._bulk_queries:
             for lo in range(0, len(keys), SQLITE_CHUNK):
                 chunk = keys[lo : lo + SQLITE_CHUNK].tolist()
-                # SQLite sorts the IN list and walks the key index in order; rows are placed by pandas
-                # lookups (cheaper than numbering them in SQL).
                 rows = conn.execute(
-                    f"SELECT entity_key, feature_name, value FROM {table} "
-                    f"WHERE entity_key IN ({','.join('?' * len(chunk))})",
+                    f"WITH k(i, key) AS (VALUES {_numbered(len(chunk))}) "
+                    f"SELECT {place}, t.value FROM k CROSS JOIN {table} AS t ON t.entity_key = k.key",
                     chunk,
                 ).fetchall()
                 if rows:
-                    key, feature, value = zip(*rows, strict=True)
-                    at, j = key_index.get_indexer(key), wanted.get_indexer(feature)
-                    keep = j >= 0  # a view's features not asked for
+                    at, value = zip(*rows, strict=True)
+                    at = np.array(at, dtype=np.intp)
                     values = np.empty(len(value), dtype=object)
                     values[:] = value
-                    blobs[at[keep], cols[j[keep]]] = values[keep]
-        return blobs
+                    keep = at >= 0
+                    blobs[at[keep] + lo * width] = values[keep]
+        return blobs.reshape(len(keys), width)
 
     def _redis(self, keys: np.ndarray) -> np.ndarray:
         """One ``HMGET`` per customer for all the views' fields, as ``RedisOnlineStore.online_read`` names them."""
@@ -279,6 +290,17 @@ def _typed(blobs: np.ndarray, value_type: Any) -> np.ndarray:
     if name == "UNIX_TIMESTAMP":  # whole seconds, as Feast stores them
         return np.asarray(pd.to_datetime(raw, unit="s", utc=True))[codes]
     return raw[codes]
+
+
+@functools.lru_cache(maxsize=8)
+def _numbered(n: int) -> str:
+    """``(0,?),(1,?),...``: ``n`` keys as numbered rows of a ``VALUES`` list (the text is cached per length)."""
+    return ",".join(f"({i},?)" for i in range(n))
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _factorize(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:

@@ -67,6 +67,11 @@ def _check_reader(settings: Settings, kind: str) -> None:
     _same(reader.read(ids[1:2]), _feast(store, [f"{v}:{f}" for v, f in reader.refs], ids[1:2]))
     assert reader.read([]).shape == (0, len(reader.refs) + 1)
 
+    with pytest.MonkeyPatch.context() as mp:  # many queries or pipelines per read: rows placed by offset
+        mp.setattr("features.online_read.SQLITE_CHUNK", 7)
+        mp.setattr("features.online_read.REDIS_CHUNK", 7)
+        _same(reader.read(ids), feast)
+
     reader.kind = "feast"  # the fallback for other stores is Feast itself
     _same(reader.read(ids), feast)
 
