@@ -34,7 +34,7 @@ from nexttouch.policy import (
     net_values,
     why_not,
 )
-from serving.decision_log import new_decision_id
+from serving.decision_log import new_decision_id, new_decision_ids
 
 FeatureReader = Callable[[str, datetime | None], dict[str, Any] | None]
 Resolver = Callable[[str, str], str | None]
@@ -183,9 +183,10 @@ class Decider:
 
     def fallback(self, customer_id: str | None, now: datetime, why: str, cold_start: bool = True) -> DecideResponse:
         """Rule-based answer without the model: no contact with a customer we cannot see."""
-        return DecideResponse(**self._fallback(customer_id, now, why, cold_start))
+        return DecideResponse(**self.fallback_row(customer_id, now, why, cold_start))
 
-    def _fallback(self, customer_id: str | None, now: datetime, why: str, cold_start: bool) -> dict[str, Any]:
+    def fallback_row(self, customer_id: str | None, now: datetime, why: str, cold_start: bool) -> dict[str, Any]:
+        """``fallback`` as a dict of its fields (``decide_rows``)."""
         removed = eligibility(self.catalog, {}, now, self.default_time_zone)
         return {
             "decision_id": new_decision_id(),
@@ -218,15 +219,30 @@ class Decider:
         ``frame`` holds every customer's features (rows in ``customer_ids`` order), ``known`` marks
         the customers with features; the others get the rule-based fallback answer.
         """
+        answers = self.decide_rows(customer_ids, frame, known, now, take)
+        return DecideBatchResponse.model_validate({"decisions": answers}).decisions
+
+    def decide_rows(
+        self,
+        customer_ids: Sequence[str | None],
+        frame: pd.DataFrame,
+        known: np.ndarray,
+        now: datetime,
+        take: TakeCapacity = unlimited,
+    ) -> list[dict[str, Any]]:
+        """``decide_batch``'s answers as plain dicts of ``DecideResponse``'s fields, in its field order.
+
+        The service logs them and writes them to JSON as they are: validating 1,000 answers into
+        models only to serialise them again cost ~5 ms per batch.
+        """
         n = len(customer_ids)
-        # Answers are built as plain dicts and validated in one pydantic call (its Rust core is fast).
         answers: list[dict[str, Any]] = [{}] * n
         idx = np.flatnonzero(known)
         for i in np.flatnonzero(~known):
-            answers[i] = self._fallback(customer_ids[i], now, _unknown(customer_ids[i]), True)
+            answers[i] = self.fallback_row(customer_ids[i], now, _unknown(customer_ids[i]), True)
         if len(idx) == 0:
-            return DecideBatchResponse.model_validate({"decisions": answers}).decisions
-        sub = frame.iloc[idx].reset_index(drop=True)
+            return answers
+        sub = frame if len(idx) == len(frame) else frame.iloc[idx].reset_index(drop=True)
         m = len(idx)
         p, leaf = self._scores(sub)
         rules = broken_rules(self.catalog, sub, now, self.default_time_zone)
@@ -252,39 +268,45 @@ class Decider:
         else:
             contrib = self._contributions(sub, self._names[action])
         top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :3]
-        values_in = sub.reindex(columns=self.model.inputs).to_numpy(dtype=object)  # for the reason texts
+        top_contrib = np.take_along_axis(contrib, top, axis=1)
+        # The reason texts quote 3 inputs per row: read those cells, not every cell as a Python object.
+        columns = [sub[c].to_numpy() if c in sub else np.full(m, np.nan) for c in self.model.inputs]
         removed_by_policy = self._removal_reasons(sub, rules, now)
         names, actions, inputs = self.catalog.names, self.catalog.actions, self.model.inputs
-        values_l, p_l, mask_l, top_l = values.tolist(), p.tolist(), mask.tolist(), top.tolist()
-        action_l, explored_l, propensity_l = action.tolist(), explored.tolist(), propensity.tolist()
-        for r, i in enumerate(idx):
-            removed = removed_by_policy[r] | why.get(r, {})
-            name = names[action_l[r]]
-            vals = {a: round(v, 4) for a, v in zip(names, values_l[r], strict=True)}
+        values_l = [dict(zip(names, row, strict=True)) for row in rounded(values, 4).tolist()]
+        p_l = p.tolist()
+        p_round = [dict(zip(names, row, strict=True)) for row in rounded(p, 4).tolist()]
+        mask_l = mask.tolist()
+        action_l, explored_l, propensity_l = action.tolist(), explored.tolist(), rounded(propensity, 6).tolist()
+        top_l, top_c = top.tolist(), top_contrib.tolist()
+        ids = new_decision_ids(m)
+        for r, i in enumerate(idx.tolist()):
+            removed = removed_by_policy[r] | why[r] if r in why else removed_by_policy[r]
+            j_action = action_l[r]
+            name = names[j_action]
+            vals = values_l[r]
             reasons = [f"{a} removed: {reason}" for a, reason in removed.items()]
             if explored_l[r]:
                 reasons.append(f"exploration: {name} drawn at random among {sum(mask_l[r])} eligible")
             else:
-                a = actions[action_l[r]]
+                a = actions[j_action]
                 reasons.append(
-                    f"{name} has the highest net value: {p_l[r][action_l[r]]:.3f} x "
+                    f"{name} has the highest net value: {p_l[r][j_action]:.3f} x "
                     f"{a.value_of_success:g} - {a.cost:g} = {vals[name]:.2f}"
                 )
-            row_contrib = contrib[r]
-            for j in top_l[r]:
-                c = row_contrib[j]
+            for j, c in zip(top_l[r], top_c[r], strict=True):
                 reasons.append(
-                    f"{inputs[j]}={_plain(values_in[r, j])} {'raised' if c > 0 else 'lowered'} "
+                    f"{inputs[j]}={_plain(columns[j][r])} {'raised' if c > 0 else 'lowered'} "
                     f"the {name} score ({c:+.3f} log-odds)"
                 )
             answers[i] = {
-                "decision_id": new_decision_id(),
+                "decision_id": ids[r],
                 "customer_id": customer_ids[i],
                 "action": name,
-                "propensity": round(propensity_l[r], 6),
+                "propensity": propensity_l[r],
                 "explored": explored_l[r],
                 "values": vals,
-                "p_success": {a: round(v, 4) for a, v in zip(names, p_l[r], strict=True)},
+                "p_success": p_round[r],
                 "eligible": [a for a, ok in zip(names, mask_l[r], strict=True) if ok],
                 "reasons": reasons,
                 "cold_start": False,
@@ -292,7 +314,7 @@ class Decider:
                 "model_version": self.model_version,
                 "decided_at": now,
             }
-        return DecideBatchResponse.model_validate({"decisions": answers}).decisions
+        return answers
 
     def _scores(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """predict_all in catalog order, and the leaves of every (row, model action) with path contributions."""
@@ -449,6 +471,22 @@ def _unknown(customer_id: str | None) -> str:
     return "unknown source key" if customer_id is None else "no features for this customer"
 
 
+def rounded(values: np.ndarray, digits: int) -> np.ndarray:
+    """``round(v, digits)`` of every element, exactly as Python rounds (the one-customer path's numbers).
+
+    Python rounds the exact binary value half-to-even, and so does ``rint`` unless scaling by
+    10**digits moved a value across a half-way point: only values that land within 1e-6 of one
+    (or beyond 2**52, or NaN) are rounded by Python itself. ~5x cheaper than ``round`` per value.
+    """
+    scale = 10.0**digits
+    scaled = values * scale
+    out = np.rint(scaled) / scale
+    near_half = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) < 1e-6
+    for i in zip(*np.nonzero(near_half | ~(np.abs(scaled) < 2.0**52)), strict=True):
+        out[i] = round(float(values[i]), digits)
+    return out
+
+
 def _plain(value: object) -> str:
     """A feature value as a person reads it: 2.27, not 2.2663194444444446."""
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float | np.floating) else str(value)

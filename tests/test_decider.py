@@ -1,6 +1,7 @@
 """The decision class with an injected model and feature reader: no Feast, no HTTP."""
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import lightgbm as lgb
 import numpy as np
@@ -213,14 +214,8 @@ def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel) -
     decider = Decider(catalog, model, "7", lambda c, _a: rows[int(c[1:])], epsilon=0.0)
     batch = decider.decide_batch(ids, _frame(rows), np.ones(60, bool), NOON)
     single = [decider.decide(DecideRequest(customer_id=c, at=NOON)) for c in ids]
-    for b, s in zip(batch, single, strict=True):
-        assert (b.customer_id, b.action, b.propensity, b.eligible) == (
-            s.customer_id,
-            s.action,
-            s.propensity,
-            s.eligible,
-        )
-        assert b.values == s.values and b.reasons == s.reasons
+    for b, s in zip(batch, single, strict=True):  # every field but the decision's own id
+        assert b.model_dump(exclude={"decision_id"}) == s.model_dump(exclude={"decision_id"})
     assert len({b.decision_id for b in batch}) == 60
 
 
@@ -303,3 +298,38 @@ def test_batch_gives_every_contact_rule_the_same_reason_as_one_by_one(catalog: C
     assert kinds >= {"no", "quiet", "unknown", "frequency", "cool-down:"}, kinds  # every kind of rule occurs
     for b, s in zip(batch, single, strict=True):
         assert (b.action, b.eligible, b.reasons) == (s.action, s.eligible, s.reasons)
+
+
+def test_batch_rows_are_the_response_models_json(catalog: Catalog, model: DecisionModel) -> None:
+    """The service writes decide_rows' dicts to JSON directly: the same bytes as the validated response model."""
+    from pydantic_core import to_json
+
+    from nexttouch.api import DecideBatchResponse
+
+    cat = _prefers_call(catalog, model)
+    rows = [{**CALLER, "tech_in_30d": float(t)} for t in range(6)] + [ACTIVE, {**ACTIVE, "push_opt_in": 0.0}]
+    known = np.array([True] * 7 + [False])
+    at = datetime(2026, 11, 2, 13, 45, 10, 250_000, tzinfo=ZoneInfo("Europe/Paris"))
+    decider = Decider(cat, model, "7", lambda _c, _a: None, epsilon=0.3, seed=2)
+    answers = decider.decide_rows([f"C{i}" for i in range(8)], _frame(rows), known, at, Ledger().take)
+    body = to_json({"decisions": answers})
+    model_json = DecideBatchResponse.model_validate({"decisions": answers}).model_dump_json().encode()
+    assert body == model_json
+    assert [a["fallback"] for a in answers] == [False] * 7 + [True]
+    assert any("no capacity left" in r for a in answers for r in a["reasons"])
+
+
+def test_rounded_is_pythons_round() -> None:
+    """Vectorised rounding gives exactly Python's round, half-way cases and scaling errors included."""
+    from serving.decider import rounded
+
+    rng = np.random.default_rng(4)
+    halves = (np.arange(-20_000, 20_000) + 0.5) / 10_000  # x.xxxx5: scaling by 1e4 lands on both sides
+    special = [0.00015, 2.675, 1.00005, -0.00005, 12.34565, 1e20, -1e-20, 0.0, -0.0, np.nan, np.inf, -np.inf]
+    values = np.concatenate([rng.random(50_000), rng.normal(0, 500, 50_000), halves, halves / 100, special])
+    for digits in (4, 6):
+        got = rounded(values.reshape(-1, 2), digits).ravel()
+        want = np.array([round(float(v), digits) for v in values])
+        np.testing.assert_array_equal(got, want)
+        assert (np.signbit(got) == np.signbit(want)).all()  # -0.0 stays -0.0
+    assert rounded(np.array([1.99975]), 4)[0] == round(1.99975, 4) == 1.9997 != np.round(1.99975, 4)  # numpy's own

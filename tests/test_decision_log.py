@@ -82,3 +82,47 @@ def test_concurrent_decisions_share_commits_and_all_are_durable(tmp_path: Path) 
     reopened = DecisionLog(tmp_path / "d.db")
     assert reopened.feedback("d299", 0.0) is Feedback.RECORDED
     reopened.close()
+
+
+def test_decision_rows_hold_each_answers_fields_and_the_shared_context() -> None:
+    from zoneinfo import ZoneInfo
+
+    from serving.decision_log import decision_rows
+
+    paris = _answer("d1").model_copy(update={"decided_at": datetime(2026, 10, 1, 11, tzinfo=ZoneInfo("Europe/Paris"))})
+    unknown = _answer("d2", None).model_copy(update={"fallback": True, "values": {}})
+    rows = decision_rows([dict(paris), dict(unknown)], {"channel": "app"})
+    assert rows == [
+        (
+            "d1",
+            "C1",
+            "2026-10-01T09:00:00+00:00",
+            "push",
+            0.95,
+            0,
+            0,
+            0,
+            "3",
+            '{"none":1.0,"push":2.0}',
+            '{"channel":"app"}',
+        ),
+        ("d2", None, "2026-10-01T09:00:00+00:00", "push", 0.95, 0, 1, 1, "3", "{}", '{"channel":"app"}'),
+    ]
+    assert decision_row(paris, {"channel": "app"}) == rows[0]
+
+
+def test_decision_ids_are_time_ordered_uuid7s() -> None:
+    import time
+    import uuid
+
+    from serving.decision_log import new_decision_id, new_decision_ids
+
+    before = time.time_ns() // 1_000_000
+    ids = [*new_decision_ids(1000), new_decision_id()]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for i in ids:
+        u = uuid.UUID(hex=i)
+        assert (len(i), u.version, u.variant) == (32, 7, uuid.RFC_4122)
+        assert before <= int(i[:12], 16) <= after  # 48 bits of Unix milliseconds first
+    assert new_decision_ids(0) == []

@@ -105,6 +105,43 @@ def test_batch_decides_in_order_logs_all_and_flags_unknowns(client: TestClient, 
     assert logged == (42, 2)
 
 
+def test_batch_json_is_the_response_models_own(client: TestClient) -> None:
+    """The batch's answers are written to JSON as dicts: the same bytes as the documented model would give."""
+    from nexttouch.api import DecideBatchResponse
+
+    customers = [{"customer_id": f"C{i:07d}"} for i in range(1, 31)] + [{"customer_id": "C9999999"}]
+    at = "2026-11-02T12:00:00+01:00"
+    r = client.post("/decide/batch", json={"customers": customers, "at": at, "context": {"channel": "app"}})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    model = DecideBatchResponse.model_validate_json(r.content)
+    assert model.model_dump_json().encode() == r.content
+    assert [d.decided_at.isoformat() for d in model.decisions] == [at] * 31
+
+
+def test_batch_with_the_store_failing_gives_logged_fallbacks(client: TestClient, built: Settings) -> None:
+    from serving.service import _running
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("store down")
+
+    customers = [{"customer_id": f"C{i:07d}"} for i in range(1, 6)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_running["service"].online, "read_many", broken)
+        r = client.post("/decide/batch", json={"customers": customers, "context": {"channel": "app"}})
+    assert r.status_code == 200, r.text
+    decisions = r.json()["decisions"]
+    assert [(d["customer_id"], d["action"], d["fallback"], d["cold_start"]) for d in decisions] == [
+        (c["customer_id"], "none", True, False) for c in customers
+    ]
+    assert all(d["reasons"][0] == "fallback: online store error (RuntimeError)" for d in decisions)
+    ids = [d["decision_id"] for d in decisions]
+    with sqlite3.connect(built.decision_log) as db:
+        logged = db.execute(
+            f"SELECT decision_id, fallback, context FROM decisions WHERE decision_id IN ({','.join('?' * 5)})", ids
+        ).fetchall()
+    assert sorted(logged) == sorted((i, 1, '{"channel":"app"}') for i in ids)
+
+
 def test_batch_over_the_limit_is_refused_and_says_so(client: TestClient) -> None:
     customers = [{"customer_id": "C0000001"}] * 1001
     r = client.post("/decide/batch", json={"customers": customers})
