@@ -208,6 +208,17 @@ def case_online(project: Path, args: argparse.Namespace) -> list[dict[str, objec
             vs_bulk=True,
         )
     )
+    t = time.perf_counter()
+    materialize(s, END)  # the nightly case: the same load over a full store
+    rows.append(
+        _row(
+            "online: nexttouch bulk load, SQLite, over a full store",
+            "read back ok",
+            time.perf_counter() - t,
+            vs_bulk=True,
+        )
+    )
+    _check_online(open_store(s), latest)
 
     try:
         import redis

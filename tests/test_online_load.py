@@ -7,12 +7,16 @@ import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 
 from nexttouch.settings import Settings
 from tests.conftest import END, copy_feature_repo
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 pytestmark = pytest.mark.slow
 VIEWS = ("touch_history", "contact_state", "customer_profile")
@@ -31,10 +35,10 @@ def offline(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settin
     return settings
 
 
-def _online(settings: Settings) -> pd.DataFrame:
+def _online(settings: Settings, store: FeatureStore | None = None) -> pd.DataFrame:
     from nexttouch.feature_store import open_store
 
-    store = open_store(settings)
+    store = store or open_store(settings)
     ids = pd.read_parquet(settings.offline_dir / "customer_profile.parquet")["customer_id"].tolist()
     rows = [{"customer_id": c, "request_at": END} for c in [*ids, "nobody"]]
     got = store.get_online_features(features=store.get_feature_service(settings.feature_service), entity_rows=rows)
@@ -43,11 +47,16 @@ def _online(settings: Settings) -> pd.DataFrame:
 
 def _dump(settings: Settings) -> dict[str, list[tuple]]:
     with sqlite3.connect(settings.data_dir / "feast" / "online.db") as con:
-        rows = {
+        return {
             v: con.execute(f'SELECT * FROM "nexttouch_{v}" ORDER BY entity_key, feature_name').fetchall() for v in VIEWS
         }
-        # Feast's indexes are all there after a bulk load (it drops and rebuilds them)
-        return rows | {"indexes": sorted(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))}
+
+
+def _layout(settings: Settings) -> dict[str, tuple[str, str]]:
+    """Per view: its table's DDL and its ``_ek`` index's."""
+    with sqlite3.connect(settings.data_dir / "feast" / "online.db") as con:
+        sql = dict(con.execute("SELECT name, sql FROM sqlite_master"))
+        return {v: (sql[f"nexttouch_{v}"], sql[f"nexttouch_{v}_ek"]) for v in VIEWS}
 
 
 def _empty(settings: Settings) -> None:
@@ -57,18 +66,67 @@ def _empty(settings: Settings) -> None:
 
 
 def test_sqlite_bulk_load_equals_stock_materialize(offline: Settings) -> None:
-    from features.pipeline import materialize
+    from features.online_load import write_latest_online
+    from features.pipeline import feast_apply, materialize
+    from nexttouch.feature_store import open_store
 
-    end = END - timedelta(days=20)  # before the last snapshots: those must not be loaded
+    early = END - timedelta(days=20)  # before the last snapshots: those must not be loaded
+    history = pd.read_parquet(offline.offline_dir / "touch_history.parquet")
+    some = history[
+        history["customer_id"].isin(history["customer_id"].unique()[::2]) & (history["event_timestamp"] <= early)
+    ]
+    store = open_store(offline)
     _empty(offline)
-    assert materialize(offline, end, stock=True) == {}
+    assert materialize(offline, early, stock=True) == {}
     stock, stock_rows = _online(offline), _dump(offline)
+    materialize(offline, END, stock=True)
+    stock_later = _dump(offline)
+    # Half the customers' older rows on top: the other half keep their later ones.
+    store.write_to_online_store("touch_history", some.sort_values("event_timestamp").groupby("customer_id").tail(1))
+    stock_half = _dump(offline)
+    assert stock_half not in (stock_rows, stock_later)
+
     _empty(offline)
-    written = materialize(offline, end)
+    reader = open_store(offline)  # a reader connection kept open across the loads, as the service's
+    assert _online(offline, reader)["tech_in_30d"].isna().all()
+    written = materialize(offline, early)
     assert written == {v: stock["customer_id"].iloc[:-1].nunique() for v in VIEWS}
-    pd.testing.assert_frame_equal(_online(offline), stock)
+    pd.testing.assert_frame_equal(_online(offline, reader), stock)
     assert _dump(offline) == stock_rows  # byte for byte, timestamps included
     assert stock["tech_in_30d"].iloc[:-1].notna().all() and pd.isna(stock["tech_in_30d"].iloc[-1])
+    for table, index in _layout(offline).values():  # one B-tree per view, its key serving entity_key lookups
+        assert table.endswith("PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID")
+        assert index.endswith("(entity_key) WHERE false")
+    materialize(offline, END)  # a full load over a full table
+    assert _dump(offline) == stock_later
+    assert write_latest_online(store, "touch_history", some, full=True) == some["customer_id"].nunique()
+    assert _dump(offline) == stock_half  # the customers a full load does not cover keep their rows
+    pd.testing.assert_frame_equal(_online(offline, reader), _online(offline))
+
+    feast_apply(offline)  # Feast's CREATE ... IF NOT EXISTS leave the rebuilt tables as they are
+    assert _dump(offline) == stock_half
+
+
+def test_partial_write_upserts(offline: Settings) -> None:
+    """A few rows written without ``full`` update those entities (any layout) and leave the others alone."""
+    from features.online_load import write_latest_online
+    from features.pipeline import materialize
+    from nexttouch.feature_store import open_store
+
+    store = open_store(offline)
+    for bulk in (False, True):  # Feast's own table, then the bulk load's
+        _empty(offline)
+        materialize(offline, END, stock=not bulk)
+        before = _online(offline)
+        history = pd.read_parquet(offline.offline_dir / "touch_history.parquet")
+        few = history[history["customer_id"].isin(before["customer_id"].iloc[:3])].copy()
+        few["tech_in_30d"] += 1000
+        few["event_timestamp"] += timedelta(days=1)
+        assert write_latest_online(store, "touch_history", few) == 3
+        after = _online(offline)
+        changed = after["tech_in_30d"].fillna(-1) != before["tech_in_30d"].fillna(-1)
+        assert changed.tolist() == [True] * 3 + [False] * (len(before) - 3)
+        assert (after["tech_in_30d"].iloc[:3] == before["tech_in_30d"].iloc[:3] + 1000).all()
 
 
 def test_redis_bulk_load_equals_stock_materialize(offline: Settings) -> None:
