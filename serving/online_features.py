@@ -84,13 +84,30 @@ class OnlineFeatures:
         stored = [c for c in frame.columns if c in self.stored]
         known = frame[stored].notna().any(axis=1).to_numpy()
         if self._fast and self._recency:
-            inputs = frame[[last for last, _ in self._recency]].assign(
-                **{REQUEST_AT: pd.Timestamp(at).tz_convert(UTC).floor("s")}
-            )
-            recency = recency_frame(inputs)
-            for _, name in self._recency:
-                frame[name] = recency[name]
+            for name, days in recency_columns(frame[[last for last, _ in self._recency]], at).items():
+                frame[name] = days
         return frame, known
+
+
+def recency_columns(last: pd.DataFrame, at: datetime) -> dict[str, np.ndarray]:
+    """``recency_frame`` of the last-touch columns at ``at``, by name: the same float64 days.
+
+    The typed frame's timestamps are datetime64[ns, UTC], and for those this is recency_frame's own
+    arithmetic on the nanosecond counts (int64 difference, ``/ 1e9`` as ``total_seconds``,
+    ``/ 86,400``, negative -> 0, none -> ``NEVER``) without pandas' per-column overhead (~6 ms per
+    1,000 customers). Other dtypes go through ``recency_frame`` itself; tests check both agree exactly.
+    """
+    now = pd.Timestamp(at).tz_convert(UTC).floor("s")
+    names = dict(zip(CONTACT_STATE, RECENCY_FEATURES, strict=True))
+    if not all(isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" for dtype in last.dtypes):
+        recency = recency_frame(last.assign(**{REQUEST_AT: now}))
+        return {names[c]: recency[names[c]].to_numpy() for c in last.columns}
+    out = {}
+    for column in last.columns:
+        ns = last[column].array.asi8
+        days = np.maximum((now.value - ns) / 1e9 / 86_400, 0.0)
+        out[names[column]] = np.where(last[column].isna().to_numpy(), NEVER, days)
+    return out
 
 
 def _recency(last: datetime | None, at: datetime) -> float:
