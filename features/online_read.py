@@ -282,14 +282,50 @@ def _typed(blobs: np.ndarray, value_type: Any) -> np.ndarray:
         return _decoded(blobs, value_type)
     codes, uniques = _factorize(blobs)
     raw = np.full(len(uniques) + 1, np.nan)  # the last one: nothing stored
-    for i, blob in enumerate(uniques):
-        proto = ValueProto.FromString(blob)
+    raw[: len(uniques)], parsed = _scalars(uniques)
+    for i in np.flatnonzero(~parsed).tolist():  # anything else: protobuf itself
+        proto = ValueProto.FromString(uniques[i])
         kind = proto.WhichOneof("val")
         if kind is not None and kind != "null_val":
             raw[i] = float(getattr(proto, kind))
     if name == "UNIX_TIMESTAMP":  # whole seconds, as Feast stores them
         return np.asarray(pd.to_datetime(raw, unit="s", utc=True))[codes]
     return raw[codes]
+
+
+_VARINT_TAGS = np.array([3 << 3, 4 << 3, 7 << 3, 8 << 3], np.uint8)  # int32, int64, bool, unix_timestamp
+_DOUBLE_TAG, _FLOAT_TAG = 5 << 3 | 1, 6 << 3 | 5  # fixed64, fixed32
+
+
+def _scalars(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Serialized numeric ``ValueProto``s read from their wire bytes at once: values and which were read.
+
+    A stored number is one tag byte and its value: a varint (ints, bools, timestamps; 1-9 bytes,
+    i.e. not negative), 8 bytes of double or 4 of float. Those are decoded with numpy (parsing
+    each with protobuf cost ~1 µs, ~4 ms per 1,000 customers' timestamps); anything else (negative
+    ints, nulls, other fields) is left to protobuf by the caller.
+    """
+    n = len(blobs)
+    if n == 0:
+        return np.zeros(0), np.zeros(0, bool)
+    size = np.fromiter(map(len, blobs), np.intp, n)
+    buf = np.frombuffer(b"".join(blobs) + bytes(10), np.uint8)  # padded: reads past the end are harmless
+    start = np.cumsum(size) - size
+    tag = np.where(size > 0, buf[start], 0)
+    payload = np.minimum(size - 1, 9)
+    window = buf[start[:, None] + 1 + np.arange(9)]  # the (up to) 9 bytes after the tag
+    within = np.arange(9) < payload[:, None]
+    last = window[np.arange(n), np.maximum(payload - 1, 0)]
+    continued = ((window & 0x80) != 0) | ~within | (np.arange(9) == (payload - 1)[:, None])
+    varint = np.isin(tag, _VARINT_TAGS) & (size >= 2) & (size <= 10) & (last < 0x80) & continued.all(axis=1)
+    digits = np.where(within, window & 0x7F, 0).astype(np.uint64) << (7 * np.arange(9, dtype=np.uint64))
+    values = np.where(varint, digits.sum(axis=1, dtype=np.uint64).astype(np.float64), np.nan)
+    for wire_tag, width, dtype in ((_DOUBLE_TAG, 8, "<f8"), (_FLOAT_TAG, 4, "<f4")):
+        fixed = (tag == wire_tag) & (size == width + 1)
+        if fixed.any():
+            values[fixed] = window[fixed, :width].copy().view(dtype)[:, 0]
+        varint |= fixed
+    return values, varint
 
 
 @functools.lru_cache(maxsize=8)

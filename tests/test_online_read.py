@@ -108,3 +108,32 @@ def on_redis(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def test_redis_bulk_read_equals_get_online_features(on_redis: Settings) -> None:
     _check_reader(on_redis, "redis")
+
+
+def test_numbers_read_from_their_wire_bytes_are_protobufs() -> None:
+    """The typed frame reads stored numbers from their bytes; whatever it cannot read is left to protobuf."""
+    import random
+
+    import numpy as np
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.online_read import _scalars
+
+    rng = random.Random(0)
+    values = [Value(int64_val=v) for v in [0, 1, 127, 128, 300, 2**35, 2**63 - 1, -1, -(2**63)]]
+    values += [Value(int32_val=v) for v in [0, 5, 2**31 - 1, -1]] + [Value(bool_val=True), Value(bool_val=False)]
+    values += [Value(unix_timestamp_val=v) for v in [0, 1_700_000_000, -5]]
+    values += [Value(double_val=v) for v in [0.0, -0.0, 1.5, 1e300, float("inf"), -2.5]] + [Value(float_val=1.1)]
+    values += [Value(), Value(null_val=0), Value(string_val="7")]
+    values += [Value(int64_val=rng.getrandbits(rng.randint(1, 63))) for _ in range(500)]
+    values += [Value(double_val=rng.uniform(-1e6, 1e6)) for _ in range(500)]
+    blobs = [v.SerializeToString() for v in values] + [b"\x20\x80", b"\x20", b"\x29\x00", b"\x20\x05\x01"]
+    got, read = _scalars(blobs)
+    for blob, value, ok in zip(blobs, got, read, strict=True):
+        if ok:
+            proto = Value.FromString(blob)
+            want = float(getattr(proto, proto.WhichOneof("val")))
+            assert value == want and np.signbit(value) == np.signbit(want), blob
+    unread = [b for b, ok in zip(blobs, read, strict=True) if not ok]
+    assert read.sum() == len(blobs) - 11  # negative ints (10-byte varints), empty, null, string, truncated, trailing
+    assert Value(int64_val=-1).SerializeToString() in unread and b"" in unread
