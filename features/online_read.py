@@ -20,6 +20,7 @@ Any other online store (or a key other than one string ``customer_id``) goes thr
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ SQLITE_CHUNK = 5_000  # keys per query: well under SQLite's bound-parameter limi
 REDIS_CHUNK = 5_000  # customers per pipeline round trip
 DECODE_CACHE = 100_000  # decoded values kept for single-customer reads
 _MISSING = object()
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 class OnlineReader:
@@ -209,10 +211,9 @@ class OnlineReader:
                     chunk,
                 ).fetchall()
                 if rows:
-                    at, value = zip(*rows, strict=True)
-                    at = np.array(at, dtype=np.intp)
-                    values = np.empty(len(value), dtype=object)
-                    values[:] = value
+                    at = np.fromiter(map(_first, rows), np.intp, len(rows))
+                    values = np.empty(len(rows), dtype=object)
+                    values[:] = list(map(_second, rows))
                     keep = at >= 0
                     blobs[at[keep] + lo * width] = values[keep]
         return blobs.reshape(len(keys), width)
