@@ -430,22 +430,22 @@ def test_contact_updates_wait_for_the_other_workers_lock(built: Settings, tmp_pa
     from serving.contact_state import ContactUpdater
     from serving.online_features import OnlineFeatures
 
-    online = OnlineFeatures(built)
+    online = OnlineFeatures(built)  # C0000355: not among the customers test_plan compares online and offline
     lock = tmp_path / "contact_state.lock"
     kept: list[pd.DataFrame] = []
     updater = ContactUpdater(online.store, kept.append, lambda _s, _k: None, timeout_s=0.5, retry_s=60, lock=lock)
     when = datetime.now(UTC) - timedelta(minutes=30)
-    body = {"event_id": "lock-1", "occurred_at": when, "customer_id": "C0000353", "touch_type": "event_attended"}
+    body = {"event_id": "lock-1", "occurred_at": when, "customer_id": "C0000355", "touch_type": "event_attended"}
     with lock.open("a") as other_worker:
         fcntl.flock(other_worker, fcntl.LOCK_EX)
         answer = updater.apply(EventsRequest.model_validate({"events": [body]}))
         assert answer.online_update_deferred is True and len(kept) == 1  # kept, not yet online
         time.sleep(0.3)
-        before = online.read("C0000353")["last_low_at"]
+        before = online.read("C0000355")["last_low_at"]
         assert pd.isna(before) or pd.Timestamp(before) < pd.Timestamp(when).floor("s")
         fcntl.flock(other_worker, fcntl.LOCK_UN)
     deadline = time.monotonic() + 10
-    while pd.Timestamp(online.read("C0000353")["last_low_at"]) != pd.Timestamp(when).floor("s"):
+    while pd.Timestamp(online.read("C0000355")["last_low_at"]) != pd.Timestamp(when).floor("s"):
         assert time.monotonic() < deadline, "the update was not made after the lock was released"
         time.sleep(0.1)
     updater.close()
