@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,7 +128,9 @@ class OnlineReader:
         for value_type, cols in self._by_type.items():
             typed = _typed(blobs[:, cols].ravel(), value_type).reshape(len(ids), len(cols))
             for c, j in enumerate(cols):
-                columns[self.names[j]] = typed[:, c]
+                column = typed[:, c]
+                timestamps = column.dtype.kind == "M"
+                columns[self.names[j]] = pd.DatetimeIndex(column).tz_localize(UTC) if timestamps else column
         frame = pd.DataFrame(columns)
         return frame[[CUSTOMER_ID, *self.names]]
 
@@ -275,7 +278,7 @@ _NUMERIC = {"INT32", "INT64", "FLOAT", "DOUBLE", "BOOL"}
 
 
 def _typed(blobs: np.ndarray, value_type: Any) -> np.ndarray:
-    """``_decoded`` as a typed array: float64 for numbers, datetime64[ns, UTC] for timestamps, else objects."""
+    """``_decoded`` as a typed array: float64 for numbers, datetime64[ns] (UTC) for timestamps, else objects."""
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
     name = getattr(value_type, "name", "")
@@ -289,8 +292,8 @@ def _typed(blobs: np.ndarray, value_type: Any) -> np.ndarray:
         kind = proto.WhichOneof("val")
         if kind is not None and kind != "null_val":
             raw[i] = float(getattr(proto, kind))
-    if name == "UNIX_TIMESTAMP":  # whole seconds, as Feast stores them
-        return np.asarray(pd.to_datetime(raw, unit="s", utc=True))[codes]
+    if name == "UNIX_TIMESTAMP":  # whole seconds, as Feast stores them; numpy's type (no Timestamp objects)
+        return pd.to_datetime(raw, unit="s").to_numpy()[codes]
     return raw[codes]
 
 
