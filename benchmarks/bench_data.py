@@ -8,8 +8,9 @@ in order, each reading what the one before wrote:
     ingest     nexttouch.ingest.ingest: validation, identity resolution, quarantine, data/raw
     features   features.pipeline.build_offline (snapshots every --every-days) + `feast apply`
     online     SQLite: a plain bulk insert of the latest rows (the baseline) and the bulk load
-               (features.pipeline.materialize); then the bulk load into Redis (127.0.0.1:6379,
-               db 15). Every load is read back through `get_online_features`.
+               (features.pipeline.materialize), into an empty store and again over the full one
+               (the nightly case); then the bulk load into Redis (127.0.0.1:6379, db 15). Every
+               load is read back through `get_online_features`.
     stock      stock Feast `materialize` into SQLite. Above --stock-customers (default 100,000)
                it is measured on the first --stock-customers customers and scaled linearly:
                the table says so.
