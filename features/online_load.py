@@ -6,7 +6,7 @@ SQLite. Here feature values are converted once per *distinct* value (numbers and
 encoders checked against Feast's ``python_values_to_proto_values``, other types by it), entity
 keys are built with Feast's serialization (checked the same way), and the bytes are spread back
 with numpy. SQLite gets one ``INSERT … SELECT`` per view into a fresh table that is swapped in
-(``_write_sqlite``); Redis gets its ``HSET`` commands as raw RESP on one connection. The stored
+(``_sqlite_writer``); Redis gets its ``HSET`` commands as raw RESP on one connection. The stored
 bytes are exactly those of ``materialize`` (checked by ``tests/test_online_load.py``), so
 ``get_online_features`` reads them unchanged.
 
@@ -17,6 +17,8 @@ entity's stored row even if that row is newer, and leaves entities it does not c
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,12 +62,18 @@ def materialize_bulk(store: FeatureStore, end: datetime) -> dict[str, int]:
         read = (source.path, tuple(c.name for c in view.entity_columns), source.timestamp_field)
         reads.setdefault(read, {}).update(dict.fromkeys(_view_columns(view)))
         views.append((view, read))
-    tables = {
-        read: _read_latest_table(Path(read[0]), list(read[1]), read[2], list(columns), end)
-        for read, columns in reads.items()
-    }
-    for view, read in views:
-        written[view.name] = _write_latest(store, view, tables[read].select(_view_columns(view)), full=True)
+    tables: dict[tuple, pa.Table] = {}
+    # SQLite runs each view's INSERT (which releases the GIL) on a writer thread while the next
+    # view is read and encoded.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-load") as writer:
+        jobs: list[Future] = []
+        for view, read in views:
+            if read not in tables:
+                tables[read] = _read_latest_table(Path(read[0]), list(read[1]), read[2], list(reads[read]), end)
+            table = tables[read].select(_view_columns(view))
+            written[view.name] = _write_latest(store, view, table, True, lambda job: jobs.append(writer.submit(job)))
+        for job in jobs:
+            job.result()
     return written
 
 
@@ -121,8 +129,21 @@ def _view_columns(view: FeatureView) -> list[str]:
     return [*columns, source.created_timestamp_column] if source.created_timestamp_column else columns
 
 
-def _write_latest(store: FeatureStore, view: FeatureView, table: pa.Table, full: bool) -> int:
-    """Write one row per entity (``table``: the view's columns) with the store's bulk writer."""
+def _now(job: Callable[[], None]) -> None:
+    job()
+
+
+def _write_latest(
+    store: FeatureStore,
+    view: FeatureView,
+    table: pa.Table,
+    full: bool,
+    run: Callable[[Callable[[], None]], Any] = _now,
+) -> int:
+    """Write one row per entity (``table``: the view's columns) with the store's bulk writer.
+
+    ``run`` is given SQLite's SQL part (default: run it now).
+    """
     if table.num_rows == 0:
         return 0
     online = store.config.online_store
@@ -130,7 +151,7 @@ def _write_latest(store: FeatureStore, view: FeatureView, table: pa.Table, full:
         online, "enable_openai_compatible_store", False
     )
     if online.type == "sqlite" and plain:
-        _write_sqlite(store, view, table, full)
+        run(_sqlite_writer(store, view, table, full))
     elif online.type == "redis":
         _write_redis(store, view, table)
     else:  # any other store: Feast's own (slow) path
@@ -303,8 +324,8 @@ def _entity_keys(store: FeatureStore, view: FeatureView, table: pa.Table) -> pa.
     return pa.array([feast_key(list(row)) for row in zip(*raw, strict=True)], pa.binary())
 
 
-def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table, full: bool) -> None:
-    """Write (entity_key, feature_name) rows with the values ``SqliteOnlineStore.online_write_batch`` writes.
+def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table, full: bool) -> Callable[[], None]:
+    """Prepare the rows ``SqliteOnlineStore.online_write_batch`` would write; returns the SQL step writing them.
 
     Binding parameters from Python costs ~4 us a row, so entities are bound once each, as one wide
     row of a temporary table (a column with few distinct values as ids into a table of them), and
@@ -376,57 +397,61 @@ def _write_sqlite(store: FeatureStore, view: FeatureView, table: pa.Table, full:
         f"LEFT JOIN temp.nexttouch_values AS d ON d.id = {_pick(ids)}"
     )
     quoted, fresh = _quote_id(name), _quote_id(f"{name}__load")
-    db = sqlite3.connect(SqliteOnlineStore._get_db_path(config))
-    try:
-        # This connection only: no fsync per page, a large page cache, the staging table in memory,
-        # and dropped pages left as they are (Debian's SQLite zeroes them by default, secure_delete,
-        # which also copies each one to the rollback journal: a DROP of 1M customers' rows wrote GBs).
-        for pragma in ("synchronous = OFF", "cache_size = -524288", "temp_store = MEMORY", "secure_delete = FAST"):
-            db.execute(f"PRAGMA {pragma}")
-        with db:
-            db.execute(f"CREATE TEMP TABLE nexttouch_stage ({', '.join(stage)})")
-            db.execute("CREATE TEMP TABLE nexttouch_features (i INTEGER PRIMARY KEY, name TEXT)")
-            db.executemany("INSERT INTO temp.nexttouch_features VALUES (?, ?)", enumerate(features))
-            db.execute("CREATE TEMP TABLE nexttouch_values (id INTEGER PRIMARY KEY, value BLOB, value_text TEXT)")
-            db.executemany("INSERT INTO temp.nexttouch_values VALUES (?, ?, ?)", distinct)
-            insert = f"INSERT INTO temp.nexttouch_stage VALUES ({', '.join('?' * len(stage))})"
-            for lo in range(0, len(keys), SQLITE_BATCH):
-                db.executemany(insert, zip(*(c[lo : lo + SQLITE_BATCH] for c in columns), strict=True))
-            if not full:
-                update = ", ".join(f"{c} = excluded.{c}" for c in target[2:])
-                db.execute(
-                    f"INSERT INTO {quoted} ({', '.join(target)}) {select} WHERE true "
-                    f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {update}"
-                )
-            else:
-                info = db.execute(f"PRAGMA main.table_info({quoted})").fetchall()
-                if not info:
-                    raise sqlite3.OperationalError(f"no such table: {name} (run `feast apply`)")
-                all_columns = [_quote_id(c[1]) for c in info]
-                # The placeholder index is made while the fresh table is empty (CREATE INDEX reads
-                # every row, even for WHERE false); the old table's index gives up its name first.
-                db.execute(f"DROP INDEX IF EXISTS {_quote_id(name + '_ek')}")
-                db.execute(
-                    f"CREATE TABLE {fresh} ({', '.join(f'{_quote_id(c[1])} {c[2]}' for c in info)}, "
-                    "PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID"
-                )
-                db.execute(f"CREATE INDEX {_quote_id(name + '_ek')} ON {fresh} (entity_key) WHERE false")
-                db.execute(f"INSERT INTO {fresh} ({', '.join(target)}) {select}")
-                # Stored entities the load does not cover keep their rows: each entity is looked up once.
-                db.execute(
-                    f"WITH stored AS MATERIALIZED (SELECT DISTINCT entity_key FROM {quoted}) "
-                    f"INSERT INTO {fresh} SELECT {', '.join(all_columns)} FROM {quoted} WHERE entity_key IN "
-                    "(SELECT entity_key FROM stored WHERE entity_key NOT IN (SELECT k FROM temp.nexttouch_stage))"
-                )
-                # Dropped last: pages freed in this transaction would be journaled if reused in it;
-                # freed now, they hold the next load without a journal copy.
-                db.execute(f"DROP TABLE {quoted}")
-                db.execute(f"ALTER TABLE {fresh} RENAME TO {quoted}")
-            db.execute("DROP TABLE temp.nexttouch_stage")
-            db.execute("DROP TABLE temp.nexttouch_features")
-            db.execute("DROP TABLE temp.nexttouch_values")
-    finally:
-        db.close()
+
+    def run() -> None:
+        db = sqlite3.connect(SqliteOnlineStore._get_db_path(config))
+        try:
+            # This connection only: no fsync per page, a large page cache, the staging table in memory,
+            # and dropped pages left as they are (Debian's SQLite zeroes them by default, secure_delete,
+            # which also copies each one to the rollback journal: a DROP of 1M customers' rows wrote GBs).
+            for pragma in ("synchronous = OFF", "cache_size = -524288", "temp_store = MEMORY", "secure_delete = FAST"):
+                db.execute(f"PRAGMA {pragma}")
+            with db:
+                db.execute(f"CREATE TEMP TABLE nexttouch_stage ({', '.join(stage)})")
+                db.execute("CREATE TEMP TABLE nexttouch_features (i INTEGER PRIMARY KEY, name TEXT)")
+                db.executemany("INSERT INTO temp.nexttouch_features VALUES (?, ?)", enumerate(features))
+                db.execute("CREATE TEMP TABLE nexttouch_values (id INTEGER PRIMARY KEY, value BLOB, value_text TEXT)")
+                db.executemany("INSERT INTO temp.nexttouch_values VALUES (?, ?, ?)", distinct)
+                insert = f"INSERT INTO temp.nexttouch_stage VALUES ({', '.join('?' * len(stage))})"
+                for lo in range(0, len(keys), SQLITE_BATCH):
+                    db.executemany(insert, zip(*(c[lo : lo + SQLITE_BATCH] for c in columns), strict=True))
+                if not full:
+                    update = ", ".join(f"{c} = excluded.{c}" for c in target[2:])
+                    db.execute(
+                        f"INSERT INTO {quoted} ({', '.join(target)}) {select} WHERE true "
+                        f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {update}"
+                    )
+                else:
+                    info = db.execute(f"PRAGMA main.table_info({quoted})").fetchall()
+                    if not info:
+                        raise sqlite3.OperationalError(f"no such table: {name} (run `feast apply`)")
+                    all_columns = [_quote_id(c[1]) for c in info]
+                    # The placeholder index is made while the fresh table is empty (CREATE INDEX reads
+                    # every row, even for WHERE false); the old table's index gives up its name first.
+                    db.execute(f"DROP INDEX IF EXISTS {_quote_id(name + '_ek')}")
+                    db.execute(
+                        f"CREATE TABLE {fresh} ({', '.join(f'{_quote_id(c[1])} {c[2]}' for c in info)}, "
+                        "PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID"
+                    )
+                    db.execute(f"CREATE INDEX {_quote_id(name + '_ek')} ON {fresh} (entity_key) WHERE false")
+                    db.execute(f"INSERT INTO {fresh} ({', '.join(target)}) {select}")
+                    # Stored entities the load does not cover keep their rows: each entity is looked up once.
+                    db.execute(
+                        f"WITH stored AS MATERIALIZED (SELECT DISTINCT entity_key FROM {quoted}) "
+                        f"INSERT INTO {fresh} SELECT {', '.join(all_columns)} FROM {quoted} WHERE entity_key IN "
+                        "(SELECT entity_key FROM stored WHERE entity_key NOT IN (SELECT k FROM temp.nexttouch_stage))"
+                    )
+                    # Dropped last: pages freed in this transaction would be journaled if reused in it;
+                    # freed now, they hold the next load without a journal copy.
+                    db.execute(f"DROP TABLE {quoted}")
+                    db.execute(f"ALTER TABLE {fresh} RENAME TO {quoted}")
+                db.execute("DROP TABLE temp.nexttouch_stage")
+                db.execute("DROP TABLE temp.nexttouch_features")
+                db.execute("DROP TABLE temp.nexttouch_values")
+        finally:
+            db.close()
+
+    return run
 
 
 def _pick(columns: list[str], first: int = 0) -> str:
