@@ -124,15 +124,14 @@ class OnlineReader:
             return self.read(ids)
         codes, blobs = self._stored(ids)
         blobs = blobs[codes]
-        columns: dict[str, Any] = {CUSTOMER_ID: ids}
+        columns: dict[str, Any] = {CUSTOMER_ID: ids, **dict.fromkeys(self.names)}  # in order: no reindexing copy
         for value_type, cols in self._by_type.items():
             typed = _typed(blobs[:, cols].ravel(), value_type).reshape(len(ids), len(cols))
             for c, j in enumerate(cols):
                 column = typed[:, c]
                 timestamps = column.dtype.kind == "M"
                 columns[self.names[j]] = pd.DatetimeIndex(column).tz_localize(UTC) if timestamps else column
-        frame = pd.DataFrame(columns)
-        return frame[[CUSTOMER_ID, *self.names]]
+        return pd.DataFrame(columns)
 
     def row(self, customer_id: str) -> dict[str, Any]:
         """One customer's values by name, as ``columns([customer_id])`` gives them, without its fixed costs.

@@ -497,4 +497,4 @@ def rounded(values: np.ndarray, digits: int) -> np.ndarray:
 
 def _plain(value: object) -> str:
     """A feature value as a person reads it: 2.27, not 2.2663194444444446."""
-    return f"{value:.3g}" if isinstance(value, float | np.floating) else str(value)
+    return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
