@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from nexttouch.catalog import Catalog
@@ -34,6 +36,8 @@ from nexttouch.settings import Settings
 log = logging.getLogger(__name__)
 DEFAULT_ATTRIBUTION_DAYS = 2  # catalogs without the field: the simulated brand answers within 2 days
 TOUCH_TYPE, OCCURRED_AT = "touch_type", "occurred_at"
+ENTITY_ROW = "entity_row"  # position in the entity frame, carried through Feast
+ENTITY_ROWS_PER_QUERY = 250_000  # bounds the memory of one point-in-time join (see _historical_features)
 
 
 def attribute_outcomes(
@@ -134,18 +138,81 @@ def training_set(
     labelled, open_window = label_decisions(settings, decisions, catalog, as_of)
     if open_window:
         log.info("%d decisions have no outcome yet (attribution window open): left out", open_window)
-    entity_df = labelled[[DECISION_ID, CUSTOMER_ID, DECIDED_AT]].rename(columns={DECIDED_AT: EVENT_TIMESTAMP})
-    entity_df[REQUEST_AT] = entity_df[EVENT_TIMESTAMP]  # recency is measured at decision time
-    store = open_store(settings)
-    service = store.get_feature_service(settings.feature_service)
-    features = store.get_historical_features(entity_df=entity_df, features=service).to_df()
-    # The offline store does not keep row order: join back by decision id.
-    features = features.drop(columns=[CUSTOMER_ID, REQUEST_AT]).rename(columns={EVENT_TIMESTAMP: DECIDED_AT})
-    out = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME]].merge(
-        features, on=DECISION_ID, how="left", validate="one_to_one"
+    if labelled[DECISION_ID].duplicated().any():
+        raise ValueError("decisions: decision_id is not unique")
+    # Feast's features depend only on (customer, decision time): one entity row per distinct pair.
+    entity_of, first = _entity_rows(labelled[CUSTOMER_ID], labelled[DECIDED_AT])
+    entity_df = pd.DataFrame(
+        {
+            CUSTOMER_ID: labelled[CUSTOMER_ID].to_numpy()[first],
+            EVENT_TIMESTAMP: labelled[DECIDED_AT].iloc[first].reset_index(drop=True),
+            ENTITY_ROW: np.arange(len(first), dtype=np.int64),
+        }
     )
-    if len(out) != len(labelled):
-        raise RuntimeError(f"training set has {len(out)} rows for {len(labelled)} decisions")
-    out = out.sort_values([DECIDED_AT, DECISION_ID], ignore_index=True)
+    entity_df[REQUEST_AT] = entity_df[EVENT_TIMESTAMP]  # recency is measured at decision time
+    features = _historical_features(settings, entity_df)
+
+    # The offline store does not keep row order: ENTITY_ROW says which entity row each result row is.
+    at = np.full(len(entity_df), -1, dtype=np.int64)
+    at[features.column(ENTITY_ROW).to_numpy()] = np.arange(features.num_rows)
+    if features.num_rows != len(entity_df) or (at < 0).any():
+        raise RuntimeError(f"Feast returned {features.num_rows} rows for {len(entity_df)} entity rows")
+    rows = at[entity_of]  # the result row of each labelled decision
+    # Rows by (decided_at as Feast returns it, decision_id), sorted in arrow: pandas sorts strings slowly.
+    keys = pa.table(
+        {
+            DECIDED_AT: features.column(EVENT_TIMESTAMP).take(pa.array(rows)),
+            DECISION_ID: pa.array(labelled[DECISION_ID].to_numpy(dtype=object)),
+        }
+    )
+    order = pc.sort_indices(keys, sort_keys=[(DECIDED_AT, "ascending"), (DECISION_ID, "ascending")]).to_numpy()
+    left = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME]].iloc[order].reset_index(drop=True)
+    left[DECISION_ID] = left[DECISION_ID].astype(object)  # as the former merge on it left it
+    features = features.drop_columns([CUSTOMER_ID, REQUEST_AT, ENTITY_ROW]).take(pa.array(rows[order]))
+    right = features.to_pandas().rename(columns={EVENT_TIMESTAMP: DECIDED_AT})
+    del features
+    out = pd.concat([left, right], axis=1)
     out.attrs["open_window"] = open_window
     return out
+
+
+def _entity_rows(customer: pd.Series, decided_at: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(entity row of each decision, first decision of each entity row) for the distinct (customer,
+    time) pairs, numbered by customer then time so that a slice of entity rows is a customer range."""
+    cust = pd.factorize(customer, sort=True)[0]
+    when = decided_at.array.asi8
+    order = np.lexsort((when, cust))
+    c, t = cust[order], when[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (c[1:] != c[:-1]) | (t[1:] != t[:-1])
+    entity_of = np.empty(len(order), dtype=np.int64)
+    entity_of[order] = np.cumsum(new) - 1
+    return entity_of, order[new]
+
+
+def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> pa.Table:
+    """``get_historical_features`` on the FeatureService, ``ENTITY_ROWS_PER_QUERY`` entity rows at a time.
+
+    Feast's point-in-time join is a range join plus a window over every snapshot inside the TTL of
+    every entity row; in slices its peak memory stays bounded. It runs on a DuckDB connection of its
+    own, closed afterwards: ibis registers each entity frame with the connection until the process
+    exits, so the shared default one would keep every frame it was ever given.
+    """
+    import ibis
+
+    store = open_store(settings)
+    service = store.get_feature_service(settings.feature_service)
+    previous = ibis.options.default_backend
+    con = ibis.duckdb.connect(preserve_insertion_order=False)  # rows are matched by ENTITY_ROW, not order
+    ibis.options.default_backend = con
+    try:
+        parts = [
+            store.get_historical_features(
+                entity_df=entity_df.iloc[lo : lo + ENTITY_ROWS_PER_QUERY], features=service
+            ).to_arrow()
+            for lo in range(0, max(len(entity_df), 1), ENTITY_ROWS_PER_QUERY)  # an empty frame is asked once
+        ]
+    finally:
+        ibis.options.default_backend = previous
+        con.disconnect()
+    return pa.concat_tables(parts, promote_options="default")

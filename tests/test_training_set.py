@@ -1,0 +1,66 @@
+"""The training set equals the straightforward Feast query: one entity row per decision, merged back."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nexttouch.catalog import Catalog
+from nexttouch.feature_store import open_store
+from nexttouch.settings import Settings
+from training import dataset
+from training.dataset import label_decisions, training_set
+
+pytestmark = pytest.mark.slow
+
+
+def _reference(settings: Settings, labelled: pd.DataFrame) -> pd.DataFrame:
+    """The former implementation: every decision (with its id) in one query, joined back on decision_id."""
+    entity = labelled[["decision_id", "customer_id", "decided_at"]].rename(columns={"decided_at": "event_timestamp"})
+    entity["request_at"] = entity["event_timestamp"]
+    store = open_store(settings)
+    service = store.get_feature_service(settings.feature_service)
+    features = store.get_historical_features(entity_df=entity, features=service).to_df()
+    features = features.drop(columns=["customer_id", "request_at"]).rename(columns={"event_timestamp": "decided_at"})
+    out = labelled[["decision_id", "customer_id", "action", "propensity", "outcome"]].merge(
+        features, on="decision_id", how="left", validate="one_to_one"
+    )
+    return out.sort_values(["decided_at", "decision_id"], ignore_index=True)
+
+
+@pytest.mark.parametrize("rows_per_query", [None, 97])
+def test_training_set_equals_one_query_per_decision(
+    built: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, rows_per_query: int | None
+) -> None:
+    import ibis
+
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet")
+    # Decisions of the same customer at the same time share an entity row; some have no feedback.
+    twins = decisions.sample(30, random_state=3).assign(outcome=np.nan)
+    twins["decision_id"] = "twin-" + twins["decision_id"].astype(str)
+    decisions = pd.concat([decisions, twins], ignore_index=True).sample(frac=1.0, random_state=4)
+    if rows_per_query:  # many slices, each boundary inside some customer's decisions
+        monkeypatch.setattr(dataset, "ENTITY_ROWS_PER_QUERY", rows_per_query)
+    backend = ibis.options.default_backend
+
+    got = training_set(built, decisions, catalog)
+    assert ibis.options.default_backend is backend  # the query's own DuckDB connection is gone again
+
+    labelled, _ = label_decisions(built, decisions, catalog)
+    pd.testing.assert_frame_equal(got, _reference(built, labelled), check_exact=True)
+    assert len(got) == len(labelled) > 3 * (rows_per_query or 0)
+    assert got["decision_id"].str.startswith("twin-").sum() > 0
+    assert got["spend_90d"].isna().any() and got["spend_90d"].notna().any()  # before / after the first snapshot
+
+
+def test_duplicate_decision_ids_are_refused(built: Settings) -> None:
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet").head(20)
+    with pytest.raises(ValueError, match="decision_id"):
+        training_set(built, pd.concat([decisions, decisions.head(1)], ignore_index=True))
+
+
+def test_no_labelled_decision_gives_an_empty_frame_with_every_column(built: Settings) -> None:
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet").head(20).assign(outcome=np.nan)
+    got = training_set(built, decisions)  # no catalog: nothing is attributed, no row is labelled
+    labelled, _ = label_decisions(built, decisions, None)
+    assert got.empty and got.attrs["open_window"] == 20
+    assert list(got.columns) == list(_reference(built, labelled).columns)
