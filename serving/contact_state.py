@@ -107,9 +107,15 @@ class ContactUpdater:
         )
 
     def _update(self, events: pd.DataFrame | None) -> None:
-        """Push ``events`` with every deferred one; on failure keep them all for the next try."""
+        """Push ``events`` with every deferred one; on failure keep them all for the next try.
+
+        Runs on the one pusher thread only. The deferred touches stay in ``_pending`` while they are
+        pushed, so ``pending`` never reads 0 in the middle of a retry that is about to fail.
+        """
         with self._pending_lock:
-            batch, self._pending = [*self._pending, *([] if events is None else [events])], []
+            if events is not None:
+                self._pending.append(events)
+            batch = list(self._pending)
         if not batch:
             return
         frame = pd.concat(batch, ignore_index=True)
@@ -120,8 +126,10 @@ class ContactUpdater:
             # Only the newest touch per customer, tier and direction matters online: bounded by customers.
             latest = frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
             with self._pending_lock:
-                self._pending.insert(0, latest)
+                self._pending = [latest]
             raise
+        with self._pending_lock:
+            self._pending = []
         if events is None or len(batch) > 1:
             log.info("deferred online contact updates made (%d touches)", len(frame))
 
