@@ -72,6 +72,7 @@ class SoakResult:
     errors: list[str]  # one line per failed request (status and body, or the transport error)
     decision_ids: list[str]  # every decision id the client received
     rss_mib: list[tuple[float, float]]  # (seconds since start, MiB)
+    event_ids: list[str] = field(default_factory=list)  # every event the service answered as accepted
 
     @property
     def requests(self) -> Counter[str]:
@@ -104,6 +105,7 @@ class _Driver:
         self.rng = random.Random(seed)
         self.unanswered: list[str] = []  # decisions waiting for their feedback
         self.received: list[str] = []
+        self.accepted: list[str] = []
         self.errors: list[str] = []
         self.seq = itertools.count()
 
@@ -147,6 +149,8 @@ class _Driver:
             window.errors += 1
             self.errors.append(f"{path} {response.status_code}: {response.text[:300]}")
             return
+        if name == "events":
+            self.accepted += [e["event_id"] for e in body["events"]][: response.json()["accepted"]]
         if name == "decide":
             window.decide_ms.append(ms)
             decision = response.json()["decision_id"]
@@ -204,7 +208,7 @@ async def drive(
         if pid is not None:
             rss.append((time.monotonic() - start, tree_rss_mib(pid)))
         windows[-1].rss_mib = rss[-1][1] if rss else float("nan")
-    return SoakResult(time.monotonic() - start, rate, windows, driver.errors, driver.received, rss)
+    return SoakResult(time.monotonic() - start, rate, windows, driver.errors, driver.received, rss, driver.accepted)
 
 
 def run(base_url: str, seconds: float, rate: float, customers: Sequence[str], **kw: object) -> SoakResult:
@@ -248,6 +252,15 @@ def table(result: SoakResult) -> str:
 
 def _span(result: SoakResult) -> float:
     return result.windows[1].start_s - result.windows[0].start_s if len(result.windows) > 1 else result.seconds
+
+
+def missing_events(decision_log: Path, accepted: Sequence[str]) -> list[str]:
+    """Accepted event ids that are not in the event log (the decision log's ``touch_events``)."""
+    with sqlite3.connect(f"file:{decision_log}?mode=ro", uri=True) as db:
+        db.execute("CREATE TEMP TABLE got (event_id TEXT PRIMARY KEY)")
+        db.executemany("INSERT OR IGNORE INTO got VALUES (?)", [(e,) for e in accepted])
+        rows = db.execute("SELECT event_id FROM got EXCEPT SELECT event_id FROM touch_events").fetchall()
+    return [r[0] for r in rows]
 
 
 def missing_decisions(decision_log: Path, received: Sequence[str]) -> list[str]:
@@ -343,15 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table(result))
         lost = missing_decisions(settings.decision_log, result.decision_ids)
         print(f"decisions received {len(result.decision_ids):,}; missing from the decision log: {len(lost)}")
-        with sqlite3.connect(f"file:{settings.decision_log}?mode=ro", uri=True) as db:
-            events = db.execute("SELECT count(*) FROM touch_events").fetchone()[0]
-        print(
-            f"disk after the run: decision log {_mib(settings.decision_log):.1f} MiB "
-            f"({events:,} posted events kept in it for the nightly job)"
-        )
+        gone = missing_events(settings.decision_log, result.event_ids)
+        print(f"events accepted {len(result.event_ids):,}; missing from the event log: {len(gone)}")
+        print(f"disk after the run: decision log {_mib(settings.decision_log):.1f} MiB (events included)")
         for line in result.errors[:20]:
             print(f"error: {line}")
-        return 1 if result.errors or lost else 0
+        return 1 if result.errors or lost or gone else 0
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ def test_steady_load_loses_nothing(service: Service, customers: list[str]) -> No
     assert result.errors == []
     assert result.total == int(LOAD_S * RATE)
     assert soak.missing_decisions(service.settings.decision_log, result.decision_ids) == []
+    assert len(result.event_ids) >= result.requests["events"]  # each events call posts 1-3
+    assert soak.missing_events(service.settings.decision_log, result.event_ids) == []
     with _decisions(service) as db:
         fed_back = db.execute("SELECT count(*) FROM decisions WHERE outcome IS NOT NULL").fetchone()[0]
     assert fed_back == result.requests["feedback"]
