@@ -256,19 +256,19 @@ def _span(result: SoakResult) -> float:
 
 def missing_events(decision_log: Path, accepted: Sequence[str]) -> list[str]:
     """Accepted event ids that are not in the event log (the decision log's ``touch_events``)."""
-    with sqlite3.connect(f"file:{decision_log}?mode=ro", uri=True) as db:
-        db.execute("CREATE TEMP TABLE got (event_id TEXT PRIMARY KEY)")
-        db.executemany("INSERT OR IGNORE INTO got VALUES (?)", [(e,) for e in accepted])
-        rows = db.execute("SELECT event_id FROM got EXCEPT SELECT event_id FROM touch_events").fetchall()
-    return [r[0] for r in rows]
+    return _missing(decision_log, "touch_events", "event_id", accepted)
 
 
 def missing_decisions(decision_log: Path, received: Sequence[str]) -> list[str]:
     """Received decision ids that are not in the SQLite decision log."""
+    return _missing(decision_log, "decisions", "decision_id", received)
+
+
+def _missing(decision_log: Path, table: str, column: str, ids: Sequence[str]) -> list[str]:
     with sqlite3.connect(f"file:{decision_log}?mode=ro", uri=True) as db:
-        db.execute("CREATE TEMP TABLE got (decision_id TEXT PRIMARY KEY)")
-        db.executemany("INSERT OR IGNORE INTO got VALUES (?)", [(d,) for d in received])
-        rows = db.execute("SELECT decision_id FROM got EXCEPT SELECT decision_id FROM decisions").fetchall()
+        db.execute(f"CREATE TEMP TABLE got ({column} TEXT PRIMARY KEY)")
+        db.executemany("INSERT OR IGNORE INTO got VALUES (?)", [(i,) for i in ids])
+        rows = db.execute(f"SELECT {column} FROM got EXCEPT SELECT {column} FROM {table}").fetchall()
     return [r[0] for r in rows]
 
 
