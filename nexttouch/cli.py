@@ -158,10 +158,11 @@ def plan(
 def export_log(project_dir: ProjectOpt = None) -> None:
     """Write the service's decisions (with outcomes) and posted events to data/inbox/ for `nexttouch ingest`."""
     s = _settings(project_dir, None)
-    if not s.decision_log_url and not s.decision_log.exists():
+    exported = _collect_service_logs(s)
+    if not exported:
         typer.echo(f"no decision log at {s.decision_log}", err=True)
         raise typer.Exit(1)
-    for what, path in _collect_service_logs(s).items():
+    for what, path in exported.items():
         typer.echo(f"{what} exported to {path}" if path else f"{what}: nothing to export")
 
 

@@ -60,10 +60,7 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                     "description": "Successful Response",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelInfo"}}},
                 },
-                "503": {
-                    "description": "The service is still starting",
-                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR}"}}},
-                },
+                "503": {**_error(503), "description": "The service is still starting"},
             },
         }
     }
