@@ -5,10 +5,11 @@ writes them one SQL statement (or one Redis command) at a time: 378 s for 1M cus
 SQLite. Here feature values are converted once per *distinct* value (numbers and times by numpy
 encoders checked against Feast's ``python_values_to_proto_values``, other types by it), entity
 keys are built with Feast's serialization (checked the same way), and the bytes are spread back
-with numpy. SQLite gets one ``INSERT … SELECT`` per view into a fresh table that is swapped in
-(``_sqlite_writer``); Redis gets its ``HSET`` commands as raw RESP on one connection. The stored
-bytes are exactly those of ``materialize`` (checked by ``tests/test_online_load.py``), so
-``get_online_features`` reads them unchanged.
+with numpy. nexttouch's SQLite store (``features.sqlite_store``: one row per entity) gets one
+upsert per view whose values are mostly bound as small ints (``_sqlite_writer``); Redis gets its
+``HSET`` commands as raw RESP on one connection. The stored bytes are exactly those of
+``materialize`` (checked by ``tests/test_online_load.py``), so ``get_online_features`` reads them
+unchanged.
 
 Like SQLite ``materialize`` (and Redis ``materialize`` with ``skip_dedup``), a load overwrites an
 entity's stored row even if that row is newer, and leaves entities it does not cover alone.
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 SQLITE_BATCH = 200_000  # entities per executemany: bounds the memory of the row arrays
 REDIS_BATCH = 10_000  # entities per RESP write on the connection
-LOOKUP_RATIO = 8  # a column with at most 1 distinct value per this many rows is bound as ids
+CASE_VALUES = 4096  # a column with at most this many distinct values is bound as their numbers
 CHECKED = 64  # distinct values per column whose fast encoding is compared with Feast's
 # Key columns stay arrow strings in pandas: no Python object per cell for 26M snapshot rows.
 _ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string()), pa.large_string(): pd.ArrowDtype(pa.large_string())}
@@ -44,7 +45,7 @@ def materialize_bulk(store: FeatureStore, end: datetime) -> dict[str, int]:
     """What ``store.materialize(start_date=EPOCH, end_date=end)`` does, for file-backed views, in bulk.
 
     Each online view's latest row per entity up to ``end`` is read from its parquet file (views on
-    the same file, like touch_history and contact_state, share one read) and written as a full load
+    the same file, like touch_history and contact_state, share one read) and written in bulk
     (``_write_latest``); a view backed by anything but a parquet file goes through Feast's
     ``materialize``. Returns rows written per view.
     """
@@ -71,7 +72,7 @@ def materialize_bulk(store: FeatureStore, end: datetime) -> dict[str, int]:
             if read not in tables:
                 tables[read] = _read_latest_table(Path(read[0]), list(read[1]), read[2], list(reads[read]), end)
             table = tables[read].select(_view_columns(view))
-            written[view.name] = _write_latest(store, view, table, True, lambda job: jobs.append(writer.submit(job)))
+            written[view.name] = _write_latest(store, view, table, lambda job: jobs.append(writer.submit(job)))
         for job in jobs:
             job.result()
     return written
@@ -108,19 +109,18 @@ def _read_latest_table(path: Path, keys: list[str], ts_col: str, columns: list[s
     return pa.Table.from_batches(parts, schema=schema)
 
 
-def write_latest_online(store: FeatureStore, feature_view_name: str, frame: pd.DataFrame, full: bool = False) -> int:
+def write_latest_online(store: FeatureStore, feature_view_name: str, frame: pd.DataFrame) -> int:
     """Write the latest row of each entity in ``frame`` to the online store; returns rows written.
 
     ``frame`` is an offline feature frame of the view: its join keys, its batch source's
-    timestamp column and its features (other columns are ignored). ``full`` says it holds (about)
-    every entity of the view, so SQLite rebuilds the view's table instead of upserting row by row;
-    entities missing from ``frame`` keep their stored rows either way.
+    timestamp column and its features (other columns are ignored). Entities missing from
+    ``frame`` keep their stored rows.
     """
     view = store.get_feature_view(feature_view_name)
     keys = [c.name for c in view.entity_columns]
     latest = frame.iloc[_latest_rows(frame, keys, view.batch_source.timestamp_field)]
     table = pa.Table.from_pandas(latest[_view_columns(view)], preserve_index=False)
-    return _write_latest(store, view, table, full)
+    return _write_latest(store, view, table)
 
 
 def _view_columns(view: FeatureView) -> list[str]:
@@ -137,7 +137,6 @@ def _write_latest(
     store: FeatureStore,
     view: FeatureView,
     table: pa.Table,
-    full: bool,
     run: Callable[[Callable[[], None]], Any] = _now,
 ) -> int:
     """Write one row per entity (``table``: the view's columns) with the store's bulk writer.
@@ -146,13 +145,11 @@ def _write_latest(
     """
     if table.num_rows == 0:
         return 0
-    online = store.config.online_store
-    plain = not getattr(online, "vector_enabled", False) and not getattr(
-        online, "enable_openai_compatible_store", False
-    )
-    if online.type == "sqlite" and plain:
-        run(_sqlite_writer(store, view, table, full))
-    elif online.type == "redis":
+    from features.sqlite_store import WideSqliteOnlineStore
+
+    if isinstance(store._get_provider().online_store, WideSqliteOnlineStore):
+        run(_sqlite_writer(store, view, table))
+    elif store.config.online_store.type == "redis":
         _write_redis(store, view, table)
     else:  # any other store: Feast's own (slow) path
         store.write_to_online_store(view.name, table.to_pandas())
@@ -191,17 +188,16 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)
 
 
-def _encoded(values: np.ndarray, value_type: Any) -> tuple[np.ndarray, list[bytes], list[str | None]]:
-    """Codes into the distinct values, and each distinct value's serialized ``ValueProto`` and ``value_text``."""
+def _encoded(values: np.ndarray, value_type: Any) -> tuple[np.ndarray, list[bytes]]:
+    """Codes into the distinct values, and each distinct value's serialized ``ValueProto``."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     uniques = np.asarray(uniques, dtype=values.dtype)
-    blobs, texts = _converted(uniques, value_type)
+    blobs = _converted(uniques, value_type)
     missing = np.flatnonzero(codes < 0)
     if len(missing):  # a missing value is converted as it is (NaN, NaT or None), by Feast's rules
-        more_blobs, more_texts = _feast_converted(values[missing[:1]], value_type)
-        blobs, texts = [*blobs, *more_blobs], [*texts, *more_texts]
+        blobs = [*blobs, *_feast_converted(values[missing[:1]], value_type)]
         codes = np.where(codes < 0, len(uniques), codes)
-    return codes, blobs, texts
+    return codes, blobs
 
 
 def _spread(codes: np.ndarray, items: list[Any]) -> np.ndarray:
@@ -210,15 +206,13 @@ def _spread(codes: np.ndarray, items: list[Any]) -> np.ndarray:
     return out[codes]
 
 
-def _feast_converted(values: np.ndarray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
-    from feast.infra.online_stores.helpers import extract_text_and_num
+def _feast_converted(values: np.ndarray, value_type: Any) -> list[bytes]:
     from feast.type_map import python_values_to_proto_values
 
-    protos = python_values_to_proto_values(values, value_type)
-    return [p.SerializeToString() for p in protos], [extract_text_and_num(p, False)[0] for p in protos]
+    return [p.SerializeToString() for p in python_values_to_proto_values(values, value_type)]
 
 
-def _converted(uniques: np.ndarray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
+def _converted(uniques: np.ndarray, value_type: Any) -> list[bytes]:
     """Feast's conversion of distinct non-missing values, by numpy where the type allows.
 
     Feast's ``python_values_to_proto_values`` costs ~8 us a value, and time columns have a distinct
@@ -227,18 +221,17 @@ def _converted(uniques: np.ndarray, value_type: Any) -> tuple[list[bytes], list[
     compared with Feast's own result and any difference sends the column through Feast.
     """
     if not len(uniques):
-        return [], []
+        return []
     fast = _fast_converted(uniques, value_type)
     if fast is not None:
         sample = np.unique(np.linspace(0, len(uniques) - 1, CHECKED).astype(int))
-        expected = _feast_converted(uniques[sample], value_type)
-        if expected == ([fast[0][i] for i in sample], [fast[1][i] for i in sample]):
+        if _feast_converted(uniques[sample], value_type) == [fast[i] for i in sample]:
             return fast
     return _feast_converted(uniques, value_type)
 
 
-def _fast_converted(values: np.ndarray, value_type: Any) -> tuple[list[bytes], list[str | None]] | None:
-    """Serialized ``ValueProto`` and ``value_text`` of int, float and time values; None for other types."""
+def _fast_converted(values: np.ndarray, value_type: Any) -> list[bytes] | None:
+    """Serialized ``ValueProto`` of int, float and time values; None for other types."""
     from feast.value_type import ValueType
 
     kind, name = values.dtype.kind, value_type.name
@@ -247,16 +240,16 @@ def _fast_converted(values: np.ndarray, value_type: Any) -> tuple[list[bytes], l
         if name == "INT32" and (ints.min() < -(2**31) or ints.max() >= 2**31):
             return None
         tag = 0x18 if name == "INT32" else 0x20  # int32_val = 3, int64_val = 4, varint
-        return _tagged_varints(tag, ints), [str(v) for v in ints.tolist()]
+        return _tagged_varints(tag, ints)
     if kind == "f" and value_type in (ValueType.FLOAT, ValueType.DOUBLE):
         single = value_type == ValueType.FLOAT  # float_val = 6 (fixed32), double_val = 5 (fixed64)
         numbers = values.astype("<f4" if single else "<f8")
         tag = np.full((len(values), 1), 0x35 if single else 0x29, dtype=np.uint8)
         raw = np.hstack([tag, numbers.view(np.uint8).reshape(len(values), -1)])
-        return raw.view(f"V{raw.shape[1]}").ravel().tolist(), [str(v) for v in numbers.astype(np.float64).tolist()]
+        return raw.view(f"V{raw.shape[1]}").ravel().tolist()
     if kind == "M" and value_type == ValueType.UNIX_TIMESTAMP:  # unix_timestamp_val = 8: whole seconds, floored
         seconds = values.astype("datetime64[s]").astype(np.int64)
-        return _tagged_varints(0x40, seconds), [None] * len(values)
+        return _tagged_varints(0x40, seconds)
     return None
 
 
@@ -324,143 +317,94 @@ def _entity_keys(store: FeatureStore, view: FeatureView, table: pa.Table) -> pa.
     return pa.array([feast_key(list(row)) for row in zip(*raw, strict=True)], pa.binary())
 
 
-def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table, full: bool) -> Callable[[], None]:
-    """Prepare the rows ``SqliteOnlineStore.online_write_batch`` would write; returns the SQL step writing them.
+def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table) -> Callable[[], None]:
+    """Prepare the rows ``WideSqliteOnlineStore.online_write_batch`` would write; returns the SQL step writing them.
 
-    Binding parameters from Python costs ~4 us a row, so entities are bound once each, as one wide
-    row of a temporary table (a column with few distinct values as ids into a table of them), and
-    SQLite unpivots them into Feast's one-row-per-feature layout itself (``CROSS JOIN`` with the
-    feature names, in key order).
+    One row per entity, a serialized ``ValueProto`` per feature column (``features.sqlite_store``).
+    Python's sqlite3 binds an int in ~0.05 us but a bytes value in ~0.3 us (1M customers' 34
+    values bound as bytes: ~10 s), so the values mostly travel as ints or not at all:
 
-    Feast's table has a rowid, so each row lands in three B-trees: the table, its primary-key
-    index and the ``<table>_ek`` index on entity_key (34M entries each at 1M customers). A full
-    load writes a fresh ``WITHOUT ROWID`` table with the same columns and primary key instead:
-    one B-tree, filled at its end in key order, whose key prefix serves Feast's ``entity_key IN``
-    reads (so ``<table>_ek`` is made an empty partial index, which keeps ``feast apply``'s
-    ``CREATE INDEX IF NOT EXISTS`` from building a redundant copy). The stored rows of entities
-    the load does not cover are copied over, then the fresh table replaces the old one (``DROP``
-    + ``ALTER TABLE … RENAME``) in the same transaction: readers see the old table or the new one.
-    The old table's pages stay in the file, free, and hold the next load.
-    Feast's own SQL (upsert, read, ``feast apply``, teardown) works on either layout. A partial
-    load (``full=False``) upserts into the table as it is.
+    - a column with at most ``CASE_VALUES`` distinct values is bound as each value's number, and
+      the statement holds the values' bytes as literals, picked by a binary search of ``CASE``s;
+    - the other columns whose values all have one length (floats, timestamps) travel together
+      as one blob per row that SQLite cuts with ``substr``;
+    - anything else is bound as it is.
+
+    Entities are written in key order (each B-tree page filled once) and upserted: a load over
+    a full table replaces the rows it covers and leaves the others alone.
     """
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id, adapt_datetime_epoch
-    from feast.utils import to_naive_utc
+    from features.sqlite_store import WideSqliteOnlineStore, table_name, upsert_sql
 
-    config = store.config
-    name = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    if not isinstance(store._get_provider().online_store, WideSqliteOnlineStore):
+        raise TypeError(f"not a {WideSqliteOnlineStore.__name__}")
     keys = _entity_keys(store, view, table)
-    order = pc.sort_indices(keys).to_numpy()  # byte order, as SQLite compares BLOBs
-    keys = keys.take(pa.array(order)).to_numpy(zero_copy_only=False)
-    table = table.take(pa.array(order))
+    order = pa.array(pc.sort_indices(keys))  # byte order, as SQLite compares BLOBs
+    table = table.take(order)
     source = view.batch_source
-
-    def epoch(column: str) -> np.ndarray:  # the sqlite3 adapter Feast registers, once per distinct time
-        times = _column(table, column)
-        codes, uniques = pd.factorize(times)
-        stamps = [adapt_datetime_epoch(to_naive_utc(t)) for t in _timestamps(np.asarray(uniques, times.dtype))]
-        return np.array([*stamps, None], dtype=object)[codes]
-
-    stage, columns = ["k", "ts"], [keys, epoch(source.timestamp_field)]
-    if source.created_timestamp_column:
-        stage.append("cts")
-        columns.append(epoch(source.created_timestamp_column))
-    features = sorted(f.name for f in view.features)
-    types = {f.name: f.dtype.to_value_type() for f in view.features}
-    # A bytes parameter costs ~5x an int one to bind, so a column with few distinct values is
-    # bound as ids into a table of its distinct (value, value_text), which SQLite joins back.
-    distinct: list[tuple[int, bytes, str | None]] = []
-    ids, values, texts = [], [], []
-    for i, feature in enumerate(features):
-        codes, blobs, text = _encoded(_column(table, feature), types[feature])
-        if len(blobs) * LOOKUP_RATIO <= len(codes):
-            stage.append(f"c{i}")
-            columns.append((codes + len(distinct)).tolist())
-            distinct += zip(range(len(distinct), len(distinct) + len(blobs)), blobs, text, strict=True)
-            ids.append(f"s.c{i}")
-            values.append("d.value")
-            texts.append("d.value_text")
-            continue
-        stage.append(f"v{i}")
-        columns.append(_spread(codes, blobs))
-        ids.append("NULL")
-        values.append(f"s.v{i}")
-        if any(t is not None for t in text):  # time values have no value_text: NULL, not bound
-            stage.append(f"t{i}")
-            columns.append(_spread(codes, text))
-        texts.append(f"s.t{i}" if stage[-1] == f"t{i}" else "NULL")
-    created = "s.cts" if source.created_timestamp_column else "NULL"
-    target = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]
-    select = (
-        f"SELECT s.k, f.name, {_pick(values)}, {_pick(texts)}, s.ts, {created} "
-        "FROM temp.nexttouch_stage AS s CROSS JOIN temp.nexttouch_features AS f "
-        f"LEFT JOIN temp.nexttouch_values AS d ON d.id = {_pick(ids)}"
-    )
-    quoted, fresh = _quote_id(name), _quote_id(f"{name}__load")
+    bound = [keys.take(order).to_numpy(zero_copy_only=False), _epoch_seconds(_column(table, source.timestamp_field))]
+    values = ["?1", "?2"]
+    created = source.created_timestamp_column
+    if created:
+        bound.append(_epoch_seconds(_column(table, created)))
+    values.append(f"?{len(bound)}" if created else "NULL")
+    features = [f.name for f in view.features]
+    fixed: list[tuple[int, np.ndarray]] = []  # (feature's position, its values' bytes as a byte matrix)
+    for feature in features:
+        codes, blobs = _encoded(_column(table, feature), _value_type(view, feature))
+        if len(blobs) <= CASE_VALUES:
+            bound.append(codes)
+            values.append(_case(f"?{len(bound)}", blobs))
+        elif len({len(b) for b in blobs}) == 1:
+            fixed.append((len(values), np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), -1)[codes]))
+            values.append("")
+        else:
+            bound.append(_spread(codes, blobs))
+            values.append(f"?{len(bound)}")
+    if fixed:
+        packed = np.hstack([m for _, m in fixed])
+        bound.append(packed.view(f"V{packed.shape[1]}").ravel())
+        offset = 1
+        for at, matrix in fixed:
+            values[at] = f"substr(?{len(bound)}, {offset}, {matrix.shape[1]})"
+            offset += matrix.shape[1]
+    sql = upsert_sql(table_name(store.config, view), features, values)
+    path = store._get_provider().online_store._get_db_path(store.config)
 
     def run() -> None:
-        db = sqlite3.connect(SqliteOnlineStore._get_db_path(config))
+        db = sqlite3.connect(path)
         try:
-            # This connection only: no fsync per page, a large page cache, the staging table in memory,
-            # and dropped pages left as they are (Debian's SQLite zeroes them by default, secure_delete,
-            # which also copies each one to the rollback journal: a DROP of 1M customers' rows wrote GBs).
-            for pragma in ("synchronous = OFF", "cache_size = -524288", "temp_store = MEMORY", "secure_delete = FAST"):
+            # This connection only: no fsync per page (the store is rebuilt from the offline files)
+            # and a large page cache.
+            for pragma in ("synchronous = OFF", "cache_size = -524288"):
                 db.execute(f"PRAGMA {pragma}")
             with db:
-                db.execute(f"CREATE TEMP TABLE nexttouch_stage ({', '.join(stage)})")
-                db.execute("CREATE TEMP TABLE nexttouch_features (i INTEGER PRIMARY KEY, name TEXT)")
-                db.executemany("INSERT INTO temp.nexttouch_features VALUES (?, ?)", enumerate(features))
-                db.execute("CREATE TEMP TABLE nexttouch_values (id INTEGER PRIMARY KEY, value BLOB, value_text TEXT)")
-                db.executemany("INSERT INTO temp.nexttouch_values VALUES (?, ?, ?)", distinct)
-                insert = f"INSERT INTO temp.nexttouch_stage VALUES ({', '.join('?' * len(stage))})"
-                for lo in range(0, len(keys), SQLITE_BATCH):
-                    db.executemany(insert, zip(*(c[lo : lo + SQLITE_BATCH] for c in columns), strict=True))
-                if not full:
-                    update = ", ".join(f"{c} = excluded.{c}" for c in target[2:])
-                    db.execute(
-                        f"INSERT INTO {quoted} ({', '.join(target)}) {select} WHERE true "
-                        f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {update}"
-                    )
-                else:
-                    info = db.execute(f"PRAGMA main.table_info({quoted})").fetchall()
-                    if not info:
-                        raise sqlite3.OperationalError(f"no such table: {name} (run `feast apply`)")
-                    all_columns = [_quote_id(c[1]) for c in info]
-                    # The placeholder index is made while the fresh table is empty (CREATE INDEX reads
-                    # every row, even for WHERE false); the old table's index gives up its name first.
-                    db.execute(f"DROP INDEX IF EXISTS {_quote_id(name + '_ek')}")
-                    db.execute(
-                        f"CREATE TABLE {fresh} ({', '.join(f'{_quote_id(c[1])} {c[2]}' for c in info)}, "
-                        "PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID"
-                    )
-                    db.execute(f"CREATE INDEX {_quote_id(name + '_ek')} ON {fresh} (entity_key) WHERE false")
-                    db.execute(f"INSERT INTO {fresh} ({', '.join(target)}) {select}")
-                    # Stored entities the load does not cover keep their rows: each entity is looked up once.
-                    db.execute(
-                        f"WITH stored AS MATERIALIZED (SELECT DISTINCT entity_key FROM {quoted}) "
-                        f"INSERT INTO {fresh} SELECT {', '.join(all_columns)} FROM {quoted} WHERE entity_key IN "
-                        "(SELECT entity_key FROM stored WHERE entity_key NOT IN (SELECT k FROM temp.nexttouch_stage))"
-                    )
-                    # Dropped last: pages freed in this transaction would be journaled if reused in it;
-                    # freed now, they hold the next load without a journal copy.
-                    db.execute(f"DROP TABLE {quoted}")
-                    db.execute(f"ALTER TABLE {fresh} RENAME TO {quoted}")
-                db.execute("DROP TABLE temp.nexttouch_stage")
-                db.execute("DROP TABLE temp.nexttouch_features")
-                db.execute("DROP TABLE temp.nexttouch_values")
+                for lo in range(0, len(bound[0]), SQLITE_BATCH):
+                    db.executemany(sql, zip(*(c[lo : lo + SQLITE_BATCH].tolist() for c in bound), strict=True))
         finally:
             db.close()
 
     return run
 
 
-def _pick(columns: list[str], first: int = 0) -> str:
-    """The stage column of feature ``f.i``: a binary search of nested ``CASE``s, ~5 comparisons a row, not ~17."""
-    if len(columns) == 1:
-        return columns[0]
-    half = len(columns) // 2
-    low, high = _pick(columns[:half], first), _pick(columns[half:], first + half)
-    return f"CASE WHEN f.i < {first + half} THEN {low} ELSE {high} END"
+def _value_type(view: FeatureView, feature: str) -> Any:
+    return next(f.dtype.to_value_type() for f in view.features if f.name == feature)
+
+
+def _epoch_seconds(times: np.ndarray) -> np.ndarray:
+    """Whole seconds since the epoch (floored, as ``features.sqlite_store.epoch_seconds``), None where missing."""
+    seconds = pd.to_datetime(times, utc=True).tz_localize(None).to_numpy().astype("datetime64[s]")
+    out = seconds.astype(np.int64).astype(object)
+    out[np.isnat(seconds)] = None
+    return out
+
+
+def _case(param: str, blobs: list[bytes], first: int = 0) -> str:
+    """Blob number ``param`` (counting from ``first``) by a binary search of ``CASE``s over literals."""
+    if len(blobs) == 1:
+        return f"x'{blobs[0].hex()}'"
+    half = len(blobs) // 2
+    low, high = _case(param, blobs[:half], first), _case(param, blobs[half:], first + half)
+    return f"CASE WHEN {param} < {first + half} THEN {low} ELSE {high} END"
 
 
 def _write_redis(store: FeatureStore, view: FeatureView, table: pa.Table) -> None:
@@ -495,7 +439,7 @@ def _write_redis(store: FeatureStore, view: FeatureView, table: pa.Table) -> Non
         stamps.append(proto.SerializeToString())
     fields = [f"_ts:{fv_name}".encode(), *(_mmh3(f"{fv_name}:{f.name}") for f in view.features)]
     columns = [(codes, stamps)]
-    columns += [_encoded(_column(table, f.name), f.dtype.to_value_type())[:2] for f in view.features]
+    columns += [_encoded(_column(table, f.name), f.dtype.to_value_type()) for f in view.features]
     ttl = online.key_ttl_seconds
 
     if not isinstance(client, redis.Redis):  # a cluster client spreads keys over nodes: its own pipeline

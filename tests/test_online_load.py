@@ -47,16 +47,7 @@ def _online(settings: Settings, store: FeatureStore | None = None) -> pd.DataFra
 
 def _dump(settings: Settings) -> dict[str, list[tuple]]:
     with sqlite3.connect(settings.data_dir / "feast" / "online.db") as con:
-        return {
-            v: con.execute(f'SELECT * FROM "nexttouch_{v}" ORDER BY entity_key, feature_name').fetchall() for v in VIEWS
-        }
-
-
-def _layout(settings: Settings) -> dict[str, tuple[str, str]]:
-    """Per view: its table's DDL and its ``_ek`` index's."""
-    with sqlite3.connect(settings.data_dir / "feast" / "online.db") as con:
-        sql = dict(con.execute("SELECT name, sql FROM sqlite_master"))
-        return {v: (sql[f"nexttouch_{v}"], sql[f"nexttouch_{v}_ek"]) for v in VIEWS}
+        return {v: con.execute(f'SELECT * FROM "nexttouch_{v}" ORDER BY entity_key').fetchall() for v in VIEWS}
 
 
 def _empty(settings: Settings) -> None:
@@ -94,27 +85,25 @@ def test_sqlite_bulk_load_equals_stock_materialize(offline: Settings) -> None:
     pd.testing.assert_frame_equal(_online(offline, reader), stock)
     assert _dump(offline) == stock_rows  # byte for byte, timestamps included
     assert stock["tech_in_30d"].iloc[:-1].notna().all() and pd.isna(stock["tech_in_30d"].iloc[-1])
-    for table, index in _layout(offline).values():  # one B-tree per view, its key serving entity_key lookups
-        assert table.endswith("PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID")
-        assert index.endswith("(entity_key) WHERE false")
+    assert {len(rows) for rows in stock_rows.values()} == {stock["customer_id"].iloc[:-1].nunique()}  # a row each
     materialize(offline, END)  # a full load over a full table
     assert _dump(offline) == stock_later
-    assert write_latest_online(store, "touch_history", some, full=True) == some["customer_id"].nunique()
-    assert _dump(offline) == stock_half  # the customers a full load does not cover keep their rows
+    assert write_latest_online(store, "touch_history", some) == some["customer_id"].nunique()
+    assert _dump(offline) == stock_half  # the customers a load does not cover keep their rows
     pd.testing.assert_frame_equal(_online(offline, reader), _online(offline))
 
-    feast_apply(offline)  # Feast's CREATE ... IF NOT EXISTS leave the rebuilt tables as they are
+    feast_apply(offline)  # leaves the loaded tables as they are
     assert _dump(offline) == stock_half
 
 
 def test_partial_write_upserts(offline: Settings) -> None:
-    """A few rows written without ``full`` update those entities (any layout) and leave the others alone."""
+    """A few rows written update those entities (after a stock or a bulk load) and leave the others alone."""
     from features.online_load import write_latest_online
     from features.pipeline import materialize
     from nexttouch.feature_store import open_store
 
     store = open_store(offline)
-    for bulk in (False, True):  # Feast's own table, then the bulk load's
+    for bulk in (False, True):
         _empty(offline)
         materialize(offline, END, stock=not bulk)
         before = _online(offline)
