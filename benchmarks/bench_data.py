@@ -372,11 +372,10 @@ def main() -> None:
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="nexttouch-bench-") as tmp:
         project = args.workdir or Path(tmp)
-        if not (project / "features").exists():
-            sys.path.insert(0, str(ROOT))
-            from tests.conftest import copy_feature_repo
+        sys.path.insert(0, str(ROOT))
+        from tests.conftest import copy_feature_repo
 
-            copy_feature_repo(project)
+        copy_feature_repo(project)  # a kept workdir gets the current repo files
         for case in args.cases.split(","):
             cmd = [sys.executable, "-m", "benchmarks.bench_data", "--one", case, "--project", str(project)]
             cmd += ["--customers", str(args.customers), "--every-days", str(args.every_days)]

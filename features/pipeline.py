@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from features.online_load import materialize_bulk
+from features.online_load import latest_rows, materialize_bulk, write_latest_file
 from features.touch_features import build_touch_features
 from nexttouch.feature_store import open_store, store_yaml
 from nexttouch.parquet import write_parquet
@@ -43,6 +43,8 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
     Events in data/raw/ are validated and already carry the resolved ``customer_id``. They stay in
     arrow; ``batch`` customers at a time become pandas for ``build_touch_features`` and their
     snapshot rows are appended to the parquet file, so 1M customers (~50M events) fit in memory.
+    Each customer's last snapshot is also kept in a file of its own for the online load
+    (``features.online_load.write_latest_file``).
     """
     path = settings.raw_dir / "events.parquet"
     check_columns(pq.read_schema(path).empty_table().to_pandas(), {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events")
@@ -56,7 +58,7 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{TOUCH_HISTORY}.parquet.tmp"
-    rows, writer = 0, None
+    rows, writer, latest = 0, None, []
     try:
         for lo in range(0, len(customers), batch):
             people = customers.iloc[lo : lo + batch]
@@ -67,13 +69,17 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
             touch = build_touch_features(frame, people, end, days, every_days=settings.snapshot_every_days)
             table = pa.Table.from_pandas(_microseconds(touch), preserve_index=False)
             writer = writer or pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
+            table = table.cast(writer.schema)
+            writer.write_table(table)
+            latest.append(table.take(pa.array(latest_rows(touch, [CUSTOMER_ID], EVENT_TIMESTAMP))))
             rows += len(touch)
             del part, frame, touch, table
     finally:
         if writer:
             writer.close()
     tmp.replace(out / f"{TOUCH_HISTORY}.parquet")
+    if latest:
+        write_latest_file(out / f"{TOUCH_HISTORY}.parquet", pa.concat_tables(latest), [CUSTOMER_ID])
     profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
     write_parquet(profile, out / f"{CUSTOMER_PROFILE}.parquet")
     return FeatureBuild(len(customers), events.num_rows, rows, end)

@@ -30,9 +30,9 @@ SMALL = {"customers": 400, "days": 120, "seed": 11, "decision_rate": 0.15}
 
 
 def copy_feature_repo(project_dir: Path) -> Path:
-    """The project's Feast repo definitions, copied into a temporary project."""
+    """The project's Feast repo definitions, copied into a (temporary) project; copied again, they are refreshed."""
     repo = project_dir / "features"
-    repo.mkdir(parents=True)
+    repo.mkdir(parents=True, exist_ok=True)
     for item in (ROOT / "features").iterdir():
         if item.suffix in {".py", ".yaml"} or item.name == ".feastignore":
             shutil.copy(item, repo / item.name)

@@ -144,3 +144,34 @@ def test_redis_bulk_load_equals_stock_materialize(offline: Settings) -> None:
         pd.testing.assert_frame_equal(_online(s), stock)
     finally:
         store.teardown()
+
+
+def test_the_latest_rows_file_answers_as_a_scan_of_the_snapshots_does(offline: Settings, tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.online_load import latest_path, read_latest
+    from features.touch_features import CONTACT_STATE, TOUCH_FEATURES
+
+    shutil.copy2(offline.offline_dir / "touch_history.parquet", tmp_path / "touch_history.parquet")
+    path, latest = tmp_path / "touch_history.parquet", latest_path(offline.offline_dir / "touch_history.parquet")
+    columns = ["customer_id", "event_timestamp", *TOUCH_FEATURES, *CONTACT_STATE]
+
+    def read(end=END) -> pd.DataFrame:
+        return read_latest(path, ["customer_id"], "event_timestamp", columns, end)
+
+    scanned, early = read(), read(END - timedelta(days=20))  # no latest file yet: scans
+    shutil.copy2(latest, latest_path(path))
+    pd.testing.assert_frame_equal(read(), scanned)
+    latest_path(path).write_bytes(b"")  # a file that does not parse is ignored
+    pd.testing.assert_frame_equal(read(), scanned)
+    shutil.copy2(latest, latest_path(path))
+    with pytest.MonkeyPatch.context() as patch:  # the file is read where it answers, and only there
+        patch.setattr(pq.ParquetFile, "iter_batches", lambda *a, **k: pytest.fail("scanned"))
+        pd.testing.assert_frame_equal(read(), scanned)
+    pd.testing.assert_frame_equal(read(END - timedelta(days=20)), early)  # rows later than the end: a scan
+
+    table = pq.read_table(path)  # the snapshots rewritten since: the stale file is ignored
+    pq.write_table(table.set_column(2, table.field(2), pc.add(table.column(2), 1).cast(table.field(2).type)), path)
+    assert table.field(2).name in TOUCH_FEATURES
+    assert (read()[table.field(2).name] == scanned[table.field(2).name] + 1).all()
