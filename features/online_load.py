@@ -397,11 +397,10 @@ def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table) -> C
     if created:
         bound.append(_epoch_seconds(_column(table, created)))
     values.append(f"?{len(bound)}" if created else "NULL")
-    features = [f.name for f in view.features]
     fixed: list[tuple[int, np.ndarray, bytes | None]] = []  # (feature's place, its values' bytes, missing blob)
-    for feature in features:
-        column = _column(table, feature)
-        codes, blobs = _encoded(column, _value_type(view, feature))
+    for feature in view.features:
+        column = _column(table, feature.name)
+        codes, blobs = _encoded(column, feature.dtype.to_value_type())
         blank = blobs[-1] if pd.isna(column).any() else None  # _encoded puts the missing value's blob last
         present = blobs[:-1] if blank is not None else blobs
         widths = set(map(len, present))
@@ -425,7 +424,7 @@ def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table) -> C
             cut = f"substr(?{len(bound)}, {offset}, {width})"
             values[at] = cut if blank is None else f"coalesce(nullif({cut}, zeroblob({width})), x'{blank.hex()}')"
             offset += width
-    sql = upsert_sql(table_name(store.config, view), features, values)
+    sql = upsert_sql(table_name(store.config, view), [f.name for f in view.features], values)
     path = store._get_provider().online_store._get_db_path(store.config)
 
     def run() -> None:
@@ -442,10 +441,6 @@ def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table) -> C
             db.close()
 
     return run
-
-
-def _value_type(view: FeatureView, feature: str) -> Any:
-    return next(f.dtype.to_value_type() for f in view.features if f.name == feature)
 
 
 def _epoch_seconds(times: np.ndarray) -> np.ndarray:
