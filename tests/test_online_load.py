@@ -142,6 +142,13 @@ def test_redis_bulk_load_equals_stock_materialize(offline: Settings) -> None:
         assert _online(s)["tech_in_30d"].isna().all()
         materialize(s, END)
         pd.testing.assert_frame_equal(_online(s), stock)
+        assert {client.ttl(k) for k in keys} == {-1}  # no key_ttl_seconds: no expiry, as with stock
+
+        yaml.write_text(yaml.read_text().replace("  type: redis\n", "  type: redis\n  key_ttl_seconds: 3600\n"))
+        client.delete(*keys)
+        materialize(s, END)  # with a key TTL, each customer's hash gets an EXPIRE after its HSET
+        pd.testing.assert_frame_equal(_online(s), stock)
+        assert all(3500 < client.ttl(k) <= 3600 for k in keys)
     finally:
         store.teardown()
 
