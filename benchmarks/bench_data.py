@@ -11,6 +11,8 @@ in order, each reading what the one before wrote:
                (features.pipeline.materialize), into an empty store and again over the full one
                (the nightly case); then the bulk load into Redis (127.0.0.1:6379, db 15). Every
                load is read back through `get_online_features`.
+    readers    the SQLite load over a full store again, while another process reads one customer
+               at a time as `/decide` does: the readers' latencies during the load
     stock      stock Feast `materialize` into SQLite. Above --stock-customers (default 100,000)
                it is measured on the first --stock-customers customers and scaled linearly:
                the table says so.
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CASES = ("simulate", "ingest", "features", "online", "stock", "asof", "training")
+CASES = ("simulate", "ingest", "features", "online", "readers", "stock", "asof", "training")
 END = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 180
 TRAINING_ROWS = 1_000_000
@@ -258,6 +260,56 @@ def case_online(project: Path, args: argparse.Namespace) -> list[dict[str, objec
     return rows
 
 
+def _read_one_by_one(project: Path, args: argparse.Namespace, stop, out) -> None:
+    """In its own process: read one customer at a time (as `/decide` does) until ``stop``; report latencies."""
+    import numpy as np
+
+    from features.online_read import OnlineReader
+    from nexttouch.feature_store import open_store
+
+    s = _settings(project, args)
+    store = open_store(s)
+    reader = OnlineReader(store, store.get_feature_service(s.feature_service))
+    ids = pd.read_parquet(s.offline_dir / "customer_profile.parquet", columns=["customer_id"])["customer_id"]
+    ids = ids.to_numpy()[:100_000]
+    latencies, errors = [], 0
+    out.put("ready")
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            reader.row(ids[len(latencies) % len(ids)])
+        except Exception:  # counted: a read the service would answer with a fallback
+            errors += 1
+        latencies.append(time.perf_counter() - t)
+        time.sleep(0.002)
+    ms = np.array(latencies) * 1000
+    out.put((len(ms), float(np.median(ms)), float(np.percentile(ms, 99)), float(ms.max()), errors))
+
+
+def case_readers(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    """A bulk SQLite load over a full store while another process reads one customer at a time."""
+    import multiprocessing
+
+    from features.pipeline import materialize
+    from nexttouch.feature_store import open_store
+
+    s = _settings(project, args)
+    open_store(s)
+    context = multiprocessing.get_context("spawn")
+    stop, out = context.Event(), context.Queue()
+    child = context.Process(target=_read_one_by_one, args=(project, args, stop, out))
+    child.start()
+    out.get(timeout=300)
+    t = time.perf_counter()
+    materialize(s, END)
+    seconds = time.perf_counter() - t
+    stop.set()
+    reads, p50, p99, worst, errors = out.get(timeout=60)
+    child.join()
+    size = f"{reads:,} reads meanwhile: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.0f} ms, {errors} errors"
+    return [_row("online: SQLite load over a full store, one reader", size, seconds, vs_bulk=True)]
+
+
 def case_stock(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
     n = min(args.customers, args.stock_customers)
     seconds = _stock_materialize(project, args, n)
@@ -323,6 +375,7 @@ RUNNERS = {
     "ingest": case_ingest,
     "features": case_features,
     "online": case_online,
+    "readers": case_readers,
     "stock": case_stock,
     "asof": case_asof,
     "training": case_training,
