@@ -141,6 +141,7 @@ class WideSqliteOnlineStore(SqliteOnlineStore):
             raise ValueError(f"{TYPE} stores plain features only: vector and text search need type: sqlite")
         conn = self._get_conn(config)
         with conn:
+            conn.execute("BEGIN IMMEDIATE")  # one transaction: DDL included, a conversion is all or nothing
             for view in tables_to_keep:
                 name = table_name(config, view)
                 if "feature_name" in {c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(name)})")}:
