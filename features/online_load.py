@@ -90,23 +90,24 @@ def latest_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".parquet") + ".latest.parquet")
 
 
-def write_latest_file(path: Path, latest: pa.Table, keys: list[str]) -> None:
+def write_latest_file(path: Path, latest: pa.Table, keys: list[str], ts_col: str) -> None:
     """Keep ``latest``, the latest row of each entity of the parquet file ``path``, next to it.
 
     ``read_latest`` then reads these rows instead of finding them among all of ``path``'s (26M
-    snapshot rows at 1M customers). The file is stamped with ``path``'s size and modification time
-    and the entity keys: a stamp that does not match (``path`` rewritten since) makes it ignored.
+    snapshot rows at 1M customers). The file is stamped with ``path``'s size and modification time,
+    the entity keys and the time column: a stamp that does not match (``path`` rewritten since, or
+    another key or time asked for) makes it ignored.
     """
-    stamp = json.dumps(_stamp(path, keys)).encode()
+    stamp = json.dumps(_stamp(path, keys, ts_col)).encode()
     latest = latest.replace_schema_metadata({**(latest.schema.metadata or {}), LATEST_STAMP: stamp})
     tmp = path.with_name(f".{latest_path(path).name}.tmp")
     pq.write_table(latest, tmp)
     tmp.replace(latest_path(path))
 
 
-def _stamp(path: Path, keys: list[str]) -> dict[str, Any]:
+def _stamp(path: Path, keys: list[str], ts_col: str) -> dict[str, Any]:
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "keys": keys, "time": ts_col}
 
 
 def _latest_file(path: Path, keys: list[str], ts_col: str, columns: list[str], end: datetime) -> pa.Table | None:
@@ -118,7 +119,7 @@ def _latest_file(path: Path, keys: list[str], ts_col: str, columns: list[str], e
     try:
         file = pq.ParquetFile(latest)
         stamp = json.loads((file.schema_arrow.metadata or {}).get(LATEST_STAMP, b"null"))
-        if stamp != _stamp(path, keys) or not set(columns) <= set(file.schema_arrow.names):
+        if stamp != _stamp(path, keys, ts_col) or not set(columns) <= set(file.schema_arrow.names):
             return None
         table = file.read(columns=columns)
     except (OSError, ValueError, pa.ArrowException):
@@ -404,7 +405,9 @@ def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table) -> C
         blank = blobs[-1] if pd.isna(column).any() else None  # _encoded puts the missing value's blob last
         present = blobs[:-1] if blank is not None else blobs
         widths = set(map(len, present))
-        if len(blobs) <= CASE_VALUES:
+        if len(blobs) == 1:  # one value: a literal (an unused parameter would break the bindings' count)
+            values.append(f"x'{blobs[0].hex()}'")
+        elif len(blobs) <= CASE_VALUES:
             bound.append(codes)
             values.append(_case(f"?{len(bound)}", blobs))
         elif len(widths) == 1:  # a missing value travels as zero bytes (a stored value starts with its tag)

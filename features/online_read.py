@@ -78,8 +78,11 @@ class OnlineReader:
             self._sqlite_queries = []  # per view: (its columns' SELECT list, its table, their places in refs)
             for view, features in self.views:
                 name = table_name(store.config, view)
-                stored = set(stored_features(conn, name))  # a feature with no column yet reads as missing
-                select = ", ".join(column(f) if f in stored else "NULL" for f in features)
+                stored = stored_features(conn, name)  # none: no table yet (reads fail until it is made)
+                lacking = [f for f in features if stored and f not in stored]
+                if lacking:  # `feast apply` makes a column for every feature of the view
+                    raise RuntimeError(f"online table {name} has no column for {lacking}: run `feast apply`")
+                select = ", ".join(map(column, features))
                 places = np.array([j for j, (v, _) in enumerate(self.refs) if v == view.name], dtype=np.intp)
                 self._sqlite_queries.append((select, _quote_id(name), places))
         elif self.kind == "redis":

@@ -79,7 +79,7 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
             writer.close()
     tmp.replace(out / f"{TOUCH_HISTORY}.parquet")
     if latest:
-        write_latest_file(out / f"{TOUCH_HISTORY}.parquet", pa.concat_tables(latest), [CUSTOMER_ID])
+        write_latest_file(out / f"{TOUCH_HISTORY}.parquet", pa.concat_tables(latest), [CUSTOMER_ID], EVENT_TIMESTAMP)
     profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
     write_parquet(profile, out / f"{CUSTOMER_PROFILE}.parquet")
     return FeatureBuild(len(customers), events.num_rows, rows, end)

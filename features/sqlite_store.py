@@ -17,6 +17,7 @@ new feature (a dropped feature's column stays, unread) and converts a table left
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -47,7 +48,7 @@ def table_name(config: RepoConfig, view: FeatureView) -> str:
 
 
 def epoch_seconds(ts: datetime | None) -> int | None:
-    """Whole seconds since the epoch (a naive time is UTC), floored as Feast's own store stores them."""
+    """Whole seconds since the epoch, floored; a naive time is UTC (Feast's own store reads it as local time)."""
     if ts is None:
         return None
     aware = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
@@ -55,8 +56,11 @@ def epoch_seconds(ts: datetime | None) -> int | None:
 
 
 def stored_features(conn: sqlite3.Connection, table: str) -> list[str]:
-    """The features a table has a column for (none: no such table)."""
-    return [c[1][2:] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(table)})") if c[1].startswith("v:")]
+    """The features a table has a column for (none: no such table); a table in Feast's own layout is an error."""
+    columns = [c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(table)})")]
+    if "feature_name" in columns:
+        raise RuntimeError(f"online table {table} is in Feast's own SQLite layout: run `feast apply` to convert it")
+    return [c[2:] for c in columns if c.startswith("v:")]
 
 
 def upsert_sql(table: str, features: Sequence[str], values: Sequence[str] | None = None) -> str:
@@ -86,13 +90,18 @@ class WideSqliteOnlineStore(SqliteOnlineStore):
         conn = self._get_conn(config)
         name = table_name(config, table)
         version = config.entity_key_serialization_version
-        by_features: dict[tuple[str, ...], list[tuple]] = {}  # rows carrying the same features share a statement
-        for entity_key, values, ts, created in data:
-            features = tuple(sorted(values))
-            row = (serialize_entity_key(entity_key, version), epoch_seconds(ts), epoch_seconds(created))
-            by_features.setdefault(features, []).append(row + tuple(values[f].SerializeToString() for f in features))
         with conn:
-            for features, rows in by_features.items():
+            # Consecutive rows carrying the same features share a statement; the order of the writes is kept.
+            for features, run in itertools.groupby(data, key=lambda row: tuple(sorted(row[1]))):
+                rows = [
+                    (
+                        serialize_entity_key(key, version),
+                        epoch_seconds(ts),
+                        epoch_seconds(created),
+                        *(values[f].SerializeToString() for f in features),
+                    )
+                    for key, values, ts, created in run
+                ]
                 conn.executemany(upsert_sql(name, features), rows)
                 if progress:
                     progress(len(rows))
@@ -144,7 +153,7 @@ class WideSqliteOnlineStore(SqliteOnlineStore):
             conn.execute("BEGIN IMMEDIATE")  # one transaction: DDL included, a conversion is all or nothing
             for view in tables_to_keep:
                 name = table_name(config, view)
-                if "feature_name" in {c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(name)})")}:
+                if "feature_name" in [c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(name)})")]:
                     _convert_feast_layout(conn, name)
                 stored = stored_features(conn, name)
                 if (
@@ -185,8 +194,10 @@ def _convert_feast_layout(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(f"DROP INDEX IF EXISTS {_quote_id(name + '_ek')}")
     _create(conn, name, features)
     picks = "".join(", max(CASE WHEN feature_name = ? THEN value END)" for _ in features)
+    # Feast stored int(naive UTC time.timestamp()), which reads the time as local: shifted back to UTC here.
+    utc = "CAST(strftime('%s', max({0}), 'unixepoch', 'localtime') AS INTEGER)"
     conn.execute(
-        f"INSERT INTO {_quote_id(name)} SELECT entity_key, max(event_ts), max(created_ts){picks} "
+        f"INSERT INTO {_quote_id(name)} SELECT entity_key, {utc.format('event_ts')}, {utc.format('created_ts')}{picks} "
         f"FROM {_quote_id(old)} GROUP BY entity_key",
         features,
     )

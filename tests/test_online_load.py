@@ -182,3 +182,27 @@ def test_the_latest_rows_file_answers_as_a_scan_of_the_snapshots_does(offline: S
     pq.write_table(table.set_column(2, table.field(2), pc.add(table.column(2), 1).cast(table.field(2).type)), path)
     assert table.field(2).name in TOUCH_FEATURES
     assert (read()[table.field(2).name] == scanned[table.field(2).name] + 1).all()
+
+
+def test_one_customer_and_constant_columns_are_written(offline: Settings) -> None:
+    """A feature with one value in a write is a literal in the statement (no parameter of its own)."""
+    from features.online_load import write_latest_online
+    from features.pipeline import materialize
+    from nexttouch.feature_store import open_store
+
+    store = open_store(offline)
+    materialize(offline, END)
+    before = _online(offline)
+    first = before["customer_id"].iloc[0]
+    history = pd.read_parquet(offline.offline_dir / "touch_history.parquet")
+    profile = pd.read_parquet(offline.offline_dir / "customer_profile.parquet")
+    for view, frame in (("touch_history", history), ("contact_state", history), ("customer_profile", profile)):
+        assert write_latest_online(store, view, frame[frame["customer_id"] == first]) == 1
+    pd.testing.assert_frame_equal(_online(offline), before)
+
+    last = store.get_feature_view("customer_profile").features[-1].name
+    profile[last] = profile[last].iloc[0]  # the same for everyone, in the view's last column
+    assert write_latest_online(store, "customer_profile", profile) == len(profile)
+    after = _online(offline)
+    assert (after[last].iloc[:-1] == profile[last].iloc[0]).all()
+    pd.testing.assert_frame_equal(after.drop(columns=[last]), before.drop(columns=[last]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -40,8 +41,23 @@ def _columns(settings: Settings, table: str) -> list[str]:
         return [c[1] for c in db.execute(f'PRAGMA table_info("{table}")')]
 
 
-def test_apply_converts_a_table_in_feasts_layout_keeping_its_rows(offline: Settings) -> None:
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch):
+    """Local time 5 hours behind UTC (Feast's own store reads naive UTC times as local ones)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_apply_converts_a_table_in_feasts_layout_keeping_its_rows(offline: Settings, new_york: None) -> None:
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.online_read import OnlineReader
     from features.pipeline import feast_apply, materialize
+    from nexttouch.feature_store import open_store
 
     ours = offline.feature_repo / "feature_store.yaml"
     text = ours.read_text()
@@ -53,6 +69,9 @@ def test_apply_converts_a_table_in_feasts_layout_keeping_its_rows(offline: Setti
     assert before["tech_in_30d"].iloc[:-1].notna().all()
 
     ours.write_text(text)
+    store = open_store(offline)
+    with pytest.raises(RuntimeError, match="Feast's own SQLite layout: run `feast apply`"):  # not silent Nones
+        OnlineReader(store, store.get_feature_service(offline.feature_service))
     feast_apply(offline)
 
     columns = _columns(offline, "nexttouch_touch_history")
@@ -62,6 +81,13 @@ def test_apply_converts_a_table_in_feasts_layout_keeping_its_rows(offline: Setti
         assert db.execute('SELECT count(*) FROM "nexttouch_touch_history"').fetchone()[0] == len(before) - 1
     assert not any(n.endswith(("__feast_layout", "_ek")) for n in tables)
     pd.testing.assert_frame_equal(_online(offline), before)
+    store = open_store(offline)
+    first = before["customer_id"].iloc[0]
+    key = EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=first)])
+    view = store.get_feature_view("touch_history")
+    ((ts, _),) = store._get_provider().online_store.online_read(store.config, view, [key])
+    history = pd.read_parquet(offline.offline_dir / "touch_history.parquet", filters=[("customer_id", "==", first)])
+    assert ts == history.loc[history["event_timestamp"] <= END, "event_timestamp"].max()  # in UTC, as it was
 
 
 def test_a_new_feature_gets_a_column_and_writes_keep_the_features_they_do_not_carry(offline: Settings) -> None:
@@ -84,7 +110,13 @@ def test_a_new_feature_gets_a_column_and_writes_keep_the_features_they_do_not_ca
     first = before["customer_id"].iloc[0]
     key = EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=first)])
     at = datetime(2026, 11, 2, 8, 30, tzinfo=UTC)
-    online.online_write_batch(store.config, view, [(key, {"new_score": Value(int64_val=7)}, at, None)], None)
+    same_7d = Value(int64_val=int(before["tech_in_7d"].iloc[0]))
+    writes = [  # in this order: the last write of a feature wins, whatever else the writes carry
+        (key, {"new_score": Value(int64_val=5)}, at, None),
+        (key, {"new_score": Value(int64_val=6), "tech_in_7d": same_7d}, at, None),
+        (key, {"new_score": Value(int64_val=7)}, at, None),
+    ]
+    online.online_write_batch(store.config, view, writes, None)
 
     (ts, values), (none_ts, nothing) = online.online_read(
         store.config, view, [key, EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val="nobody")])]
