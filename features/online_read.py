@@ -75,16 +75,22 @@ class OnlineReader:
             from features.sqlite_store import column, stored_features, table_name
 
             conn = self._sqlite_conn()
-            self._sqlite_queries = []  # per view: (its columns' SELECT list, its table, their places in refs)
+            self._sqlite_queries = []  # per view: (one key's query, the numbered keys' query, places in refs)
             for view, features in self.views:
                 name = table_name(store.config, view)
                 stored = stored_features(conn, name)  # none: no table yet (reads fail until it is made)
                 lacking = [f for f in features if stored and f not in stored]
                 if lacking:  # `feast apply` makes a column for every feature of the view
                     raise RuntimeError(f"online table {name} has no column for {lacking}: run `feast apply`")
-                select = ", ".join(map(column, features))
-                places = np.array([j for j, (v, _) in enumerate(self.refs) if v == view.name], dtype=np.intp)
-                self._sqlite_queries.append((select, _quote_id(name), places))
+                select, table = ", ".join(map(column, features)), _quote_id(name)
+                places = [j for j, (v, _) in enumerate(self.refs) if v == view.name]
+                self._sqlite_queries.append(
+                    (
+                        f"SELECT {select} FROM {table} WHERE entity_key = ?",
+                        f"SELECT k.i, {select} FROM k CROSS JOIN {table} AS t ON t.entity_key = k.key",
+                        places,
+                    )
+                )
         elif self.kind == "redis":
             from feast.infra.online_stores.helpers import _mmh3
             from feast.infra.online_stores.redis import _versioned_fv_name
@@ -164,9 +170,9 @@ class OnlineReader:
     def _sqlite_row(self, key: bytes) -> list[bytes | None]:
         conn = self._sqlite_conn()
         blobs: list[bytes | None] = [None] * len(self.names)
-        for select, table, places in self._sqlite_queries:
-            row = conn.execute(f"SELECT {select} FROM {table} WHERE entity_key = ?", (key,)).fetchone()
-            for j, value in zip(places.tolist(), row or (), strict=False):
+        for one, _, places in self._sqlite_queries:
+            row = conn.execute(one, (key,)).fetchone()
+            for j, value in zip(places, row or (), strict=False):
                 blobs[j] = value
         return blobs
 
@@ -194,14 +200,10 @@ class OnlineReader:
         """
         conn = self._sqlite_conn()
         blobs = np.full((len(keys), len(self.names)), None, dtype=object)
-        for select, table, places in self._sqlite_queries:
+        for _, numbered, places in self._sqlite_queries:
             for lo in range(0, len(keys), SQLITE_CHUNK):
                 chunk = keys[lo : lo + SQLITE_CHUNK].tolist()
-                rows = conn.execute(
-                    f"WITH k(i, key) AS (VALUES {_numbered(len(chunk))}) "
-                    f"SELECT k.i, {select} FROM k CROSS JOIN {table} AS t ON t.entity_key = k.key",
-                    chunk,
-                ).fetchall()
+                rows = conn.execute(f"WITH k(i, key) AS (VALUES {_numbered(len(chunk))}) {numbered}", chunk).fetchall()
                 if rows:
                     got = np.empty((len(rows), len(places) + 1), dtype=object)
                     got[:] = rows
