@@ -384,10 +384,8 @@ def _sqlite_writer(store: FeatureStore, view: FeatureView, table: pa.Table) -> C
     Entities are written in key order (each B-tree page filled once) and upserted: a load over
     a full table replaces the rows it covers and leaves the others alone.
     """
-    from features.sqlite_store import WideSqliteOnlineStore, table_name, upsert_sql
+    from features.sqlite_store import table_name, upsert_sql
 
-    if not isinstance(store._get_provider().online_store, WideSqliteOnlineStore):
-        raise TypeError(f"not a {WideSqliteOnlineStore.__name__}")
     keys = _entity_keys(store, view, table)
     order = pa.array(pc.sort_indices(keys))  # byte order, as SQLite compares BLOBs
     table = table.take(order)

@@ -31,6 +31,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 TYPE = "features.sqlite_store.WideSqliteOnlineStore"
 KEY_COLUMNS = ("entity_key", "event_ts", "created_ts")
+PREFIX = "v:"  # of a feature's column: no feature name can clash with the key columns
 READ_CHUNK = 5_000  # keys per query: well under SQLite's bound-parameter limit
 
 
@@ -39,8 +40,8 @@ class WideSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 
 
 def column(feature: str) -> str:
-    """The quoted column of a feature: prefixed, so no feature name can clash with the key columns."""
-    return _quote_id(f"v:{feature}")
+    """The quoted column of a feature."""
+    return _quote_id(PREFIX + feature)
 
 
 def table_name(config: RepoConfig, view: FeatureView) -> str:
@@ -55,12 +56,21 @@ def epoch_seconds(ts: datetime | None) -> int | None:
     return int(aware.timestamp() // 1)
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    """A table's column names (none: no such table)."""
+    return [c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(table)})")]
+
+
 def stored_features(conn: sqlite3.Connection, table: str) -> list[str]:
     """The features a table has a column for (none: no such table); a table in Feast's own layout is an error."""
-    columns = [c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(table)})")]
+    columns = _columns(conn, table)
     if "feature_name" in columns:
         raise RuntimeError(f"online table {table} is in Feast's own SQLite layout: run `feast apply` to convert it")
-    return [c[2:] for c in columns if c.startswith("v:")]
+    return _features(columns)
+
+
+def _features(columns: Sequence[str]) -> list[str]:
+    return [c.removeprefix(PREFIX) for c in columns if c.startswith(PREFIX)]
 
 
 def upsert_sql(table: str, features: Sequence[str], values: Sequence[str] | None = None) -> str:
@@ -153,17 +163,14 @@ class WideSqliteOnlineStore(SqliteOnlineStore):
             conn.execute("BEGIN IMMEDIATE")  # one transaction: DDL included, a conversion is all or nothing
             for view in tables_to_keep:
                 name = table_name(config, view)
-                if "feature_name" in [c[1] for c in conn.execute(f"PRAGMA main.table_info({_quote_id(name)})")]:
+                columns = _columns(conn, name)
+                if "feature_name" in columns:
                     _convert_feast_layout(conn, name)
-                stored = stored_features(conn, name)
-                if (
-                    not stored
-                    and not conn.execute(
-                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-                    ).fetchone()
-                ):
+                    columns = _columns(conn, name)
+                if not columns:
                     _create(conn, name, [f.name for f in view.features])
                     continue
+                stored = _features(columns)
                 for feature in [f.name for f in view.features if f.name not in stored]:
                     conn.execute(f"ALTER TABLE {_quote_id(name)} ADD COLUMN {column(feature)} BLOB")
             for view in tables_to_delete:
