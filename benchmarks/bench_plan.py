@@ -60,8 +60,10 @@ def core(project_dir: Path, at: datetime) -> dict[str, float]:
     """Stage times of the plan core and plan vs first-come-first-served value, on the project's rows."""
     import numpy as np
 
+    from benchmarks.baselines import first_come_first_served
     from nexttouch.catalog import load_catalog
-    from nexttouch.plan import first_come_first_served, latest_features, plan_actions, plan_frame, predict, write_plan
+    from nexttouch.jobs.plan import latest_features, write_plan
+    from nexttouch.plan import plan_actions, plan_frame, predict
     from nexttouch.settings import load_settings
     from serving.champion import load_champion
 

@@ -225,18 +225,18 @@ def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
     import pandas as pd
 
     from nexttouch.catalog import load_catalog
+    from nexttouch.engine import DecisionEngine, from_row
     from nexttouch.settings import load_settings
     from serving import capacity
     from serving.champion import load_champion
-    from serving.decider import Decider
-    from serving.decision_log import DecisionLog, decision_row, insert_decisions
+    from serving.decision_log import DecisionLog, decision_rows, insert_decisions, new_decision_ids
     from serving.online_features import OnlineFeatures
 
     settings = load_settings(project_dir=project)
     catalog = load_catalog()
     online = OnlineFeatures(settings)
     champion = load_champion(settings)
-    decider = Decider(catalog, champion.model, champion.version, online.read, settings.epsilon)
+    engine = DecisionEngine(catalog, champion.model, champion.version, settings.epsilon)
     ids = pd.read_parquet(settings.raw_dir / "customers.parquet", columns=["customer_id"])["customer_id"].tolist()
     now = datetime(2026, 11, 2, 12, tzinfo=UTC)
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,17 +251,16 @@ def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
             t0 = time.perf_counter()
             features = online.read(cid, now)
             t1 = time.perf_counter()
-            draft = decider.draft(cid, features, now)
+            draft = engine.draft([cid], from_row(features), now)
             t2 = time.perf_counter()
 
             def op(tx, draft=draft):
-                def take(a, f, at, want):
-                    return capacity.take(
-                        tx, a, capacity.period_of(a.capacity, at), capacity.bucket_of(a.capacity, f), want
-                    )
+                def take(a, bucket, want):
+                    return capacity.take(tx, a, a.capacity.period_of(now), bucket, want)
 
-                answer = decider.finish(draft, take)
-                insert_decisions(tx, [decision_row(answer, {})])
+                engine.allocate(draft, take)
+                answers = engine.answers(draft, new_decision_ids(1))
+                insert_decisions(tx, decision_rows(answers, {}))
 
             log.run(op)
             t3 = time.perf_counter()

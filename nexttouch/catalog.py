@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,8 @@ NO_ACTION = "none"
 # Rolling windows of the touch-count features (`{tier}_out_{days}d` in features/touch_features.py):
 # a frequency cap can only be checked over a window the features provide.
 CAP_WINDOWS = (7, 30, 90)
+ALL_BUCKETS = "all"  # the capacity bucket of a limit without `per`
+UNKNOWN_BUCKET = "unknown"  # the `per` value of customers without one
 _CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
@@ -29,6 +32,24 @@ class Capacity(_Strict):
     limit: int = Field(ge=0)
     period: Literal["day", "week"]
     per: str | None = Field(None, description="Profile column the limit applies to separately, e.g. region.")
+
+    def period_of(self, when: datetime) -> str:
+        """The period a decision at ``when`` counts against: ``2026-11-01`` or ``2026-W44`` (UTC)."""
+        day = when.astimezone(UTC).date()
+        if self.period == "day":
+            return day.isoformat()
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+
+    def bucket(self, value: object) -> str:
+        """The share of the limit a customer draws from, e.g. ``region=north``; ``all`` without ``per``.
+
+        A customer without a value in the ``per`` column (e.g. cold start) is in ``<per>=unknown``.
+        """
+        if self.per is None:
+            return ALL_BUCKETS
+        missing = value is None or value != value  # NaN
+        return f"{self.per}={UNKNOWN_BUCKET if missing else value}"
 
 
 class QuietHours(_Strict):

@@ -142,7 +142,7 @@ def plan(
     ] = False,
 ) -> None:
     """Decide every customer at once (nightly batch); scarce capacity goes where it adds most value."""
-    from nexttouch.plan import run_plan
+    from nexttouch.jobs.plan import run_plan
 
     s = _settings(project_dir, catalog)
     when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)

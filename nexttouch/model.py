@@ -10,15 +10,18 @@ slower on the hot path).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightgbm as lgb
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from nexttouch.columns import numbers
 from nexttouch.contributions import PathContributions
 
 BOOSTER_FILE = "booster.txt"
@@ -26,6 +29,11 @@ META_FILE = "meta.json"
 EPS = 1e-6
 CalibrationMethod = Literal["sigmoid", "isotonic", "none"]
 ContributionMethod = Literal["path", "shap"]
+
+
+@lru_cache(maxsize=64)
+def _level_codes(levels: tuple[str, ...]) -> dict[str, float]:
+    return {v: float(i) for i, v in enumerate(levels)}
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -111,15 +119,30 @@ class DecisionModel:
         return [*self.numeric, *self.categorical]
 
     @staticmethod
-    def encode_columns(frame: pd.DataFrame, numeric: list[str], categorical: dict[str, list[str]]) -> np.ndarray:
-        """Features by name -> float matrix; unknown categories and missing values become NaN."""
-        out = np.empty((len(frame), len(numeric) + len(categorical)), dtype=np.float64)
+    def encode_columns(
+        frame: Mapping[str, Any], numeric: list[str], categorical: dict[str, list[str]], n: int | None = None
+    ) -> np.ndarray:
+        """Features by name (a frame, or arrays by name) -> float matrix; unknown categories and missing
+        values become NaN. Training, evaluation and the decision engine all encode through here."""
+        n = len(frame) if n is None else n
+        out = np.empty((n, len(numeric) + len(categorical)), dtype=np.float64)
         for j, col in enumerate(numeric):
-            out[:, j] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            out[:, j] = numbers(frame, col, n)
         for j, (col, levels) in enumerate(categorical.items(), start=len(numeric)):
-            codes = pd.Index(levels).get_indexer(frame[col].astype(object))
-            out[:, j] = np.where(codes >= 0, codes, np.nan)
+            column = frame.get(col)
+            if column is None:
+                out[:, j] = np.nan
+            elif n <= 8:  # a dict lookup per value beats building an index for a few rows
+                code = _level_codes(tuple(levels))
+                out[:, j] = [code.get(v, np.nan) if isinstance(v, str) else np.nan for v in column]
+            else:
+                codes = pd.Index(levels).get_indexer(pd.Series(column).astype(object))
+                out[:, j] = np.where(codes >= 0, codes, np.nan)
         return out
+
+    def encode(self, features: Mapping[str, Any], n: int) -> np.ndarray:
+        """``encode_columns`` with this model's inputs."""
+        return self.encode_columns(features, self.numeric, self.categorical, n)
 
     def design(self, frame: pd.DataFrame, actions: np.ndarray) -> np.ndarray:
         """Model input for (customer features, action) rows."""

@@ -8,8 +8,8 @@ b-matching of customers to (action, group) capacities, solved exactly as a linea
 integral). Only the customers that can matter enter the LP (see ``_candidates``), so 1M customers
 cost no more than the few thousand slots there are.
 
-The core (``plan_actions``) is pure numpy/pandas; ``run_plan`` does the I/O: latest features,
-champion model, parquet/CSV out.
+Contact rules, values, exploration and reason texts are the decision engine's (nexttouch.engine);
+the plan job (nexttouch.jobs.plan) does the I/O.
 """
 
 from __future__ import annotations
@@ -17,32 +17,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.optimize import linprog
 
-from nexttouch.catalog import NO_ACTION, Catalog
-from nexttouch.parquet import write_parquet
-from nexttouch.policy import OK, RULES, broken_rules, explore_probabilities, net_values
-from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, EVENT_TIMESTAMP, PROPENSITY, REQUEST_AT
+from nexttouch.catalog import ALL_BUCKETS, NO_ACTION, Catalog
+from nexttouch.columns import from_frame
+from nexttouch.engine import reasons
+from nexttouch.engine.choice import best, explore, net_values
+from nexttouch.engine.rules import Rule, check
+from nexttouch.model import DecisionModel
+from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, PROPENSITY
 
-if TYPE_CHECKING:
-    from nexttouch.model import DecisionModel
-    from nexttouch.settings import Settings
-
-ALL = "all"  # the group of a capacity without `per`
-UNKNOWN = "unknown"
 # Why each customer got its action (index into WHY).
-WHY = (
-    "best net value",
-    "exploration: drawn among eligible non-scarce actions by explore weight",
-    "scarce action assigned where it adds most over the best alternative",
-    "{scarce} would add more, but its capacity went to customers where it adds most",
-)
+WHY = (reasons.PLAN_BEST, reasons.PLAN_EXPLORED, reasons.PLAN_ASSIGNED, reasons.PLAN_CAPACITY_FULL)
 BEST, EXPLORED, ASSIGNED, CAPACITY_FULL = range(len(WHY))
 
 
@@ -74,16 +64,16 @@ def capacity_slots(
         if cap is None:
             continue
         if cap.per is None:
-            group, names, open_ = np.zeros(len(frame), np.int64), [ALL], [True]
+            group, names, open_ = np.zeros(len(frame), np.int64), [ALL_BUCKETS], [True]
         else:
             if cap.per not in frame:
                 raise KeyError(f"{action.name} capacity is per {cap.per!r}, a column the customer features lack")
             codes, uniques = pd.factorize(frame[cap.per], use_na_sentinel=True)
-            names = [f"{cap.per}={u}" for u in uniques]
+            names = [cap.bucket(u) for u in uniques]
             open_ = [True] * len(names)
             if (codes < 0).any():
                 codes = np.where(codes < 0, len(names), codes)
-                names.append(f"{cap.per}={UNKNOWN}")
+                names.append(cap.bucket(None))
                 open_.append(False)
             group = codes.astype(np.int64)
         limit = np.array(
@@ -103,7 +93,7 @@ class Plan:
     fallback: np.ndarray  # (rows,) best eligible non-scarce action
     why: np.ndarray  # (rows,) index into WHY
     blocked: np.ndarray  # (rows,) scarce action that would have been better but had no capacity left, or -1
-    rules: np.ndarray  # (rows, actions) broken contact rule per action (policy.RULES)
+    rules: np.ndarray  # (rows, actions) first contact rule each action breaks (engine.rules.Rule)
     epsilon: np.ndarray  # (rows,) exploration share of each row (0 where nothing can be explored)
     explore_p: np.ndarray  # (rows, actions) P(action | exploring)
 
@@ -126,14 +116,14 @@ def plan_actions(
     ``used``: capacity already taken this period per (action, bucket), e.g. from the service's ledger.
     """
     n, k = p_success.shape
-    rules = broken_rules(catalog, frame, now, default_time_zone)
-    eligible = rules == OK
+    rules = check(catalog, from_frame(frame), n, now, default_time_zone).rules
+    eligible = rules == Rule.OK
     values = net_values(catalog, p_success)
     slots = capacity_slots(catalog, frame, used)
     scarce = np.zeros(k, bool)
     scarce[[s.action for s in slots]] = True
 
-    fallback = _best(values, eligible & ~scarce, catalog.names.index(NO_ACTION))
+    fallback = best(values, eligible & ~scarce, catalog.names.index(NO_ACTION))
     fallback_value = values[np.arange(n), fallback]
     planned = fallback.copy()
     uplift = np.where(eligible[:, scarce], values[:, scarce] - fallback_value[:, None], 0.0)
@@ -145,23 +135,30 @@ def plan_actions(
         alone = np.where(uplift.max(axis=1) > 0, np.flatnonzero(scarce)[uplift.argmax(axis=1)], -1)
         blocked = np.where(planned == alone, -1, alone)
 
-    # Exploration: a share epsilon draws among the eligible non-scarce actions by explore weight.
-    # Scarce actions are not explored here: their slots are given out globally, so a random draw could
-    # overflow them. Explorers' planned slots stay unused, so every propensity is exact.
-    explore_p = explore_probabilities(catalog, eligible & ~scarce)
-    can_explore = explore_p.sum(axis=1) > 0
-    eps = np.where(can_explore, epsilon, 0.0)
+    # Exploration draws among the eligible non-scarce actions only: scarce slots are given out
+    # globally, so a random draw could overflow them. Explorers' planned slots stay unused, so every
+    # propensity is exact.
     rng = np.random.default_rng(seed)
-    explored = rng.random(n) < eps
-    draw = (explore_p.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
-    action = np.where(explored, draw, planned)
-    propensity = eps * explore_p[np.arange(n), action] + (1 - eps) * (action == planned)
+    explore_u, draw_u = rng.random(n), 1.0 - rng.random(n)
+    chosen = explore(catalog, planned, eligible & ~scarce, epsilon, explore_u, draw_u)
 
     why = np.full(n, BEST, np.int8)
     why[planned != fallback] = ASSIGNED
     why[blocked >= 0] = CAPACITY_FULL
-    why[explored] = EXPLORED
-    return Plan(action, planned, propensity, explored, values, fallback, why, blocked, rules, eps, explore_p)
+    why[chosen.explored] = EXPLORED
+    return Plan(
+        chosen.action,
+        planned,
+        chosen.propensity,
+        chosen.explored,
+        values,
+        fallback,
+        why,
+        blocked,
+        rules,
+        chosen.epsilon,
+        chosen.explore_p,
+    )
 
 
 def demote(plan: Plan, rows: np.ndarray) -> None:
@@ -175,13 +172,6 @@ def demote(plan: Plan, rows: np.ndarray) -> None:
     plan.planned[rows] = plan.action[rows] = plan.fallback[rows]
     plan.why[rows] = CAPACITY_FULL
     plan.propensity[rows] = plan.epsilon[rows] * plan.explore_p[rows, plan.fallback[rows]] + 1 - plan.epsilon[rows]
-
-
-def _best(values: np.ndarray, allowed: np.ndarray, none: int) -> np.ndarray:
-    """Column of the highest value among allowed actions; ``none`` wins ties (it is always allowed)."""
-    masked = np.where(allowed, values, -np.inf)
-    best = masked.argmax(axis=1)
-    return np.where(masked[:, none] >= masked[np.arange(len(best)), best], none, best)
 
 
 def _assign(uplift: np.ndarray, slots: list[Slots]) -> tuple[np.ndarray, np.ndarray]:
@@ -235,32 +225,6 @@ def _candidates(uplift: np.ndarray, slots: list[Slots]) -> tuple[np.ndarray, np.
     return np.concatenate(rows), np.concatenate(cols)
 
 
-def first_come_first_served(
-    catalog: Catalog, frame: pd.DataFrame, p_success: np.ndarray, now: datetime | None, default_time_zone: str = "UTC"
-) -> np.ndarray:
-    """Baseline: customers in row order each take their best eligible action while capacity lasts.
-
-    A customer whose best scarce action is full falls back to the next best eligible one.
-    """
-    eligible = broken_rules(catalog, frame, now, default_time_zone) == OK
-    values = np.where(eligible, net_values(catalog, p_success), -np.inf)
-    slots = {s.action: s for s in capacity_slots(catalog, frame)}
-    left = {j: s.limit.copy() for j, s in slots.items()}
-    none = catalog.names.index(NO_ACTION)
-    chosen = _best(values, eligible, none)
-    for i in np.flatnonzero(np.isin(chosen, list(slots))):
-        order = sorted(range(values.shape[1]), key=lambda j: (-values[i, j], j != none))
-        for j in order:
-            if j in slots:
-                g = slots[j].group[i]
-                if left[j][g] <= 0:
-                    continue
-                left[j][g] -= 1
-            chosen[i] = j
-            break
-    return chosen
-
-
 def plan_frame(
     catalog: Catalog, frame: pd.DataFrame, plan: Plan, decided_at: datetime | None = None, model_version: str = ""
 ) -> pd.DataFrame:
@@ -291,7 +255,7 @@ def plan_frame(
         out[col] = frame[col].to_numpy()
     # Reasons: few distinct combinations of (why, blocked action, broken rules), so each text is built once.
     keys = np.column_stack([plan.why, plan.blocked + 1, plan.action, plan.rules]).astype(np.int64)
-    radix = np.array([len(WHY), len(catalog.names) + 1, len(catalog.names), *[len(RULES)] * plan.rules.shape[1]])
+    radix = np.array([len(WHY), len(catalog.names) + 1, len(catalog.names), *[len(Rule)] * plan.rules.shape[1]])
     code = keys @ np.concatenate([[1], np.cumprod(radix[:-1])])  # one int per row; hashing beats sorting rows
     inverse, uniq = pd.factorize(code)
     texts = [_reason(catalog, names, keys[np.argmax(code == c)]) for c in uniq]
@@ -303,43 +267,10 @@ def plan_frame(
 def _reason(catalog: Catalog, names: np.ndarray, key: np.ndarray) -> str:
     why, blocked, action, rules = int(key[0]), int(key[1]) - 1, int(key[2]), key[3:]
     parts = [f"{names[action]}: " + WHY[why].format(scarce=names[blocked] if blocked >= 0 else "")]
-    removed = [f"{names[j]} ({RULES[r]})" for j, r in enumerate(rules) if r != OK]
+    removed = [f"{names[j]} ({Rule(int(r)).label})" for j, r in enumerate(rules) if r != Rule.OK]
     if removed:
         parts.append("removed: " + ", ".join(removed))
     return "; ".join(parts)
-
-
-@dataclass(frozen=True)
-class PlanSummary:
-    customers: int
-    total_value: float
-    counts: dict[str, int]
-    path: Path
-    fell_back: int = 0  # customers who lost a slot the service took meanwhile (with take_capacity)
-
-
-def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
-    """Every customer's latest offline feature row at ``now`` plus recency at ``now``: what the online store holds.
-
-    ``features.online_load.read_latest`` is the function that loads the online store, so these are
-    the rows ``get_online_features`` would return (as of the nightly build; contact touches pushed
-    to the online store since then are not in the files). Reading parquet in bulk is ~100x faster
-    than millions of online lookups. Recency comes from the same function as the on-demand view.
-    """
-    import pyarrow.parquet as pq
-
-    from features.online_load import read_latest
-    from features.pipeline import CUSTOMER_PROFILE, TOUCH_HISTORY
-    from features.touch_features import CONTACT_STATE, recency_frame
-
-    def latest(name: str) -> pd.DataFrame:
-        path = settings.offline_dir / f"{name}.parquet"
-        columns = pq.read_schema(path).names
-        return read_latest(path, [CUSTOMER_ID], EVENT_TIMESTAMP, columns, now).drop(columns=[EVENT_TIMESTAMP])
-
-    frame = latest(CUSTOMER_PROFILE).merge(latest(TOUCH_HISTORY), on=CUSTOMER_ID, how="left")
-    state = frame[CONTACT_STATE].assign(**{REQUEST_AT: pd.Timestamp(now)})
-    return pd.concat([frame, recency_frame(state)], axis=1)
 
 
 def predict(model: DecisionModel, frame: pd.DataFrame, actions: list[str], size: int = 100_000) -> np.ndarray:
@@ -356,110 +287,3 @@ def predict(model: DecisionModel, frame: pd.DataFrame, actions: list[str], size:
         part = slice(lo, min(lo + size, len(frame)))
         out[part] = model.predict_all(frame.iloc[part])[:, columns]
     return out
-
-
-def write_plan(frame: pd.DataFrame, path: Path) -> None:
-    """Parquet, or CSV when the path ends in .csv."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-    else:
-        write_parquet(frame, path)
-
-
-def ledger_used(settings: Settings, catalog: Catalog, now: datetime) -> dict[tuple[str, str], int]:
-    """Capacity the service has already taken in the period of ``now``, per (action, bucket)."""
-    from serving.capacity import period_of
-    from serving.decision_log import DecisionLog, Tx
-
-    def read(tx: Tx) -> dict[tuple[str, str], int]:
-        used = {}
-        for a in catalog.actions:
-            if a.capacity:
-                sql = "SELECT bucket, used FROM capacity WHERE action = ? AND period = ?"
-                for bucket, n in tx.execute(sql, (a.name, period_of(a.capacity, now))).fetchall():
-                    used[(a.name, bucket)] = int(n)
-        return used
-
-    log = DecisionLog.open(settings)
-    try:
-        return log.run(read)
-    finally:
-        log.close()
-
-
-def reserve(settings: Settings, catalog: Catalog, frame: pd.DataFrame, plan: Plan, now: datetime) -> int:
-    """Take the plan's scarce slots in the service's capacity ledger, in one transaction.
-
-    The online path then only gives out what the plan left. If the service took capacity between
-    the plan's read of the ledger and now, the lowest-uplift holders of the missing slots fall back
-    (in place, with their propensities recomputed). Returns how many customers fell back.
-    """
-    from serving.capacity import period_of, take
-    from serving.decision_log import DecisionLog, Tx
-
-    rows_of = {}
-    for s in capacity_slots(catalog, frame):
-        mine = np.flatnonzero((plan.action == s.action) & ~plan.explored)
-        for g in np.unique(s.group[mine]):
-            rows_of[(s.action, s.names[g])] = mine[s.group[mine] == g]
-
-    def take_all(tx: Tx) -> dict[tuple[int, str], int]:
-        return {
-            (j, bucket): take(tx, catalog.actions[j], period_of(catalog.actions[j].capacity, now), bucket, len(rows))
-            for (j, bucket), rows in rows_of.items()
-        }
-
-    log = DecisionLog.open(settings)
-    try:
-        granted = log.run(take_all)
-    finally:
-        log.close()
-    short = []
-    for key, rows in rows_of.items():
-        uplift = plan.values[rows, plan.action[rows]] - plan.values[rows, plan.fallback[rows]]
-        short.append(rows[np.argsort(uplift, kind="stable")][: len(rows) - granted[key]])
-    lost = np.concatenate(short) if short else np.array([], np.int64)
-    demote(plan, lost)
-    return len(lost)
-
-
-def run_plan(
-    settings: Settings,
-    catalog: Catalog,
-    now: datetime,
-    out: Path | None = None,
-    epsilon: float | None = None,
-    take_capacity: bool = False,
-) -> PlanSummary:
-    """`nexttouch plan`: latest features -> champion P(success) -> global plan -> parquet/CSV.
-
-    Capacity the service already used this period (its ledger) is not planned again; with
-    ``take_capacity`` the plan's own slots are taken in the ledger, so the service cannot give them
-    out twice.
-    """
-    from serving.champion import load_champion
-
-    frame = latest_features(settings, now)
-    champion = load_champion(settings)
-    model = champion.model
-    p = predict(model, frame, catalog.names)
-    plan = plan_actions(
-        catalog,
-        frame,
-        p,
-        now,
-        epsilon=settings.epsilon if epsilon is None else epsilon,
-        # reproducible for a given plan time, different every night (explorers are not the same people)
-        seed=int(np.random.SeedSequence([settings.seed, int(now.timestamp())]).generate_state(1)[0]),
-        default_time_zone=settings.default_time_zone,
-        used=ledger_used(settings, catalog, now),
-    )
-    fell_back = reserve(settings, catalog, frame, plan, now) if take_capacity else 0
-    table = plan_frame(catalog, frame, plan, now, champion.version)
-    path = out or settings.data_dir / "plans" / f"plan-{now:%Y%m%dT%H%M}.parquet"
-    write_plan(table, path)
-    counts = table[ACTION].value_counts().reindex(catalog.names, fill_value=0)
-    return PlanSummary(len(table), plan.total_value(), {a: int(c) for a, c in counts.items()}, path, fell_back)

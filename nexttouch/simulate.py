@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
-from nexttouch.policy import net_values
+from nexttouch.engine.choice import net_values
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,

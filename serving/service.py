@@ -7,12 +7,12 @@ ones are decided and join the same commit (group commit, see serving/decision_lo
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nexttouch.api import (
+    CustomerRef,
     DecideBatchRequest,
     DecideBatchResponse,
     DecideRequest,
@@ -36,9 +37,13 @@ from nexttouch.api import (
     FeedbackResponse,
     ModelInfo,
 )
+from nexttouch.engine import DecisionEngine
+from nexttouch.engine.answer import Answer
 from nexttouch.settings import load_settings
 from serving.auth import ApiKeyMiddleware
 from serving.body_limit import BodyLimitMiddleware
+from serving.champion import Champion
+from serving.decisions import Decisions, LogUnavailable
 from serving.error_bodies import ErrorBodyMiddleware
 from serving.openapi import OpenApiMiddleware
 from serving.timeout import install as install_cancelling_timeout
@@ -108,7 +113,7 @@ class NextTouch:
         )
         # Feature reads run here so a slow or hung online store can be timed out (-> fallback).
         self.reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="online-read")
-        self.timeout_s = settings.online_timeout_ms / 1000
+        self.decisions: Decisions | None = None
         self._swap(load_champion(settings))
         self.online.read("warm-up")  # the first Feast read loads its caches
         # Feast's import leaves a huge heap; freeze it so full GC passes stay short.
@@ -121,50 +126,47 @@ class NextTouch:
         _running["service"] = self
         log.info("serving %s v%s", settings.model_name, self.model_version)
 
-    def _swap(self, champion: Any) -> None:
-        """Build the decider for a champion, warm it up, then switch to it with one assignment."""
-        from serving.decider import Decider
+    def _swap(self, champion: Champion) -> None:
+        """Build the engine for a champion, warm it up, then switch to it with one assignment."""
         from serving.metrics import CHAMPION_SWAPS
 
-        decider = Decider(
+        engine = DecisionEngine(
             self.catalog,
             champion.model,
             champion.version,
-            self.online.read,
             self.settings.epsilon,
-            resolve=self.identity.resolve,
             default_time_zone=self.settings.default_time_zone,
             contributions=self.settings.reason_contributions,
         )
-        decider.draft("warm-up", {}, datetime.now(UTC))  # first prediction and contributions
-        if getattr(self, "decider", None) is not None:
+        warm_up = engine.draft(["warm-up"], {}, datetime.now(UTC))  # first prediction and contributions
+        engine.answers(warm_up, [""])
+        if self.decisions is None:
+            self.decisions = Decisions(
+                engine,
+                self.online,
+                self.identity.resolve,
+                self.log,
+                self.reader,
+                read_timeout_s=self.settings.online_timeout_ms / 1000,
+                batch_read_timeout_s=self.settings.request_timeout_s / 2,  # a batch's read: half the request's time
+            )
+        else:
             CHAMPION_SWAPS.inc()
-        self.decider, self.model_version, self.loaded_at = decider, champion.version, datetime.now(UTC)
+            self.decisions.engine = engine
+        self.model_version, self.loaded_at = champion.version, datetime.now(UTC)
 
     # -- endpoints ---------------------------------------------------------------------------------
 
     @bentoml.api(route="/decide", input_spec=DecideRequest)
     async def decide(self, **request: object) -> DecideResponse:
         """Decide the next contact for one customer. The decision is logged durably before the answer."""
-        from serving.decision_log import decision_row, insert_decisions
         from serving.metrics import LATENCY
 
         started = time.perf_counter()
         body = DecideRequest.model_validate(request)
-        decider = self.decider  # one model for the whole request, even if a new champion arrives
-        now = body.at or datetime.now(UTC)
-        cid = decider.customer_id(body)
-        features, cause = await self._features(cid, now)
-        if features is None:
-            answer = decider.fallback(cid, now, cause, cold_start=cid is None or cause.startswith("no features"))
-            row = decision_row(answer, body.context)
-            await self._logged(lambda tx: insert_decisions(tx, [row]))
-        else:
-            draft = decider.draft(cid, features, now)
-            answer = await self._logged(lambda tx: self._finish(tx, decider, draft, body.context))
-        self._count([dict(answer)], cause)
+        (answer,) = await self._decide([body], body.at, body.context)
         LATENCY.labels("decide").observe(time.perf_counter() - started)
-        return answer
+        return DecideResponse.model_validate(answer)
 
     # The answers go out as JSON written from plain dicts (output_spec documents them): validating 1,000
     # answers into models and serialising the models again cost ~10 ms per batch.
@@ -174,7 +176,6 @@ class NextTouch:
         one log commit."""
         from pydantic_core import to_json
 
-        from serving.decision_log import decision_rows, insert_decisions
         from serving.metrics import LATENCY
 
         started = time.perf_counter()
@@ -185,29 +186,7 @@ class NextTouch:
                 f"{len(body.customers)} customers is over the batch limit of {limit} (NEXTTOUCH_BATCH_LIMIT); "
                 "split the batch"
             )
-        decider = self.decider
-        now = body.at or datetime.now(UTC)
-        cids = [decider.customer_id(c) for c in body.customers]
-        loop = asyncio.get_running_loop()
-        read_s = self.settings.request_timeout_s / 2  # a whole batch's read gets half the request's time
-        try:  # an unresolved source key reads as "": nobody has that id
-            read = loop.run_in_executor(self.reader, self.online.read_many, [c or "" for c in cids], now)
-            frame, known = await asyncio.wait_for(read, read_s)
-        except Exception as exc:  # store slow or down: every answer is the rule-based fallback, never a 500
-            log.warning("online batch read failed: %s", type(exc).__name__)
-            slow = isinstance(exc, TimeoutError)
-            cause = (
-                f"online store did not answer within {read_s:g} s"
-                if slow
-                else f"online store error ({type(exc).__name__})"
-            )
-            answers = [decider.fallback_row(c, now, cause, cold_start=False) for c in cids]
-        else:
-            cause = ""
-            answers = await loop.run_in_executor(self.reader, self._batch, decider, cids, frame, known, now)
-        rows = decision_rows(answers, body.context)
-        await self._logged(lambda tx: insert_decisions(tx, rows))
-        self._count(answers, cause)
+        answers = await self._decide(body.customers, body.at, body.context)
         LATENCY.labels("decide_batch").observe(time.perf_counter() - started)
         return Response(to_json({"decisions": answers}), media_type="application/json")
 
@@ -243,57 +222,20 @@ class NextTouch:
             model_version=self.model_version,
             loaded_at=self.loaded_at,
             feature_service=self.settings.feature_service,
-            inputs=self.decider.model.inputs,
+            inputs=self.decisions.engine.model.inputs if self.decisions else [],
             catalog=[a.model_dump(mode="json", exclude_none=True) for a in self.catalog.actions],
         )
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _features(self, cid: str | None, now: datetime) -> tuple[dict | None, str]:
-        """The customer's features, or None and the cause of the fallback. Never raises."""
-        if cid is None:
-            return None, "unknown source key"
-        loop = asyncio.get_running_loop()
+    async def _decide(self, refs: Sequence[CustomerRef], at: datetime | None, context: dict[str, str]) -> list[Answer]:
+        assert self.decisions is not None
         try:
-            features = await asyncio.wait_for(
-                loop.run_in_executor(self.reader, self.online.read, cid, now), self.timeout_s
-            )
-        except TimeoutError:
-            return None, f"online store did not answer within {self.settings.online_timeout_ms} ms"
-        except Exception as exc:  # store down or broken: a rule-based answer, never a 500
-            log.warning("online read failed: %s", type(exc).__name__)
-            return None, f"online store error ({type(exc).__name__})"
-        return (features, "") if features is not None else (None, "no features for this customer")
-
-    def _batch(
-        self, decider: Any, cids: list[str | None], frame: Any, known: Any, now: datetime
-    ) -> list[dict[str, Any]]:
-        """The vectorised policy for a batch (runs in a thread: it takes capacity through the log)."""
-        import numpy as np
-
-        from serving import capacity
-
-        known = known & np.array([c is not None for c in cids])
-
-        def take(action: Any, features: Any, at: datetime, want: int) -> int:
-            period, bucket = capacity.period_of(action.capacity, at), capacity.bucket_of(action.capacity, features)
-            return self.log.run(lambda tx: capacity.take(tx, action, period, bucket, want))
-
-        return decider.decide_rows(cids, frame, known, now, take)
-
-    @staticmethod
-    def _finish(tx: Any, decider: Any, draft: Any, context: dict[str, str]) -> DecideResponse:
-        """Inside the log transaction: capacity for the chosen action, then the decision row."""
-        from serving import capacity
-        from serving.decision_log import decision_row, insert_decisions
-
-        def take(action: Any, features: Any, at: datetime, want: int) -> int:
-            period, bucket = capacity.period_of(action.capacity, at), capacity.bucket_of(action.capacity, features)
-            return capacity.take(tx, action, period, bucket, want)
-
-        answer = decider.finish(draft, take)
-        insert_decisions(tx, [decision_row(answer, context)])
-        return answer
+            answers = await self.decisions.decide(refs, at, context)
+        except LogUnavailable as exc:
+            log.error("decision log unavailable: %s", exc)
+            raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
+        return answers
 
     async def _logged(self, op: Any) -> Any:
         """Run ``op`` in the next decision-log commit; a log that cannot commit is a 503, not an answer."""
@@ -304,37 +246,6 @@ class NextTouch:
         except Exception as exc:
             log.error("decision log unavailable: %s", type(exc).__name__)
             raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
-
-    @staticmethod
-    def _count(answers: list[dict[str, Any]], cause: str) -> None:
-        """Metrics for answers given together, as dicts of their fields (one increment per label set: each
-        costs a lock and a write)."""
-        from collections import Counter
-
-        from serving.metrics import CAPACITY_REFUSED, DECISIONS, FALLBACKS
-
-        decisions: Counter[tuple[str, str]] = Counter()
-        fallbacks: Counter[str] = Counter()
-        refused: Counter[str] = Counter()
-        for a in answers:
-            decisions[a["action"], "true" if a["fallback"] else "false"] += 1
-            if a["fallback"]:
-                fallbacks[_cause_label(cause, a)] += 1
-            refused.update(r.split(" ", 1)[0] for r in a["reasons"] if "no capacity left" in r)
-        for labels, n in decisions.items():
-            DECISIONS.labels(*labels).inc(n)
-        for label, n in fallbacks.items():
-            FALLBACKS.labels(label).inc(n)
-        for label, n in refused.items():
-            CAPACITY_REFUSED.labels(label).inc(n)
-
-
-def _cause_label(cause: str, answer: dict[str, Any]) -> str:
-    if answer["customer_id"] is None:
-        return "unknown_source_key"
-    if answer["cold_start"]:
-        return "unknown_customer"
-    return "store_timeout" if "did not answer" in cause else "store_error"
 
 
 # Outermost first: the key before anything is read, then the body size, then one documented error body.

@@ -12,9 +12,13 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
 import pytest
 
 from nexttouch.catalog import Catalog, load_catalog
+from nexttouch.model import DecisionModel
 from nexttouch.settings import Settings, load_settings
 
 for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
@@ -75,3 +79,30 @@ def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Setting
     materialize(settings, END)
     run_training(settings, catalog)
     return settings
+
+
+@pytest.fixture(scope="session")
+def model(catalog: Catalog) -> DecisionModel:
+    """A tiny model where push succeeds for app-active customers and nothing else does."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    frame = pd.DataFrame(
+        {
+            "tech_in_30d": rng.integers(0, 30, n).astype(float),
+            "push_opt_in": 1.0,
+            "call_consent": 1.0,
+            "region": rng.choice(["north", "south"], n),
+        }
+    )
+    actions = rng.choice(catalog.names, n)
+    y = (actions == "push") & (frame["tech_in_30d"] > 15)
+    template = DecisionModel(
+        None, ["tech_in_30d", "push_opt_in", "call_consent"], {"region": ["north", "south"]}, catalog.names
+    )  # type: ignore[arg-type]
+    x = template.design(frame, actions)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 20},
+        lgb.Dataset(x, y.astype(float), categorical_feature=[3, 4]),
+        num_boost_round=40,
+    )
+    return DecisionModel(booster, template.numeric, template.categorical, catalog.names)

@@ -1,11 +1,11 @@
 """A different action catalog works end to end with no code change: ingest, train, register, decide."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from nexttouch.api import DecideRequest
 from nexttouch.catalog import load_catalog
 from nexttouch.settings import Settings, load_settings
 from tests.conftest import END, SMALL
@@ -15,10 +15,10 @@ EMAIL_CATALOG = Path(__file__).parent / "data" / "email_catalog.yaml"
 
 
 def test_email_catalog_end_to_end(built: Settings, tmp_path: Path) -> None:
+    from nexttouch.engine import DecisionEngine, from_row
     from nexttouch.ingest import ingest
     from nexttouch.simulate import write_brand
     from serving.champion import load_champion
-    from serving.decider import Decider
     from serving.online_features import OnlineFeatures
     from training.dataset import training_set
     from training.registry import log_and_register
@@ -46,11 +46,15 @@ def test_email_catalog_end_to_end(built: Settings, tmp_path: Path) -> None:
     assert champion.model.actions == ["none", "email_a", "email_b"]
 
     online = OnlineFeatures(built)
-    decider = Decider(catalog, champion.model, champion.version, online.read, epsilon=0.0)
-    answers = [decider.decide(DecideRequest(customer_id=f"C{i:07d}")) for i in range(1, 31)]
-    assert {a.action for a in answers} <= {"none", "email_a", "email_b"}
-    assert all(set(a.values) == {"none", "email_a", "email_b"} for a in answers)
-    consented = [a for a in answers if "email_b" in a.eligible]
-    refused = [a for a in answers if "email_b" not in a.eligible]
+    engine = DecisionEngine(catalog, champion.model, champion.version, epsilon=0.0)
+    now = datetime.now(UTC)
+    answers = [
+        engine.decide([cid], from_row(online.read(cid, now)), now, ["x"])[0]
+        for cid in (f"C{i:07d}" for i in range(1, 31))
+    ]
+    assert {a["action"] for a in answers} <= {"none", "email_a", "email_b"}
+    assert all(set(a["values"]) == {"none", "email_a", "email_b"} for a in answers)
+    consented = [a for a in answers if "email_b" in a["eligible"]]
+    refused = [a for a in answers if "email_b" not in a["eligible"]]
     assert consented and refused  # email_b needs push_opt_in, like push does
-    assert all("email_b removed: no push_opt_in on record" in a.reasons for a in refused)
+    assert all("email_b removed: no push_opt_in on record" in a["reasons"] for a in refused)

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from nexttouch.catalog import Catalog
+from nexttouch.engine.choice import net_values
 from nexttouch.model import Calibration, DecisionModel
-from nexttouch.policy import net_values
 from training.evaluate import Evaluation, evaluate, expected_calibration_error, rule_actions
 from training.train import MONOTONE_INCREASING, TrainResult, fit
 

@@ -11,14 +11,21 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.baselines import first_come_first_served
 from nexttouch.catalog import Capacity, Catalog, load_catalog
-from nexttouch.plan import ASSIGNED, CAPACITY_FULL, first_come_first_served, plan_actions, plan_frame
-from nexttouch.policy import eligible_mask, net_values
+from nexttouch.columns import from_frame
+from nexttouch.engine.choice import explore_probabilities, net_values
+from nexttouch.engine.rules import check
+from nexttouch.plan import ASSIGNED, CAPACITY_FULL, plan_actions, plan_frame
 from nexttouch.settings import Settings
 from tests.conftest import END
 
 NOON = datetime(2026, 11, 2, 12, tzinfo=UTC)
 EMAIL_CATALOG = Path(__file__).parent / "data" / "email_catalog.yaml"
+
+
+def eligible_mask(catalog: Catalog, frame: pd.DataFrame, now: datetime) -> np.ndarray:
+    return check(catalog, from_frame(frame), len(frame), now).eligible
 
 
 def _limits(catalog: Catalog, **limits: int) -> Catalog:
@@ -187,7 +194,7 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
     assert (chosen[~table["explored"]] >= table.loc[~table["explored"], "value_none"] - 1e-9).all()
 
     # the slots were taken in the service's ledger: a second plan for the same day has none left to give
-    from nexttouch.plan import ledger_used
+    from nexttouch.jobs.plan import ledger_used
 
     held = table[~table["explored"] & table["action"].isin(["event_invite", "advisor_call"])]
     taken = {(a, f"region={r}"): n for (a, r), n in held.groupby(["action", "region"]).size().items()}
@@ -204,8 +211,8 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_plan_reads_what_the_online_store_serves(built: Settings) -> None:
     """The latest offline rows + recency are the online features, so eligibility agrees with the service's."""
-    from nexttouch.plan import latest_features
-    from nexttouch.policy import eligibility
+    from nexttouch.columns import from_row
+    from nexttouch.jobs.plan import latest_features
     from serving.online_features import OnlineFeatures
 
     catalog = load_catalog()
@@ -225,21 +232,21 @@ def test_plan_reads_what_the_online_store_serves(built: Settings) -> None:
             else:
                 assert value == offline, name
             stamps += isinstance(value, datetime)
-        assert [a not in eligibility(catalog, row, now) for a in catalog.names] == mask[i].tolist()
+        assert check(catalog, from_row(row), 1, now).eligible[0].tolist() == mask[i].tolist()
     assert stamps > 0  # last-touch times were compared too
 
 
 def test_plan_spends_only_what_the_ledger_has_left_and_takes_its_slots(catalog: Catalog, tmp_path: Path) -> None:
     """Capacity the service used is not planned again; taken slots make the service give out only the rest."""
-    from nexttouch.plan import ledger_used, reserve
+    from nexttouch.jobs.plan import ledger_used, reserve
     from nexttouch.settings import load_settings
-    from serving.capacity import period_of, take
+    from serving.capacity import take
     from serving.decision_log import DecisionLog
 
     settings = load_settings(project_dir=tmp_path)
     small = _limits(catalog, advisor_call=5, event_invite=0)
     call = small["advisor_call"]
-    period = period_of(call.capacity, NOON)
+    period = call.capacity.period_of(NOON)
     log = DecisionLog.open(settings)
     assert log.run(lambda tx: take(tx, call, period, "region=north", 2)) == 2  # the service called 2 today
     log.close()
@@ -272,7 +279,6 @@ def test_plan_spends_only_what_the_ledger_has_left_and_takes_its_slots(catalog: 
 
 def test_a_customer_who_loses_a_slot_gets_the_fallback_with_its_exact_propensity(catalog: Catalog) -> None:
     from nexttouch.plan import demote
-    from nexttouch.policy import explore_probabilities
 
     rng = np.random.default_rng(6)
     frame = _customers(3_000, rng).assign(call_consent=1)

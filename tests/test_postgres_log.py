@@ -65,6 +65,6 @@ def test_postgres_capacity_is_exact_under_concurrent_workers(database: str, cata
     for log in logs:
         log.close()
     again = DecisionLog(database)
-    assert again.run(lambda tx: capacity.used(tx, "advisor_call", "2026-11-01", "region=north")) == 7
+    assert again.run(lambda tx: capacity.used(tx, "advisor_call", "2026-11-01")) == {"region=north": 7}
     assert again.run(lambda tx: capacity.take(tx, call, "2026-11-01", "region=north")) == 0
     again.close()

@@ -29,8 +29,10 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.columns import from_frame
+from nexttouch.engine.choice import net_values
+from nexttouch.engine.rules import check
 from nexttouch.model import DecisionModel
-from nexttouch.policy import net_values
 from nexttouch.schemas import ACTION, DECISION_ID, OUTCOME, PROPENSITY
 from nexttouch.settings import Settings
 from training.ope import LOGGED, PolicyValue, estimate_many, greedy, one_hot, uniform
@@ -61,20 +63,12 @@ class Evaluation:
 
 
 def eligible(catalog: Catalog, frame: pd.DataFrame) -> np.ndarray:
-    """Contact-policy eligibility (rows, actions) of every decision, as policy.eligible_mask decides it.
+    """Contact-policy eligibility (rows, actions) of every decision, as the decision engine decides it.
 
     Without the time of day (each decision has its own), quiet hours are not applied; consent, caps
-    and cool-downs are. Older policy modules without ``eligible_mask``: consent only.
+    and cool-downs are.
     """
-    try:
-        from nexttouch.policy import eligible_mask
-    except ImportError:  # pragma: no cover - before the contact policy landed
-        mask = np.ones((len(frame), len(catalog.actions)), bool)
-        for j, action in enumerate(catalog.actions):
-            if action.requires:
-                mask[:, j] = pd.to_numeric(frame.get(action.requires), errors="coerce").to_numpy() == 1
-        return mask
-    return eligible_mask(catalog, frame, None)
+    return check(catalog, from_frame(frame), len(frame), None).eligible
 
 
 def scores(model: Scorer, frame: pd.DataFrame, catalog: Catalog) -> np.ndarray:

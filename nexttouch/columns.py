@@ -1,0 +1,80 @@
+"""The engine's input: every feature a 1-D numpy array, one row per customer.
+
+Timestamps become float Unix seconds (NaN when missing) so the contact rules do arithmetic on
+plain arrays: the same code decides one customer or a million without pandas on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Features = dict[str, np.ndarray]
+_MISSING = np.array([np.nan])
+
+
+def from_frame(frame: pd.DataFrame) -> Features:
+    """A frame's columns as arrays (timestamps as Unix seconds)."""
+    out: Features = {}
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.DatetimeTZDtype) or column.dtype.kind == "M":
+            out[name] = seconds(column)
+        else:
+            out[name] = column.to_numpy()
+    return out
+
+
+def from_row(row: Mapping[str, Any]) -> Features:
+    """One customer's values by name as a batch of one."""
+    out: Features = {}
+    for name, value in row.items():
+        if value is None:
+            out[name] = _MISSING
+        elif isinstance(value, datetime):
+            out[name] = np.array([(value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()])
+        elif isinstance(value, (bool, int, float, np.number)):
+            out[name] = np.array([float(value)])
+        else:
+            out[name] = np.array([value], dtype=object)
+    return out
+
+
+def seconds(values: pd.Series) -> np.ndarray:
+    """Timestamps (naive ones are UTC) as float Unix seconds, NaN where missing."""
+    times = values.dt.tz_convert(UTC) if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+    if not isinstance(times.dtype, pd.DatetimeTZDtype) and times.dtype.kind != "M":
+        times = pd.to_datetime(times, utc=True)
+    ns = (
+        times.array.asi8 if hasattr(times.array, "asi8") else times.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    )
+    return np.where(times.isna().to_numpy(), np.nan, ns / 1e9)
+
+
+def numbers(features: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """A feature as floats (NaN where missing or not a number); all NaN when the feature is absent."""
+    column = features.get(name)
+    if column is None:
+        return np.full(n, np.nan)
+    if column.dtype.kind in "fiub":
+        return column.astype(np.float64, copy=False)
+    return pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def labels(features: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """A text feature as objects, None where missing."""
+    column = features.get(name)
+    if column is None:
+        return np.full(n, None, dtype=object)
+    if column.dtype.kind == "f":
+        return np.where(np.isnan(column), None, column.astype(object))
+    out = column.astype(object)
+    return np.where(pd.isna(out), None, out)
+
+
+def take_rows(features: Mapping[str, np.ndarray], rows: np.ndarray) -> Features:
+    return {name: column[rows] for name, column in features.items()}

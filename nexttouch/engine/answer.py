@@ -1,0 +1,88 @@
+"""The answer to a decision request: one builder for every path, in ``DecideResponse``'s field order."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import TypedDict
+
+import numpy as np
+
+from nexttouch.api import DecideResponse
+from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.engine import reasons
+
+
+class FallbackCause(Enum):
+    """Why a request got the rule-based answer instead of the model's."""
+
+    UNKNOWN_SOURCE_KEY = ("unknown source key", True)
+    UNKNOWN_CUSTOMER = ("no features for this customer", True)
+    STORE_TIMEOUT = ("online store did not answer in time", False)
+    STORE_ERROR = ("online store error", False)
+
+    def __init__(self, text: str, cold_start: bool) -> None:
+        self.text = text
+        self.cold_start = cold_start
+
+    @property
+    def label(self) -> str:
+        """The metrics label."""
+        return self.name.lower()
+
+
+class Answer(TypedDict):
+    decision_id: str
+    customer_id: str | None
+    action: str
+    propensity: float
+    explored: bool
+    values: dict[str, float]
+    p_success: dict[str, float]
+    eligible: list[str]
+    reasons: list[str]
+    cold_start: bool
+    fallback: bool
+    model_version: str
+    decided_at: datetime
+
+
+FIELDS = tuple(Answer.__annotations__)
+assert tuple(DecideResponse.model_fields) == FIELDS, "Answer and DecideResponse list the same fields in order"
+
+
+def fallback(
+    catalog: Catalog, eligible: list[str], customer_id: str | None, cause: FallbackCause, version: str, now: datetime
+) -> Answer:
+    """No contact with a customer we cannot see: the rule-based answer."""
+    return {
+        "decision_id": "",
+        "customer_id": customer_id,
+        "action": NO_ACTION,
+        "propensity": 1.0,
+        "explored": False,
+        "values": {},
+        "p_success": {},
+        "eligible": eligible,
+        "reasons": reasons.fallback(cause.text),
+        "cold_start": cause.cold_start,
+        "fallback": True,
+        "model_version": version,
+        "decided_at": now,
+    }
+
+
+def rounded(values: np.ndarray, digits: int) -> np.ndarray:
+    """``round(v, digits)`` of every element, exactly as Python rounds.
+
+    Python rounds the exact binary value half-to-even, and so does ``rint`` unless scaling by
+    10**digits moved a value across a half-way point: only values that land within 1e-6 of one
+    (or beyond 2**52, or NaN) are rounded by Python itself. ~5x cheaper than ``round`` per value.
+    """
+    scale = 10.0**digits
+    scaled = values * scale
+    out = np.rint(scaled) / scale
+    near_half = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) < 1e-6
+    for i in zip(*np.nonzero(near_half | ~(np.abs(scaled) < 2.0**52)), strict=True):
+        out[i] = round(float(values[i]), digits)
+    return out

@@ -1,0 +1,278 @@
+"""The decision engine: features -> P(success) -> contact rules -> choice -> capacity -> answers.
+
+No HTTP, no Feast and no database: the model is given, capacity is taken through a callable. A
+decision is made in three steps because capacity is only known inside the decision-log transaction:
+``draft`` (model, rules, first choice) runs in the request, ``allocate`` (capacity, the next best
+action where it is used up) in the transaction that logs the decisions, ``answers`` (reasons, the
+answer fields) after it. One customer is a batch of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from nexttouch.catalog import NO_ACTION, Action, Catalog
+from nexttouch.columns import Features, labels, take_rows
+from nexttouch.engine import reasons, rules
+from nexttouch.engine.answer import Answer, FallbackCause, fallback, rounded
+from nexttouch.engine.choice import Choice, choose, net_values
+from nexttouch.model import ContributionMethod, DecisionModel
+
+# (action, capacity bucket, how many) -> how many units were granted
+TakeCapacity = Callable[[Action, str, int], int]
+TOP_DRIVERS = 3
+
+
+def unlimited(_action: Action, _bucket: str, want: int) -> int:
+    return want
+
+
+@dataclass
+class Draft:
+    """Decisions before capacity is taken and the log is written."""
+
+    customer_ids: list[str | None]
+    now: datetime
+    causes: list[FallbackCause | None]  # per request: why it falls back, None when the model decides
+    rows: np.ndarray  # requests the model decides (no fallback cause)
+    features: Features  # of those rows
+    p: np.ndarray  # (rows, actions) calibrated P(success), catalog order
+    values: np.ndarray  # (rows, actions) expected net values
+    check: rules.Check
+    allowed: np.ndarray  # (rows, actions) eligible, then less what capacity refused
+    explore_u: np.ndarray
+    draw_u: np.ndarray
+    choice: Choice
+    first: Choice  # the choice before capacity
+    x: np.ndarray  # encoded features
+    leaf: np.ndarray | None  # leaves per (row, model action) when reasons use path contributions
+    refused: dict[int, dict[str, str]] = field(default_factory=dict)  # row -> action -> capacity reason
+
+
+class DecisionEngine:
+    """The decision policy of one champion model."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        model: DecisionModel,
+        model_version: str,
+        epsilon: float,
+        seed: int | None = None,
+        default_time_zone: str = "UTC",
+        contributions: ContributionMethod = "path",
+    ) -> None:
+        missing = set(catalog.names) - set(model.actions)
+        if missing:
+            raise ValueError(f"model does not score catalog actions {sorted(missing)}")
+        self.catalog = catalog
+        self.model = model
+        self.model_version = model_version
+        self.epsilon = epsilon
+        self.default_time_zone = default_time_zone
+        self.contribution_method = contributions
+        self.rng = np.random.default_rng(seed)
+        self._columns = np.array([model.actions.index(a) for a in catalog.names])
+        self._none = catalog.names.index(NO_ACTION)
+
+    # -- the three steps ---------------------------------------------------------------------------
+
+    def draft(
+        self,
+        customer_ids: Sequence[str | None],
+        features: Features,
+        now: datetime,
+        causes: Sequence[FallbackCause | None] | None = None,
+    ) -> Draft:
+        """Score, check the contact rules and choose for every request without a fallback cause.
+
+        ``features`` has one row per request; rows with a cause are not read.
+        """
+        n = len(customer_ids)
+        causes = list(causes) if causes is not None else [None] * n
+        rows = np.array([i for i, c in enumerate(causes) if c is None], dtype=np.int64)
+        sub = features if len(rows) == n else take_rows(features, rows)
+        m = len(rows)
+        x = self.model.encode(sub, m)
+        p, leaf = self._score(x)
+        check = rules.check(self.catalog, sub, m, now, self.default_time_zone)
+        values = net_values(self.catalog, p)
+        allowed = check.eligible.copy()
+        explore_u, draw_u = self.rng.random(m), 1.0 - self.rng.random(m)  # fixed per row across capacity rounds
+        choice = choose(self.catalog, values, allowed, self.epsilon, explore_u, draw_u, self._none)
+        return Draft(
+            list(customer_ids),
+            now,
+            causes,
+            rows,
+            sub,
+            p,
+            values,
+            check,
+            allowed,
+            explore_u,
+            draw_u,
+            choice,
+            choice,
+            x,
+            leaf,
+        )
+
+    def allocate(self, draft: Draft, take: TakeCapacity = unlimited) -> None:
+        """Take capacity for the scarce actions chosen, most valuable rows first; where it is used up,
+        the policy chooses again among what is left (capacity is part of the state: exact propensities)."""
+        draft.allowed, draft.choice, draft.refused = draft.check.eligible.copy(), draft.first, {}  # a retry starts over
+        held = np.full(len(draft.rows), -1)  # action whose capacity a row holds
+        for _ in range(len(self.catalog.actions) + 1):  # each round removes at least one action from some rows
+            refused = self._take_capacity(draft, held, take)
+            if not refused:
+                return
+            for j, refused_rows in refused:
+                action = self.catalog.actions[j]
+                draft.allowed[refused_rows, j] = False
+                for r in refused_rows.tolist():
+                    draft.refused.setdefault(r, {})[action.name] = reasons.no_capacity(action)
+            draft.choice = choose(
+                self.catalog, draft.values, draft.allowed, self.epsilon, draft.explore_u, draft.draw_u, self._none
+            )
+
+    def answers(self, draft: Draft, decision_ids: Sequence[str]) -> list[Answer]:
+        """The answer to every request, in request order (``decision_ids`` one per request)."""
+        catalog, names = self.catalog, self.catalog.names
+        out: list[Answer] = []
+        fallback_eligible: list[str] | None = None
+        decided = self._decided(draft)
+        k = 0
+        for i, (cid, cause) in enumerate(zip(draft.customer_ids, draft.causes, strict=True)):
+            if cause is not None:
+                if fallback_eligible is None:
+                    no_features = rules.check(catalog, {}, 1, draft.now, self.default_time_zone)
+                    fallback_eligible = [a for a, ok in zip(names, no_features.eligible[0], strict=True) if ok]
+                answer = fallback(catalog, fallback_eligible, cid, cause, self.model_version, draft.now)
+            else:
+                answer = decided[k]
+                answer["customer_id"] = cid
+                k += 1
+            answer["decision_id"] = decision_ids[i]
+            out.append(answer)
+        return out
+
+    def decide(
+        self,
+        customer_ids: Sequence[str | None],
+        features: Features,
+        now: datetime,
+        decision_ids: Sequence[str],
+        take: TakeCapacity = unlimited,
+        causes: Sequence[FallbackCause | None] | None = None,
+    ) -> list[Answer]:
+        """The three steps at once, for callers that take capacity outside a log transaction."""
+        draft = self.draft(customer_ids, features, now, causes)
+        self.allocate(draft, take)
+        return self.answers(draft, decision_ids)
+
+    # -- parts -------------------------------------------------------------------------------------
+
+    def _score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated P(success) in catalog order, and with path contributions the leaves of every
+        (row, model action): one LightGBM call then gives both the score and the reasons."""
+        n, k = len(x), len(self.model.actions)
+        if n == 0:  # every request falls back
+            return np.empty((0, len(self._columns))), None
+        stacked = np.column_stack([np.repeat(x, k, axis=0), np.tile(np.arange(k, dtype=np.float64), n)])
+        paths = self.model.paths if self.contribution_method == "path" else None
+        leaf = None
+        if paths is not None and paths.binary:
+            leaf = paths.leaves(stacked)
+            raw = paths.probability(leaf).reshape(n, k)
+        else:
+            raw = self.model.booster.predict(stacked, num_threads=1).reshape(n, k)
+        return self.model.calibration.apply(raw, self.model.actions)[:, self._columns], leaf
+
+    def _take_capacity(self, draft: Draft, held: np.ndarray, take: TakeCapacity) -> list[tuple[int, np.ndarray]]:
+        """Take capacity for the rows newly given a scarce action, most valuable first; the refused rows."""
+        refused = []
+        action = draft.choice.action
+        for j, a in enumerate(self.catalog.actions):
+            if a.capacity is None:
+                continue
+            rows = np.flatnonzero((action == j) & (held != j))
+            if len(rows) == 0:
+                continue
+            per = a.capacity.per
+            keys = labels(draft.features, per, len(draft.rows))[rows] if per else np.full(len(rows), None, object)
+            buckets = np.array([a.capacity.bucket(v) for v in keys], dtype=object)
+            for bucket in dict.fromkeys(buckets.tolist()):
+                group = rows[buckets == bucket]
+                group = group[np.argsort(-draft.values[group, j], kind="stable")]
+                granted = take(a, bucket, len(group))
+                held[group[:granted]] = j
+                if granted < len(group):
+                    refused.append((j, group[granted:]))
+        return refused
+
+    def _contributions(self, draft: Draft) -> np.ndarray:
+        """Each input's contribution to the chosen action's score, per row (log-odds)."""
+        action = self._columns[draft.choice.action]
+        n_inputs = len(self.model.inputs)
+        if draft.leaf is not None:
+            k = len(self.model.actions)
+            return self.model.paths.of_leaves(draft.leaf[np.arange(len(action)) * k + action])[:, :n_inputs]
+        design = np.column_stack([draft.x, action.astype(np.float64)])
+        return self.model.contributions(design, self.contribution_method)
+
+    def _decided(self, draft: Draft) -> list[Answer]:
+        """The model's answers for the rows it decided (no decision id, no customer id yet)."""
+        m = len(draft.rows)
+        if m == 0:
+            return []
+        catalog, names, inputs = self.catalog, self.catalog.names, self.model.inputs
+        choice = draft.choice
+        contrib = self._contributions(draft)
+        top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :TOP_DRIVERS]
+        top_contrib = np.take_along_axis(contrib, top, axis=1).tolist()
+        # The drivers quote 3 inputs per row: read those cells, not every cell as a Python object.
+        cells = [draft.features.get(c) for c in inputs]
+        removed = rules.reasons(catalog, draft.check)
+        values_l = rounded(draft.values, 4).tolist()
+        p_l = draft.p.tolist()
+        p_round = rounded(draft.p, 4).tolist()
+        allowed_l = draft.allowed.tolist()
+        action_l, explored_l = choice.action.tolist(), choice.explored.tolist()
+        propensity_l = rounded(choice.propensity, 6).tolist()
+        out: list[Answer] = []
+        for r in range(m):
+            j = action_l[r]
+            name = names[j]
+            eligible = [a for a, ok in zip(names, allowed_l[r], strict=True) if ok]
+            gone = removed[r] | draft.refused[r] if r in draft.refused else removed[r]
+            why = [reasons.removed(a, text) for a, text in gone.items()]
+            if explored_l[r]:
+                why.append(reasons.explored(name, len(eligible)))
+            else:
+                why.append(reasons.best_value(catalog.actions[j], p_l[r][j], values_l[r][j], len(eligible)))
+            for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
+                column = cells[f]
+                why.append(reasons.driver(inputs[f], np.nan if column is None else column[r], name, c))
+            out.append(
+                {
+                    "decision_id": "",
+                    "customer_id": None,
+                    "action": name,
+                    "propensity": propensity_l[r],
+                    "explored": explored_l[r],
+                    "values": dict(zip(names, values_l[r], strict=True)),
+                    "p_success": dict(zip(names, p_round[r], strict=True)),
+                    "eligible": eligible,
+                    "reasons": why,
+                    "cold_start": False,
+                    "fallback": False,
+                    "model_version": self.model_version,
+                    "decided_at": draft.now,
+                }
+            )
+        return out

@@ -1,0 +1,175 @@
+"""Contact rules: which actions each customer may get now, and why the others were removed.
+
+Rules are checked in the order of ``Rule``; an action is reported under the first one it breaks.
+Consent is always checked (no consent on record = no contact); caps when their count feature is
+present; cool-downs when the last-touch time or the recency feature is present; quiet hours when
+the decision time is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from nexttouch.catalog import Action, Catalog
+from nexttouch.columns import labels, numbers
+
+TIME_ZONE = "time_zone"  # profile column: the customer's IANA time zone
+DAY_S = 86_400.0
+
+
+class Rule(IntEnum):
+    OK = 0
+    CONSENT = 1
+    UNKNOWN_ZONE = 2
+    QUIET = 3
+    CAP = 4
+    COOLDOWN = 5
+    CAPACITY = 6  # set by the engine when a scarce action's capacity is used up
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    Rule.OK: "eligible",
+    Rule.CONSENT: "no consent",
+    Rule.UNKNOWN_ZONE: "unknown time zone",
+    Rule.QUIET: "quiet hours",
+    Rule.CAP: "frequency cap",
+    Rule.COOLDOWN: "cool-down",
+    Rule.CAPACITY: "no capacity",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """The first rule each action breaks per row (``Rule.OK`` = eligible), with what the reasons quote."""
+
+    rules: np.ndarray  # int8 (rows, actions)
+    zone: np.ndarray  # (rows,) time zone name used for quiet hours
+    local_minute: np.ndarray | None  # (rows,) minute of the local day, NaN for unknown zones
+    counts: dict[tuple[int, int], np.ndarray]  # (action, cap) -> touches in the cap's window
+    days: dict[int, np.ndarray]  # action -> days since its tier's last touch
+
+    @property
+    def eligible(self) -> np.ndarray:
+        return self.rules == Rule.OK
+
+
+def check(
+    catalog: Catalog, features: Mapping[str, np.ndarray], n: int, now: datetime | None, default_time_zone: str = "UTC"
+) -> Check:
+    """Apply every action's contact rules to ``n`` customers at once."""
+    out = np.zeros((n, len(catalog.actions)), np.int8)
+    zone = labels(features, TIME_ZONE, n)
+    zone = np.where(zone == None, default_time_zone, zone).astype(object)  # noqa: E711 - elementwise
+    local_minute = local_minutes(zone, now) if now is not None else None
+    now_s = _utc(now).timestamp() if now is not None else None
+    counts: dict[tuple[int, int], np.ndarray] = {}
+    days: dict[int, np.ndarray] = {}
+    for j, action in enumerate(catalog.actions):
+        rule = out[:, j]  # a view: each rule marks only rows no earlier rule removed
+
+        def mark(broken: np.ndarray, code: Rule, rule: np.ndarray = rule) -> None:
+            rule[(rule == Rule.OK) & broken] = code
+
+        if action.requires:
+            mark(~(numbers(features, action.requires, n) == 1), Rule.CONSENT)  # NaN or missing: no consent
+        if action.quiet_hours and local_minute is not None:
+            start, end = action.quiet_hours.minutes
+            mark(np.isnan(local_minute), Rule.UNKNOWN_ZONE)
+            mark(quiet(local_minute, start, end), Rule.QUIET)
+        for c, cap in enumerate(action.caps):
+            count = counts[j, c] = numbers(features, action.cap_feature(cap), n)
+            mark(count >= cap.max, Rule.CAP)  # NaN: feature absent, no cap
+        if action.cooldown_days:
+            since = numbers(features, action.recency_feature, n)
+            if now_s is not None and action.last_touch_feature in features:
+                last = numbers(features, action.last_touch_feature, n)
+                exact = np.maximum((now_s - last) / DAY_S, 0.0)
+                since = np.where(np.isnan(exact), since, exact)
+            days[j] = since
+            mark(since < action.cooldown_days, Rule.COOLDOWN)
+    return Check(out, zone, local_minute, counts, days)
+
+
+def reasons(catalog: Catalog, c: Check, rows: np.ndarray | None = None) -> list[dict[str, str]]:
+    """Why each removed action was removed, for ``rows`` (default all), quoting the row's own numbers."""
+    rules = c.rules if rows is None else c.rules[rows]
+    rows = np.arange(len(c.rules)) if rows is None else rows
+    out: list[dict[str, str]] = [{} for _ in range(len(rules))]
+    memo: dict[tuple[int, int, object], str] = {}  # consent and quiet-hour texts depend on the zone only
+    for r, j in zip(*np.nonzero(rules), strict=True):
+        row, code = int(rows[r]), Rule(int(rules[r, j]))
+        action = catalog.actions[j]
+        if code in (Rule.CONSENT, Rule.QUIET, Rule.UNKNOWN_ZONE):
+            key = (int(j), int(code), c.zone[row] if code != Rule.CONSENT else None)
+            text = memo.get(key)
+            if text is None:
+                text = memo[key] = _text(action, int(j), code, c, row)
+        else:
+            text = _text(action, int(j), code, c, row)
+        out[r][action.name] = text
+    return out
+
+
+def _text(action: Action, j: int, code: Rule, c: Check, row: int) -> str:
+    if code == Rule.CONSENT:
+        return f"no {action.requires} on record"
+    if code == Rule.UNKNOWN_ZONE:
+        return f"unknown time zone {c.zone[row]!r}: quiet hours cannot be checked"
+    if code == Rule.QUIET:
+        q = action.quiet_hours
+        assert q is not None and c.local_minute is not None
+        minute = int(c.local_minute[row])
+        return f"quiet hours {q.start}-{q.end} ({minute // 60:02d}:{minute % 60:02d} in {c.zone[row]})"
+    if code == Rule.CAP:
+        for k, cap in enumerate(action.caps):
+            count = c.counts[j, k][row]
+            if count >= cap.max:
+                return f"frequency cap: {count:g} {action.tier} touches out in {cap.days} days (max {cap.max})"
+    if code == Rule.COOLDOWN:
+        return f"cool-down: last {action.tier} touch {c.days[j][row]:.1f} days ago (wait {action.cooldown_days:g})"
+    raise ValueError(f"no reason text for rule {code!r}")
+
+
+def local_minutes(zones: np.ndarray, now: datetime) -> np.ndarray:
+    """Minute of the local day at ``now`` for every row's time zone (NaN for unknown zones)."""
+    codes, uniques = pd.factorize(zones)
+    minute = np.array([_local_minute(str(z), _utc(now)) for z in uniques], dtype=np.float64)
+    return minute[codes]
+
+
+def _local_minute(zone: str, now: datetime) -> float:
+    tz = _zone(zone)
+    if tz is None:
+        return np.nan
+    local = now.astimezone(tz)
+    return float(local.hour * 60 + local.minute)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def quiet(minute: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Inside [start, end) of the local day; the window wraps midnight when start > end."""
+    return (minute >= start) & (minute < end) if start < end else (minute >= start) | (minute < end)
+
+
+def _utc(t: datetime) -> datetime:
+    """Naive times are UTC."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t

@@ -1,0 +1,267 @@
+"""The decide use case (serving.decisions): identity -> features -> engine -> capacity and log -> answers.
+
+The model is a tiny LightGBM fitted here, the feature store a dict, the log a real SQLite decision log:
+``Decisions.decide`` is the door /decide (a batch of one) and /decide/batch both go through.
+"""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nexttouch.api import CustomerRef
+from nexttouch.catalog import Catalog
+from nexttouch.engine import DecisionEngine
+from nexttouch.engine.choice import explore_probabilities
+from nexttouch.model import DecisionModel
+from serving import capacity
+from serving.decision_log import DecisionLog
+from serving.decisions import Decisions
+
+
+class Store:
+    """An online store in memory: the FeatureSource contract of serving.online_features.OnlineFeatures."""
+
+    def __init__(self, rows: dict[str, dict]) -> None:
+        self.rows = rows
+        self.reads: list[str] = []
+
+    def read(self, customer_id: str, at: datetime | None = None) -> dict | None:
+        self.reads.append(customer_id)
+        return self.rows.get(customer_id)
+
+    def read_many(self, customer_ids: list[str], at: datetime | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        self.reads.extend(customer_ids)
+        known = np.array([c in self.rows for c in customer_ids])
+        frame = pd.DataFrame([self.rows.get(c, {}) for c in customer_ids])
+        return frame, known
+
+
+@pytest.fixture
+def log(tmp_path: Path):
+    log = DecisionLog(tmp_path / "decisions.db")
+    yield log
+    log.close()
+
+
+def _decisions(
+    catalog: Catalog, model: DecisionModel, rows: dict[str, dict], log: DecisionLog, epsilon: float = 0.0, seed: int = 1
+) -> Decisions:
+    engine = DecisionEngine(catalog, model, "7", epsilon=epsilon, seed=seed)
+    keys = {("app", "app-1"): "C1"}
+    return Decisions(engine, Store(rows), lambda s, k: keys.get((s, k)), log, ThreadPoolExecutor(2), 1.0, 5.0)
+
+
+def decide(decisions: Decisions, *refs: str | dict, at: datetime) -> list[dict]:
+    customers = [CustomerRef(customer_id=r) if isinstance(r, str) else CustomerRef(**r) for r in refs]
+    return asyncio.run(decisions.decide(customers, at, {"channel": "test"}))
+
+
+ACTIVE = {"tech_in_30d": 25, "push_opt_in": 1, "call_consent": 1, "region": "north"}
+NOON = datetime(2026, 11, 2, 12, tzinfo=UTC)  # outside every quiet hour (customers default to UTC)
+
+
+def _explore_shares(catalog: Catalog) -> dict[str, float]:
+    """P(action | exploring) when every action is eligible: the catalog's cost-aware explore weights."""
+    shares = explore_probabilities(catalog, np.ones(len(catalog.names), bool))
+    assert shares[catalog.names.index("push")] > shares[catalog.names.index("advisor_call")]  # cost-aware
+    return dict(zip(catalog.names, shares, strict=True))
+
+
+def _logged(log: DecisionLog) -> list[tuple]:
+    return log.run(
+        lambda tx: tx.execute("SELECT decision_id, customer_id, action, propensity, fallback FROM decisions").fetchall()
+    )
+
+
+def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, model: DecisionModel, log) -> None:
+    (answer,) = decide(_decisions(catalog, model, {"C1": ACTIVE}, log), "C1", at=NOON)
+    assert answer["action"] == "push"
+    assert (answer["propensity"], answer["explored"], answer["cold_start"]) == (1.0, False, False)
+    assert answer["model_version"] == "7" and answer["decided_at"] == NOON
+    assert set(answer["values"]) == set(catalog.names)
+    for action in catalog.names:
+        a = catalog[action]
+        assert answer["values"][action] == pytest.approx(
+            answer["p_success"][action] * a.value_of_success - a.cost, abs=4e-3
+        )  # p is rounded to 4 places
+    assert answer["values"]["push"] == max(answer["values"].values())
+    assert answer["reasons"][0].startswith("push has the highest net value")
+    assert any(r.startswith("tech_in_30d=25 raised the push score") for r in answer["reasons"])
+    assert len(answer["decision_id"]) == 32
+    assert _logged(log) == [(answer["decision_id"], "C1", "push", 1.0, 0)]  # logged before it was returned
+
+
+def test_no_consent_removes_push_and_none_wins(catalog: Catalog, model: DecisionModel, log) -> None:
+    (answer,) = decide(_decisions(catalog, model, {"C1": {**ACTIVE, "push_opt_in": 0}}, log), "C1", at=NOON)
+    assert "push" not in answer["eligible"]
+    assert answer["action"] == "none"
+    assert "push removed: no push_opt_in on record" in answer["reasons"]
+
+
+def test_unknown_customer_gets_a_flagged_rule_based_answer(catalog: Catalog, model: DecisionModel, log) -> None:
+    (answer,) = decide(_decisions(catalog, model, {}, log), "nobody", at=NOON)
+    assert (answer["cold_start"], answer["fallback"], answer["action"], answer["propensity"]) == (
+        True,
+        True,
+        "none",
+        1.0,
+    )
+    assert answer["eligible"] == ["none", "event_invite"]  # consent unknown: no push, no call
+    assert answer["reasons"][0] == "fallback: no features for this customer"
+    assert answer["values"] == {} and answer["p_success"] == {}  # no model score behind a rule
+    assert _logged(log) == [(answer["decision_id"], "nobody", "none", 1.0, 1)]
+
+
+def test_quiet_hours_use_the_request_time(catalog: Catalog, model: DecisionModel, log) -> None:
+    night = datetime(2026, 11, 2, 23, tzinfo=UTC)
+    (answer,) = decide(_decisions(catalog, model, {"C1": ACTIVE}, log), "C1", at=night)
+    assert "push" not in answer["eligible"] and answer["action"] != "push"
+    assert any(r.startswith("push removed: quiet hours 21:00-08:00") for r in answer["reasons"])
+
+
+def test_exploration_logs_the_probability_of_its_choice(catalog: Catalog, model: DecisionModel, log) -> None:
+    unlimited = Catalog(actions=tuple(a.model_copy(update={"capacity": None}) for a in catalog.actions))
+    decisions = _decisions(unlimited, model, {"C1": ACTIVE}, log, epsilon=0.4, seed=5)
+    one_by_one = [decide(decisions, "C1", at=NOON)[0] for _ in range(300)]
+    batch = decide(decisions, *["C1"] * 3000, at=NOON)
+    explore = _explore_shares(catalog)
+    for answers in (one_by_one, batch):
+        explored = [a for a in answers if a["explored"]]
+        assert 0.33 < len(explored) / len(answers) < 0.47
+        for a in answers:  # epsilon x P(drawn | exploring) + (1 - epsilon) for the best action (push)
+            expected = 0.4 * explore[a["action"]] + (0.6 if a["action"] == "push" else 0.0)
+            assert a["propensity"] == pytest.approx(expected, abs=1e-6)  # answers round to 6 decimals
+    drawn = [a["action"] for a in batch if a["explored"]]
+    for action in catalog.names:  # every eligible action is drawn in proportion to its explore weight
+        assert drawn.count(action) / len(drawn) == pytest.approx(explore[action], abs=0.04), action
+
+
+def test_model_must_score_every_catalog_action(catalog: Catalog, model: DecisionModel) -> None:
+    partial = DecisionModel(model.booster, model.numeric, model.categorical, ["none", "push"])
+    with pytest.raises(ValueError, match="event_invite"):
+        DecisionEngine(catalog, partial, "7", epsilon=0.0)
+
+
+def test_a_source_key_resolves_to_the_customer(catalog: Catalog, model: DecisionModel, log) -> None:
+    decisions = _decisions(catalog, model, {"C1": ACTIVE}, log)
+    (answer,) = decide(decisions, {"source": {"system": "app", "key": "app-1"}}, at=NOON)
+    assert (answer["customer_id"], answer["cold_start"], answer["action"]) == ("C1", False, "push")
+    (unknown,) = decide(decisions, {"source": {"system": "crm", "key": "app-1"}}, at=NOON)
+    assert (unknown["customer_id"], unknown["cold_start"], unknown["fallback"]) == (None, True, True)
+    assert unknown["reasons"][0] == "fallback: unknown source key"
+    assert decisions.features.reads == ["C1"]  # an unresolved key never reaches the feature store
+
+
+def test_a_store_that_fails_gives_rule_based_answers_not_cold_starts(
+    catalog: Catalog, model: DecisionModel, log
+) -> None:
+    decisions = _decisions(catalog, model, {"C1": ACTIVE}, log)
+
+    def broken(*_args: object) -> None:
+        raise ConnectionError("store down")
+
+    decisions.features.read = broken  # type: ignore[method-assign]
+    decisions.features.read_many = broken  # type: ignore[method-assign]
+    for refs in (["C1"], ["C1", "C2"]):
+        for a in decide(decisions, *refs, at=NOON):
+            assert (a["fallback"], a["cold_start"], a["action"]) == (True, False, "none")
+            assert a["reasons"][0] == "fallback: online store error"
+
+
+def test_exactly_one_identity_is_required() -> None:
+    from pydantic import ValidationError
+
+    for body in ({}, {"customer_id": "C1", "source": {"system": "app", "key": "k"}}):
+        with pytest.raises(ValidationError, match="exactly one of customer_id or source"):
+            CustomerRef.model_validate(body)
+
+
+CALLER = {"tech_in_30d": 2, "push_opt_in": 0, "call_consent": 1, "region": "north"}
+
+
+def _prefers_call(catalog: Catalog) -> Catalog:
+    """The test catalog with the call made worth more than anything else for CALLER, 2 calls a day per region."""
+    actions = [
+        a.model_copy(update={"value_of_success": 10_000.0, "cost": 0.0, "caps": (), "cooldown_days": None})
+        if a.name == "advisor_call"
+        else a
+        for a in catalog.actions
+    ]
+    call = actions[catalog.names.index("advisor_call")]
+    assert call.capacity is not None
+    actions[catalog.names.index("advisor_call")] = call.model_copy(
+        update={"capacity": call.capacity.model_copy(update={"limit": 2, "per": "region"})}
+    )
+    return Catalog(actions=tuple(actions))
+
+
+def _used(log: DecisionLog, day: str) -> dict[str, int]:
+    return log.run(lambda tx: capacity.used(tx, "advisor_call", day))
+
+
+def test_used_up_capacity_gives_the_next_best_action_and_says_so(catalog: Catalog, model: DecisionModel, log) -> None:
+    rows = {f"C{i}": CALLER for i in range(10)} | {"S1": {**CALLER, "region": "south"}}
+    decisions = _decisions(_prefers_call(catalog), model, rows, log)
+    answers = [decide(decisions, f"C{i}", at=NOON)[0] for i in range(4)]
+    assert [a["action"] for a in answers[:2]] == ["advisor_call", "advisor_call"]
+    for a in answers[2:]:
+        assert a["action"] != "advisor_call" and "advisor_call" not in a["eligible"]
+        assert "advisor_call removed: no capacity left: all 2 per day for this region are taken" in a["reasons"]
+        assert a["propensity"] == 1.0  # the policy chose again among what was left
+    assert _used(log, "2026-11-02") == {"region=north": 2}
+    # A new day has new capacity; another region has its own.
+    assert decide(decisions, "C9", at=NOON.replace(day=3))[0]["action"] == "advisor_call"
+    assert decide(decisions, "S1", at=NOON)[0]["action"] == "advisor_call"
+
+
+def test_batch_grants_capacity_to_the_most_valuable_and_falls_back_for_unknowns(
+    catalog: Catalog, model: DecisionModel, log
+) -> None:
+    rows = {c: {**CALLER, "tech_in_30d": float(t)} for c, t in zip("ABCDE", (1, 2, 3, 4, 5), strict=True)}
+    decisions = _decisions(_prefers_call(catalog), model, rows, log)
+    answers = decide(decisions, "A", "B", "C", "D", "E", "F", at=NOON)
+    calls = [a["customer_id"] for a in answers if a["action"] == "advisor_call"]
+    assert len(calls) == 2
+    assert _used(log, "2026-11-02") == {"region=north": 2}
+    best_two = sorted(answers[:5], key=lambda a: -a["values"]["advisor_call"])[:2]
+    assert sorted(calls) == sorted(a["customer_id"] for a in best_two)
+    for a in answers[:5]:
+        if a["action"] != "advisor_call":
+            assert "advisor_call removed: no capacity left: all 2 per day for this region are taken" in a["reasons"]
+    assert (answers[5]["fallback"], answers[5]["action"], answers[5]["cold_start"]) == (True, "none", True)
+    assert len(_logged(log)) == 6
+
+
+def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, tmp_path: Path) -> None:
+    """Every contact rule and time zone: a batch answers each customer as /decide answers them alone."""
+    rng = np.random.default_rng(9)
+    at = datetime(2026, 11, 2, 20, 30, tzinfo=UTC)  # night in Europe, office hours in America
+    zones = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "Mars/Olympus", None]
+    rows = {
+        f"C{i}": {
+            "tech_in_30d": float(rng.integers(0, 30)),
+            "push_opt_in": float(rng.integers(0, 2)),
+            "call_consent": float(rng.integers(0, 2)),
+            "region": rng.choice(["north", "south", None]),
+            "time_zone": zones[i % len(zones)],
+            "tech_out_7d": float(rng.integers(0, 5)),
+            "low_out_30d": float(rng.integers(0, 4)),
+            "last_low_at": pd.Timestamp(at) - pd.Timedelta(days=float(rng.uniform(0, 20))),
+            "days_since_high": float(rng.uniform(0, 30)),
+        }
+        for i in range(80)
+    }
+    ids = list(rows)
+    batch = decide(_decisions(catalog, model, rows, DecisionLog(tmp_path / "a.db")), *ids, at=at)
+    alone_decisions = _decisions(catalog, model, rows, DecisionLog(tmp_path / "b.db"))
+    single = [decide(alone_decisions, c, at=at)[0] for c in ids]
+    kinds = {r.split(" removed: ")[1].split(" ")[0] for a in batch for r in a["reasons"] if " removed: " in r}
+    assert kinds >= {"no", "quiet", "unknown", "frequency", "cool-down:"}, kinds  # every kind of rule occurs
+    for b, s in zip(batch, single, strict=True):  # every field but the decision's own id
+        assert {**b, "decision_id": ""} == {**s, "decision_id": ""}
+    assert len({b["decision_id"] for b in batch}) == 80
