@@ -281,7 +281,7 @@ def demo(
     ] = None,
 ) -> None:
     """Simulate -> features -> train -> serve -> a few real HTTP decisions."""
-    from serving.demo import run_demo
+    from nexttouch.jobs.demo import run_demo
 
     s = _settings(project_dir, None, customers=customers, port=port)
     run_demo(s, load_catalog(s.catalog_path), _today(), keep_serving)

@@ -3,8 +3,8 @@
 One booster with the action as a categorical input scores every catalog action for a
 customer; a per-action calibration map (fitted on the validation period) turns its raw scores
 into probabilities that can be multiplied by a value. Training builds it, MLflow stores it,
-serving loads the parts directly (the raw booster, not the pyfunc wrapper, which is ~19x
-slower on the hot path).
+serving loads the parts directly (the raw booster, not the pyfunc wrapper in training/pyfunc.py,
+which is much slower on the hot path).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightgbm as lgb
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
@@ -195,17 +194,3 @@ class DecisionModel:
         booster = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
         calibration = Calibration(**meta.get("calibration", {}))  # models saved before calibration: raw
         return cls(booster, meta["numeric"], meta["categorical"], meta["actions"], calibration)
-
-
-class DecisionPyfunc(mlflow.pyfunc.PythonModel):
-    """The whole decision model as one MLflow model: feature rows in, P(success) per action out."""
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = DecisionModel.load(Path(context.artifacts["decision_model"]))
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predict_with(self.model, model_input)
-
-    @staticmethod
-    def predict_with(model: DecisionModel, frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(model.predict_all(frame), columns=[f"p_{a}" for a in model.actions])

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
+from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -37,14 +38,17 @@ from nexttouch.api import (
     FeedbackResponse,
     ModelInfo,
 )
+from nexttouch.catalog import load_catalog
 from nexttouch.engine import DecisionEngine
 from nexttouch.engine.answer import Answer
 from nexttouch.settings import load_settings
 from serving.auth import ApiKeyMiddleware
 from serving.body_limit import BodyLimitMiddleware
-from serving.champion import Champion
+from serving.decision_log import DecisionLog, Feedback, feedback_op
 from serving.decisions import Decisions, LogUnavailable
 from serving.error_bodies import ErrorBodyMiddleware
+from serving.identity import IdentityMap
+from serving.metrics import CHAMPION_SWAPS, LATENCY
 from serving.openapi import OpenApiMiddleware
 from serving.timeout import install as install_cancelling_timeout
 
@@ -54,6 +58,9 @@ os.environ.setdefault("FEAST_USAGE", "False")
 # One LightGBM/OpenMP thread per worker: workers already use the cores, and OpenMP threads waking up
 # for a 4-row prediction cost more than the prediction (set before lightgbm is imported).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+if TYPE_CHECKING:
+    from serving.champion import Champion
 
 log = logging.getLogger("nexttouch.serving")
 
@@ -91,12 +98,10 @@ class NextTouch:
     """Decides the next contact: push, event invite, advisor call or none."""
 
     def __init__(self) -> None:
-        from nexttouch.catalog import load_catalog
+        # Feast, MLflow and LightGBM load in the worker only: BentoML's supervisor imports this module too.
         from serving.champion import ChampionWatcher, load_champion
         from serving.contact_state import ContactUpdater
-        from serving.decision_log import DecisionLog
         from serving.event_log import EventLog
-        from serving.identity import IdentityMap
         from serving.online_features import OnlineFeatures
 
         self.settings = settings = load_settings()
@@ -128,8 +133,6 @@ class NextTouch:
 
     def _swap(self, champion: Champion) -> None:
         """Build the engine for a champion, warm it up, then switch to it with one assignment."""
-        from serving.metrics import CHAMPION_SWAPS
-
         engine = DecisionEngine(
             self.catalog,
             champion.model,
@@ -160,8 +163,6 @@ class NextTouch:
     @bentoml.api(route="/decide", input_spec=DecideRequest)
     async def decide(self, **request: object) -> DecideResponse:
         """Decide the next contact for one customer. The decision is logged durably before the answer."""
-        from serving.metrics import LATENCY
-
         started = time.perf_counter()
         body = DecideRequest.model_validate(request)
         (answer,) = await self._decide([body], body.at, body.context)
@@ -174,10 +175,6 @@ class NextTouch:
     async def decide_batch(self, **request: object) -> Response:
         """Decide for many customers at once (at most NEXTTOUCH_BATCH_LIMIT): one feature read, one model call,
         one log commit."""
-        from pydantic_core import to_json
-
-        from serving.metrics import LATENCY
-
         started = time.perf_counter()
         body = DecideBatchRequest.model_validate(request)
         limit = self.settings.batch_limit
@@ -193,8 +190,6 @@ class NextTouch:
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **request: object) -> FeedbackResponse:
         """The outcome of a decision. Repeating it changes nothing; an unknown id is a 404."""
-        from serving.decision_log import Feedback, feedback_op
-
         body = FeedbackRequest.model_validate(request)
         result = await self._logged(feedback_op(body.decision_id, float(body.outcome), body.at))
         if result is Feedback.UNKNOWN:

@@ -24,11 +24,12 @@ from mlflow.models import infer_signature
 from mlflow.tracking.fluent import ActiveRun
 
 from nexttouch.catalog import Catalog, load_catalog
-from nexttouch.model import DecisionModel, DecisionPyfunc
+from nexttouch.model import DecisionModel
 from nexttouch.schemas import DECIDED_AT, OUTCOME
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
 from training import promotion
+from training.pyfunc import DecisionPyfunc
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from nexttouch.columns import Features, labels, take_rows
 from nexttouch.engine import reasons, rules
 from nexttouch.engine.answer import Answer, FallbackCause, fallback, rounded
 from nexttouch.engine.choice import Choice, choose, net_values
-from nexttouch.model import ContributionMethod, DecisionModel
+
+if TYPE_CHECKING:  # the engine only calls the model: importing LightGBM is the caller's cost
+    from nexttouch.model import ContributionMethod, DecisionModel
 
 # (action, capacity bucket, how many) -> how many units were granted
 TakeCapacity = Callable[[Action, str, int], int]

@@ -11,8 +11,13 @@ from datetime import UTC, datetime
 import httpx
 import pandas as pd
 
+from features.pipeline import build_offline, feast_apply, materialize
 from nexttouch.catalog import Catalog
+from nexttouch.ingest import ingest, summary
 from nexttouch.settings import Settings
+from nexttouch.simulate import write_brand
+from serving import server
+from training.job import run_training
 
 
 def _step(title: str) -> float:
@@ -21,12 +26,6 @@ def _step(title: str) -> float:
 
 
 def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: bool | None = None) -> None:
-    from features.pipeline import build_offline, feast_apply, materialize
-    from nexttouch.ingest import ingest, summary
-    from nexttouch.simulate import write_brand
-    from serving import server
-    from training.job import run_training
-
     t = _step(f"1/4 simulate an OMO brand ({settings.customers:,} customers, {settings.days} days) and ingest it")
     brand = write_brand(settings, catalog, end, settings.landing_dir)
     print(
