@@ -192,5 +192,5 @@ class DecisionModel:
     def load(cls, directory: Path) -> DecisionModel:
         meta = json.loads((directory / META_FILE).read_text())
         booster = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
-        calibration = Calibration(**meta.get("calibration", {}))  # models saved before calibration: raw
+        calibration = Calibration(**meta.get("calibration", {}))  # no calibration stored: raw scores
         return cls(booster, meta["numeric"], meta["categorical"], meta["actions"], calibration)

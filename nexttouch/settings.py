@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 3000
-    request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see README).")
+    request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see docs/production.md).")
     api_key: SecretStr | None = Field(None, description="Key every service call but health must send as X-API-Key.")
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
     access_log: bool = Field(False, description="One line per request in the service log (BentoML's access log).")
