@@ -52,6 +52,7 @@ def plan(checkout: Path, project: Path, source: Path, at: str) -> dict[str, floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", type=Path, required=True, help="checkout of the old commit, with its .venv")
+    parser.add_argument("--new", type=Path, default=ROOT, help="checkout of the new commit (default: this one)")
     parser.add_argument("--project-dir", type=Path, help="a built project (default: build 2,000 customers)")
     parser.add_argument("--plan-customers", type=int, default=1_000_000)
     parser.add_argument("--at", default="2026-11-01T17:00:00", help="plan time, UTC")
@@ -68,7 +69,7 @@ def main() -> int:
     big = work / f"plan_{args.plan_customers}"
     if not big.exists():
         replicate(project, big, args.plan_customers)
-    checkouts = {"old": args.old.resolve(), "new": ROOT}
+    checkouts = {"old": args.old.resolve(), "new": args.new.resolve()}
     results: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
     for r in range(args.rounds):
         for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
