@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         None, description="Dask scheduler address (tcp://host:8786): train LightGBM on that cluster; local if unset."
     )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
+    affinity_prior_sd: float = Field(
+        0.0,
+        ge=0,
+        le=5,
+        description="Per-customer learning: prior sd of each customer's own affinity per action (log-odds); "
+        "> 0 makes feedback and attributed events update it at once and decisions sample it (Thompson); 0: off.",
+    )
     reason_contributions: Literal["path", "shap"] = Field(
         "path",
         description="Feature contributions in reasons: along the decision path (fast) or TreeSHAP (~10x slower).",

@@ -23,7 +23,7 @@ from nexttouch.api import CustomerRef
 from nexttouch.catalog import Action
 from nexttouch.engine import DecisionEngine, Draft, FallbackCause, Features, from_frame, from_row
 from nexttouch.engine.answer import Answer
-from serving import capacity
+from serving import affinity, capacity
 from serving.decision_log import DecisionLog, Tx, decision_rows, insert_decisions, new_decision_ids
 from serving.metrics import CAPACITY_REFUSED, DECISIONS, FALLBACKS
 
@@ -127,6 +127,10 @@ def _finish(tx: Tx, engine: DecisionEngine, draft: Draft, context: dict[str, str
         assert action.capacity is not None
         return capacity.take(tx, action, action.capacity.period_of(draft.now), bucket, want)
 
+    if engine.prior_sd is not None:  # the customers' own posteriors, as of this transaction
+        own = affinity.read(tx, engine.catalog, [draft.customer_ids[i] for i in draft.rows], engine.prior_sd)
+        if own.outcomes.any():
+            engine.personalise(draft, own)
     engine.allocate(draft, take)
     answers = engine.answers(draft, new_decision_ids(len(draft.customer_ids)))
     insert_decisions(tx, decision_rows(answers, context))

@@ -42,9 +42,10 @@ from nexttouch.catalog import load_catalog
 from nexttouch.engine import DecisionEngine
 from nexttouch.engine.answer import Answer
 from nexttouch.settings import load_settings
+from serving import affinity
 from serving.auth import ApiKeyMiddleware
 from serving.body_limit import BodyLimitMiddleware
-from serving.decision_log import DecisionLog, Feedback, feedback_op
+from serving.decision_log import DecisionLog, Feedback, Tx, feedback_op
 from serving.decisions import Decisions, LogUnavailable
 from serving.error_bodies import ErrorBodyMiddleware
 from serving.identity import IdentityMap
@@ -109,6 +110,7 @@ class NextTouch:
         self.online = OnlineFeatures(settings)
         self.identity = IdentityMap.load(settings.raw_dir / "identity.parquet")
         self.log = DecisionLog.open(settings)
+        self.log.run(affinity.create)
         self.contacts = ContactUpdater(
             self.online.store,
             EventLog(self.log).keep,
@@ -140,6 +142,7 @@ class NextTouch:
             self.settings.epsilon,
             default_time_zone=self.settings.default_time_zone,
             contributions=self.settings.reason_contributions,
+            prior_sd=self.settings.affinity_prior_sd,
         )
         warm_up = engine.draft(["warm-up"], {}, datetime.now(UTC))  # first prediction and contributions
         engine.answers(warm_up, [""])
@@ -191,7 +194,16 @@ class NextTouch:
     async def feedback(self, **request: object) -> FeedbackResponse:
         """The outcome of a decision. Repeating it changes nothing; an unknown id is a 404."""
         body = FeedbackRequest.model_validate(request)
-        result = await self._logged(feedback_op(body.decision_id, float(body.outcome), body.at))
+        record = feedback_op(body.decision_id, float(body.outcome), body.at)
+        prior_sd = self.settings.affinity_prior_sd
+
+        def op(tx: Tx) -> Feedback:
+            result = record(tx)
+            if result is Feedback.RECORDED and prior_sd > 0:  # the customer's next decision learns from it
+                affinity.learn(tx, self.catalog, body.decision_id, float(body.outcome), prior_sd)
+            return result
+
+        result = await self._logged(op)
         if result is Feedback.UNKNOWN:
             raise NotFound(f"no decision {body.decision_id!r}")
         if result is Feedback.CONFLICT:
@@ -203,12 +215,30 @@ class NextTouch:
         """Touch events in real time: committed for the nightly job, contact state updated online now."""
         body = EventsRequest.model_validate(request)
         try:
-            return self.contacts.apply(body)
+            answer = self.contacts.apply(body)
+            self._learn_from(body)
+            return answer
         except BentoMLException:
             raise
         except Exception as exc:  # the event log could not commit: nothing was kept, say so
             log.error("event log unavailable: %s", type(exc).__name__)
             raise ServiceUnavailable("the event log is unavailable; no event was kept") from exc
+
+    def _learn_from(self, body: EventsRequest) -> None:
+        """Decision-linked success touches update their customer's posterior now (per-customer learning on)."""
+        prior_sd = self.settings.affinity_prior_sd
+        linked = [
+            (
+                e.decision_id,
+                e.customer_id or self.identity.resolve(e.source.system, e.source.key),
+                e.touch_type,
+                e.occurred_at,
+            )
+            for e in body.events
+            if e.decision_id is not None and (e.customer_id or e.source)
+        ]
+        if prior_sd > 0 and linked:
+            self.log.run(lambda tx: affinity.attribute(tx, self.catalog, linked, prior_sd))
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(

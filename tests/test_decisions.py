@@ -265,3 +265,26 @@ def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, t
     for b, s in zip(batch, single, strict=True):  # every field but the decision's own id
         assert {**b, "decision_id": ""} == {**s, "decision_id": ""}
     assert len({b["decision_id"] for b in batch}) == 80
+
+
+def test_feedback_changes_the_customers_next_decision_at_once(catalog: Catalog, model: DecisionModel, log) -> None:
+    """Per-customer learning: the outcome is learnt in its own transaction, the next decision reads it."""
+    from serving import affinity
+
+    dear = Catalog(
+        actions=tuple(a.model_copy(update={"cost": 20.0}) if a.name == "push" else a for a in catalog.actions)
+    )
+    decisions = _decisions(dear, model, {"C1": ACTIVE, "C2": ACTIVE}, log)
+    decisions.engine = DecisionEngine(dear, model, "7", epsilon=0.0, seed=3, prior_sd=2.0)
+    log.run(affinity.create)
+    for _ in range(6):
+        (answer,) = decide(decisions, "C1", at=NOON)
+        if answer["action"] != "push":
+            break
+        assert log.run(lambda tx, a=answer: affinity.learn(tx, dear, a["decision_id"], 0.0, 2.0))
+    assert answer["action"] != "push"
+    assert any("own responses" in r for r in answer["reasons"])
+    assert decide(decisions, "C2", at=NOON)[0]["action"] == "push"  # another customer is not affected
+    # the posterior counts the outcomes it has learnt
+    seen = log.run(lambda tx: tx.execute("SELECT outcomes FROM affinity WHERE customer_id = 'C1'").fetchone()[0])
+    assert seen >= 2

@@ -27,19 +27,22 @@ def explore_probabilities(catalog: Catalog, allowed: np.ndarray) -> np.ndarray:
 
 
 def best(values: np.ndarray, allowed: np.ndarray, none: int) -> np.ndarray:
-    """Column of the highest value among allowed actions per row; ``none`` (always allowed) wins ties."""
+    """Column of the highest value among allowed actions, per row (and per draw for (draws, rows, actions)
+    values); ``none`` (always allowed) wins ties."""
     masked = np.where(allowed, values, -np.inf)
-    top = masked.argmax(axis=1)
-    return np.where(masked[:, none] >= masked[np.arange(len(top)), top], none, top)
+    top = masked.argmax(axis=-1)
+    top_value = np.take_along_axis(masked, top[..., None], axis=-1)[..., 0]
+    return np.where(masked[..., none] >= top_value, none, top)
 
 
 @dataclass(frozen=True)
 class Choice:
     action: np.ndarray  # (rows,) catalog column
-    explored: np.ndarray  # (rows,) drawn by exploration
+    explored: np.ndarray  # (rows,) drawn at random, or not the action the point estimates rank best
     propensity: np.ndarray  # (rows,) exact P(this policy chose the action)
     epsilon: np.ndarray  # (rows,) exploration share (0 where nothing can be explored)
     explore_p: np.ndarray  # (rows, actions) P(action | exploring)
+    best: np.ndarray  # (rows,) the best action by the point estimates
 
 
 def explore(
@@ -49,24 +52,31 @@ def explore(
     epsilon: float,
     explore_u: np.ndarray,
     draw_u: np.ndarray,
+    planned_p: np.ndarray | None = None,
+    best_action: np.ndarray | None = None,
 ) -> Choice:
     """With probability epsilon, an action drawn among ``explorable`` by explore weight instead of ``planned``.
 
     Exploration is cost-aware (cheap pushes more often than advisor calls, by catalog weight). The
-    propensity is exact: epsilon * P(a | exploring) + (1 - epsilon) * [a is planned], logged so
-    training and off-policy evaluation can correct for the policy. ``explore_u`` and ``draw_u`` are
-    the rows' uniform numbers in [0, 1) and (0, 1]; a caller that chooses again (capacity) reuses them.
+    propensity is exact: epsilon * P(a | exploring) + (1 - epsilon) * P(a is planned), logged so
+    training and off-policy evaluation can correct for the policy; ``planned_p`` (rows, actions) is
+    that distribution when the plan itself is drawn (posterior sampling), else ``planned`` is certain.
+    ``explore_u`` and ``draw_u`` are the rows' uniform numbers in [0, 1) and (0, 1]; a caller that
+    chooses again (capacity) reuses them.
     """
     explore_p = explore_probabilities(catalog, explorable)
     total = explore_p.sum(axis=1)
     can = total > 0
     eps = np.where(can, epsilon, 0.0)
-    explored = can & (explore_u < epsilon)
+    drawn_by_epsilon = can & (explore_u < epsilon)
     drawn = (explore_p.cumsum(axis=1) >= (draw_u * total)[:, None]).argmax(axis=1)
-    action = np.where(explored, drawn, planned)
+    action = np.where(drawn_by_epsilon, drawn, planned)
     rows = np.arange(len(action))
-    propensity = eps * explore_p[rows, action] + (1 - eps) * (action == planned)
-    return Choice(action, explored, propensity, eps, explore_p)
+    planned_share = (action == planned).astype(np.float64) if planned_p is None else planned_p[rows, action]
+    propensity = eps * explore_p[rows, action] + (1 - eps) * planned_share
+    best_action = planned if best_action is None else best_action
+    explored = drawn_by_epsilon | (action != best_action)  # drawn at random, or a posterior draw's pick
+    return Choice(action, explored, propensity, eps, explore_p, best_action)
 
 
 def choose(
@@ -77,6 +87,17 @@ def choose(
     explore_u: np.ndarray,
     draw_u: np.ndarray,
     none: int,
+    sampled: np.ndarray | None = None,
 ) -> Choice:
-    """The best allowed action per row, explored among the allowed ones with probability epsilon."""
-    return explore(catalog, best(values, allowed, none), allowed, epsilon, explore_u, draw_u)
+    """The best allowed action per row, explored among the allowed ones with probability epsilon.
+
+    With ``sampled`` (draws, rows, actions) posterior samples of the values, the plan is the best
+    action of draw 0 (Thompson sampling) and its probability the share of draws it wins.
+    """
+    top = best(values, allowed, none)
+    if sampled is None:
+        return explore(catalog, top, allowed, epsilon, explore_u, draw_u)
+    winners = best(sampled, allowed, none)  # (draws, rows)
+    k = values.shape[1]
+    share = np.stack([(winners == j).mean(axis=0) for j in range(k)], axis=1)
+    return explore(catalog, winners[0], allowed, epsilon, explore_u, draw_u, share, top)

@@ -19,8 +19,9 @@ import numpy as np
 from nexttouch.catalog import NO_ACTION, Action, Catalog
 from nexttouch.columns import Features, labels, take_rows
 from nexttouch.engine import reasons, rules
+from nexttouch.engine.affinity import Affinity, logit, sigmoid
 from nexttouch.engine.answer import Answer, FallbackCause, fallback, rounded
-from nexttouch.engine.choice import Choice, choose, net_values
+from nexttouch.engine.choice import Choice, best, choose, net_values
 
 if TYPE_CHECKING:  # the engine only calls the model: importing LightGBM is the caller's cost
     from nexttouch.model import ContributionMethod, DecisionModel
@@ -43,8 +44,9 @@ class Draft:
     causes: list[FallbackCause | None]  # per request: why it falls back, None when the model decides
     rows: np.ndarray  # requests the model decides (no fallback cause)
     features: Features  # of those rows
-    p: np.ndarray  # (rows, actions) calibrated P(success), catalog order
+    p: np.ndarray  # (rows, actions) P(success) for this customer: the model's, with their own affinity
     values: np.ndarray  # (rows, actions) expected net values
+    population: np.ndarray  # (rows, actions) the model's P(success) before the customer's own affinity
     check: rules.Check
     allowed: np.ndarray  # (rows, actions) eligible, then less what capacity refused
     explore_u: np.ndarray
@@ -53,6 +55,8 @@ class Draft:
     first: Choice  # the choice before capacity
     x: np.ndarray  # encoded features
     leaf: np.ndarray | None  # leaves per (row, model action) when reasons use path contributions
+    affinity: Affinity | None = None  # the customers' own posteriors (with posterior sampling)
+    sampled: np.ndarray | None = None  # (draws, rows, actions) net values under posterior draws
     refused: dict[int, dict[str, str]] = field(default_factory=dict)  # row -> action -> capacity reason
 
 
@@ -68,7 +72,10 @@ class DecisionEngine:
         seed: int | None = None,
         default_time_zone: str = "UTC",
         contributions: ContributionMethod = "path",
+        prior_sd: float = 0.0,
     ) -> None:
+        """``prior_sd`` > 0: decisions sample each customer's own affinity (Thompson sampling), whose
+        prior is Normal(0, prior_sd**2) on the log-odds of every action; 0: the model's point estimates."""
         missing = set(catalog.names) - set(model.actions)
         if missing:
             raise ValueError(f"model does not score catalog actions {sorted(missing)}")
@@ -81,6 +88,7 @@ class DecisionEngine:
         self.rng = np.random.default_rng(seed)
         self._columns = np.array([model.actions.index(a) for a in catalog.names])
         self._none = catalog.names.index(NO_ACTION)
+        self.prior_sd = np.full(len(catalog.actions), prior_sd) if prior_sd > 0 else None
 
     # -- the three steps ---------------------------------------------------------------------------
 
@@ -104,10 +112,9 @@ class DecisionEngine:
         p, leaf = self._score(x)
         check = rules.check(self.catalog, sub, m, now, self.default_time_zone)
         values = net_values(self.catalog, p)
-        allowed = check.eligible.copy()
         explore_u, draw_u = self.rng.random(m), 1.0 - self.rng.random(m)  # fixed per row across capacity rounds
-        choice = choose(self.catalog, values, allowed, self.epsilon, explore_u, draw_u, self._none)
-        return Draft(
+        choice = choose(self.catalog, values, check.eligible, self.epsilon, explore_u, draw_u, self._none)
+        draft = Draft(
             list(customer_ids),
             now,
             causes,
@@ -115,8 +122,9 @@ class DecisionEngine:
             sub,
             p,
             values,
+            p,
             check,
-            allowed,
+            check.eligible.copy(),
             explore_u,
             draw_u,
             choice,
@@ -124,6 +132,19 @@ class DecisionEngine:
             x,
             leaf,
         )
+        if self.prior_sd is not None:
+            self.personalise(draft, Affinity.prior(m, self.prior_sd))
+        return draft
+
+    def personalise(self, draft: Draft, affinity: Affinity) -> None:
+        """Decide with the customers' own posteriors (rows as in ``draft.rows``): their expected values,
+        and the choice drawn from the posterior (Thompson sampling)."""
+        base = logit(draft.population)
+        draft.affinity = affinity
+        draft.p = sigmoid(base + affinity.mean)
+        draft.values = net_values(self.catalog, draft.p)
+        draft.sampled = net_values(self.catalog, sigmoid(base[None] + affinity.draws(self.rng)))
+        draft.first = draft.choice = self._choose(draft)
 
     def allocate(self, draft: Draft, take: TakeCapacity = unlimited) -> None:
         """Take capacity for the scarce actions chosen, most valuable rows first; where it is used up,
@@ -139,9 +160,7 @@ class DecisionEngine:
                 draft.allowed[refused_rows, j] = False
                 for r in refused_rows.tolist():
                     draft.refused.setdefault(r, {})[action.name] = reasons.no_capacity(action)
-            draft.choice = choose(
-                self.catalog, draft.values, draft.allowed, self.epsilon, draft.explore_u, draft.draw_u, self._none
-            )
+            draft.choice = self._choose(draft)
 
     def answers(self, draft: Draft, decision_ids: Sequence[str]) -> list[Answer]:
         """The answer to every request, in request order (``decision_ids`` one per request)."""
@@ -179,6 +198,18 @@ class DecisionEngine:
         return self.answers(draft, decision_ids)
 
     # -- parts -------------------------------------------------------------------------------------
+
+    def _choose(self, draft: Draft) -> Choice:
+        return choose(
+            self.catalog,
+            draft.values,
+            draft.allowed,
+            self.epsilon,
+            draft.explore_u,
+            draft.draw_u,
+            self._none,
+            draft.sampled,
+        )
 
     def _score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated P(success) in catalog order, and with path contributions the leaves of every
@@ -228,6 +259,19 @@ class DecisionEngine:
         design = np.column_stack([draft.x, action.astype(np.float64)])
         return self.model.contributions(design, self.contribution_method)
 
+    def _moved_by_own_history(self, draft: Draft) -> dict[int, tuple[int, str, str]]:
+        """Rows whose own outcomes changed the best action: row -> (outcomes seen, model's pick, theirs)."""
+        if draft.affinity is None or not draft.affinity.outcomes.any():
+            return {}
+        names = self.catalog.names
+        population = best(net_values(self.catalog, draft.population), draft.allowed, self._none)
+        own = draft.choice.best
+        seen = draft.affinity.outcomes.sum(axis=1)
+        return {
+            int(r): (int(seen[r]), names[population[r]], names[own[r]])
+            for r in np.flatnonzero((population != own) & (seen > 0))
+        }
+
     def _decided(self, draft: Draft) -> list[Answer]:
         """The model's answers for the rows it decided (no decision id, no customer id yet)."""
         m = len(draft.rows)
@@ -247,6 +291,8 @@ class DecisionEngine:
         allowed_l = draft.allowed.tolist()
         action_l, explored_l = choice.action.tolist(), choice.explored.tolist()
         propensity_l = rounded(choice.propensity, 6).tolist()
+        by_epsilon = (draft.explore_u < choice.epsilon).tolist()
+        moved = self._moved_by_own_history(draft)
         out: list[Answer] = []
         for r in range(m):
             j = action_l[r]
@@ -254,8 +300,12 @@ class DecisionEngine:
             eligible = [a for a, ok in zip(names, allowed_l[r], strict=True) if ok]
             gone = removed[r] | draft.refused[r] if r in draft.refused else removed[r]
             why = [reasons.removed(a, text) for a, text in gone.items()]
-            if explored_l[r]:
+            if r in moved:
+                why.append(reasons.own_history(*moved[r]))
+            if explored_l[r] and by_epsilon[r]:
                 why.append(reasons.explored(name, len(eligible)))
+            elif explored_l[r]:
+                why.append(reasons.sampled(name, propensity_l[r]))
             else:
                 why.append(reasons.best_value(catalog.actions[j], p_l[r][j], values_l[r][j], len(eligible)))
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):

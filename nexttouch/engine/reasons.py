@@ -21,6 +21,19 @@ def explored(action: str, eligible: int) -> str:
     return f"exploration: {action} drawn at random among {eligible} eligible"
 
 
+def sampled(action: str, propensity: float) -> str:
+    return (
+        f"exploration: {action} drawn from this customer's uncertain affinity "
+        f"(chosen with probability {propensity:.2f})"
+    )
+
+
+def own_history(outcomes: int, model_pick: str, own_pick: str) -> str:
+    return (
+        f"this customer's own responses ({outcomes} outcomes) changed the best action from {model_pick} to {own_pick}"
+    )
+
+
 def best_value(action: Action, p: float, net: float, eligible: int) -> str:
     if eligible == 1:
         return f"{action.name} is the only eligible action"
