@@ -47,6 +47,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from nexttouch.telemetry import TELEMETRY_OFF
+
 CASES = ("simulate", "ingest", "features", "online", "readers", "stock", "asof", "training")
 END = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 180
@@ -154,7 +156,7 @@ def _stock_materialize(project: Path, args: argparse.Namespace, n: int) -> float
 
     from features.pipeline import feast_apply, materialize
     from nexttouch.feature_store import open_store
-    from tests.conftest import copy_feature_repo
+    from nexttouch.jobs.project import copy_feature_repo
 
     sub = project / f"stock-{n}"
     if not (sub / "features").exists():
@@ -421,12 +423,12 @@ def main() -> None:
         print(json.dumps(RUNNERS[args.one](args.project, args)))
         return
 
-    env = {**os.environ, "FEAST_USAGE": "False", "MLFLOW_DISABLE_TELEMETRY": "true", "NEXTTOUCH_REDIS_URL": REDIS_URL}
+    env = {**os.environ, **TELEMETRY_OFF, "NEXTTOUCH_REDIS_URL": REDIS_URL}
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="nexttouch-bench-") as tmp:
         project = args.workdir or Path(tmp)
         sys.path.insert(0, str(ROOT))
-        from tests.conftest import copy_feature_repo
+        from nexttouch.jobs.project import copy_feature_repo
 
         copy_feature_repo(project)  # a kept workdir gets the current repo files
         for case in args.cases.split(","):

@@ -27,22 +27,12 @@ def build_features(base: Path, customers: int) -> Path:
     """Simulated brand -> ingested -> features built, applied and materialized (no training)."""
     from datetime import UTC, datetime
 
-    from features.pipeline import build_offline, feast_apply, materialize
     from nexttouch.catalog import load_catalog
-    from nexttouch.ingest import ingest
+    from nexttouch.jobs.project import build_project
     from nexttouch.settings import load_settings
-    from nexttouch.simulate import write_brand
-    from tests.conftest import copy_feature_repo
 
-    end = datetime(2026, 11, 1, tzinfo=UTC)
-    copy_feature_repo(base)
     settings = load_settings(project_dir=base, customers=customers, days=120, seed=11, decision_rate=0.15)
-    catalog = load_catalog()
-    write_brand(settings, catalog, end, settings.landing_dir)
-    ingest(settings, catalog, settings.landing_dir, now=end)
-    build_offline(settings, end, settings.days)
-    feast_apply(settings)
-    materialize(settings, end)
+    build_project(settings, load_catalog(), datetime(2026, 11, 1, tzinfo=UTC), train=False)
     return base
 
 

@@ -194,24 +194,12 @@ def tree_rss_mib(pid: int) -> float:
 def build_project(base: Path, customers: int) -> Path:
     from datetime import UTC, datetime
 
-    from features.pipeline import build_offline, feast_apply, materialize
     from nexttouch.catalog import load_catalog
-    from nexttouch.ingest import ingest
+    from nexttouch.jobs.project import build_project as build
     from nexttouch.settings import load_settings
-    from nexttouch.simulate import write_brand
-    from tests.conftest import copy_feature_repo
-    from training.job import run_training
 
-    end = datetime(2026, 11, 1, tzinfo=UTC)
-    copy_feature_repo(base)
     settings = load_settings(project_dir=base, customers=customers, days=120, seed=11, decision_rate=0.15)
-    catalog = load_catalog()
-    write_brand(settings, catalog, end, settings.landing_dir)
-    ingest(settings, catalog, settings.landing_dir, now=end)
-    build_offline(settings, end, settings.days)
-    feast_apply(settings)
-    materialize(settings, end)
-    run_training(settings, catalog)
+    build(settings, load_catalog(), datetime(2026, 11, 1, tzinfo=UTC))
     return base
 
 

@@ -32,6 +32,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nexttouch.telemetry import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 180
@@ -185,7 +187,7 @@ def main() -> None:
         return
 
     # OpenMP threads sleep while waiting: spinning ones made fits 5x slower on this busy shared machine.
-    env = {**os.environ, "FEAST_USAGE": "False", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **TELEMETRY_OFF, "PYTHONWARNINGS": "ignore"}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     timing = ["| decisions | step | size | seconds | peak RSS MiB |", "|---|---|---|---|---|"]
     quality = [
@@ -201,7 +203,7 @@ def main() -> None:
             label = f"{n:,}"
             if not (project / "features").exists():
                 sys.path.insert(0, str(ROOT))
-                from tests.conftest import copy_feature_repo
+                from nexttouch.jobs.project import copy_feature_repo
 
                 project.mkdir(parents=True, exist_ok=True)
                 copy_feature_repo(project)

@@ -274,27 +274,16 @@ def _missing(decision_log: Path, table: str, column: str, ids: Sequence[str]) ->
 
 def build_project(directory: Path, customers: int) -> Path:
     """A small simulated brand with features in Feast and a champion in MLflow (like `make demo`)."""
-    from features.pipeline import build_offline, feast_apply, materialize
     from nexttouch.catalog import load_catalog
-    from nexttouch.ingest import ingest
+    from nexttouch.jobs.project import build_project as build
     from nexttouch.settings import load_settings
-    from nexttouch.simulate import write_brand
-    from training.job import run_training
 
-    repo = directory / "features"
-    repo.mkdir(parents=True)
-    for item in (Path(__file__).resolve().parent.parent / "features").iterdir():
-        if item.suffix in {".py", ".yaml"} or item.name == ".feastignore":
-            repo.joinpath(item.name).write_bytes(item.read_bytes())
     settings = load_settings(project_dir=directory, customers=customers, days=120)
-    catalog = load_catalog(settings.catalog_path)
-    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    write_brand(settings, catalog, end, settings.landing_dir)
-    ingest(settings, catalog, settings.landing_dir, now=end)
-    build_offline(settings, end, settings.days)
-    feast_apply(settings)
-    materialize(settings, datetime.now(UTC))
-    run_training(settings, catalog)
+    build(
+        settings,
+        load_catalog(settings.catalog_path),
+        datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0),
+    )
     return directory
 
 

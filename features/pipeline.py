@@ -21,6 +21,7 @@ from nexttouch.feature_store import open_store, store_yaml
 from nexttouch.parquet import write_parquet
 from nexttouch.schemas import CUSTOMER_ID, CUSTOMERS_COLUMNS, EVENT_TIMESTAMP, EVENTS_COLUMNS, check_columns
 from nexttouch.settings import Settings
+from nexttouch.telemetry import TELEMETRY_OFF
 
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
@@ -95,7 +96,7 @@ def feast_apply(settings: Settings) -> None:
     _forget_foreign_registry(settings)
     feast = Path(sys.executable).with_name("feast")
     config = store_yaml(settings)
-    env = {**os.environ, "FEAST_USAGE": "False"}
+    env = {**os.environ, **TELEMETRY_OFF}
     cmd = [str(feast), "-f", str(config), "apply"]
     result = subprocess.run(cmd, cwd=settings.feature_repo, env=env, capture_output=True, text=True)
     if result.returncode != 0:

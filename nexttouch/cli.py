@@ -13,6 +13,7 @@ import typer
 
 from nexttouch.catalog import load_catalog
 from nexttouch.settings import Settings, load_settings
+from nexttouch.telemetry import switch_off
 
 app = typer.Typer(help="nexttouch: the next best contact for every customer.", no_args_is_help=True)
 
@@ -25,9 +26,7 @@ def _settings(project_dir: Path | None, catalog: Path | None, **more: object) ->
     for ours in ("nexttouch", "features", "training", "serving"):
         logging.getLogger(ours).setLevel(logging.INFO)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for var in ("MLFLOW_DISABLE_TELEMETRY", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK"):
-        os.environ.setdefault(var, "true")
-    os.environ.setdefault("FEAST_USAGE", "False")
+    switch_off()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # job logs, not progress bars
     return load_settings(project_dir=project_dir, catalog_path=catalog, **more)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from nexttouch.settings import Settings
+from nexttouch.telemetry import switch_off
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -13,8 +13,7 @@ if TYPE_CHECKING:
 
 def configure_mlflow(settings: Settings) -> None:
     """Point this process's global MLflow state at the project (training jobs: one project per process)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
+    switch_off()
     import logging
 
     import mlflow
@@ -31,7 +30,7 @@ def tracking_client(settings: Settings) -> MlflowClient:
     The service's champion watcher runs in a background thread: setting the process-wide tracking
     URI from there would redirect any run another part of the same process has open.
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    switch_off()
     from mlflow import MlflowClient
 
     settings.mlruns_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import httpx
 from pydantic import SecretStr
 
 from nexttouch.settings import Settings
+from nexttouch.telemetry import TELEMETRY_OFF
 
 SERVICE = "serving.service:NextTouch"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +33,7 @@ def _command(
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     env = {
         **os.environ,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "FEAST_USAGE": "False",
+        **TELEMETRY_OFF,
         "OMP_NUM_THREADS": "1",  # one scoring thread per worker (see serving/service.py)
     }
     for name, value in settings.model_dump().items():

@@ -42,6 +42,7 @@ from nexttouch.catalog import load_catalog
 from nexttouch.engine import DecisionEngine
 from nexttouch.engine.answer import Answer
 from nexttouch.settings import load_settings
+from nexttouch.telemetry import switch_off
 from serving import affinity
 from serving.auth import ApiKeyMiddleware
 from serving.body_limit import BodyLimitMiddleware
@@ -53,9 +54,7 @@ from serving.metrics import CHAMPION_SWAPS, LATENCY
 from serving.openapi import OpenApiMiddleware
 from serving.timeout import install as install_cancelling_timeout
 
-for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
-    os.environ.setdefault(_var, "true")
-os.environ.setdefault("FEAST_USAGE", "False")
+switch_off()
 # One LightGBM/OpenMP thread per worker: workers already use the cores, and OpenMP threads waking up
 # for a 4-row prediction cost more than the prediction (set before lightgbm is imported).
 os.environ.setdefault("OMP_NUM_THREADS", "1")

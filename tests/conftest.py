@@ -7,7 +7,6 @@ test session because Feast alone takes ~6 s to import and each stage costs secon
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +19,9 @@ import pytest
 from nexttouch.catalog import Catalog, load_catalog
 from nexttouch.model import DecisionModel
 from nexttouch.settings import Settings, load_settings
+from nexttouch.telemetry import switch_off
 
-for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
-    os.environ.setdefault(_var, "true")
-os.environ.setdefault("FEAST_USAGE", "False")
+switch_off()
 # OpenMP threads (LightGBM) sleep instead of spinning while they wait: on a busy 2-core machine
 # spinning threads made a 100k-row fit 5x slower (24 s instead of 4.6 s). Read when libgomp loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -31,16 +29,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 11, 1, tzinfo=UTC)
 SMALL = {"customers": 400, "days": 120, "seed": 11, "decision_rate": 0.15}
-
-
-def copy_feature_repo(project_dir: Path) -> Path:
-    """The project's Feast repo definitions, copied into a (temporary) project; copied again, they are refreshed."""
-    repo = project_dir / "features"
-    repo.mkdir(parents=True, exist_ok=True)
-    for item in (ROOT / "features").iterdir():
-        if item.suffix in {".py", ".yaml"} or item.name == ".feastignore":
-            shutil.copy(item, repo / item.name)
-    return repo
 
 
 def free_port() -> int:
@@ -57,6 +45,8 @@ def catalog() -> Catalog:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Settings:
+    from nexttouch.jobs.project import copy_feature_repo
+
     copy_feature_repo(tmp_path)
     return load_settings(project_dir=tmp_path, **SMALL)
 
@@ -64,21 +54,10 @@ def project(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Settings:
     """Simulated -> features applied and materialized -> trained and registered as champion."""
-    from features.pipeline import build_offline, feast_apply, materialize
-    from nexttouch.ingest import ingest
-    from nexttouch.simulate import write_brand
-    from training.job import run_training
+    from nexttouch.jobs.project import build_project
 
     base = tmp_path_factory.mktemp("built")
-    copy_feature_repo(base)
-    settings = load_settings(project_dir=base, **SMALL)
-    write_brand(settings, catalog, END, settings.landing_dir)
-    ingest(settings, catalog, settings.landing_dir, now=END)
-    build_offline(settings, END, settings.days)
-    feast_apply(settings)
-    materialize(settings, END)
-    run_training(settings, catalog)
-    return settings
+    return build_project(load_settings(project_dir=base, **SMALL), catalog, END)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from nexttouch.cli import app
-from tests.conftest import copy_feature_repo, free_port
+from nexttouch.jobs.project import copy_feature_repo
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 

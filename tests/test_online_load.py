@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
+from nexttouch.jobs.project import copy_feature_repo
 from nexttouch.settings import Settings
-from tests.conftest import END, copy_feature_repo
+from tests.conftest import END
 
 if TYPE_CHECKING:
     from feast import FeatureStore

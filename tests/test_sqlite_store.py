@@ -12,8 +12,9 @@ import pytest
 from feast import Field
 from feast.types import Int64
 
+from nexttouch.jobs.project import copy_feature_repo
 from nexttouch.settings import Settings
-from tests.conftest import END, copy_feature_repo
+from tests.conftest import END
 
 pytestmark = pytest.mark.slow
 
