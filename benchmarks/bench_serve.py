@@ -243,8 +243,8 @@ def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
             t2 = time.perf_counter()
 
             def op(tx, draft=draft):
-                def take(a, bucket, want):
-                    return capacity.take(tx, a, a.capacity.period_of(now), bucket, want)
+                def take(a, bucket, at, want):
+                    return capacity.take(tx, a, a.capacity.period_of(at), bucket, want)
 
                 engine.allocate(draft, take)
                 answers = engine.answers(draft, new_decision_ids(1))

@@ -112,6 +112,11 @@ class DecideResponse(BaseModel):
     )
     model_version: str
     decided_at: datetime
+    send_at: datetime | None = Field(
+        None,
+        description="When to send the action: set when quiet hours hold it until their end (null: now).",
+        json_schema_extra={"nullable": True},
+    )
 
 
 class DecideBatchResponse(BaseModel):

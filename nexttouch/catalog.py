@@ -94,6 +94,11 @@ class Action(_Strict):
     requires: str | None = Field(None, description="Consent feature that must be 1.")
     capacity: Capacity | None = Field(None, description="Scarce action: limit per period (and per region).")
     quiet_hours: QuietHours | None = Field(None, description="Local hours in which the action is not allowed.")
+    defer_quiet_hours: bool = Field(
+        False,
+        description="When quiet hours are all that blocks the action, schedule it for their end (send_at) "
+        "instead of dropping it.",
+    )
     caps: tuple[Cap, ...] = Field((), description="Frequency caps on outbound touches of this tier.")
     cooldown_days: float | None = Field(None, ge=0, description="Days after the last touch of this tier.")
     explore_weight: float = Field(1.0, ge=0, description="Relative chance of being drawn when exploring.")
@@ -105,6 +110,8 @@ class Action(_Strict):
         rules = self.requires or self.caps or self.cooldown_days or self.quiet_hours or self.capacity
         if (self.tier == NO_ACTION or self.name == NO_ACTION) and rules:
             raise ValueError(f"{self.name}: no contact is always allowed; it takes no consent or contact rules")
+        if self.defer_quiet_hours and self.quiet_hours is None:
+            raise ValueError(f"{self.name}: defer_quiet_hours needs quiet_hours")
         if self.success_touch is not None and self.success_touch not in TOUCH_TYPES:
             raise ValueError(f"{self.name}: success_touch {self.success_touch!r} is not one of {list(TOUCH_TYPES)}")
         return self

@@ -96,6 +96,7 @@ class Plan:
     rules: np.ndarray  # (rows, actions) first contact rule each action breaks (engine.rules.Rule)
     epsilon: np.ndarray  # (rows,) exploration share of each row (0 where nothing can be explored)
     explore_p: np.ndarray  # (rows, actions) P(action | exploring)
+    send_at: np.ndarray  # (rows, actions) Unix seconds an action waits for quiet hours to end, NaN: now
 
     def total_value(self) -> float:
         return float(self.values[np.arange(len(self.action)), self.action].sum())
@@ -116,7 +117,8 @@ def plan_actions(
     ``used``: capacity already taken this period per (action, bucket), e.g. from the service's ledger.
     """
     n, k = p_success.shape
-    rules = check(catalog, from_frame(frame), n, now, default_time_zone).rules
+    checked = check(catalog, from_frame(frame), n, now, default_time_zone)
+    rules = checked.rules
     eligible = rules == Rule.OK
     values = net_values(catalog, p_success)
     slots = capacity_slots(catalog, frame, used)
@@ -158,6 +160,7 @@ def plan_actions(
         rules,
         chosen.epsilon,
         chosen.explore_p,
+        checked.send_at,
     )
 
 
@@ -249,6 +252,8 @@ def plan_frame(
     )
     for j, a in enumerate(catalog.names):
         out[f"value_{a}"] = plan.values[:, j]
+    send = plan.send_at[np.arange(n), plan.action]
+    out["send_at"] = pd.to_datetime(send, unit="s", utc=True)  # NaT: now
     out["uplift_over_fallback"] = plan.values[np.arange(n), plan.action] - plan.values[np.arange(n), plan.fallback]
     per = sorted({s.per for s in capacity_slots(catalog, frame) if s.per})
     for col in per:

@@ -123,9 +123,9 @@ class LogUnavailable(RuntimeError):
 def _finish(tx: Tx, engine: DecisionEngine, draft: Draft, context: dict[str, str]) -> list[Answer]:
     """Inside the log transaction: capacity for the chosen actions, the answers, their log rows."""
 
-    def take(action: Action, bucket: str, want: int) -> int:
+    def take(action: Action, bucket: str, at: datetime, want: int) -> int:
         assert action.capacity is not None
-        return capacity.take(tx, action, action.capacity.period_of(draft.now), bucket, want)
+        return capacity.take(tx, action, action.capacity.period_of(at), bucket, want)
 
     if engine.prior_sd is not None:  # the customers' own posteriors, as of this transaction
         own = affinity.read(tx, engine.catalog, [draft.customer_ids[i] for i in draft.rows], engine.prior_sd)

@@ -117,11 +117,18 @@ def test_unknown_customer_gets_a_flagged_rule_based_answer(catalog: Catalog, mod
     assert _logged(log) == [(answer["decision_id"], "nobody", "none", 1.0, 1)]
 
 
-def test_quiet_hours_use_the_request_time(catalog: Catalog, model: DecisionModel, log) -> None:
+def test_quiet_hours_use_the_request_time_and_defer_a_push(catalog: Catalog, model: DecisionModel, log) -> None:
     night = datetime(2026, 11, 2, 23, tzinfo=UTC)
     (answer,) = decide(_decisions(catalog, model, {"C1": ACTIVE}, log), "C1", at=night)
-    assert "push" not in answer["eligible"] and answer["action"] != "push"
-    assert any(r.startswith("push removed: quiet hours 21:00-08:00") for r in answer["reasons"])
+    assert answer["action"] == "push" and answer["send_at"] == datetime(2026, 11, 3, 8, tzinfo=UTC)
+    assert "push deferred by quiet hours 21:00-08:00: send at 08:00 in UTC" in answer["reasons"]
+    assert "advisor_call removed: quiet hours 19:00-09:00 (23:00 in UTC)" in answer["reasons"]
+    (day,) = decide(_decisions(catalog, model, {"C1": ACTIVE}, log), "C1", at=NOON)
+    assert day["send_at"] is None
+    strict = Catalog(actions=tuple(a.model_copy(update={"defer_quiet_hours": False}) for a in catalog.actions))
+    (dropped,) = decide(_decisions(strict, model, {"C1": ACTIVE}, log), "C1", at=night)
+    assert "push" not in dropped["eligible"] and dropped["action"] != "push"
+    assert "push removed: quiet hours 21:00-08:00 (23:00 in UTC)" in dropped["reasons"]
 
 
 def test_exploration_logs_the_probability_of_its_choice(catalog: Catalog, model: DecisionModel, log) -> None:

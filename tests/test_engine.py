@@ -53,7 +53,7 @@ def test_answers_are_the_response_models_json(catalog: Catalog, model: DecisionM
         from_frame(pd.DataFrame(rows)),
         at,
         [f"{i:032x}" for i in range(8)],
-        take=lambda _a, _b, want: min(want, next(granted)),
+        take=lambda _a, _b, _at, want: min(want, next(granted)),
         causes=causes,
     )
     body = to_json({"decisions": answers})
@@ -63,7 +63,8 @@ def test_answers_are_the_response_models_json(catalog: Catalog, model: DecisionM
 
 
 def test_only_one_eligible_action_is_said_plainly(catalog: Catalog, model: DecisionModel) -> None:
-    engine = DecisionEngine(catalog, model, "7", epsilon=0.0)
+    strict = Catalog(actions=tuple(a.model_copy(update={"defer_quiet_hours": False}) for a in catalog.actions))
+    engine = DecisionEngine(strict, model, "7", epsilon=0.0)
     night = datetime(2026, 11, 2, 23, tzinfo=UTC)  # no push, no call; the invite is capped
     row = {**ACTIVE, "low_out_30d": 5.0}
     (answer,) = engine.decide(["C1"], from_row(row), night, ["x"])
@@ -103,8 +104,8 @@ def test_a_retried_allocation_starts_over(catalog: Catalog, model: DecisionModel
     """A log transaction that fails and runs again must not see the first attempt's capacity refusals."""
     engine = DecisionEngine(_prefers_call(catalog), model, "7", epsilon=0.0)
     draft = engine.draft(["A", "B"], from_frame(pd.DataFrame([CALLER, CALLER])), NOON)
-    engine.allocate(draft, lambda _a, _b, _want: 0)
+    engine.allocate(draft, lambda _a, _b, _at, _want: 0)
     assert draft.refused
-    engine.allocate(draft, lambda _a, _b, want: want)
+    engine.allocate(draft, lambda _a, _b, _at, want: want)
     assert not draft.refused
     assert [catalog.names[j] for j in draft.choice.action] == ["advisor_call", "advisor_call"]

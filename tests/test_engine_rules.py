@@ -42,7 +42,12 @@ def test_consent_rules_remove_actions(catalog: Catalog) -> None:
     assert set(eligibility(catalog, {})) == {"push", "advisor_call"}
 
 
+def _no_deferral(catalog: Catalog) -> Catalog:
+    return Catalog(actions=tuple(a.model_copy(update={"defer_quiet_hours": False}) for a in catalog.actions))
+
+
 def test_quiet_hours_are_local_to_the_customer(catalog: Catalog) -> None:
+    catalog = _no_deferral(catalog)
     assert eligibility(catalog, _customer(), NOW) == {}
     berlin = eligibility(catalog, _customer(time_zone="Europe/Berlin"), NOW)
     assert berlin == {
@@ -61,6 +66,24 @@ def test_quiet_hours_are_local_to_the_customer(catalog: Catalog) -> None:
     assert set(eligibility(catalog, _customer(time_zone="Europe/Berlin"), morning + timedelta(minutes=1))) == {
         "advisor_call"
     }
+
+
+def test_a_push_blocked_only_by_quiet_hours_waits_for_their_end(catalog: Catalog) -> None:
+    assert catalog["push"].defer_quiet_hours and not catalog["advisor_call"].defer_quiet_hours
+    push = catalog.names.index("push")
+    berlin = check(catalog, from_row(_customer(time_zone="Europe/Berlin")), 1, NOW)  # 22:30 in Berlin
+    assert berlin.rules[0, push] == Rule.OK
+    assert datetime.fromtimestamp(berlin.send_at[0, push], UTC) == datetime(2026, 11, 3, 7, tzinfo=UTC)  # 08:00
+    assert reasons(catalog, berlin)[0] == {"advisor_call": "quiet hours 19:00-09:00 (22:30 in Europe/Berlin)"}
+    new_york = check(catalog, from_row(_customer()), 1, NOW)  # 16:30: now
+    assert np.isnan(new_york.send_at[0, push])
+    # the other rules are checked at the send time: a cap still removes it, and then it is not deferred
+    capped = check(catalog, from_row(_customer(time_zone="Europe/Berlin", tech_out_7d=3)), 1, NOW)
+    assert capped.rules[0, push] == Rule.CAP and np.isnan(capped.send_at[0, push])
+    # across a daylight-saving change the send time is the local 08:00 of the next day
+    before_dst_end = datetime(2026, 10, 24, 22, tzinfo=UTC)  # 00:00 on 25 Oct in Berlin, clocks go back at 03:00
+    dst = check(catalog, from_row(_customer(time_zone="Europe/Berlin")), 1, before_dst_end)
+    assert datetime.fromtimestamp(dst.send_at[0, push], UTC) == datetime(2026, 10, 25, 7, tzinfo=UTC)
 
 
 def test_frequency_caps_and_cool_downs(catalog: Catalog) -> None:
@@ -101,6 +124,7 @@ def _random_rows(n: int, rng: np.random.Generator) -> pd.DataFrame:
 @pytest.mark.parametrize("hour", [3, 9, 14, 20])
 def test_a_batch_gives_each_customer_the_rules_and_reasons_it_gets_alone(catalog: Catalog, hour: int) -> None:
     """/decide reads one customer's values (``from_row``), /decide/batch a typed frame (``from_frame``)."""
+    catalog = _no_deferral(catalog) if hour % 2 else catalog  # deferral or the quiet-hours rule
     rng = np.random.default_rng(hour)
     frame = _random_rows(2_000, rng)
     now = NOW.replace(hour=hour, minute=int(rng.integers(60)))
@@ -111,6 +135,7 @@ def test_a_batch_gives_each_customer_the_rules_and_reasons_it_gets_alone(catalog
         alone = check(catalog, from_row(row), 1, now, "Europe/London")
         assert alone.rules[0].tolist() == batch.rules[i].tolist(), (row, alone.rules[0], batch.rules[i])
         assert reasons(catalog, alone)[0] == batch_reasons[i]
+        np.testing.assert_array_equal(alone.send_at[0], batch.send_at[i])
     seen = {Rule(int(r)) for r in np.unique(batch.rules)}
     assert seen == set(Rule) - {Rule.CAPACITY}  # every contact rule was exercised
 
@@ -126,5 +151,6 @@ def test_rule_codes_hand_checked(catalog: Catalog) -> None:
     )
     c = check(catalog, from_frame(frame), 3, NOW, "UTC")
     push, call = catalog.names.index("push"), catalog.names.index("advisor_call")
-    assert c.rules[:, push].tolist() == [Rule.QUIET, Rule.CONSENT, Rule.QUIET]  # 21:30 UTC is quiet for pushes
+    assert c.rules[:, push].tolist() == [Rule.OK, Rule.CONSENT, Rule.CAP]  # 21:30 UTC is quiet: pushes wait
+    assert np.isfinite(c.send_at[0, push]) and np.isnan(c.send_at[1:, push]).all()
     assert c.rules[:, call].tolist() == [Rule.QUIET, Rule.OK, Rule.CONSENT]

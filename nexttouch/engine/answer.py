@@ -45,6 +45,7 @@ class Answer(TypedDict):
     fallback: bool
     model_version: str
     decided_at: datetime
+    send_at: datetime | None
 
 
 FIELDS = tuple(Answer.__annotations__)
@@ -69,6 +70,7 @@ def fallback(
         "fallback": True,
         "model_version": version,
         "decided_at": now,
+        "send_at": None,
     }
 
 

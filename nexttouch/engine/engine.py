@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,12 +26,12 @@ from nexttouch.engine.choice import Choice, best, choose, net_values
 if TYPE_CHECKING:  # the engine only calls the model: importing LightGBM is the caller's cost
     from nexttouch.model import ContributionMethod, DecisionModel
 
-# (action, capacity bucket, how many) -> how many units were granted
-TakeCapacity = Callable[[Action, str, int], int]
+# (action, capacity bucket, when it is sent, how many) -> how many units were granted
+TakeCapacity = Callable[[Action, str, datetime, int], int]
 TOP_DRIVERS = 3
 
 
-def unlimited(_action: Action, _bucket: str, want: int) -> int:
+def unlimited(_action: Action, _bucket: str, _at: datetime, want: int) -> int:
     return want
 
 
@@ -58,6 +58,10 @@ class Draft:
     affinity: Affinity | None = None  # the customers' own posteriors (with posterior sampling)
     sampled: np.ndarray | None = None  # (draws, rows, actions) net values under posterior draws
     refused: dict[int, dict[str, str]] = field(default_factory=dict)  # row -> action -> capacity reason
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 class DecisionEngine:
@@ -240,10 +244,15 @@ class DecisionEngine:
             per = a.capacity.per
             keys = labels(draft.features, per, len(draft.rows))[rows] if per else np.full(len(rows), None, object)
             buckets = np.array([a.capacity.bucket(v) for v in keys], dtype=object)
-            for bucket in dict.fromkeys(buckets.tolist()):
-                group = rows[buckets == bucket]
+            # a deferred contact counts against the capacity of the period it is sent in
+            when = [draft.now if np.isnan(s) else _time(s) for s in draft.check.send_at[rows, j].tolist()]
+            sends = np.array([a.capacity.period_of(w) for w in when], dtype=object)
+            for bucket, period in dict.fromkeys(zip(buckets.tolist(), sends.tolist(), strict=True)):
+                mine = (buckets == bucket) & (sends == period)
+                group = rows[mine]
+                at = when[int(np.flatnonzero(mine)[0])]
                 group = group[np.argsort(-draft.values[group, j], kind="stable")]
-                granted = take(a, bucket, len(group))
+                granted = take(a, bucket, at, len(group))
                 held[group[:granted]] = j
                 if granted < len(group):
                     refused.append((j, group[granted:]))
@@ -292,6 +301,7 @@ class DecisionEngine:
         action_l, explored_l = choice.action.tolist(), choice.explored.tolist()
         propensity_l = rounded(choice.propensity, 6).tolist()
         by_epsilon = (draft.explore_u < choice.epsilon).tolist()
+        send_l = draft.check.send_at[np.arange(m), choice.action].tolist()
         moved = self._moved_by_own_history(draft)
         out: list[Answer] = []
         for r in range(m):
@@ -308,6 +318,9 @@ class DecisionEngine:
                 why.append(reasons.sampled(name, propensity_l[r]))
             else:
                 why.append(reasons.best_value(catalog.actions[j], p_l[r][j], values_l[r][j], len(eligible)))
+            send_at = None if send_l[r] != send_l[r] else _time(send_l[r])  # NaN: now
+            if send_at is not None:
+                why.append(reasons.deferred(catalog.actions[j], send_at, str(draft.check.zone[r])))
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
                 column = cells[f]
                 why.append(reasons.driver(inputs[f], np.nan if column is None else column[r], name, c))
@@ -326,6 +339,7 @@ class DecisionEngine:
                     "fallback": False,
                     "model_version": self.model_version,
                     "decided_at": draft.now,
+                    "send_at": send_at,
                 }
             )
         return out

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import numpy as np
 
 from nexttouch.catalog import NO_ACTION, Action
+
+
+def deferred(action: Action, send_at: datetime, zone: str) -> str:
+    q = action.quiet_hours
+    assert q is not None
+    local = send_at.astimezone(ZoneInfo(zone)) if zone else send_at
+    return f"{action.name} deferred by quiet hours {q.start}-{q.end}: send at {local:%H:%M} in {zone}"
 
 
 def removed(action: str, why: str) -> str:
@@ -61,6 +71,8 @@ PLAN_CAPACITY_FULL = "{scarce} would add more, but its capacity went to customer
 
 def plain(value: object) -> str:
     """A feature value as a person reads it: 2.27, 1502 and 12, not 2.2663194444444446 or 1.5e+03."""
+    if value is None:
+        return "missing"
     if isinstance(value, (float, np.floating)):
         if np.isnan(value):
             return "missing"

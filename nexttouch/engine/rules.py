@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from enum import IntEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -58,7 +58,8 @@ class Check:
     zone: np.ndarray  # (rows,) time zone name used for quiet hours
     local_minute: np.ndarray | None  # (rows,) minute of the local day, NaN for unknown zones
     counts: dict[tuple[int, int], np.ndarray]  # (action, cap) -> touches in the cap's window
-    days: dict[int, np.ndarray]  # action -> days since its tier's last touch
+    days: dict[int, np.ndarray]  # action -> days since its tier's last touch (at the send time)
+    send_at: np.ndarray  # (rows, actions) Unix seconds an allowed action waits for (quiet hours), NaN: now
 
     @property
     def eligible(self) -> np.ndarray:
@@ -70,6 +71,7 @@ def check(
 ) -> Check:
     """Apply every action's contact rules to ``n`` customers at once."""
     out = np.zeros((n, len(catalog.actions)), np.int8)
+    send_at = np.full(out.shape, np.nan)
     zone = labels(features, TIME_ZONE, n)
     zone = np.where(zone == None, default_time_zone, zone).astype(object)  # noqa: E711 - elementwise
     local_minute = local_minutes(zone, now) if now is not None else None
@@ -84,22 +86,31 @@ def check(
 
         if action.requires:
             mark(~(numbers(features, action.requires, n) == 1), Rule.CONSENT)  # NaN or missing: no consent
+        wait = np.zeros(n)  # days until the action may go out
         if action.quiet_hours and local_minute is not None:
             start, end = action.quiet_hours.minutes
             mark(np.isnan(local_minute), Rule.UNKNOWN_ZONE)
-            mark(quiet(local_minute, start, end), Rule.QUIET)
+            night = quiet(local_minute, start, end)
+            if action.defer_quiet_hours and now is not None:  # later rules are checked at the send time
+                later = (rule == Rule.OK) & night
+                at = quiet_end(zone, now, action.quiet_hours.end)
+                send_at[later, j] = at[later]
+                wait = np.where(later, (at - _utc(now).timestamp()) / DAY_S, 0.0)
+            else:
+                mark(night, Rule.QUIET)
         for c, cap in enumerate(action.caps):
             count = counts[j, c] = numbers(features, action.cap_feature(cap), n)
             mark(count >= cap.max, Rule.CAP)  # NaN: feature absent, no cap
         if action.cooldown_days:
-            since = numbers(features, action.recency_feature, n)
+            since = numbers(features, action.recency_feature, n) + wait
             if now_s is not None and action.last_touch_feature in features:
                 last = numbers(features, action.last_touch_feature, n)
-                exact = np.maximum((now_s - last) / DAY_S, 0.0)
+                exact = np.maximum((now_s - last) / DAY_S, 0.0) + wait
                 since = np.where(np.isnan(exact), since, exact)
             days[j] = since
             mark(since < action.cooldown_days, Rule.COOLDOWN)
-    return Check(out, zone, local_minute, counts, days)
+    send_at[out != Rule.OK] = np.nan  # a later rule removed it after all
+    return Check(out, zone, local_minute, counts, days, send_at)
 
 
 def reasons(catalog: Catalog, c: Check, rows: np.ndarray | None = None) -> list[dict[str, str]]:
@@ -147,6 +158,23 @@ def local_minutes(zones: np.ndarray, now: datetime) -> np.ndarray:
     codes, uniques = pd.factorize(zones)
     minute = np.array([_local_minute(str(z), _utc(now)) for z in uniques], dtype=np.float64)
     return minute[codes]
+
+
+def quiet_end(zones: np.ndarray, now: datetime, end: str) -> np.ndarray:
+    """Unix seconds of the next local ``end`` (HH:MM) after ``now`` in every row's zone (NaN: unknown zone)."""
+    codes, uniques = pd.factorize(zones)
+    hour, minute = int(end[:2]), int(end[3:])
+    out = np.full(len(uniques), np.nan)
+    for i, name in enumerate(uniques):
+        tz = _zone(str(name))
+        if tz is None:
+            continue
+        local = _utc(now).astimezone(tz)
+        at = datetime.combine(local.date(), time(hour, minute), tzinfo=tz)
+        if at <= local:
+            at = datetime.combine(local.date() + timedelta(days=1), time(hour, minute), tzinfo=tz)
+        out[i] = at.timestamp()
+    return out[codes]
 
 
 def _local_minute(zone: str, now: datetime) -> float:
