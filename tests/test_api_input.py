@@ -34,11 +34,12 @@ def _refused(model: type, body: dict, needle: str, bounds: TimeBounds | None = B
     ],
 )
 def test_times_no_stage_can_hold_are_refused_even_without_a_window(at: str) -> None:
+    event = {"event_id": "e", "occurred_at": at, "customer_id": "C1", "touch_type": "app_like"}
     for model, body in (
         (DecideRequest, {"customer_id": "C0000001", "at": at}),
         (DecideBatchRequest, {"customers": [{"customer_id": "C0000001"}], "at": at}),
         (FeedbackRequest, {"decision_id": "d1", "outcome": 1, "at": at}),
-        (EventsRequest, {"events": [{"event_id": "e", "occurred_at": at, "customer_id": "C1", "touch_type": "app_like"}]}),
+        (EventsRequest, {"events": [event]}),
     ):
         _refused(model, body, "must be between 1900-01-01 and 2200-01-01", bounds=None)
 
