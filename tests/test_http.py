@@ -313,7 +313,7 @@ def test_events_with_the_online_store_down_are_kept_answered_and_applied_later(b
 
     store = Failing()
     kept: list[pd.DataFrame] = []
-    updater = ContactUpdater(store, kept.append, lambda _s, _k: None, timeout_s=1.0, retry_s=0.2)
+    updater = ContactUpdater(store, kept.append, lambda _s, key: key, timeout_s=1.0, retry_s=0.2)
     at = [datetime.now(UTC) - timedelta(hours=h) for h in (3, 1)]
     for i, when in enumerate(at):  # the second call retries the first one's update too
         body = {"event_id": f"down-{i}", "occurred_at": when, "customer_id": "C0000352", "touch_type": "app_session"}
@@ -433,7 +433,7 @@ def test_contact_updates_wait_for_the_other_workers_lock(built: Settings, tmp_pa
     online = OnlineFeatures(built)  # C0000355: not among the customers test_plan compares online and offline
     lock = tmp_path / "contact_state.lock"
     kept: list[pd.DataFrame] = []
-    updater = ContactUpdater(online.store, kept.append, lambda _s, _k: None, timeout_s=0.5, retry_s=60, lock=lock)
+    updater = ContactUpdater(online.store, kept.append, lambda _s, key: key, timeout_s=0.5, retry_s=60, lock=lock)
     when = datetime.now(UTC) - timedelta(minutes=30)
     body = {"event_id": "lock-1", "occurred_at": when, "customer_id": "C0000355", "touch_type": "event_attended"}
     with lock.open("a") as other_worker:
