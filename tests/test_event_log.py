@@ -127,6 +127,9 @@ def test_event_ids_are_idempotency_keys(events: EventLog) -> None:
     assert events.pending() == 2
 
 
+SET_TIME = "UPDATE touch_events SET occurred_at = ? WHERE event_id = ?"
+
+
 def test_the_nightly_collect_survives_a_log_holding_times_no_stage_can_hold(
     project: Settings,
     catalog: Catalog,
@@ -149,8 +152,7 @@ def test_the_nightly_collect_survives_a_log_holding_times_no_stage_can_hold(
     for i, when in enumerate(BAD_TIMES):  # stored as text, as the log held them
         row = {**dict.fromkeys(COLUMNS), **ROW, "event_id": f"ev-bad{i}"}
         kept.keep(pd.DataFrame([row]))
-        set_time = "UPDATE touch_events SET occurred_at = ? WHERE event_id = ?"
-        log.run(lambda tx, w=when, e=f"ev-bad{i}": tx.execute(set_time, (w, e)))
+        log.run(lambda tx, w=when, e=f"ev-bad{i}": tx.execute(SET_TIME, (w, e)))
     log.close()
 
     with caplog.at_level("WARNING", logger="nexttouch.decision_log"):
