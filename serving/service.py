@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,11 +35,12 @@ from nexttouch.api import (
     FeedbackRequest,
     FeedbackResponse,
     ModelInfo,
+    TimeBounds,
 )
 from nexttouch.settings import load_settings
 from serving.auth import ApiKeyMiddleware
-from serving.body_limit import BodyLimitMiddleware
-from serving.error_bodies import ErrorBodyMiddleware
+from serving.body_limit import RequestLimitMiddleware
+from serving.error_bodies import ErrorBodyMiddleware, install_refusal_logging
 from serving.openapi import OpenApiMiddleware
 from serving.timeout import install as install_cancelling_timeout
 
@@ -72,6 +73,7 @@ async def _model_info(_: Request) -> JSONResponse:
 
 
 install_cancelling_timeout()  # BentoML's own keeps every request's timer alive for the whole timeout
+install_refusal_logging()  # BentoML logs refused input values with every 400
 
 
 @bentoml.service(
@@ -150,7 +152,7 @@ class NextTouch:
         from serving.metrics import LATENCY
 
         started = time.perf_counter()
-        body = DecideRequest.model_validate(request)
+        body = DecideRequest.model_validate(request, context=self._bounds())
         decider = self.decider  # one model for the whole request, even if a new champion arrives
         now = body.at or datetime.now(UTC)
         cid = decider.customer_id(body)
@@ -178,7 +180,7 @@ class NextTouch:
         from serving.metrics import LATENCY
 
         started = time.perf_counter()
-        body = DecideBatchRequest.model_validate(request)
+        body = DecideBatchRequest.model_validate(request, context=self._bounds())
         limit = self.settings.batch_limit
         if len(body.customers) > limit:
             raise TooLarge(
@@ -216,18 +218,20 @@ class NextTouch:
         """The outcome of a decision. Repeating it changes nothing; an unknown id is a 404."""
         from serving.decision_log import Feedback, feedback_op
 
-        body = FeedbackRequest.model_validate(request)
+        body = FeedbackRequest.model_validate(request, context=self._bounds())
         result = await self._logged(feedback_op(body.decision_id, float(body.outcome), body.at))
         if result is Feedback.UNKNOWN:
             raise NotFound(f"no decision {body.decision_id!r}")
         if result is Feedback.CONFLICT:
             raise Conflict(f"decision {body.decision_id!r}: {result.value}")
+        if result is Feedback.BEFORE_DECISION:
+            raise InvalidArgument(f"at: {result.value} {body.decision_id!r}")
         return FeedbackResponse(decision_id=body.decision_id, status=result.value)
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
     def events(self, **request: object) -> EventsResponse:
         """Touch events in real time: committed for the nightly job, contact state updated online now."""
-        body = EventsRequest.model_validate(request)
+        body = EventsRequest.model_validate(request, context=self._bounds())
         try:
             return self.contacts.apply(body)
         except BentoMLException:
@@ -248,6 +252,10 @@ class NextTouch:
         )
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _bounds(self) -> dict[str, TimeBounds]:
+        """Validation context: the window around the server's clock that request times must fall in."""
+        return TimeBounds.now_for(self.settings).context()
 
     async def _features(self, cid: str | None, now: datetime) -> tuple[dict | None, str]:
         """The customer's features, or None and the cause of the fallback. Never raises."""
@@ -339,7 +347,7 @@ def _cause_label(cause: str, answer: dict[str, Any]) -> str:
 
 # Outermost first: the key before anything is read, then the body size, then one documented error body.
 NextTouch.add_asgi_middleware(ApiKeyMiddleware)
-NextTouch.add_asgi_middleware(BodyLimitMiddleware)
+NextTouch.add_asgi_middleware(RequestLimitMiddleware)
 NextTouch.add_asgi_middleware(ErrorBodyMiddleware)
 # /docs.json with the API key, every error answer and GET /model documented (BentoML's omits them).
 NextTouch.add_asgi_middleware(OpenApiMiddleware, spec=lambda: NextTouch.openapi_spec.asdict())
