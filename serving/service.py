@@ -345,7 +345,8 @@ def _cause_label(cause: str, answer: dict[str, Any]) -> str:
     return "store_timeout" if "did not answer" in cause else "store_error"
 
 
-# Outermost first: the key before anything is read, then the body size, then one documented error body.
+# Outermost first: the key before anything is read, then the request limits (headers, media type, body size),
+# then one documented error body.
 NextTouch.add_asgi_middleware(ApiKeyMiddleware)
 NextTouch.add_asgi_middleware(RequestLimitMiddleware)
 NextTouch.add_asgi_middleware(ErrorBodyMiddleware)
