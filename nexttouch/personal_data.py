@@ -45,6 +45,11 @@ def _is_phone(candidate: str) -> bool:
     return len(groups) >= 3 and all(2 <= len(g) <= 4 for g in groups)
 
 
+def phone_numbers(text: str) -> list[str]:
+    """Every phone number in ``text`` (e.g. a whole file's bytes read as latin-1), as written."""
+    return [m.group() for m in _CANDIDATE.finditer(text) if _is_phone(m.group())]
+
+
 def find(text: str) -> str | None:
     """What personal data ``text`` holds ("an e-mail address", "a phone number"), or None."""
     if "@" in text and EMAIL.search(text):
