@@ -313,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop(proc)
 
         log_dir = Path(tmp) / "service-project"
-        settings = load_settings(project_dir=project, port=free_port(), workers=args.workers)
+        # DAY is a fixed date: the window around the clock for `at` must hold it.
+        settings = load_settings(project_dir=project, port=free_port(), workers=args.workers, at_window_hours=24 * 365)
         proc = server.start(settings, log_dir / "serve.log", api_key=key)
         try:
             decide = [_request("/decide", {"customer_id": c, "at": DAY}, key, settings.port) for c in ids]

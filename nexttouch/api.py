@@ -2,39 +2,108 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from nexttouch import personal_data
 from nexttouch.schemas import CLOCK_SKEW, TOUCH_TYPES
+from nexttouch.settings import Settings
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# Digit groups with separators (+44 20 7946 0958, (030) 1234-5678) or an E.164 number (+447946095800).
-PHONE = re.compile(r"(?<![\w.:-])\+?\(?\d{2,4}\)?(?:[ .-]\(?\d{2,4}\)?){2,4}(?![\w.:-])|\+\d{8,15}\b")
-
-
-def personal_data(value: str) -> str | None:
-    """What personal data ``value`` looks like (an e-mail address, a phone number), or None."""
-    if "@" in value and EMAIL.search(value):
-        return "an e-mail address"
-    if any(sum(c.isdigit() for c in m.group()) >= 9 for m in PHONE.finditer(value)):  # 8 digits: a date
-        return "a phone number"
-    return None
+# Every stage stores times as nanoseconds since 1970 (pandas, parquet): 1677-09-22 .. 2262-04-11. Inside a
+# safe margin of that, nothing a client sends can stop an export or the nightly job.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def no_personal_data(value: Any) -> Any:
     """Refuse ids and labels that carry personal data: the service stores them (decision log, inbox)."""
-    if isinstance(value, str) and (kind := personal_data(value)):
+    if isinstance(value, str) and (kind := personal_data.find(value)):
         raise ValueError(f"looks like {kind}: personal data is refused, never stored; send an opaque id or label")
     return value
 
 
+def plain_label(value: Any) -> Any:
+    """Refuse control characters and free text in a context label: labels are stored with every decision."""
+    if not isinstance(value, str):
+        return value
+    no_personal_data(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("holds a control character (e.g. NUL): labels are printable text")
+    if sum(any(c.isalpha() for c in word) for word in value.split()) > 1:
+        raise ValueError("looks like free text (several words): send a short label such as 'summer-sale'")
+    return value
+
+
+def _time_text(value: Any) -> Any:
+    """A time is an ISO 8601 string: a number would be read as seconds or milliseconds by its size."""
+    if isinstance(value, bool | int | float):
+        raise ValueError("must be an ISO 8601 date-time string with a time zone, e.g. 2026-11-01T09:30:00Z")
+    return value
+
+
+def _representable(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_time_text), AfterValidator(_representable)]
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The configured window around the server's clock for times in requests (validation context ``bounds``)."""
+
+    now: datetime
+    at_window: timedelta  # a decision's ``at``: this far from now, either way
+    event_age: timedelta  # a touch event's ``occurred_at``: at most this old
+
+    @classmethod
+    def now_for(cls, settings: Settings) -> TimeBounds:
+        window, age = timedelta(hours=settings.at_window_hours), timedelta(days=settings.max_event_age_days)
+        return cls(datetime.now(UTC), window, age)
+
+    def context(self) -> dict[str, TimeBounds]:
+        return {"bounds": self}
+
+
+def _bounds(info: ValidationInfo) -> TimeBounds | None:
+    return (info.context or {}).get("bounds")
+
+
+def _check_at(at: datetime | None, info: ValidationInfo) -> None:
+    bounds = _bounds(info)
+    if at is None or bounds is None:
+        return
+    if abs(at - bounds.now) > bounds.at_window:
+        hours = bounds.at_window.total_seconds() / 3600
+        raise ValueError(
+            f"at {at.isoformat()} is outside the allowed window of {hours:g} h either side of the server's clock "
+            f"({bounds.now.isoformat(timespec='seconds')}); NEXTTOUCH_AT_WINDOW_HOURS sets it"
+        )
+
+
 # Request context: a few short labels (channel, campaign), stored with each decision; never free text.
-ContextKey = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(no_personal_data)]
-ContextValue = Annotated[str, Field(max_length=256), BeforeValidator(no_personal_data)]
+ContextKey = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(plain_label)]
+ContextValue = Annotated[str, Field(max_length=256), BeforeValidator(plain_label)]
 Context = Annotated[
     dict[ContextKey, ContextValue],
     Field(max_length=16, description="Request context, e.g. {'channel': 'app'}: at most 16 short labels."),
@@ -79,8 +148,15 @@ class CustomerRef(BaseModel):
 class DecideRequest(CustomerRef):
     """Decide the next contact for one customer, named by customer id or by a source key."""
 
-    at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
+    at: Time | None = Field(
+        None, description="When the contact would happen (default: now); within a window around the server's clock."
+    )
     context: Context = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _at_in_window(self, info: ValidationInfo) -> DecideRequest:
+        _check_at(self.at, info)
+        return self
 
 
 class DecideBatchRequest(BaseModel):
@@ -89,8 +165,15 @@ class DecideBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customers: list[CustomerRef] = Field(min_length=1, max_length=100_000)
-    at: AwareDatetime | None = Field(None, description="When the contact would happen (default: now).")
+    at: Time | None = Field(
+        None, description="When the contact would happen (default: now); within a window around the server's clock."
+    )
     context: Context = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _at_in_window(self, info: ValidationInfo) -> DecideBatchRequest:
+        _check_at(self.at, info)
+        return self
 
 
 class DecideResponse(BaseModel):
@@ -141,7 +224,7 @@ class TouchEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
-    occurred_at: AwareDatetime
+    occurred_at: Time
     customer_id: str | None = Field(None, min_length=1, max_length=128, pattern=ID_PATTERN)
     source: SourceKey | None = Field(None, description="The source system's key, instead of customer_id.")
     touch_type: str = Field(description="One of the touch types, e.g. app_session, event_attended, advisor_call.")
@@ -151,13 +234,20 @@ class TouchEvent(BaseModel):
     _opaque = field_validator("event_id", "customer_id", "decision_id", mode="before")(no_personal_data)
 
     @model_validator(mode="after")
-    def _check(self) -> TouchEvent:
+    def _check(self, info: ValidationInfo) -> TouchEvent:
         if (self.customer_id is None) == (self.source is None):
             raise ValueError("give exactly one of customer_id or source {system, key}")
         if self.touch_type not in TOUCH_TYPES:
             raise ValueError(f"unknown touch_type {self.touch_type!r}; known: {', '.join(TOUCH_TYPES)}")
-        if self.occurred_at > datetime.now(UTC) + CLOCK_SKEW:
+        bounds = _bounds(info)
+        now = bounds.now if bounds else datetime.now(UTC)
+        if self.occurred_at > now + CLOCK_SKEW:
             raise ValueError("occurred_at is in the future")
+        if bounds and self.occurred_at < now - bounds.event_age:
+            raise ValueError(
+                f"occurred_at is more than {bounds.event_age.days} days ago (NEXTTOUCH_MAX_EVENT_AGE_DAYS): "
+                "load older touches with `nexttouch ingest`"
+            )
         return self
 
 
@@ -168,14 +258,28 @@ class EventsRequest(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    accepted: int = Field(description="Events kept for the nightly ingest (all valid events).")
+    accepted: int = Field(description="Events kept for the nightly ingest (new event ids only).")
+    duplicates: int = Field(
+        0,
+        description="Events not kept again: their event_id was already kept (an earlier request, e.g. a retry, "
+        "or earlier in this one). Event ids are idempotency keys.",
+    )
     customers_updated: int = Field(description="Customers whose contact state was updated online.")
-    unresolved: list[str] = Field(description="Event ids with an unknown source key: kept, not featurised yet.")
+    unresolved: list[str] = Field(
+        description="Event ids of customers the service does not know (unknown source key or customer id): kept "
+        "for the nightly ingest, which resolves them; not applied online."
+    )
     online_update_deferred: bool = Field(
         False,
         description="True when the online store was slow or down: the events are kept and the online contact "
         "update is retried in the background.",
     )
+
+
+def _exact_outcome(value: Any) -> Any:
+    if type(value) is not int:  # bool is an int subclass: true must not pass as 1
+        raise ValueError(f"outcome must be the integer 0 or 1, not a {type(value).__name__}")
+    return value
 
 
 class FeedbackRequest(BaseModel):
@@ -184,8 +288,19 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
-    outcome: Literal[0, 1]
-    at: AwareDatetime | None = Field(None, description="When the outcome happened (default: now).")
+    outcome: Annotated[Literal[0, 1], BeforeValidator(_exact_outcome)] = Field(
+        description="The integer 1 (success) or 0 (no success); not true/false, not 1.0."
+    )
+    at: Time | None = Field(
+        None, description="When the outcome happened (default: now); not before the decision, not in the future."
+    )
+
+    @model_validator(mode="after")
+    def _not_in_future(self, info: ValidationInfo) -> FeedbackRequest:
+        bounds = _bounds(info)
+        if self.at is not None and self.at > (bounds.now if bounds else datetime.now(UTC)) + CLOCK_SKEW:
+            raise ValueError("at is in the future")
+        return self
 
 
 class FeedbackResponse(BaseModel):

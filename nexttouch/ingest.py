@@ -6,6 +6,11 @@ Every rejected row goes to ``data/quarantine/<table>-<input hash>.csv`` with its
 are merged into ``data/raw/<table>.parquet``. A row that is already loaded unchanged counts as
 "already loaded", so running the same input twice changes nothing.
 
+Ids (event, customer, decision ids, source keys) are opaque: one that holds personal data (an e-mail
+address, a phone number; nexttouch/personal_data.py) is quarantined with that value removed, one with
+other characters than the API allows (``=HYPERLINK(...)``) is quarantined. Quarantine files are CSV
+for people: cells that a spreadsheet would run as a formula are written as text (nexttouch/spreadsheet.py).
+
 A file that cannot be used at all (not parquet/CSV, truncated, a required column missing) is
 copied to the quarantine with its reason and reported; the other files still load and the CLI
 exits non-zero. CSV is UTF-8 (UTF-16 and UTF-8 with a byte-order mark are read as such); a row
@@ -31,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import csv
 
+from nexttouch import personal_data
+from nexttouch.api import ID_PATTERN
 from nexttouch.catalog import Catalog
 from nexttouch.parquet import write_parquet
 from nexttouch.schemas import (
@@ -46,6 +53,7 @@ from nexttouch.schemas import (
     TOUCH_TYPES,
 )
 from nexttouch.settings import Settings
+from nexttouch.spreadsheet import safe_text
 
 TABLES = ("identity", "customers", "events", "decisions")
 KEYS = {
@@ -63,8 +71,8 @@ REQUIRED = {
 TYPE_NAMES = list(TOUCH_TYPES)
 # Personal data never enters nexttouch: such columns are refused, loudly, not loaded.
 PII_NAMES = re.compile(r"(^|_)(name|first_?name|last_?name|e_?mail|phone|mobile|address|birth_?date)($|_)", re.I)
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[a-z]{2,}", re.I)
-PHONE = re.compile(r"^\+?[\d\s().-]{9,}$")
+REMOVED = "[removed: personal data]"  # what the quarantine shows instead of a value that holds personal data
+API_SYSTEM = "api"  # source system of events the service was sent by customer id (source key = customer id)
 
 
 @dataclass
@@ -315,6 +323,7 @@ def _validate_identity(frame, settings, catalog, latest, report) -> tuple[pd.Dat
     for col in REQUIRED["identity"]:
         frame[col] = _ids(frame[col])
     r.missing(REQUIRED["identity"])
+    _opaque(frame, REQUIRED["identity"], r)
     per_key = frame.groupby(["source_system", "source_key"], dropna=False)[CUSTOMER_ID].transform("nunique")
     r.flag(per_key > 1, "source key maps to several customers")
     good, rejected = r.split()
@@ -331,6 +340,7 @@ def _validate_customers(frame, settings, catalog, latest, report) -> tuple[pd.Da
     r = _Reasons(frame)
     frame[CUSTOMER_ID] = _ids(frame[CUSTOMER_ID])
     r.missing([CUSTOMER_ID])
+    _opaque(frame, [CUSTOMER_ID], r)
     _timestamp(frame, "signup_at", r, latest)
     r.flag(frame["signup_at"].isna(), "missing signup_at")
     r.flag(_duplicated(frame, CUSTOMER_ID), "duplicate customer_id")
@@ -349,12 +359,25 @@ def _personal_data(column: pd.Series) -> str | None:
         return "column name suggests personal data"
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return None
-    sample = column.dropna().head(1000).astype(str)
-    if len(sample) and (sample.str.fullmatch(EMAIL.pattern, case=False).mean() > 0.2):
+    kinds = column.dropna().head(1000).astype(str).map(personal_data.find)
+    if len(kinds) and (kinds == "an e-mail address").mean() > 0.2:
         return "values look like e-mail addresses"
-    if len(sample) and (sample.str.fullmatch(PHONE.pattern).mean() > 0.2):
+    if len(kinds) and (kinds == "a phone number").mean() > 0.2:
         return "values look like phone numbers"
     return None
+
+
+def _opaque(frame: pd.DataFrame, columns: list[str], reasons: _Reasons) -> None:
+    """Flag ids that hold personal data (shown removed in the quarantine) or characters an id never has."""
+    for col in columns:
+        values = frame[col]
+        held = personal_data.mask(values)
+        if held.any():
+            reasons.flag(held, f"personal data in {col}")
+            reasons.arrived[col] = reasons.arrived[col].astype("string[pyarrow]").mask(held, REMOVED)
+        text = pa.array(values, type=pa.large_string(), from_pandas=True)
+        fits = pc.fill_null(pc.match_substring_regex(text, ID_PATTERN), True).to_numpy(zero_copy_only=False)
+        reasons.flag(~fits, f"{col} is not an opaque id (letters, digits and _ . : @ - only)")
 
 
 def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -363,6 +386,7 @@ def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataF
     for col in ("event_id", "source_system", "source_key", "touch_type"):
         frame[col] = _ids(frame[col])
     r.missing(["event_id", "source_system", "source_key", "touch_type"])
+    _opaque(frame, ["event_id", "source_system", "source_key"], r)
     code = _index_in(frame["touch_type"], TYPE_NAMES)
     r.flag(code < 0, "unknown touch type")
     types = [TOUCH_TYPES[t] for t in TYPE_NAMES]
@@ -380,6 +404,7 @@ def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataF
     r.flag(frame["occurred_at"].isna(), "missing occurred_at")
     _number(frame, "amount", r)
     frame[DECISION_ID] = _ids(frame[DECISION_ID]) if DECISION_ID in frame else _text([], np.full(len(frame), -1))
+    _opaque(frame, [DECISION_ID], r)
     frame[CUSTOMER_ID] = _resolve(settings, frame)
     r.flag(frame[CUSTOMER_ID].isna(), "unresolvable source key")
     r.flag(_duplicated(frame, "event_id"), "duplicate event_id")
@@ -416,7 +441,13 @@ def _resolve(settings: Settings, frame: pd.DataFrame) -> pd.Series:
             position[mine] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
     customers = [] if identity is None else _arrow(identity[CUSTOMER_ID])
     taken = pa.array(customers, pa.large_string()).take(pa.array(position, mask=position < 0))
-    return pd.Series(pd.arrays.ArrowStringArray(taken), index=frame.index)
+    resolved = pd.Series(pd.arrays.ArrowStringArray(taken), index=frame.index)
+    by_id = (frame["source_system"] == API_SYSTEM).fillna(False).to_numpy(bool)
+    if by_id.any():  # sent to the service by customer id: known customers only, never made up ones
+        known = _load(settings, "customers")
+        ids = frame["source_key"].where(by_id)
+        resolved = resolved.where(~by_id, ids.where(ids.isin([] if known is None else known[CUSTOMER_ID])))
+    return resolved
 
 
 def _arrow(column: pd.Series) -> pa.Array:
@@ -430,6 +461,7 @@ def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.Da
     for col in (DECISION_ID, CUSTOMER_ID, ACTION):
         frame[col] = _ids(frame[col])
     r.missing([DECISION_ID, CUSTOMER_ID, ACTION])
+    _opaque(frame, [DECISION_ID, CUSTOMER_ID], r)
     customers = _load(settings, "customers")
     known = pd.Series([], dtype="string[pyarrow]") if customers is None else customers[CUSTOMER_ID]
     r.flag(~frame[CUSTOMER_ID].isin(known), "unknown customer_id")
@@ -516,6 +548,7 @@ def _quarantine(settings: Settings, table: str, sources: list[Path], rejected: p
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     path = settings.quarantine_dir / f"{table}-{digest.hexdigest()[:12]}.csv"
     text = pa.Table.from_pandas(rejected.astype("string[pyarrow]"), preserve_index=False)
+    text = pa.table({name: safe_text(text.column(name)) for name in text.column_names})  # no formulas
     csv.write_csv(text, path, csv.WriteOptions(quoting_style="needed"))  # arrow's writer: 1M rows in <1 s
     return path
 

@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     request_tracing: bool = Field(
         False, description="An OpenTelemetry span per request (configure the exporter in BentoML's configuration)."
     )
+    at_window_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How far a decision's `at` may be from the server's clock, either way (400 beyond): "
+        "decisions far in the past would land in training, far in the future would spend future capacity.",
+    )
+    max_event_age_days: int = Field(
+        730, ge=1, description="Oldest touch event POST /events takes (400 beyond); load older ones with ingest."
+    )
+    log_wait_margin_s: float = Field(
+        1.0,
+        gt=0,
+        description="A decision-log write still waiting for the log's lock this long before the request's "
+        "timeout gives up with a 503 and leaves no trace (the client never gets a 504 for committed work).",
+    )
+    max_header_bytes: int = Field(16 * 2**10, ge=1024, description="Largest total of request headers (431 above).")
     batch_limit: int = Field(1000, ge=1, description="Most customers in one POST /decide/batch.")
     max_body_bytes: int = Field(
         2 * 2**20, ge=1024, description="Largest request body the service reads (413 above); raise with batch_limit."

@@ -34,11 +34,16 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN or scope["path"].startswith(OPEN_PREFIX):
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-        if hmac.compare_digest(given, self._key):
+        keys = [v for k, v in scope["headers"] if k == HEADER]
+        given = keys[0] if len(keys) == 1 else b""
+        if given and hmac.compare_digest(given, self._key):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "missing API key" if not given else "wrong API key"}).encode()
+        if len(keys) > 1:  # which one counts would depend on the proxy or framework in between: refused
+            error = "several X-API-Key headers: send exactly one"
+        else:
+            error = "missing API key" if not given else "wrong API key"
+        body = json.dumps({"error": error}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -1,4 +1,9 @@
-"""A request-body size limit (BentoML has none): larger bodies get 413 before any parsing.
+"""Request limits BentoML does not have: header size (431), media type (415) and body size (413), all
+checked before any parsing.
+
+Headers over ``settings.max_header_bytes`` in all are refused. A POST body is JSON: another declared
+media type (a form, multipart, which BentoML would parse as a form) is refused; no Content-Type is read as
+JSON, as BentoML does.
 
 A body announced by Content-Length is judged by its header; a streamed body (no Content-Length) is read
 up to the limit and refused as soon as it passes it. A refused body is drained (up to ``DRAIN_FACTOR``
@@ -13,18 +18,34 @@ from typing import Any
 from nexttouch.settings import load_settings
 
 DRAIN_FACTOR = 16  # beyond this many times the limit the connection is simply closed
+JSON = b"application/json"
 
 
-class BodyLimitMiddleware:
-    """ASGI middleware: request bodies over ``settings.max_body_bytes`` get 413 with a clear message."""
+class RequestLimitMiddleware:
+    """ASGI middleware: oversized headers get 431, a POST body that is not JSON 415, request bodies over
+    ``settings.max_body_bytes`` 413; each with a clear message."""
 
-    def __init__(self, app: Any, limit: int | None = None) -> None:
+    def __init__(self, app: Any, limit: int | None = None, header_limit: int | None = None) -> None:
         self.app = app
-        self.limit = limit if limit is not None else load_settings().max_body_bytes
+        if limit is None or header_limit is None:
+            settings = load_settings()
+            limit = settings.max_body_bytes if limit is None else limit
+            header_limit = settings.max_header_bytes if header_limit is None else header_limit
+        self.limit, self.header_limit = limit, header_limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        size = sum(len(k) + len(v) for k, v in scope["headers"])
+        if size > self.header_limit:
+            await _answer(send, 431, f"request headers of {size} bytes are over the limit of {self.header_limit} bytes")
+            return
+        media = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+        if scope["method"] == "POST" and media is not None and media.split(b";")[0].strip().lower() != JSON:
+            await _drain(receive, self.limit)
+            shown = media.split(b";")[0].strip()[:64].decode("latin-1")
+            await _answer(send, 415, f"request body of type {shown!r} is not accepted: send application/json")
             return
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:

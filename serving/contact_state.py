@@ -4,6 +4,12 @@ The events are committed first (``keep``: the event log, serving/event_log.py), 
 lost. The online update then gets a short time (``timeout_s``): an online store that is down or slow
 (redis-py retries for ~4 s) makes it *deferred*: the answer says so at once, and the update is retried
 with the next events and in the background until the store answers.
+
+Only customers the service knows are updated online (``resolve``: a source key through the identity map,
+a customer id if it is a known customer); events of unknown ones are kept for the nightly ingest and
+reported, never made into customers online. An event id kept before (a retry) is neither kept nor applied
+again. Waiting updates are the newest touch per customer, tier and direction, and a frame that cannot be
+pushed never holds back the others.
 """
 
 from __future__ import annotations
@@ -11,16 +17,20 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from nexttouch.api import EventsRequest, EventsResponse
+from nexttouch.api import EARLIEST, LATEST, EventsRequest, EventsResponse
 from nexttouch.schemas import CUSTOMER_ID, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
+from serving import deadline
+from serving.identity import API_SYSTEM
 
 PUSH_SOURCE = "contact_push"
 STATE_VIEW = "contact_state"
@@ -36,7 +46,7 @@ class ContactUpdater:
     def __init__(
         self,
         store,
-        keep: Callable[[pd.DataFrame], None],
+        keep: Callable[[pd.DataFrame], np.ndarray | None],
         resolve: Callable[[str, str], str | None],
         timeout_s: float = 1.0,
         retry_s: float = 5.0,
@@ -69,30 +79,31 @@ class ContactUpdater:
     def apply(self, request: EventsRequest) -> EventsResponse:
         rows = []
         for e in request.events:
-            cid = e.customer_id or self.resolve(e.source.system, e.source.key)  # type: ignore[union-attr]
+            system, key = (e.source.system, e.source.key) if e.source else (API_SYSTEM, e.customer_id)
             touch = TOUCH_TYPES[e.touch_type]
             rows.append(
                 {
                     "event_id": e.event_id,
                     "occurred_at": e.occurred_at.astimezone(UTC),
-                    "source_system": e.source.system if e.source else "api",
-                    "source_key": e.source.key if e.source else e.customer_id,
+                    "source_system": system,
+                    "source_key": key,
                     "touch_type": e.touch_type,
                     "tier": touch.tier,
                     "direction": touch.direction,
                     "amount": e.amount,
                     "decision_id": e.decision_id,
-                    CUSTOMER_ID: cid,
+                    CUSTOMER_ID: self.resolve(system, key),  # type: ignore[arg-type]
                 }
             )
         events = pd.DataFrame(rows)
-        self.keep(events.drop(columns=[CUSTOMER_ID]))  # durable first: nothing is lost if the update fails
-        known = events.loc[events[CUSTOMER_ID].notna()]
+        kept = self.keep(events.drop(columns=[CUSTOMER_ID]))  # durable first: nothing is lost if the update fails
+        new = events if kept is None else events.loc[kept]
+        known = new.loc[new[CUSTOMER_ID].notna()]
         deferred = False
         if len(known):
             update = self._pusher.submit(self._update, known)
             try:
-                update.result(timeout=self.timeout_s)
+                update.result(timeout=self._wait_s())
             except Exception as exc:  # slow or down: the update keeps these events and is retried
                 from serving.metrics import EVENTS_DEFERRED
 
@@ -100,38 +111,68 @@ class ContactUpdater:
                 EVENTS_DEFERRED.inc(len(known))
                 log.warning("online contact update deferred (%s): %d events kept", type(exc).__name__, len(known))
         return EventsResponse(
-            accepted=len(events),
+            accepted=len(new),
+            duplicates=len(events) - len(new),
             customers_updated=0 if deferred else int(known[CUSTOMER_ID].nunique()),
-            unresolved=events.loc[events[CUSTOMER_ID].isna(), "event_id"].tolist(),
+            unresolved=new.loc[new[CUSTOMER_ID].isna(), "event_id"].tolist(),
             online_update_deferred=deferred,
         )
 
+    def _wait_s(self) -> float:
+        """How long the answer waits for the online update: ``timeout_s``, and never past the request's time."""
+        due = deadline.current()
+        if due is None:
+            return self.timeout_s
+        return max(0.0, min(self.timeout_s, due - time.monotonic() - 0.5))
+
     def _update(self, events: pd.DataFrame | None) -> None:
-        """Push ``events`` with every deferred one; on failure keep them all for the next try.
+        """Push ``events`` with every deferred one; raises when ``events`` (or, for a retry, any deferred
+        touch) could not be pushed, keeping them for the next try.
 
         Runs on the one pusher thread only. The deferred touches stay in ``_pending`` while they are
         pushed, so ``pending`` never reads 0 in the middle of a retry that is about to fail.
         """
         with self._pending_lock:
             if events is not None:
-                self._pending.append(events)
+                events = _pushable(events)
+                if len(events):
+                    self._pending.append(events)
             batch = list(self._pending)
         if not batch:
             return
-        frame = pd.concat(batch, ignore_index=True)
         try:
-            with _exclusive(self.lock):
-                self._push(frame)
-        except Exception:
-            # Only the newest touch per customer, tier and direction matters online: bounded by customers.
-            latest = frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
-            with self._pending_lock:
-                self._pending = [latest]
-            raise
+            self._push_locked(pd.concat(batch, ignore_index=True))
+            failed: list[pd.DataFrame] = []
+        except Exception as exc:
+            if len(batch) == 1:
+                failed, error = batch, exc
+            else:  # one frame at a time: a frame that cannot be pushed must not hold back the others
+                failed, error = self._push_each(batch)
+        # Only the newest touch per customer, tier and direction matters online: bounded by known customers.
         with self._pending_lock:
-            self._pending = []
-        if events is None or len(batch) > 1:
-            log.info("deferred online contact updates made (%d touches)", len(frame))
+            self._pending = [_newest(pd.concat(failed, ignore_index=True))] if failed else []
+        if failed and (events is None or any(f is events for f in failed)):
+            raise error
+        if events is None or len(batch) > len(failed) + 1:
+            log.info("deferred online contact updates made (%d frames)", len(batch) - len(failed))
+
+    def _push_each(self, batch: list[pd.DataFrame]) -> tuple[list[pd.DataFrame], Exception]:
+        """Newest frame first; when that fails too the store is down: the rest is not tried."""
+        failed: list[pd.DataFrame] = []
+        error: Exception | None = None
+        for i, frame in enumerate(reversed(batch)):
+            try:
+                self._push_locked(frame)
+            except Exception as exc:
+                error = exc
+                if i == 0:
+                    return batch, exc
+                failed.append(frame)
+        return failed[::-1], error  # type: ignore[return-value]  (set whenever ``failed`` is not empty)
+
+    def _push_locked(self, frame: pd.DataFrame) -> None:
+        with _exclusive(self.lock):
+            self._push(frame)
 
     def _retry_loop(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
@@ -159,6 +200,19 @@ class ContactUpdater:
             state[col] = pd.concat([old, newest.reindex(customers)], axis=1).max(axis=1)
         state[EVENT_TIMESTAMP] = pd.Timestamp.now(tz="UTC")
         self.store.push(PUSH_SOURCE, state.reset_index())
+
+
+def _pushable(events: pd.DataFrame) -> pd.DataFrame:
+    """Touches that can be applied online: a known customer and a time every stage can hold."""
+    times = pd.to_datetime(events["occurred_at"], utc=True, errors="coerce")
+    ok = events[CUSTOMER_ID].notna() & times.notna() & (times >= EARLIEST) & (times < LATEST)
+    if not ok.all():
+        log.warning("%d touches cannot be applied online (unknown customer or time out of range)", int((~ok).sum()))
+    return events.loc[ok]
+
+
+def _newest(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
 
 
 @contextmanager

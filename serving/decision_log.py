@@ -8,6 +8,11 @@ ledger (serving/capacity.py) lives in the same database and is updated in the sa
 
 Outcomes come back through ``feedback`` (idempotent); ``export`` writes the log as a
 ``decisions`` table that `nexttouch ingest` loads for the nightly retraining.
+
+No operation commits after its request has given up: each carries a deadline (its request's, from
+serving/deadline.py, less ``margin_s``; else ``wait_s`` from now). The log waits for its write lock
+(another worker, a backup) only until the latest deadline of a group, and an operation whose deadline
+has passed when its transaction starts fails with ``LogTimeout`` (a 503) and leaves no trace.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 from pydantic_core import to_json
 
-from nexttouch.api import DecideResponse
+from nexttouch.api import EARLIEST, LATEST, DecideResponse
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
 from nexttouch.settings import Settings
+from serving import deadline
 
 T = TypeVar("T")
 log = logging.getLogger("nexttouch.decision_log")
@@ -77,6 +84,14 @@ class Feedback(Enum):
     UNCHANGED = "unchanged"  # the same outcome again: idempotent
     UNKNOWN = "unknown decision"
     CONFLICT = "a different outcome is already recorded"
+    BEFORE_DECISION = "the outcome time is before the decision"
+
+
+class LogTimeout(TimeoutError):
+    """The log's write lock was not free before the operation's deadline: nothing of it was written."""
+
+
+Item = tuple[Callable[["Tx"], Any], Future, float]  # operation, its result, its deadline (time.monotonic)
 
 
 class Tx:
@@ -170,8 +185,10 @@ def insert_decisions(tx: Tx, rows: Sequence[tuple]) -> None:
 class DecisionLog:
     """The durable log; ``run``/``arun`` execute an operation inside the next group commit."""
 
-    def __init__(self, target: Path | str) -> None:
+    def __init__(self, target: Path | str, wait_s: float = 10.0, margin_s: float = 1.0) -> None:
         self.target = target
+        self.wait_s = wait_s  # an operation outside a request waits this long for the write lock
+        self.margin_s = margin_s  # one in a request starts this long before the request's deadline at the latest
         self.postgres = isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
         if not self.postgres:
             self.target = Path(target)
@@ -179,19 +196,21 @@ class DecisionLog:
         conn = self._connect()  # fail at start, not at the first request
         self._setup(conn)
         self.commits = 0  # transactions committed by the writer (group commit: fewer than operations)
-        self._queue: queue.SimpleQueue[tuple[Callable[[Tx], Any], Future] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="decision-log", daemon=True)
         self._writer.start()
 
     @classmethod
     def open(cls, settings: Settings) -> DecisionLog:
-        return cls(settings.decision_log_url or settings.decision_log)
+        return cls(settings.decision_log_url or settings.decision_log, margin_s=settings.log_wait_margin_s)
 
     # -- operations ------------------------------------------------------------------------------
 
     def submit(self, op: Callable[[Tx], T]) -> Future[T]:
         future: Future[T] = Future()
-        self._queue.put((op, future))
+        request = deadline.current()
+        due = request - self.margin_s if request is not None else time.monotonic() + self.wait_s
+        self._queue.put((op, future, due))
         return future
 
     def run(self, op: Callable[[Tx], T]) -> T:
@@ -209,7 +228,11 @@ class DecisionLog:
         return self.run(feedback_op(decision_id, outcome, at))
 
     def export(self, directory: Path) -> Path | None:
-        """The log as ``decisions-log.parquet`` in the ingest contract (customers known by id only)."""
+        """The log as ``decisions-log.parquet`` in the ingest contract (customers known by id only).
+
+        Rows whose decision time no stage can hold (a log written before requests were bounded) are left
+        out and reported in the job's log, by id: the export and the nightly job go on without them.
+        """
         conn = self._connect()
         try:
             rows = conn.execute(
@@ -221,7 +244,10 @@ class DecisionLog:
         if not rows:
             return None
         frame = pd.DataFrame(rows, columns=[DECISION_ID, CUSTOMER_ID, DECIDED_AT, ACTION, PROPENSITY, OUTCOME])
-        frame[DECIDED_AT] = pd.to_datetime(frame[DECIDED_AT], utc=True, format="ISO8601")
+        frame[DECIDED_AT], bad = storable_times(frame[DECIDED_AT])
+        if bad.any():
+            report_skipped("decisions", DECIDED_AT, frame.loc[bad, DECISION_ID].tolist())
+            frame = frame.loc[~bad]
         frame[OUTCOME] = frame[OUTCOME].astype(float)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "decisions-log.parquet"
@@ -282,16 +308,26 @@ class DecisionLog:
         if conn is not None:
             conn.close()
 
-    def _commit(self, conn: Any, group: list[tuple[Callable[[Tx], Any], Future]]) -> Any:
+    def _commit(self, conn: Any, group: list[Item]) -> Any:
         """Run a group of operations in one transaction; each gets its result only once committed."""
-        live = [(op, f) for op, f in group if f.set_running_or_notify_cancel()]
+        live = [(op, f, due) for op, f, due in group if f.set_running_or_notify_cancel()]
+        if not live:
+            return conn
         outcomes: list[tuple[Future, Any, BaseException | None]] = []
+        wait_ms = int(1000 * (max(due for _, _, due in live) - time.monotonic()))
+        if wait_ms <= 0:  # every request of the group has given up while it queued
+            for _, future, _ in live:
+                future.set_exception(LogTimeout("the decision log did not get to the operation in time"))
+            return conn
         try:
             if conn is None:
                 conn = self._connect()
             tx = Tx(conn, self.postgres)
-            conn.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
-            for i, (op, future) in enumerate(live):
+            self._begin(conn, wait_ms)
+            for i, (op, future, due) in enumerate(live):
+                if time.monotonic() > due:  # its request is about to be answered 504: leave no trace
+                    outcomes.append((future, None, LogTimeout("the decision log's write lock was not free in time")))
+                    continue
                 # A failing operation is rolled back alone; the others still commit.
                 conn.execute(f"SAVEPOINT op{i}")
                 try:
@@ -307,7 +343,7 @@ class DecisionLog:
             log.error("decision log commit failed: %s", type(exc).__name__)
             with contextlib.suppress(Exception):  # the connection is dropped anyway
                 conn.close()
-            for _, future in live:
+            for _, future, _ in live:
                 future.set_exception(exc)
             return None  # reconnect for the next group
         for future, result, error in outcomes:
@@ -317,17 +353,51 @@ class DecisionLog:
                 future.set_exception(error)
         return conn
 
+    def _begin(self, conn: Any, wait_ms: int) -> None:
+        """Start the write transaction, waiting at most ``wait_ms`` for a lock another holds."""
+        if self.postgres:
+            conn.execute("BEGIN")
+            conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
+        else:
+            conn.execute(f"PRAGMA busy_timeout={wait_ms}")
+            conn.execute("BEGIN IMMEDIATE")
+
+
+def storable_times(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """ISO 8601 times as UTC timestamps, and which of them no stage can hold (unparsable, or outside
+    ``EARLIEST``..``LATEST``): those are NaT."""
+    parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+    bad = (parsed.isna() | (parsed < EARLIEST) | (parsed >= LATEST)).to_numpy()
+    return parsed.where(~bad), bad
+
+
+def report_skipped(table: str, column: str, ids: list[str]) -> None:
+    """Say which rows an export left out and why: the job's log is where on-call looks."""
+    shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+    log.warning(
+        "%s export skipped %d rows whose %s is not between %s and %s (kept in the log, not exported): %s",
+        table,
+        len(ids),
+        column,
+        f"{EARLIEST:%Y-%m-%d}",
+        f"{LATEST:%Y-%m-%d}",
+        shown,
+    )
+
 
 def feedback_op(decision_id: str, outcome: float, at: datetime | None) -> Callable[[Tx], Feedback]:
     def op(tx: Tx) -> Feedback:
         found = tx.execute(
-            "SELECT outcome FROM decisions WHERE decision_id = ?" + tx.for_update, (decision_id,)
+            "SELECT outcome, decided_at FROM decisions WHERE decision_id = ?" + tx.for_update, (decision_id,)
         ).fetchone()
         if found is None:
             return Feedback.UNKNOWN
         if found[0] is not None:
             return Feedback.UNCHANGED if found[0] == outcome else Feedback.CONFLICT
-        when = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
+        when = (at or datetime.now(UTC)).astimezone(UTC)
+        if when < datetime.fromisoformat(found[1]):
+            return Feedback.BEFORE_DECISION
+        when = when.isoformat()
         tx.execute(
             "UPDATE decisions SET outcome = ?, outcome_at = ? WHERE decision_id = ?", (outcome, when, decision_id)
         )

@@ -4,11 +4,17 @@ BentoML 1.4.39 answers a validation error with ``detail`` as a list of pydantic 
 BentoMLException (NotFound, Conflict, ...) raised in an API as a one-element list ``[{"error": ...}]``,
 while its OpenAPI describes an object whose ``detail`` is a string. This ASGI middleware rewrites
 error responses (status >= 400) into that documented object, so clients and schema agree.
+
+BentoML also logs every refusal at ERROR with a traceback, and pydantic's carries the refused input
+(``input_value='jane@example.com'``): ``install_refusal_logging`` makes a refusal one INFO line that names
+the fields and kinds of error only, never a value; service faults keep BentoML's ERROR and traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from http import HTTPStatus
 from typing import Any
 
@@ -80,3 +86,38 @@ class ErrorBodyMiddleware:
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, rewrite)
+
+
+log = logging.getLogger("nexttouch.serving")
+
+
+def refusal(exc: BaseException | None) -> tuple[int, str] | None:
+    """Status and a value-free summary of a client error (``customer_id: value_error``); None for a fault."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        return 400, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['type']}" for e in errors)
+    if isinstance(exc, BentoMLException) and exc.error_code.value < 500:
+        return exc.error_code.value, type(exc).__name__  # its message may echo what the client sent
+    return None
+
+
+def install_refusal_logging() -> None:
+    """Swap BentoML's exception logging for one that logs refusals as one line without values."""
+    from _bentoml_impl.server import app
+
+    bentoml_log = app.log_exception
+    if getattr(bentoml_log, "refusals_quiet", False):
+        return
+
+    def log_exception(request: Any, exc_info: Any = True) -> None:
+        refused = refusal(sys.exc_info()[1])
+        if refused is None:
+            bentoml_log(request, exc_info)
+            return
+        log.info("%s %s refused with %d: %s", request.method, request.url.path, *refused)
+
+    log_exception.refusals_quiet = True  # type: ignore[attr-defined]
+    app.log_exception = log_exception

@@ -10,6 +10,10 @@ contract, then marks them. A crash between the two exports them again next time,
 (with any newer rows): the file is replaced, nothing is lost or loaded twice. (Should a row with a
 lower sequence number commit late in between, PostgreSQL's sequences not being commit-ordered, the
 rows land in two files and ingest quarantines the second copies as duplicate event ids, with that reason.)
+
+Event ids are idempotency keys: an id already kept (a client's retry) is not kept again. Rows whose time
+no stage can hold (kept before requests were bounded) are not exported: they are reported in the job's
+log and marked, so the nightly job goes on and reports them once.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nexttouch.parquet import write_parquet
 from nexttouch.schemas import DECISION_ID
-from serving.decision_log import DecisionLog, Tx
+from serving.decision_log import DecisionLog, Tx, report_skipped, storable_times
 
 # As they arrived (source key, not customer id): the nightly ingest resolves identity again.
 COLUMNS = [
@@ -37,6 +42,7 @@ COLUMNS = [
 ]
 _PENDING = "SELECT {} FROM touch_events WHERE exported_to IS NULL"
 MARK_CHUNK = 5_000  # rows marked per UPDATE (bound parameters per statement stay well under both limits)
+SKIPPED = "skipped: time out of range"  # exported_to of rows no export can hold
 
 
 def _create(tx: Tx) -> None:
@@ -61,6 +67,7 @@ def _create(tx: Tx) -> None:
         )"""
     )
     tx.execute("CREATE INDEX IF NOT EXISTS touch_events_pending ON touch_events (seq) WHERE exported_to IS NULL")
+    tx.execute("CREATE INDEX IF NOT EXISTS touch_events_event_id ON touch_events (event_id)")
 
 
 class EventLog:
@@ -70,8 +77,11 @@ class EventLog:
         self.log = log
         log.run(_create)
 
-    def keep(self, events: pd.DataFrame) -> None:
-        """Commit ``events`` (the columns of ``COLUMNS``, ``occurred_at`` aware); returns once durable."""
+    def keep(self, events: pd.DataFrame) -> np.ndarray:
+        """Commit ``events`` (the columns of ``COLUMNS``, ``occurred_at`` aware); returns once durable.
+
+        Which rows were kept: False for an event id kept before (by any worker) or earlier in ``events``.
+        """
         received = datetime.now(UTC).isoformat()
         rows = [
             (
@@ -89,7 +99,26 @@ class EventLog:
             for r in events.itertuples(index=False)
         ]
         sql = f"INSERT INTO touch_events ({', '.join(COLUMNS)}, received_at) VALUES ({', '.join('?' * 10)})"
-        self.log.run(lambda tx: tx.executemany(sql, rows))
+        first = ~events["event_id"].duplicated().to_numpy()
+
+        def op(tx: Tx) -> np.ndarray:
+            if tx.postgres:  # workers of several replicas may keep the same id at once: one at a time
+                tx.execute("SELECT pg_advisory_xact_lock(724003)")
+            ids = events["event_id"].tolist()
+            seen = set()
+            for lo in range(0, len(ids), MARK_CHUNK):
+                chunk = ids[lo : lo + MARK_CHUNK]
+                found = tx.execute(
+                    f"SELECT event_id FROM touch_events WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk
+                )
+                seen.update(r[0] for r in found.fetchall())
+            kept = first & ~np.isin(np.array(ids, dtype=object), list(seen))
+            new = [row for row, keep in zip(rows, kept, strict=True) if keep]
+            if new:
+                tx.executemany(sql, new)
+            return kept
+
+        return self.log.run(op)
 
     def pending(self) -> int:
         return self.log.run(lambda tx: tx.execute(_PENDING.format("count(*)")).fetchone()[0])
@@ -101,19 +130,27 @@ class EventLog:
         if not rows:
             return None
         frame = pd.DataFrame(rows, columns=["seq", *COLUMNS])
+        frame["occurred_at"], bad = storable_times(frame["occurred_at"])
+        if bad.any():
+            report_skipped("events", "occurred_at", frame.loc[bad, "event_id"].tolist())
+            self._mark(frame.loc[bad, "seq"].tolist(), SKIPPED)
+            frame = frame.loc[~bad]
+            if frame.empty:
+                return None
         seqs = frame.pop("seq").tolist()
-        frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True, format="ISO8601")
         frame["amount"] = frame["amount"].astype(float)
         path = directory / f"events-log-{seqs[0]:012d}.parquet"
-        write_parquet(frame, path)  # durable before the rows are marked: a crash here exports them again
+        write_parquet(frame.reset_index(drop=True), path)  # durable before the rows are marked: a crash here
+        self._mark(seqs, path.name)  # exports them again
+        return path
 
+    def _mark(self, seqs: list[int], exported_to: str) -> None:
         def mark(tx: Tx) -> None:
             for lo in range(0, len(seqs), MARK_CHUNK):
                 chunk = seqs[lo : lo + MARK_CHUNK]
                 tx.execute(
                     f"UPDATE touch_events SET exported_to = ? WHERE seq IN ({', '.join('?' * len(chunk))})",
-                    (path.name, *chunk),
+                    (exported_to, *chunk),
                 )
 
         self.log.run(mark)
-        return path

@@ -3,8 +3,9 @@
 BentoML generates ``/docs.json`` from the APIs' pydantic models but documents only 200, 400, 404 and 500,
 knows nothing of the API key, and omits the plain ``GET /model`` route. The answers our middlewares and
 endpoints give are part of the contract, so clients and fuzzers (schemathesis) must find them here:
-401 (API key), 413 (body and batch limits), 409 (conflicting feedback), 503 (decision log unavailable),
-504 (request timeout), every one with the ``{"error", "detail"}`` body of ``serving/error_bodies.py``.
+401 (API key), 413 (body and batch limits), 415 (a body that is not JSON), 431 (headers too large),
+409 (conflicting feedback), 503 (decision log unavailable), 504 (request timeout), every one with the
+``{"error", "detail"}`` body of ``serving/error_bodies.py``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ SCHEME = "ApiKey"
 ERROR = "Error"
 LOGGED = ("/decide", "/decide/batch", "/feedback", "/events")  # answers that need a commit of the log
 _REASONS = {
-    401: "Missing or wrong X-API-Key",
+    401: "Missing, wrong or several X-API-Key headers",
     409: "The decision already has a different outcome",
     413: "Request body over NEXTTOUCH_MAX_BODY_BYTES, or a batch over NEXTTOUCH_BATCH_LIMIT",
+    415: "The request body is not application/json",
+    431: "Request headers over NEXTTOUCH_MAX_HEADER_BYTES in all",
     503: "The decision log cannot commit: nothing was decided or kept (retry later)",
     504: "The request took longer than NEXTTOUCH_REQUEST_TIMEOUT_S",
 }
@@ -70,9 +73,9 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
         for method, op in item.items():
             op["responses"] = {str(k): v for k, v in op.get("responses", {}).items()}  # BentoML's keys are ints
             op["security"] = [{SCHEME: []}]
-            codes = [401, 504]
+            codes = [401, 431, 504]
             if method == "post":
-                codes.append(413)
+                codes += [413, 415]
             if path in LOGGED:
                 codes.append(503)
             if path == "/feedback":

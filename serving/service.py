@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,6 +37,7 @@ from nexttouch.api import (
     FeedbackRequest,
     FeedbackResponse,
     ModelInfo,
+    TimeBounds,
 )
 from nexttouch.catalog import load_catalog
 from nexttouch.engine import DecisionEngine
@@ -45,10 +46,10 @@ from nexttouch.settings import load_settings
 from nexttouch.telemetry import switch_off
 from serving import affinity
 from serving.auth import ApiKeyMiddleware
-from serving.body_limit import BodyLimitMiddleware
+from serving.body_limit import RequestLimitMiddleware
 from serving.decision_log import DecisionLog, Feedback, Tx, feedback_op
 from serving.decisions import Decisions, LogUnavailable
-from serving.error_bodies import ErrorBodyMiddleware
+from serving.error_bodies import ErrorBodyMiddleware, install_refusal_logging
 from serving.identity import IdentityMap
 from serving.metrics import CHAMPION_SWAPS, LATENCY
 from serving.openapi import OpenApiMiddleware
@@ -84,6 +85,7 @@ async def _model_info(_: Request) -> JSONResponse:
 
 
 install_cancelling_timeout()  # BentoML's own keeps every request's timer alive for the whole timeout
+install_refusal_logging()  # BentoML logs refused input values with every 400
 
 
 @bentoml.service(
@@ -166,7 +168,7 @@ class NextTouch:
     async def decide(self, **request: object) -> DecideResponse:
         """Decide the next contact for one customer. The decision is logged durably before the answer."""
         started = time.perf_counter()
-        body = DecideRequest.model_validate(request)
+        body = DecideRequest.model_validate(request, context=self._bounds())
         (answer,) = await self._decide([body], body.at, body.context)
         LATENCY.labels("decide").observe(time.perf_counter() - started)
         return DecideResponse.model_validate(answer)
@@ -178,7 +180,7 @@ class NextTouch:
         """Decide for many customers at once (at most NEXTTOUCH_BATCH_LIMIT): one feature read, one model call,
         one log commit."""
         started = time.perf_counter()
-        body = DecideBatchRequest.model_validate(request)
+        body = DecideBatchRequest.model_validate(request, context=self._bounds())
         limit = self.settings.batch_limit
         if len(body.customers) > limit:
             raise TooLarge(
@@ -192,7 +194,7 @@ class NextTouch:
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **request: object) -> FeedbackResponse:
         """The outcome of a decision. Repeating it changes nothing; an unknown id is a 404."""
-        body = FeedbackRequest.model_validate(request)
+        body = FeedbackRequest.model_validate(request, context=self._bounds())
         record = feedback_op(body.decision_id, float(body.outcome), body.at)
         prior_sd = self.settings.affinity_prior_sd
 
@@ -207,12 +209,14 @@ class NextTouch:
             raise NotFound(f"no decision {body.decision_id!r}")
         if result is Feedback.CONFLICT:
             raise Conflict(f"decision {body.decision_id!r}: {result.value}")
+        if result is Feedback.BEFORE_DECISION:
+            raise InvalidArgument(f"at: {result.value} {body.decision_id!r}")
         return FeedbackResponse(decision_id=body.decision_id, status=result.value)
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
     def events(self, **request: object) -> EventsResponse:
         """Touch events in real time: committed for the nightly job, contact state updated online now."""
-        body = EventsRequest.model_validate(request)
+        body = EventsRequest.model_validate(request, context=self._bounds())
         try:
             answer = self.contacts.apply(body)
             self._learn_from(body)
@@ -252,6 +256,10 @@ class NextTouch:
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    def _bounds(self) -> dict[str, TimeBounds]:
+        """Validation context: the window around the server's clock that request times must fall in."""
+        return TimeBounds.now_for(self.settings).context()
+
     async def _decide(self, refs: Sequence[CustomerRef], at: datetime | None, context: dict[str, str]) -> list[Answer]:
         assert self.decisions is not None
         try:
@@ -272,9 +280,10 @@ class NextTouch:
             raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
 
 
-# Outermost first: the key before anything is read, then the body size, then one documented error body.
+# Outermost first: the key before anything is read, then the request limits (headers, media type, body size),
+# then one documented error body.
 NextTouch.add_asgi_middleware(ApiKeyMiddleware)
-NextTouch.add_asgi_middleware(BodyLimitMiddleware)
+NextTouch.add_asgi_middleware(RequestLimitMiddleware)
 NextTouch.add_asgi_middleware(ErrorBodyMiddleware)
 # /docs.json with the API key, every error answer and GET /model documented (BentoML's omits them).
 NextTouch.add_asgi_middleware(OpenApiMiddleware, spec=lambda: NextTouch.openapi_spec.asdict())

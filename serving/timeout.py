@@ -5,7 +5,8 @@ timer keeps the request's future and context (OpenTelemetry span included) alive
 ``traffic.timeout``. At 300 requests/s and a 5 s timeout that is ~1,500 live timers and ~40,000
 objects that every full garbage collection walks: 20-50 ms pauses, the service's p99. This
 subclass answers exactly as BentoML's does (504 with its message after the timeout) and cancels
-the timer once the response has started. ``install()`` swaps it in before the app is built.
+the timer once the response has started, and gives the request its deadline (serving/deadline.py).
+``install()`` swaps it in before the app is built.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
+
+from serving import deadline
 
 _BentoTimeout = traffic.TimeoutMiddleware
 
@@ -33,7 +36,11 @@ class CancellingTimeoutMiddleware(_BentoTimeout):
                 timer.cancel()
             await send(message)
 
-        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        token = deadline.start(self.timeout)  # the request's task inherits it; the decision log reads it
+        try:
+            fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        finally:
+            deadline.reset(token)
         try:
             await waiter
         except TimeoutError:

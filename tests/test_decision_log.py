@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from nexttouch.api import DecideResponse
 from nexttouch.catalog import Catalog
@@ -126,3 +127,80 @@ def test_decision_ids_are_time_ordered_uuid7s() -> None:
         assert (len(i), u.version, u.variant) == (32, 7, uuid.RFC_4122)
         assert before <= int(i[:12], 16) <= after  # 48 bits of Unix milliseconds first
     assert new_decision_ids(0) == []
+
+
+BAD_TIMES = ("9999-12-31T12:00:00+00:00", "1500-01-01T00:00:00+00:00")
+
+
+def _row_at(decision_id: str, decided_at: str) -> tuple:
+    """A log row as an unbounded request could write it before times were bounded."""
+    row = list(decision_row(_answer(decision_id), {}))
+    row[2] = decided_at
+    return tuple(row)
+
+
+def test_export_skips_and_reports_times_no_stage_can_hold(tmp_path: Path, caplog) -> None:
+    log = DecisionLog(tmp_path / "d.db")
+    log.record(_answer("good"), {})
+    rows = [_row_at(f"bad{i}", when) for i, when in enumerate(BAD_TIMES)]
+    log.run(lambda tx: insert_decisions(tx, rows))
+    with caplog.at_level("WARNING", logger="nexttouch.decision_log"):
+        path = log.export(tmp_path / "inbox")
+    log.close()
+    assert pd.read_parquet(path)["decision_id"].tolist() == ["good"]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "decisions export skipped 2 rows whose decided_at is not between 1900-01-01 and 2200-01-01" in warning
+    assert "bad0" in warning and "bad1" in warning
+
+
+def test_feedback_dated_before_its_decision_is_refused(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.db")
+    log.record(_answer("d1"), {})  # decided 2026-10-01 09:00 UTC
+    assert log.feedback("d1", 1.0, datetime(2026, 10, 1, 8, 59, tzinfo=UTC)) is Feedback.BEFORE_DECISION
+    assert log.feedback("d1", 1.0, datetime(2026, 10, 1, 9, 0, tzinfo=UTC)) is Feedback.RECORDED
+    log.close()
+
+
+def test_a_write_still_waiting_for_the_lock_at_its_deadline_fails_and_leaves_no_trace(tmp_path: Path) -> None:
+    """Another process holds the write lock past the request's deadline: the request's write gives up before
+    the deadline (a 503, not a 504) and is not committed once the lock frees."""
+    import sqlite3
+    import time
+
+    from serving import deadline
+
+    path = tmp_path / "d.db"
+    log = DecisionLog(path, margin_s=0.5)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    token = deadline.start(1.5)  # as the request timeout sets it when a request starts
+    try:
+        started = time.monotonic()
+        future = log.submit(lambda tx: insert_decisions(tx, [decision_row(_answer("late"), {})]))
+    finally:
+        deadline.reset(token)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        future.result(timeout=10)
+    assert time.monotonic() - started < 1.5  # before the request's deadline
+    other.execute("COMMIT")
+    other.close()
+    log.record(_answer("after"), {})  # the log works again at once
+    log.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT decision_id FROM decisions").fetchall() == [("after",)]
+
+
+def test_an_operation_whose_request_gave_up_while_queued_is_not_run(tmp_path: Path) -> None:
+    from serving import deadline
+    from serving.decision_log import LogTimeout
+
+    log = DecisionLog(tmp_path / "d.db", margin_s=0.5)
+    token = deadline.start(0.2)  # less than the margin: its time is up before it reaches the writer
+    try:
+        future = log.submit(lambda tx: insert_decisions(tx, [decision_row(_answer("gone"), {})]))
+    finally:
+        deadline.reset(token)
+    with pytest.raises(LogTimeout):
+        future.result(timeout=5)
+    assert log.feedback("gone", 1.0) is Feedback.UNKNOWN
+    log.close()

@@ -45,6 +45,7 @@ def served(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "workers": 2,
             "champion_poll_s": 1.0,
             "catalog_path": _scarce_call_catalog(tmp / "catalog.yaml"),
+            "at_window_hours": 24 * 365,  # DAY is a fixed date: the window around the clock must hold it
         }
     )
     proc = server.start(settings, tmp / "serve.log", api_key=KEY)

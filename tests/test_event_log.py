@@ -118,3 +118,55 @@ def test_workers_starting_together_create_the_table_once(database: str) -> None:
     finally:
         for log in logs:
             log.close()
+
+
+def test_event_ids_are_idempotency_keys(events: EventLog) -> None:
+    rows = pd.DataFrame([{**dict.fromkeys(COLUMNS), **ROW, "event_id": i} for i in ("k-1", "k-2", "k-1")])
+    assert events.keep(rows).tolist() == [True, True, False]  # the same id twice in one request
+    assert events.keep(rows.iloc[:2]).tolist() == [False, False]  # a retry of the request
+    assert events.pending() == 2
+
+
+SET_TIME = "UPDATE touch_events SET occurred_at = ? WHERE event_id = ?"
+
+
+def test_the_nightly_collect_survives_a_log_holding_times_no_stage_can_hold(
+    project: Settings,
+    catalog: Catalog,
+    landing: Path,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A log written before request times were bounded: `export-log` / `retrain`'s collect skip those rows and
+    say so, once for events (they are marked), and everything else loads."""
+    from nexttouch.cli import _collect_service_logs
+    from serving.decision_log import decision_row, insert_decisions
+    from tests.test_decision_log import BAD_TIMES, _answer, _row_at
+
+    ingest(project, catalog, landing, now=NOW)
+    log = DecisionLog.open(project)
+    good = decision_row(_answer("d-good", customer_id="C1"), {})
+    bad = [_row_at(f"d-bad{i}", when) for i, when in enumerate(BAD_TIMES)]
+    log.run(lambda tx: insert_decisions(tx, [good, *[(*r[:1], "C1", *r[2:]) for r in bad]]))
+    kept = EventLog(log)
+    kept.keep(pd.DataFrame([{**dict.fromkeys(COLUMNS), **ROW, "event_id": "ev-good"}]))
+    for i, when in enumerate(BAD_TIMES):  # stored as text, as the log held them
+        row = {**dict.fromkeys(COLUMNS), **ROW, "event_id": f"ev-bad{i}"}
+        kept.keep(pd.DataFrame([row]))
+        log.run(lambda tx, w=when, e=f"ev-bad{i}": tx.execute(SET_TIME, (w, e)))
+    log.close()
+
+    with caplog.at_level("WARNING", logger="nexttouch.decision_log"):
+        exported = _collect_service_logs(project)
+    assert pd.read_parquet(exported["decisions"])["decision_id"].tolist() == ["d-good"]
+    assert pd.read_parquet(exported["events"])["event_id"].tolist() == ["ev-good"]
+    reports = [r.getMessage() for r in caplog.records]
+    assert any("decisions export skipped 2 rows" in m and "d-bad0" in m for m in reports), reports
+    assert any("events export skipped 2 rows" in m and "ev-bad1" in m for m in reports), reports
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nexttouch.decision_log"):
+        again = _collect_service_logs(project)
+    assert again["events"] is None  # the skipped events were marked: reported once
+    assert not any("events export" in r.getMessage() for r in caplog.records)
+    reports = ingest(project, catalog, project.data_dir / "inbox", now=NOW)
+    assert {r.table: r.rejected for r in reports} == {"events": {}, "decisions": {}}

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 KEY = "test-key-0123456789"
+WINDOW_DAYS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def client(built: Settings) -> Iterator[TestClient]:
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTTOUCH_PROJECT_DIR", str(built.project_dir))
     mp.setenv("NEXTTOUCH_API_KEY", KEY)
+    mp.setenv("NEXTTOUCH_AT_WINDOW_HOURS", str(WINDOW_DAYS * 24))  # the built world ended 2026-11-01
     from serving.service import NextTouch
 
     with TestClient(app=NextTouch.to_asgi(), headers={"X-API-Key": KEY}) as c:
@@ -204,6 +206,23 @@ def test_a_body_over_the_limit_is_refused_before_parsing(client: TestClient, bui
         ("/decide", {"customer_id": "C0000001", "context": {"email": "jane.doe@example.com"}}),
         ("/decide", {"customer_id": "C0000001", "context": {"phone": "+44 20 7946 0958"}}),
         ("/decide/batch", {"customers": [{"customer_id": "C0000001"}], "context": {"tel": "+447946095800"}}),
+        ("/decide", {"customer_id": "07946095811"}),
+        ("/decide", {"customer_id": "00447946095822"}),
+        ("/decide", {"source": {"system": "crm", "key": "07946095866"}}),
+        ("/decide", {"customer_id": "C0000001", "context": {"note": "call me on 07946095844"}}),
+        (
+            "/events",
+            {
+                "events": [
+                    {
+                        "event_id": "pii-2",
+                        "occurred_at": "2026-01-01T00:00:00Z",
+                        "touch_type": "app_session",
+                        "customer_id": "07946095855",
+                    }
+                ]
+            },
+        ),
         (
             "/events",
             {
@@ -225,6 +244,7 @@ def test_personal_data_is_refused_and_never_stored(client: TestClient, built: Se
     wal = built.decision_log.with_name(built.decision_log.name + "-wal")
     log = built.decision_log.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
     assert b"jane.doe" not in log and b"+44 20 7946" not in log and b"+447946095800" not in log
+    assert b"7946095" not in log
 
 
 def test_dates_and_ids_are_not_mistaken_for_personal_data(client: TestClient) -> None:
@@ -276,7 +296,13 @@ def test_posted_events_update_contact_state_at_once(client: TestClient, built: S
     }
     r = client.post("/events", json=body)
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 3, "customers_updated": 2, "unresolved": ["rt-3"], "online_update_deferred": False}
+    assert r.json() == {
+        "accepted": 3,
+        "duplicates": 0,
+        "customers_updated": 2,
+        "unresolved": ["rt-3"],
+        "online_update_deferred": False,
+    }
 
     online = OnlineFeatures(built)
     called = online.read("C0000350")
@@ -313,7 +339,7 @@ def test_events_with_the_online_store_down_are_kept_answered_and_applied_later(b
 
     store = Failing()
     kept: list[pd.DataFrame] = []
-    updater = ContactUpdater(store, kept.append, lambda _s, _k: None, timeout_s=1.0, retry_s=0.2)
+    updater = ContactUpdater(store, kept.append, lambda _s, key: key, timeout_s=1.0, retry_s=0.2)
     at = [datetime.now(UTC) - timedelta(hours=h) for h in (3, 1)]
     for i, when in enumerate(at):  # the second call retries the first one's update too
         body = {"event_id": f"down-{i}", "occurred_at": when, "customer_id": "C0000352", "touch_type": "app_session"}
@@ -433,7 +459,7 @@ def test_contact_updates_wait_for_the_other_workers_lock(built: Settings, tmp_pa
     online = OnlineFeatures(built)  # C0000355: not among the customers test_plan compares online and offline
     lock = tmp_path / "contact_state.lock"
     kept: list[pd.DataFrame] = []
-    updater = ContactUpdater(online.store, kept.append, lambda _s, _k: None, timeout_s=0.5, retry_s=60, lock=lock)
+    updater = ContactUpdater(online.store, kept.append, lambda _s, key: key, timeout_s=0.5, retry_s=60, lock=lock)
     when = datetime.now(UTC) - timedelta(minutes=30)
     body = {"event_id": "lock-1", "occurred_at": when, "customer_id": "C0000355", "touch_type": "event_attended"}
     with lock.open("a") as other_worker:
@@ -449,3 +475,114 @@ def test_contact_updates_wait_for_the_other_workers_lock(built: Settings, tmp_pa
         assert time.monotonic() < deadline, "the update was not made after the lock was released"
         time.sleep(0.1)
     updater.close()
+
+
+EXTREME = ["9999-12-31T23:30:00-05:00", "0001-01-01T00:30:00+01:00", "9999-12-31T12:00:00Z", "1500-01-01T00:00:00Z"]
+
+
+@pytest.mark.parametrize("at", [*EXTREME, 99999999999999, 1764000000])
+def test_times_out_of_range_or_numbers_are_a_400_that_says_why(client: TestClient, at: object) -> None:
+    event = {"event_id": "t-1", "occurred_at": at, "customer_id": "C0000001", "touch_type": "app_like"}
+    for path, body in (
+        ("/decide", {"customer_id": "C0000001", "at": at}),
+        ("/decide/batch", {"customers": [{"customer_id": "C0000001"}], "at": at}),
+        ("/feedback", {"decision_id": "no-such-decision", "outcome": 1, "at": at}),
+        ("/events", {"events": [event]}),
+    ):
+        r = client.post(path, json=body)
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        assert "between 1900-01-01 and 2200-01-01" in r.text or "ISO 8601 date-time string" in r.text, r.text
+
+
+def test_at_outside_the_configured_window_is_refused(client: TestClient) -> None:
+    for at in ("1990-01-01T00:00:00Z", "2030-01-01T00:00:00Z"):
+        r = client.post("/decide", json={"customer_id": "C0000001", "at": at})
+        assert r.status_code == 400 and f"window of {WINDOW_DAYS * 24} h" in r.json()["detail"], r.text
+        r = client.post("/decide/batch", json={"customers": [{"customer_id": "C0000001"}], "at": at})
+        assert r.status_code == 400 and "NEXTTOUCH_AT_WINDOW_HOURS" in r.json()["detail"], r.text
+
+
+def test_a_nul_character_in_context_is_refused(client: TestClient) -> None:
+    r = client.post("/decide", json={"customer_id": "C0000001", "context": {"note": "a\u0000b"}})
+    assert r.status_code == 400 and "control character" in r.text, r.text
+
+
+def test_feedback_outcome_is_strict_and_not_before_the_decision(client: TestClient) -> None:
+    decision = client.post("/decide", json={"customer_id": "C0000006"}).json()
+    for outcome in (True, 1.0, "1"):
+        r = client.post("/feedback", json={"decision_id": decision["decision_id"], "outcome": outcome})
+        assert r.status_code == 400 and "outcome" in r.text, r.text
+    before = pd.Timestamp(decision["decided_at"]) - pd.Timedelta(minutes=1)
+    r = client.post("/feedback", json={"decision_id": decision["decision_id"], "outcome": 1, "at": before.isoformat()})
+    assert r.status_code == 400 and "before the decision" in r.text, r.text
+    r = client.post("/feedback", json={"decision_id": decision["decision_id"], "outcome": 1})
+    assert r.status_code == 200 and r.json()["status"] == "recorded", r.text
+
+
+def test_two_api_keys_are_ambiguous(client: TestClient) -> None:
+    r = client.post("/decide", json={"customer_id": "C0000001"}, headers=[("X-API-Key", KEY), ("X-API-Key", "other")])
+    assert (r.status_code, r.json()) == (401, {"error": "several X-API-Key headers: send exactly one"})
+
+
+def test_only_json_bodies_are_read(client: TestClient) -> None:
+    form = client.post("/decide", data={"customer_id": "C0000001"})
+    assert form.status_code == 415 and "application/json" in form.text, form.text
+    multipart = client.post("/decide", files={"customer_id": ("c", b"C0000001")})
+    assert multipart.status_code == 415, multipart.text
+    typed = client.post(
+        "/decide", content=b'{"customer_id": "C0000001"}', headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert typed.status_code == 200, typed.text
+
+
+def test_oversized_headers_are_refused(client: TestClient, built: Settings) -> None:
+    r = client.post("/decide", json={"customer_id": "C0000001"}, headers={"X-Filler": "x" * built.max_header_bytes})
+    assert r.status_code == 431 and f"limit of {built.max_header_bytes} bytes" in r.text, r.text
+
+
+def test_posted_event_ids_are_idempotency_keys(client: TestClient, built: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    at = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    event = {"occurred_at": at, "customer_id": "C0000360", "touch_type": "app_like"}
+    batch = [{**event, "event_id": "idem-1"}, {**event, "event_id": "idem-1"}, {**event, "event_id": "idem-2"}]
+    first = client.post("/events", json={"events": batch}).json()
+    retry = client.post("/events", json={"events": batch[1:]}).json()
+    assert (first["accepted"], first["duplicates"]) == (2, 1)
+    assert (retry["accepted"], retry["duplicates"], retry["customers_updated"]) == (0, 2, 0)
+    with sqlite3.connect(built.decision_log) as db:
+        stored = db.execute("SELECT count(*) FROM touch_events WHERE event_id LIKE 'idem-%'").fetchone()[0]
+    assert stored == 2
+
+
+def test_events_of_made_up_customers_are_reported_and_never_made_customers(client: TestClient, built: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from serving.online_features import OnlineFeatures
+
+    at = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    made_up = [f"X{i:07d}" for i in range(20)]
+    event = {"occurred_at": at, "touch_type": "app_like"}
+    events = [{**event, "event_id": f"ghost-{c}", "customer_id": c} for c in made_up]
+    r = client.post("/events", json={"events": events})
+    assert r.status_code == 200, r.text
+    assert (r.json()["accepted"], r.json()["customers_updated"]) == (20, 0)
+    assert r.json()["unresolved"] == [f"ghost-{c}" for c in made_up]
+    online = OnlineFeatures(built)
+    assert all(online.read(c) is None for c in made_up)
+    decided = client.post("/decide", json={"customer_id": made_up[0]}).json()
+    assert (decided["cold_start"], decided["fallback"]) == (True, True)
+
+
+def test_refusals_are_logged_as_one_line_without_the_values(client: TestClient, caplog) -> None:
+    with caplog.at_level("INFO"):
+        assert client.post("/decide", json={"customer_id": "zed.quux@example.com"}).status_code == 400
+        assert client.post("/feedback", json={"decision_id": "no-such-id-x1", "outcome": 1}).status_code == 404
+    text = "\n".join(f"{r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "zed.quux" not in text and "no-such-id-x1" not in text, text
+    refusals = [r for r in caplog.records if "refused with" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in refusals] == [
+        ("INFO", "POST /decide refused with 400: customer_id: value_error"),
+        ("INFO", "POST /feedback refused with 404: NotFound"),
+    ]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

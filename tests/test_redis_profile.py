@@ -61,7 +61,7 @@ def test_materialize_push_and_read_back_from_redis(redis_project: Settings, cata
         # A touch posted to the service goes to Redis through the Feast push source and reads back at once.
         called_at = datetime.now(UTC) - timedelta(hours=1)
         kept: list[pd.DataFrame] = []
-        updater = ContactUpdater(online.store, kept.append, lambda _system, _key: None)
+        updater = ContactUpdater(online.store, kept.append, lambda _system, key: key)  # knows every customer
         event = {"event_id": "redis-push-1", "occurred_at": called_at, "customer_id": "C0000007"}
         answer = updater.apply(EventsRequest.model_validate({"events": [{**event, "touch_type": "advisor_call"}]}))
         updater.close()

@@ -180,6 +180,111 @@ def test_error_bodies_match_the_schema(service: Service) -> None:
         assert response.status_code == status, (path, response.status_code, response.text[:200])
 
 
+# Times at and beyond every boundary a stage has (year 1, pandas' 1677/2262, the API's 1900/2200, offsets that
+# overflow in UTC), numbers for times, and phone numbers as people write them, with and without separators.
+BOUNDARY_TIMES = [
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:30:00+01:00",
+    "1500-01-01T00:00:00Z",
+    "1677-09-21T00:12:43Z",
+    "1677-09-22T00:00:00Z",
+    "1899-12-31T23:59:59Z",
+    "1900-01-01T00:00:00Z",
+    "1970-01-01T00:00:00Z",
+    "2199-12-31T23:59:59Z",
+    "2262-04-11T23:47:16Z",
+    "2262-04-12T00:00:00Z",
+    "9999-12-31T12:00:00Z",
+    "9999-12-31T23:30:00-05:00",
+    "9999-12-31T23:59:59.999999-23:59",
+]
+EPOCHS = [0, -1, 1_764_000_000, 1_764_000_000_000, 99_999_999_999_999, 2**63, -(2**63), 1e20, True]
+PHONE_SHAPES = [
+    "07946095811",
+    "00447946095822",
+    "+447946095800",
+    "+44 20 7946 0958",
+    "(030) 1234-5678",
+    "212-555-0123",
+    "call me on 07946095844",
+]
+
+
+def _edge_cases():
+    """Hypothesis strategy of (path, body): one valid body per operation with one field replaced by an edge."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from hypothesis import strategies as st
+
+    offset = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+    any_time = st.builds(
+        lambda t, tz: t.replace(tzinfo=tz).isoformat(),
+        st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59)),
+        offset,
+    )
+    near = st.integers(-3 * 86_400, 3 * 86_400).map(lambda s: (datetime.now(UTC) + timedelta(seconds=s)).isoformat())
+    times = st.sampled_from(BOUNDARY_TIMES) | st.sampled_from(EPOCHS) | any_time | near
+    phones = (
+        st.sampled_from(PHONE_SHAPES)
+        | st.from_regex(r"\A(\+|00|0)[1-9][0-9]{8,13}\Z")
+        | st.from_regex(r"\A\+?\(?0?[1-9][0-9]{1,3}\)?[ .-][0-9]{3,4}[ .-][0-9]{3,4}\Z")
+    )
+    now = datetime.now(UTC).isoformat()
+
+    def event(**over: object) -> dict:
+        return {"event_id": "fz", "occurred_at": now, "customer_id": "C0000001", "touch_type": "app_like", **over}
+
+    return st.one_of(
+        times.map(lambda t: ("/decide", {"customer_id": "C0000001", "at": t})),
+        times.map(lambda t: ("/decide/batch", {"customers": [{"customer_id": "C0000002"}], "at": t})),
+        times.map(lambda t: ("/feedback", {"decision_id": "fz-no-such", "outcome": 1, "at": t})),
+        st.builds(lambda t, u: ("/events", {"events": [event(occurred_at=t, event_id=u.hex)]}), times, st.uuids()),
+        phones.map(lambda p: ("/decide", {"customer_id": p})),
+        phones.map(lambda p: ("/decide", {"source": {"system": "crm", "key": p}})),
+        phones.map(lambda p: ("/decide", {"customer_id": "C0000001", "context": {"note": p}})),
+        phones.map(lambda p: ("/decide/batch", {"customers": [{"customer_id": p}]})),
+        phones.map(lambda p: ("/events", {"events": [event(customer_id=p)]})),
+        phones.map(lambda p: ("/events", {"events": [event(source={"system": "app", "key": p}, customer_id=None)]})),
+    )
+
+
+def test_fuzzed_times_and_identifiers_get_no_5xx_and_store_no_personal_data(service: Service, redis: Redis) -> None:
+    """Schemathesis cases from docs.json with boundary datetimes, epoch integers and phone-number shapes: every
+    answer is documented and no 5xx; nothing personal reaches the log or the online store."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import status_code_conformance
+
+    schema = schemathesis.openapi.from_url(f"{service.url}/docs.json", headers=service.headers, timeout=10)
+    statuses: Counter[int] = Counter()
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES * 4,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(edge=_edge_cases())
+    def call(edge: tuple[str, dict]) -> None:
+        path, body = edge
+        case = schema[path]["POST"].Case(body=body, media_type="application/json")
+        response = case.call_and_validate(
+            headers=service.headers, checks=[not_a_server_error, status_code_conformance], timeout=10
+        )
+        statuses[response.status_code] += 1
+
+    call()
+    print(f"\nedge cases: {dict(statuses)}")
+    assert statuses[400] >= FUZZ_EXAMPLES and not [s for s in statuses if s >= 500]
+    found = {name: personal_data(blob)[:5] for name, blob in _stores(service, redis).items()}
+    assert not any(found.values()), found
+    log = "".join(f.read_text(errors="replace") for f in service.log_dir.glob("serve-*.log"))
+    assert "input_value" not in log and "7946095" not in log  # refusals are logged without what was refused
+
+
 def test_oversized_requests_are_refused(service: Service) -> None:
     """Too many items and too long values get a clear 4xx (BentoML has no request-size limit of its own)."""
     s = service.settings
@@ -239,6 +344,33 @@ def test_personal_data_in_a_request_is_refused_not_stored(service: Service, redi
         codes = [c.post("/decide", json=body).status_code for body in hostile]
     found = personal_data(_stores(service, redis)["decision log"])
     assert codes == [400] * len(hostile) and not found, (codes, found[:5])
+
+
+def test_a_request_waiting_on_a_held_log_lock_gets_a_503_and_leaves_no_trace(service: Service) -> None:
+    """Another process holds the decision log's write lock longer than the request timeout: the client gets
+    the documented 503 before the timeout (not a 504), and nothing is committed once the lock frees."""
+    with _decisions(service) as db:
+        before = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+    event = {"event_id": "lock-held-1", "occurred_at": "2026-11-01T10:00:00Z", "customer_id": "C0000010"}
+    holder = sqlite3.connect(service.settings.decision_log, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with service.client(timeout=20) as c:
+            started = time.monotonic()
+            decided = c.post("/decide", json={"customer_id": "C0000010"})
+            took = time.monotonic() - started
+            events = c.post("/events", json={"events": [{**event, "touch_type": "app_like"}]})
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    time.sleep(1.0)  # a write that was still queued would commit now
+    with _decisions(service) as db:
+        after = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        kept = db.execute("SELECT count(*) FROM touch_events WHERE event_id = 'lock-held-1'").fetchone()[0]
+    assert decided.status_code == 503, decided.text  # BentoML words every 5xx body the same
+    assert took < service.settings.request_timeout_s
+    assert events.status_code == 503, events.text
+    assert (after, kept) == (before, 0)
 
 
 def test_redis_down_gives_flagged_fallbacks_then_recovers(service: Service, redis: Redis) -> None:

@@ -18,6 +18,7 @@ from nexttouch.parquet import write_parquet
 from nexttouch.plan import Plan, capacity_slots, demote, plan_actions, plan_frame, predict
 from nexttouch.schemas import ACTION, CUSTOMER_ID, EVENT_TIMESTAMP, REQUEST_AT
 from nexttouch.settings import Settings
+from nexttouch.spreadsheet import safe_cells
 from serving import capacity
 from serving.champion import load_champion
 from serving.decision_log import DecisionLog, Tx
@@ -56,7 +57,7 @@ def write_plan(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_csv(tmp, index=False)
+        safe_cells(frame).to_csv(tmp, index=False)  # a spreadsheet never runs a cell as a formula
         tmp.replace(path)
     else:
         write_parquet(frame, path)
