@@ -30,17 +30,25 @@ def from_frame(frame: pd.DataFrame) -> Features:
 
 
 def from_row(row: Mapping[str, Any]) -> Features:
-    """One customer's values by name as a batch of one."""
+    """One customer's values by name as a batch of one (numbers and times share one float array)."""
+    floats: list[float] = []
+    where: list[tuple[str, int]] = []
     out: Features = {}
     for name, value in row.items():
         if value is None:
-            out[name] = _MISSING
+            number = np.nan
         elif isinstance(value, datetime):
-            out[name] = np.array([(value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()])
+            number = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
         elif isinstance(value, (bool, int, float, np.number)):
-            out[name] = np.array([float(value)])
+            number = float(value)
         else:
             out[name] = np.array([value], dtype=object)
+            continue
+        where.append((name, len(floats)))
+        floats.append(number)
+    values = np.array(floats)
+    for name, i in where:
+        out[name] = values[i : i + 1]
     return out
 
 
@@ -72,7 +80,11 @@ def labels(features: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
         return np.full(n, None, dtype=object)
     if column.dtype.kind == "f":
         return np.where(np.isnan(column), None, column.astype(object))
-    out = column.astype(object)
+    out = column.astype(object)  # a copy: callers may fill it
+    if n == 1:
+        value = out[0]
+        out[0] = None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+        return out
     return np.where(pd.isna(out), None, out)
 
 

@@ -39,6 +39,9 @@ class Rule(IntEnum):
         return _LABELS[self]
 
 
+# Plain ints for the array code: comparing numpy arrays with enum members costs an enum lookup each.
+OK, CONSENT, UNKNOWN_ZONE, QUIET, CAP, COOLDOWN = (int(r) for r in list(Rule)[:6])
+
 _LABELS = {
     Rule.OK: "eligible",
     Rule.CONSENT: "no consent",
@@ -60,10 +63,7 @@ class Check:
     counts: dict[tuple[int, int], np.ndarray]  # (action, cap) -> touches in the cap's window
     days: dict[int, np.ndarray]  # action -> days since its tier's last touch (at the send time)
     send_at: np.ndarray  # (rows, actions) Unix seconds an allowed action waits for (quiet hours), NaN: now
-
-    @property
-    def eligible(self) -> np.ndarray:
-        return self.rules == Rule.OK
+    eligible: np.ndarray  # (rows, actions) rules == OK
 
 
 def check(
@@ -73,7 +73,7 @@ def check(
     out = np.zeros((n, len(catalog.actions)), np.int8)
     send_at = np.full(out.shape, np.nan)
     zone = labels(features, TIME_ZONE, n)
-    zone = np.where(zone == None, default_time_zone, zone).astype(object)  # noqa: E711 - elementwise
+    zone[zone == None] = default_time_zone  # noqa: E711 - elementwise
     local_minute = local_minutes(zone, now) if now is not None else None
     now_s = _utc(now).timestamp() if now is not None else None
     counts: dict[tuple[int, int], np.ndarray] = {}
@@ -81,26 +81,26 @@ def check(
     for j, action in enumerate(catalog.actions):
         rule = out[:, j]  # a view: each rule marks only rows no earlier rule removed
 
-        def mark(broken: np.ndarray, code: Rule, rule: np.ndarray = rule) -> None:
-            rule[(rule == Rule.OK) & broken] = code
+        def mark(broken: np.ndarray, code: int, rule: np.ndarray = rule) -> None:
+            rule[(rule == OK) & broken] = code
 
         if action.requires:
-            mark(~(numbers(features, action.requires, n) == 1), Rule.CONSENT)  # NaN or missing: no consent
+            mark(~(numbers(features, action.requires, n) == 1), CONSENT)  # NaN or missing: no consent
         wait = np.zeros(n)  # days until the action may go out
         if action.quiet_hours and local_minute is not None:
             start, end = action.quiet_hours.minutes
-            mark(np.isnan(local_minute), Rule.UNKNOWN_ZONE)
+            mark(np.isnan(local_minute), UNKNOWN_ZONE)
             night = quiet(local_minute, start, end)
-            if action.defer_quiet_hours and now is not None:  # later rules are checked at the send time
-                later = (rule == Rule.OK) & night
+            later = (rule == OK) & night if action.defer_quiet_hours and now is not None else None
+            if later is not None and later.any():  # later rules are checked at the send time
                 at = quiet_end(zone, now, action.quiet_hours.end)
                 send_at[later, j] = at[later]
                 wait = np.where(later, (at - _utc(now).timestamp()) / DAY_S, 0.0)
-            else:
-                mark(night, Rule.QUIET)
+            elif later is None:
+                mark(night, QUIET)
         for c, cap in enumerate(action.caps):
             count = counts[j, c] = numbers(features, action.cap_feature(cap), n)
-            mark(count >= cap.max, Rule.CAP)  # NaN: feature absent, no cap
+            mark(count >= cap.max, CAP)  # NaN: feature absent, no cap
         if action.cooldown_days:
             since = numbers(features, action.recency_feature, n) + wait
             if now_s is not None and action.last_touch_feature in features:
@@ -108,9 +108,10 @@ def check(
                 exact = np.maximum((now_s - last) / DAY_S, 0.0) + wait
                 since = np.where(np.isnan(exact), since, exact)
             days[j] = since
-            mark(since < action.cooldown_days, Rule.COOLDOWN)
-    send_at[out != Rule.OK] = np.nan  # a later rule removed it after all
-    return Check(out, zone, local_minute, counts, days, send_at)
+            mark(since < action.cooldown_days, COOLDOWN)
+    eligible = out == OK
+    send_at[~eligible] = np.nan  # a later rule removed it after all
+    return Check(out, zone, local_minute, counts, days, send_at, eligible)
 
 
 def reasons(catalog: Catalog, c: Check, rows: np.ndarray | None = None) -> list[dict[str, str]]:
@@ -155,6 +156,8 @@ def _text(action: Action, j: int, code: Rule, c: Check, row: int) -> str:
 
 def local_minutes(zones: np.ndarray, now: datetime) -> np.ndarray:
     """Minute of the local day at ``now`` for every row's time zone (NaN for unknown zones)."""
+    if len(zones) == 1:  # one customer: no factorizing
+        return np.array([_local_minute(str(zones[0]), _utc(now))])
     codes, uniques = pd.factorize(zones)
     minute = np.array([_local_minute(str(z), _utc(now)) for z in uniques], dtype=np.float64)
     return minute[codes]
@@ -162,7 +165,7 @@ def local_minutes(zones: np.ndarray, now: datetime) -> np.ndarray:
 
 def quiet_end(zones: np.ndarray, now: datetime, end: str) -> np.ndarray:
     """Unix seconds of the next local ``end`` (HH:MM) after ``now`` in every row's zone (NaN: unknown zone)."""
-    codes, uniques = pd.factorize(zones)
+    codes, uniques = (np.zeros(1, np.int64), zones) if len(zones) == 1 else pd.factorize(zones)
     hour, minute = int(end[:2]), int(end[3:])
     out = np.full(len(uniques), np.nan)
     for i, name in enumerate(uniques):
