@@ -20,21 +20,6 @@ from nexttouch.engine.affinity import Affinity, logit, update
 from serving.decision_log import Tx
 
 
-def create(tx: Tx) -> None:
-    real = "DOUBLE PRECISION" if tx.postgres else "REAL"
-    tx.execute(
-        f"""CREATE TABLE IF NOT EXISTS affinity (
-            customer_id TEXT NOT NULL,
-            action      TEXT NOT NULL,
-            mean        {real} NOT NULL,
-            precision   {real} NOT NULL,
-            outcomes    INTEGER NOT NULL,
-            updated_at  TEXT NOT NULL,
-            PRIMARY KEY (customer_id, action)
-        )"""
-    )
-
-
 def read(tx: Tx, catalog: Catalog, customer_ids: Sequence[str | None], prior_sd: np.ndarray) -> Affinity:
     """The posteriors of these customers (rows in order; the prior where nothing was learnt yet)."""
     affinity = Affinity.prior(len(customer_ids), prior_sd)

@@ -47,9 +47,11 @@ log = logging.getLogger("nexttouch.decision_log")
 MAX_GROUP = 512  # operations sharing one commit
 COLUMNS = (
     "decision_id, customer_id, decided_at, action, propensity, explored, cold_start, fallback, "
-    "model_version, net_values, context"
+    "model_version, net_values, context, send_at"
 )
-INSERT = f"INSERT INTO decisions ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+INSERT = f"INSERT INTO decisions ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+# Columns a log written by an earlier version may lack, added when it is opened.
+ADDED = {"fallback": "INTEGER NOT NULL DEFAULT 0", "send_at": "TEXT"}
 
 
 def _schema(real: str) -> list[str]:
@@ -67,7 +69,8 @@ def _schema(real: str) -> list[str]:
             context       TEXT NOT NULL,
             outcome       {real},
             outcome_at    TEXT,
-            fallback      INTEGER NOT NULL DEFAULT 0
+            fallback      INTEGER NOT NULL DEFAULT 0,
+            send_at       TEXT
         )""",
         """CREATE TABLE IF NOT EXISTS capacity (
             action TEXT NOT NULL,
@@ -75,6 +78,16 @@ def _schema(real: str) -> list[str]:
             bucket TEXT NOT NULL,
             used   INTEGER NOT NULL,
             PRIMARY KEY (action, period, bucket)
+        )""",
+        # each customer's posterior affinity per action (serving/affinity.py)
+        f"""CREATE TABLE IF NOT EXISTS affinity (
+            customer_id TEXT NOT NULL,
+            action      TEXT NOT NULL,
+            mean        {real} NOT NULL,
+            precision   {real} NOT NULL,
+            outcomes    INTEGER NOT NULL,
+            updated_at  TEXT NOT NULL,
+            PRIMARY KEY (customer_id, action)
         )""",
     ]
 
@@ -170,6 +183,7 @@ def decision_rows(answers: Sequence[Mapping[str, Any]], context: dict[str, str])
                 a["model_version"],
                 to_json(a["values"]).decode(),  # pydantic's Rust encoder: ~5x json.dumps for 1,000 rows
                 context_json,
+                None if a.get("send_at") is None else a["send_at"].astimezone(UTC).isoformat(),
             )
         )
     return rows
@@ -280,8 +294,9 @@ class DecisionLog:
             for statement in _schema("DOUBLE PRECISION" if self.postgres else "REAL"):
                 conn.execute(statement)
             columns = [d[0] for d in conn.execute("SELECT * FROM decisions LIMIT 0").description]
-            if "fallback" not in columns:  # a log written before fallback answers existed
-                conn.execute("ALTER TABLE decisions ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0")
+            for name, kind in ADDED.items():
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
         finally:
             if self.postgres:
                 conn.execute("SELECT pg_advisory_unlock(724001)")

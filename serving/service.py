@@ -111,7 +111,6 @@ class NextTouch:
         self.online = OnlineFeatures(settings)
         self.identity = IdentityMap.load(settings.raw_dir / "identity.parquet")
         self.log = DecisionLog.open(settings)
-        self.log.run(affinity.create)
         self.contacts = ContactUpdater(
             self.online.store,
             EventLog(self.log).keep,

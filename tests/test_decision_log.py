@@ -106,8 +106,9 @@ def test_decision_rows_hold_each_answers_fields_and_the_shared_context() -> None
             "3",
             '{"none":1.0,"push":2.0}',
             '{"channel":"app"}',
+            None,
         ),
-        ("d2", None, "2026-10-01T09:00:00+00:00", "push", 0.95, 0, 1, 1, "3", "{}", '{"channel":"app"}'),
+        ("d2", None, "2026-10-01T09:00:00+00:00", "push", 0.95, 0, 1, 1, "3", "{}", '{"channel":"app"}', None),
     ]
     assert decision_row(paris, {"channel": "app"}) == rows[0]
 

@@ -283,7 +283,6 @@ def test_feedback_changes_the_customers_next_decision_at_once(catalog: Catalog, 
     )
     decisions = _decisions(dear, model, {"C1": ACTIVE, "C2": ACTIVE}, log)
     decisions.engine = DecisionEngine(dear, model, "7", epsilon=0.0, seed=3, prior_sd=2.0)
-    log.run(affinity.create)
     for _ in range(6):
         (answer,) = decide(decisions, "C1", at=NOON)
         if answer["action"] != "push":
@@ -295,3 +294,10 @@ def test_feedback_changes_the_customers_next_decision_at_once(catalog: Catalog, 
     # the posterior counts the outcomes it has learnt
     seen = log.run(lambda tx: tx.execute("SELECT outcomes FROM affinity WHERE customer_id = 'C1'").fetchone()[0])
     assert seen >= 2
+
+
+def test_a_deferred_decision_is_logged_with_its_send_time(catalog: Catalog, model: DecisionModel, log) -> None:
+    night = datetime(2026, 11, 2, 23, tzinfo=UTC)
+    (answer,) = decide(_decisions(catalog, model, {"C1": ACTIVE}, log), "C1", at=night)
+    logged = log.run(lambda tx: tx.execute("SELECT send_at FROM decisions").fetchall())
+    assert answer["send_at"] is not None and logged == [(answer["send_at"].isoformat(),)]
