@@ -68,3 +68,23 @@ def test_postgres_capacity_is_exact_under_concurrent_workers(database: str, cata
     assert again.run(lambda tx: capacity.used(tx, "advisor_call", "2026-11-01")) == {"region=north": 7}
     assert again.run(lambda tx: capacity.take(tx, call, "2026-11-01", "region=north")) == 0
     again.close()
+
+
+def test_posteriors_are_learnt_and_read_on_postgres(database: str, catalog: Catalog) -> None:
+    """Replicas on PostgreSQL share each customer's posterior: what one learns, another reads."""
+    import numpy as np
+
+    from serving import affinity
+
+    log = DecisionLog(database)
+    log.record(_answer("d1"), {})
+    log.record(_answer("d2"), {})
+    assert log.run(lambda tx: affinity.learn(tx, catalog, "d1", 0.0, 1.0))
+    assert log.run(lambda tx: affinity.learn(tx, catalog, "d2", 0.0, 1.0))
+    other = DecisionLog(database)  # another replica's connection
+    own = other.run(lambda tx: affinity.read(tx, catalog, ["C1", "C9"], np.full(len(catalog.names), 1.0)))
+    push = catalog.names.index("push")
+    assert own.outcomes[0, push] == 2 and own.mean[0, push] < 0
+    assert own.outcomes[1].sum() == 0 and (own.mean[1] == 0).all()  # C9: the prior
+    log.close()
+    other.close()
