@@ -50,7 +50,9 @@ class Decisions:
         reader: Executor,
         read_timeout_s: float,
         batch_read_timeout_s: float,
+        systems: frozenset[str] | None = None,
     ) -> None:
+        """``systems``: the source systems the identity map knows (None: any); a key of another is refused."""
         self.engine = engine  # swapped by one assignment when a new champion arrives
         self.features = features
         self.resolve = resolve
@@ -58,9 +60,13 @@ class Decisions:
         self.reader = reader
         self.read_timeout_s = read_timeout_s
         self.batch_read_timeout_s = batch_read_timeout_s
+        self.systems = systems
 
     def customer_id(self, ref: CustomerRef) -> str | None:
+        """The customer's id; None for an unknown key of a known system (a cold start)."""
         if ref.source is not None:
+            if self.systems is not None and ref.source.system not in self.systems:
+                raise UnknownSystem(ref.source.system, self.systems)
             return self.resolve(ref.source.system, ref.source.key)
         return ref.customer_id
 
@@ -114,6 +120,13 @@ class Decisions:
             return await self.log.arun(op)
         except Exception as exc:
             raise LogUnavailable(type(exc).__name__) from exc
+
+
+class UnknownSystem(ValueError):
+    """A source key of a system the identity map does not know: the caller's mistake, not a cold start."""
+
+    def __init__(self, system: str, known: frozenset[str]) -> None:
+        super().__init__(f"unknown source system {system!r}; known systems: {', '.join(sorted(known))}")
 
 
 class LogUnavailable(RuntimeError):

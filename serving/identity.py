@@ -34,6 +34,11 @@ class IdentityMap:
         known = set(pd.read_parquet(customers, columns=[CUSTOMER_ID])[CUSTOMER_ID]) if customers.exists() else set()
         return cls(mapping, known)
 
+    @property
+    def systems(self) -> frozenset[str]:
+        """The source systems whose keys resolve (the pseudo-system ``api`` included)."""
+        return frozenset({API_SYSTEM, *(system for system, _ in self._mapping)})
+
     def resolve(self, system: str, key: str) -> str | None:
         if system == API_SYSTEM:
             return key if key in self._customers else None

@@ -48,7 +48,7 @@ from serving import affinity
 from serving.auth import ApiKeyMiddleware
 from serving.body_limit import RequestLimitMiddleware
 from serving.decision_log import DecisionLog, Feedback, Tx, feedback_op
-from serving.decisions import Decisions, LogUnavailable
+from serving.decisions import Decisions, LogUnavailable, UnknownSystem
 from serving.error_bodies import ErrorBodyMiddleware, install_refusal_logging
 from serving.identity import IdentityMap
 from serving.metrics import CHAMPION_SWAPS, LATENCY
@@ -155,6 +155,7 @@ class NextTouch:
                 self.reader,
                 read_timeout_s=self.settings.online_timeout_ms / 1000,
                 batch_read_timeout_s=self.settings.request_timeout_s / 2,  # a batch's read: half the request's time
+                systems=self.identity.systems,
             )
         else:
             CHAMPION_SWAPS.inc()
@@ -263,6 +264,8 @@ class NextTouch:
         assert self.decisions is not None
         try:
             answers = await self.decisions.decide(refs, at, context)
+        except UnknownSystem as exc:
+            raise InvalidArgument(f"source.system: {exc}") from exc
         except LogUnavailable as exc:
             log.error("decision log unavailable: %s", exc)
             raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc

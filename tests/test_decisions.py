@@ -301,3 +301,15 @@ def test_a_deferred_decision_is_logged_with_its_send_time(catalog: Catalog, mode
     (answer,) = decide(_decisions(catalog, model, {"C1": ACTIVE}, log), "C1", at=night)
     logged = log.run(lambda tx: tx.execute("SELECT send_at FROM decisions").fetchall())
     assert answer["send_at"] is not None and logged == [(answer["send_at"].isoformat(),)]
+
+
+def test_a_key_of_an_unknown_system_is_refused_not_a_cold_start(catalog: Catalog, model: DecisionModel, log) -> None:
+    from serving.decisions import UnknownSystem
+
+    decisions = _decisions(catalog, model, {"C1": ACTIVE}, log)
+    decisions.systems = frozenset({"api", "app", "crm"})
+    with pytest.raises(UnknownSystem, match=r"unknown source system 'pos'; known systems: api, app, crm"):
+        decide(decisions, {"source": {"system": "pos", "key": "x1"}}, at=NOON)
+    (cold,) = decide(decisions, {"source": {"system": "crm", "key": "x1"}}, at=NOON)  # known system, unknown key
+    assert (cold["cold_start"], cold["fallback"]) == (True, True)
+    assert _logged(log) == [(cold["decision_id"], None, "none", 1.0, 1)]  # the refused request left no trace

@@ -57,6 +57,12 @@ def test_decide_by_source_key(client: TestClient, built: Settings) -> None:
     assert r.json()["customer_id"] == "C0000003" and r.json()["cold_start"] is False
     r = client.post("/decide", json={"source": {"system": "crm", "key": "no-such-key"}})
     assert r.status_code == 200 and r.json()["customer_id"] is None and r.json()["cold_start"] is True
+    r = client.post("/decide", json={"source": {"system": "pos", "key": "x1"}})
+    assert r.status_code == 400 and "unknown source system 'pos'; known systems: api, " in r.text
+    r = client.post(
+        "/decide/batch", json={"customers": [{"customer_id": "C0000003"}, {"source": {"system": "pos", "key": "x"}}]}
+    )
+    assert r.status_code == 400 and "unknown source system 'pos'" in r.text
 
 
 def test_unknown_customer_is_a_flagged_fallback_not_an_error(client: TestClient) -> None:
