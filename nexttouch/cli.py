@@ -1,4 +1,8 @@
-"""The one command line: `nexttouch simulate | features | train | serve | demo`."""
+"""The one command line: `nexttouch simulate | ingest | features | train | plan | retrain | serve | demo | ...`.
+
+Each command imports the stack it needs when it runs: Feast, MLflow, BentoML and LightGBM take seconds
+to import, and `nexttouch --help` must not pay for them (tests/test_cli.py).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,24 @@ from nexttouch.settings import Settings, load_settings
 from nexttouch.telemetry import switch_off
 
 app = typer.Typer(help="nexttouch: the next best contact for every customer.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"nexttouch {version('nexttouch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """nexttouch: the next best contact for every customer."""
+
 
 ProjectOpt = Annotated[Path | None, typer.Option(help="Project directory (features/, data/, mlruns/, models/).")]
 CatalogOpt = Annotated[Path | None, typer.Option(help="Action catalog YAML (default: the packaged catalog).")]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas loads only where frames are checked: the CLI's --help does not need it
+    import pandas as pd
 
 CUSTOMER_ID = "customer_id"
 EVENT_TIMESTAMP = "event_timestamp"  # Feast's timestamp column in sources and entity frames
@@ -84,6 +86,8 @@ def check_columns(frame: pd.DataFrame, contract: dict[str, str], table: str) -> 
 
 
 def _kind_ok(column: pd.Series, kind: str) -> bool:
+    import pandas as pd  # see the imports above
+
     if kind == "O":
         return pd.api.types.is_string_dtype(column) or pd.api.types.is_object_dtype(column)
     if kind == "M":
@@ -92,6 +96,8 @@ def _kind_ok(column: pd.Series, kind: str) -> bool:
 
 
 def utc_times(values: pd.Series) -> pd.Series:
+    import pandas as pd  # see the imports above
+
     """Timestamps in UTC. Typed ones are converted directly: ``pd.to_datetime`` samples every Series it
     gets, typed or not, which cost ~1 ms per 1,000 rows on the batch path."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
