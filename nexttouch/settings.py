@@ -63,7 +63,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 3000
     request_timeout_s: int = Field(5, gt=0, description="BentoML traffic timeout (short: see docs/production.md).")
-    api_key: SecretStr | None = Field(None, description="Key every service call but health must send as X-API-Key.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key every service call but health must send as X-API-Key (default: the project's key file, "
+        "data/api_key, which `nexttouch demo` writes).",
+    )
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
     access_log: bool = Field(False, description="One line per request in the service log (BentoML's access log).")
     request_tracing: bool = Field(
@@ -99,6 +103,18 @@ class Settings(BaseSettings):
     def feature_repo(self) -> Path:
         """The Feast feature repository; its data lives beside it in data/."""
         return self.project_dir.resolve() / "features"
+
+    @property
+    def api_key_file(self) -> Path:
+        """The project's own API key (mode 600), for a service started without NEXTTOUCH_API_KEY."""
+        return self.data_dir / "api_key"
+
+    def service_key(self) -> str | None:
+        """NEXTTOUCH_API_KEY, else the project's key file, else None."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key.get_secret_value()
+        path = self.api_key_file
+        return path.read_text().strip() or None if path.exists() else None
 
     @property
     def data_dir(self) -> Path:

@@ -24,10 +24,13 @@ class ApiKeyMiddleware:
     def __init__(self, app: Any, key: str | None = None) -> None:
         self.app = app
         if key is None:
-            secret = load_settings().api_key
-            if secret is None or not secret.get_secret_value():
-                raise RuntimeError("NEXTTOUCH_API_KEY is not set: the service does not run without an API key")
-            key = secret.get_secret_value()
+            settings = load_settings()
+            key = settings.service_key()
+            if key is None:
+                raise RuntimeError(
+                    f"no API key: set NEXTTOUCH_API_KEY or write one to {settings.api_key_file}; "
+                    "the service does not run without one"
+                )
         self._key = key.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

@@ -45,10 +45,13 @@ def _command(
             value = json.dumps(value)  # pydantic-settings reads complex values as JSON
         if value is not None:
             env[f"NEXTTOUCH_{name.upper()}"] = str(value)
-    if api_key is not None:
-        env["NEXTTOUCH_API_KEY"] = api_key
-    if not env.get("NEXTTOUCH_API_KEY"):
-        raise ValueError("the service needs an API key: set NEXTTOUCH_API_KEY or pass api_key")
+    api_key = api_key or settings.service_key()
+    if api_key is None:
+        raise ValueError(
+            f"the service needs an API key: set NEXTTOUCH_API_KEY, or run `nexttouch demo` once (it writes "
+            f"{settings.api_key_file})"
+        )
+    env["NEXTTOUCH_API_KEY"] = api_key  # in the environment, never on the command line
     cmd = [
         bentoml,
         "serve",

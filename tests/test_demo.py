@@ -28,3 +28,25 @@ def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     assert "malformed body -> HTTP 400" in out
     assert f"http://127.0.0.1:{port}/            the service's OpenAPI page" in out and "make ui" in out
     assert (tmp_path / "mlruns" / "mlflow.db").exists() and (tmp_path / "data" / "raw" / "events.parquet").exists()
+    # The key lives in the project, readable by its owner only, never in the output; the printed lines work
+    # against `nexttouch serve` started afterwards with no key set.
+    key_file = tmp_path / "data" / "api_key"
+    key = key_file.read_text().strip()
+    assert key and key not in out and (key_file.stat().st_mode & 0o777) == 0o600
+    assert f'-H "X-API-Key: $(cat {key_file})"' in out and "make serve" in out
+
+    import httpx
+
+    from nexttouch.settings import load_settings
+    from serving import server
+
+    settings = load_settings(project_dir=tmp_path, port=free_port())
+    proc = server.start(settings, tmp_path / "serve.log")
+    try:
+        r = httpx.post(
+            f"http://127.0.0.1:{settings.port}/decide", json={"customer_id": "C0000001"}, headers={"X-API-Key": key}
+        )
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop(proc)
+    assert key not in (tmp_path / "serve.log").read_text()

@@ -7,6 +7,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -52,27 +53,51 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
     )
 
     t = _step(f"4/4 bentoml serve on http://{settings.host}:{settings.port} and real /decide calls")
-    key = settings.api_key.get_secret_value() if settings.api_key else secrets.token_urlsafe(24)
+    key = settings.service_key() or _new_key(settings)
     proc = server.start(settings, settings.data_dir / "logs" / "demo-serve.log", api_key=key)
     url = f"http://{settings.host}:{settings.port}"
     try:
-        print(f"   service ready ({time.monotonic() - t:.1f}s); API key for this run: {key}")
+        print(f"   service ready ({time.monotonic() - t:.1f}s); API key in {_shown(settings.api_key_file)}")
         _show_decisions(url, key, brand.customers["customer_id"].head(200).tolist())
         print("\nWhere to look next:")
         print("   make ui                      MLflow UI over mlruns/ (runs, metrics, registry)")
         print(f"   {url}/            the service's OpenAPI page (spec: {url}/docs.json)")
+        header = f'-H "X-API-Key: $(cat {_shown(settings.api_key_file)})"'
+        serving_on = keep_serving if keep_serving is not None else sys.stdin.isatty()
+        if not serving_on:
+            print("   make serve                   the service again (it reads the project's API key file)")
         print(
-            f"   curl -s -XPOST {url}/decide -H 'X-API-Key: {key}' -H 'content-type: application/json' "
+            f"   curl -s -XPOST {url}/decide {header} -H 'content-type: application/json' "
             f'-d \'{{"customer_id": "C0000001"}}\''
         )
-        print(f"   curl -s {url}/model -H 'X-API-Key: {key}'   the champion, catalog and feature service")
-        if keep_serving if keep_serving is not None else sys.stdin.isatty():
+        print(f"   curl -s {url}/model {header}   the champion, catalog and feature service")
+        if serving_on:
             print("\nService running; Ctrl-C to stop.")
             proc.wait()
+        else:
+            print("\nService stopped.")
     except KeyboardInterrupt:
         pass
     finally:
         server.stop(proc)
+
+
+def _new_key(settings: Settings) -> str:
+    """A key for this project, kept in its key file (readable by its owner only) for `make serve` and curl."""
+    key = secrets.token_urlsafe(24)
+    path = settings.api_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can type it: relative to where they are when it is below."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _show_decisions(url: str, key: str, customer_ids: list[str]) -> None:
