@@ -53,13 +53,9 @@ def from_row(row: Mapping[str, Any]) -> Features:
 
 
 def seconds(values: pd.Series) -> np.ndarray:
-    """Timestamps (naive ones are UTC) as float Unix seconds, NaN where missing."""
-    times = values.dt.tz_convert(UTC) if isinstance(values.dtype, pd.DatetimeTZDtype) else values
-    if not isinstance(times.dtype, pd.DatetimeTZDtype) and times.dtype.kind != "M":
-        times = pd.to_datetime(times, utc=True)
-    ns = (
-        times.array.asi8 if hasattr(times.array, "asi8") else times.to_numpy().astype("datetime64[ns]").astype(np.int64)
-    )
+    """Timestamps (naive ones are UTC) as float Unix seconds, NaN where missing, whatever their unit."""
+    times = values if isinstance(values.dtype, pd.DatetimeTZDtype) else pd.to_datetime(values, utc=True)
+    ns = times.dt.as_unit("ns").array.asi8
     return np.where(times.isna().to_numpy(), np.nan, ns / 1e9)
 
 

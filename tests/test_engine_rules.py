@@ -154,3 +154,15 @@ def test_rule_codes_hand_checked(catalog: Catalog) -> None:
     assert c.rules[:, push].tolist() == [Rule.OK, Rule.CONSENT, Rule.CAP]  # 21:30 UTC is quiet: pushes wait
     assert np.isfinite(c.send_at[0, push]) and np.isnan(c.send_at[1:, push]).all()
     assert c.rules[:, call].tolist() == [Rule.QUIET, Rule.OK, Rule.CONSENT]
+
+
+def test_timestamps_count_in_seconds_whatever_their_unit() -> None:
+    """Parquet stores microseconds: the rules must read the same time from them as from nanoseconds."""
+    from nexttouch.columns import seconds
+
+    at = pd.Timestamp("2026-11-02 21:30", tz="UTC")
+    for unit in ("s", "ms", "us", "ns"):
+        column = pd.Series([at, pd.NaT]).dt.as_unit(unit)
+        got = seconds(column)
+        assert got[0] == at.timestamp() and np.isnan(got[1]), unit
+    assert seconds(pd.Series([at.tz_localize(None)]))[0] == at.timestamp()  # naive: UTC

@@ -104,7 +104,7 @@ def test_batch_decides_in_order_logs_all_and_flags_unknowns(client: TestClient, 
     assert [d["fallback"] for d in decisions] == [False] * 40 + [True, True]
     for d in decisions[:40]:
         assert d["action"] in d["eligible"] and 0 < d["propensity"] <= 1
-        assert any("highest net value" in x or "exploration" in x for x in d["reasons"])
+        assert any(k in x for k in ("highest net value", "exploration", "only eligible action") for x in d["reasons"])
     ids = [d["decision_id"] for d in decisions]
     with sqlite3.connect(built.decision_log) as db:
         logged = db.execute(

@@ -1,30 +1,32 @@
-"""Per-customer learning through the HTTP doors: /feedback and /events change the next /decide at once."""
+"""Per-customer learning through the HTTP doors of a real `bentoml serve`: /feedback and /events change
+the next /decide at once."""
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import httpx
 import pytest
-from starlette.testclient import TestClient
 
 from nexttouch.settings import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 KEY = "test-key-learning-0123"
 
 
 @pytest.fixture(scope="module")
-def client(built: Settings) -> Iterator[TestClient]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NEXTTOUCH_PROJECT_DIR", str(built.project_dir))
-    mp.setenv("NEXTTOUCH_API_KEY", KEY)
-    mp.setenv("NEXTTOUCH_AFFINITY_PRIOR_SD", "3.0")
-    mp.setenv("NEXTTOUCH_EPSILON", "0")
-    from serving.service import NextTouch
+def client(built: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    from serving import server
+    from tests.conftest import free_port
 
-    with TestClient(app=NextTouch.to_asgi(), headers={"X-API-Key": KEY}) as c:
-        yield c
-    mp.undo()
+    tmp = tmp_path_factory.mktemp("learning")
+    settings = built.model_copy(update={"port": free_port(), "affinity_prior_sd": 3.0, "epsilon": 0.0})
+    proc = server.start(settings, tmp / "serve.log", api_key=KEY)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", headers={"X-API-Key": KEY}) as c:
+            yield c
+    finally:
+        server.stop(proc)
 
 
 def _posterior(built: Settings, customer: str) -> dict[str, tuple[float, int]]:
@@ -35,7 +37,7 @@ def _posterior(built: Settings, customer: str) -> dict[str, tuple[float, int]]:
     return {a: (m, n) for a, m, n in rows}
 
 
-def test_feedback_is_learnt_before_it_answers_and_once(client: TestClient, built: Settings) -> None:
+def test_feedback_is_learnt_before_it_answers_and_once(client: httpx.Client, built: Settings) -> None:
     first = client.post("/decide", json={"customer_id": "C0000011"}).json()
     assert _posterior(built, "C0000011") == {}
     r = client.post("/feedback", json={"decision_id": first["decision_id"], "outcome": 0})
@@ -49,7 +51,7 @@ def test_feedback_is_learnt_before_it_answers_and_once(client: TestClient, built
     assert after["p_success"][first["action"]] < first["p_success"][first["action"]]
 
 
-def test_a_decision_linked_success_touch_is_learnt(client: TestClient, built: Settings) -> None:
+def test_a_decision_linked_success_touch_is_learnt(client: httpx.Client, built: Settings) -> None:
     from nexttouch.catalog import load_catalog
 
     catalog = load_catalog()
