@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         None, description="Dask scheduler address (tcp://host:8786): train LightGBM on that cluster; local if unset."
     )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
+    gate_tolerance: float = Field(
+        0.2,
+        ge=0,
+        description="Promotion gate: how much worse per decision (catalog value units) the 95% lower bound of a "
+        "candidate's paired difference may be, when it is better in expectation.",
+    )
     reason_contributions: Literal["path", "shap"] = Field(
         "path",
         description="Feature contributions in reasons: along the decision path (fast) or TreeSHAP (~10x slower).",

@@ -17,15 +17,17 @@ from datetime import datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from nexttouch.catalog import Catalog
 from nexttouch.settings import Settings
 from training.dataset import label_decisions, training_set
 from training.evaluate import Evaluation, evaluate, load_registered, log_evaluation
-from training.promotion import Move, Verdict, actor, alias_version, gate, promote
+from training.gate import Verdict, decide
+from training.promotion import Move, actor, alias_version, promote
 from training.registry import Registered, check_tracking, data_tags, log_model_version, log_training_set, start_run
-from training.train import TrainResult, fit
+from training.train import TrainResult, constant_model, fit
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 200  # fewer labelled decisions than this cannot train and test a model
@@ -42,11 +44,11 @@ class TrainReport:
     rows: int
     unlabelled: int
     verdict: Verdict
-    move: Move | None  # the champion move, when the gate passed
+    move: Move | None  # the champion move: the candidate promoted, or the best single action served
 
     @property
     def promoted(self) -> bool:
-        return self.move is not None
+        return self.verdict.promote and self.move is not None
 
 
 def labelled_decisions(settings: Settings, catalog: Catalog, as_of: datetime | None = None) -> tuple[pd.DataFrame, int]:
@@ -80,7 +82,8 @@ def evaluate_register_gate(
     validated: bool = True,
     step: StepTimer | None = None,
 ) -> tuple[Registered, Evaluation, Verdict, Move | None]:
-    """Inside the active MLflow run: evaluate against the champion, log everything, register, gate, promote."""
+    """Inside the active MLflow run: evaluate against the champion and the best single action, log
+    everything, register, gate, and move the champion alias to what the gate says to serve."""
     step = step or StepTimer()
     run = mlflow.active_run()
     assert run is not None, "call inside an MLflow run"
@@ -91,40 +94,79 @@ def evaluate_register_gate(
     champion_version = alias_version(settings, settings.champion_alias)
     with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
         champion = load_registered(settings) if champion_version else None
-        ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=Path(tmp) / "evaluation")
+        fit_data = pd.concat([result.train, result.valid], ignore_index=True)
+        ev = evaluate(
+            result.model, result.test, catalog, settings, champion=champion, out_dir=Path(tmp) / "evaluation",
+            fit_data=fit_data,
+        )  # fmt: skip
         log_evaluation(ev)
     with step("register"):
         version = log_model_version(settings, result.model, data)
     with step("gate"):
-        verdict = gate(validated, ev.policies, champion_version is not None)
+        verdict = decide(
+            validated,
+            settings.gate_tolerance,
+            ev.paired.get("new_vs_best_single"),
+            ev.paired.get("new_vs_champion"),
+            ev.paired.get("champion_vs_best_single"),
+            has_champion=champion_version is not None,
+        )
         now = alias_version(settings, settings.champion_alias)
-        if verdict.promote and now != champion_version:  # e.g. a rollback while this run trained
-            verdict = Verdict(False, f"champion changed during the run (v{champion_version} -> v{now}): not compared")
-        client = mlflow.MlflowClient()
-        for key, value in {
-            "gate": "passed" if verdict.promote else "refused",
-            "gate_reason": verdict.reason,
-            "champion_at_gate": champion_version or "none",
-        }.items():
-            client.set_model_version_tag(settings.model_name, version, key, value)
-            mlflow.set_tag(key, value)
+        if verdict.serve != "champion" and now != champion_version:  # e.g. a rollback while this run trained
+            verdict = Verdict(
+                False, f"champion changed during the run (v{champion_version} -> v{now}): not compared", "champion",
+                verdict.numbers,
+            )  # fmt: skip
+        record_verdict(settings, version, verdict, champion_version, ev)
     move = None
-    if verdict.promote:
+    if verdict.serve == "candidate":
         with step("promote"):
-            evidence = {
-                f"{name}_{key}": getattr(ev.policies[name], key)
-                for name in ("new", "champion")
-                if name in ev.policies
-                for key in ("dr", "dr_low")
-            }
-            evidence |= {k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}
-            move = promote(settings, version, by, verdict.reason, evidence)
+            move = promote(settings, version, by, verdict.reason, _evidence(verdict, ev))
         log.info("%s v%s is @%s: %s", settings.model_name, version, settings.champion_alias, verdict.reason)
+    elif verdict.serve == "best_single":
+        with step("promote"):
+            single = constant_model(result.model, ev.single_values, catalog, result.test)
+            safe = log_model_version(settings, single, data, name="best_single_action")
+            client = mlflow.MlflowClient()
+            client.set_model_version_tag(settings.model_name, safe, "policy", "best_single_action")
+            client.set_model_version_tag(settings.model_name, safe, "best_single_action", ev.best_single)
+            client.update_model_version(
+                settings.model_name, safe, f"Best single action ({ev.best_single} where allowed), served instead of "
+                f"v{version}: {verdict.reason}.",
+            )  # fmt: skip
+            mlflow.set_tag("served_version", safe)
+            move = promote(settings, safe, by, verdict.reason, _evidence(verdict, ev))
+        log.warning("%s v%s not served: %s (v%s)", settings.model_name, version, verdict.reason, safe)
     else:
         log.info(
             "%s v%s registered, champion kept (v%s): %s", settings.model_name, version, champion_version, verdict.reason
         )
     return Registered(run.info.run_id, version), ev, verdict, move
+
+
+def record_verdict(
+    settings: Settings, version: str, verdict: Verdict, champion_version: str | None, ev: Evaluation
+) -> None:
+    """The verdict on the run and on the registered version: tags, metrics, and the version's description."""
+    tags = {
+        "gate": "passed" if verdict.promote else "refused",
+        "gate_reason": verdict.reason,
+        "gate_serves": verdict.serve,
+        "champion_at_gate": champion_version or "none",
+    }
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    mlflow.set_tags(tags)
+    mlflow.log_metrics({f"gate_{k}": v for k, v in verdict.numbers.items() if np.isfinite(v)})
+    served = {"candidate": "promoted to champion", "champion": f"champion kept (v{champion_version})"}
+    outcome = served.get(verdict.serve, "the best single action is served instead")
+    client.update_model_version(settings.model_name, version, f"Gate {tags['gate']}, {outcome}: {verdict.reason}.")
+
+
+def _evidence(verdict: Verdict, ev: Evaluation) -> dict[str, float]:
+    """The numbers a champion move records: the paired comparisons and the test-period quality."""
+    return {**verdict.numbers, **{k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}}
 
 
 def run_training(

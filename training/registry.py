@@ -107,15 +107,17 @@ def log_training_set(settings: Settings, data: pd.DataFrame) -> None:
     mlflow.log_input(dataset, context="training", tags={"feature_service": settings.feature_service})
 
 
-def log_model_version(settings: Settings, model: DecisionModel, example: pd.DataFrame) -> str:
-    """Log the whole decision model to the active run (signature + input example) and register it."""
+def log_model_version(
+    settings: Settings, model: DecisionModel, example: pd.DataFrame, name: str = "decision_model"
+) -> str:
+    """Log the whole decision model to the active run (signature + input example) as ``name`` and register it."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "decision_model")
         # Numeric features are optional doubles in the signature: Feast returns NaN for gaps.
         example = example[model.inputs].head(5).astype(dict.fromkeys(model.numeric, "float64"))
         output = DecisionPyfunc().predict_with(model, example)
         info = mlflow.pyfunc.log_model(
-            name="decision_model",
+            name=name,
             python_model=DecisionPyfunc(),
             artifacts={"decision_model": str(Path(tmp) / "decision_model")},
             signature=infer_signature(example, output),

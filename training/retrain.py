@@ -266,6 +266,7 @@ def _write_marker(settings: Settings, day: date, report: RetrainReport, status: 
         "run_id": report.run_id,
         "version": train.registered.version if train else None,
         "promoted": train.promoted if train else False,
+        "served_version": train.move.champion if train and train.move else None,  # None: the champion was kept
         "verdict": asdict(train.verdict) if train else None,
         "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
     }

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nexttouch.catalog import Catalog
-from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
+from nexttouch.model import EPS, Calibration, CalibrationMethod, DecisionModel, logit
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
 
 NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME, DECIDED_AT}
@@ -215,3 +215,31 @@ def fit_per_action(
         calibration, raw[np.arange(len(valid)), idx], valid[OUTCOME].to_numpy(), valid[ACTION].to_numpy(), catalog.names
     )
     return model
+
+
+def constant_model(
+    model: DecisionModel, values: dict[str, float], catalog: Catalog, frame: pd.DataFrame
+) -> DecisionModel:
+    """The best single action as a decision model that serving loads like any other.
+
+    Same inputs as ``model``; a booster that splits on nothing (no feature contributes to a reason);
+    per-action calibration to a constant P(success) whose net value is the action's constant value
+    (``values``: action -> value per decision, training.evaluate.single_action_values). The engine then
+    takes the action of highest constant value wherever it is allowed: the best single action.
+    """
+    p = {}
+    for action in catalog.actions:
+        v = values.get(action.name)
+        if v is None or action.value_of_success <= 0:  # never allowed in the evaluation, or worth nothing
+            p[action.name] = EPS if v is None else 0.5
+        else:
+            p[action.name] = float(np.clip((v + action.cost) / action.value_of_success, EPS, 1 - EPS))
+    sample = frame.head(max(2, min(len(frame), 100)))
+    names = [*model.inputs, ACTION]
+    cat_idx = [names.index(c) for c in [*model.categorical, ACTION]]
+    x = model.design(sample, sample[ACTION].to_numpy())
+    y = np.arange(len(sample)) % 2  # both classes, no split allowed: one leaf at the base rate
+    params = {"objective": "binary", "min_data_in_leaf": len(sample) + 1, "verbose": -1, "num_threads": 1}
+    booster = fit_booster(params, x, y, x, y, names, cat_idx, rounds=1)
+    calibration = Calibration("sigmoid", {a: {"a": [0.0], "b": [float(logit(np.array(q)))]} for a, q in p.items()})
+    return DecisionModel(booster, list(model.numeric), dict(model.categorical), list(catalog.names), calibration)
