@@ -169,6 +169,8 @@ def decide(
         champion_ok = champion_vs_best_single is not None and champion_vs_best_single.outcome(tolerance) == "better"
         if has_champion and champion_ok:
             return verdict(False, f"{why}; the champion stays (it beats the best single action)", "champion")
+        if has_champion and champion_vs_best_single is not None and champion_vs_best_single.differ == 0:
+            return verdict(False, f"{why}; the champion already serves the best single action", "champion")
         return verdict(False, f"{why}; the best single action is served", "best_single")
     if not has_champion:
         return verdict(
