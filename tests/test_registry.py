@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -73,10 +74,13 @@ def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
 
 
 @pytest.mark.slow
-def test_promote_rollback_and_history(project: Settings, data: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_promote_rollback_and_history(
+    built: Settings, data: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from training.evaluate import load_registered
     from training.registry import log_and_register
 
+    project = clone_project(built, tmp_path / "project")  # the built champion, never moved before
     first = alias_version(project, "champion")
     start = len(champion_history(project))
     model = load_registered(project)

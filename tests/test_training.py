@@ -108,6 +108,14 @@ def test_every_run_logs_its_evaluation(built: Settings, catalog: Catalog) -> Non
         f"evaluation/{name}" for name in ("report.md", "calibration.png", "uplift.png", "policy_value.png")
     } <= files
     assert "calibration" in run.data.params and run.data.params["monotone_constraints"]
+    # Readable in the UI: a name, the verdict and the report as the description, a learning curve.
+    assert run.info.run_name.startswith("train 20")
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("**Gate ") and "## Policy value" in note and "![" not in note
+    curve = client.get_metric_history(run.info.run_id, "learning_valid_logloss")
+    assert [p.step for p in curve] == list(range(1, len(curve) + 1)) and len(curve) >= m["best_iteration"]
+    assert min(p.value for p in curve) < curve[0].value
+    assert not any(k.startswith("policy_true_new") for k in m)
 
 
 @pytest.mark.slow

@@ -294,9 +294,10 @@ def evaluate(
     propensity, outcome; ``customer_id`` clusters the paired bootstrap when present).
 
     With ``settings``, the registered champion and (simulated brands) the ground truth are found by
-    themselves unless passed. ``fit_data`` (the periods the model learnt from) with the ground truth
-    gives the feature ceiling. With ``out_dir``, the plots and a one-page report are written there
-    and listed in ``artifacts``.
+    themselves unless passed. The best single action is chosen on ``fit_data`` (the periods the model
+    learnt from): chosen on the decisions it is judged on, the luckiest action's estimate would be
+    biased up. With the ground truth, ``fit_data`` also gives the feature ceiling. With ``out_dir``,
+    the plots and a one-page report are written there and listed in ``artifacts``.
     """
     notes: list[str] = []
     if champion is None and settings is not None:
@@ -305,27 +306,20 @@ def evaluate(
         truth = load_truth(settings)
     data = data.reset_index(drop=True)
     names = catalog.names
-    logged = pd.Index(names).get_indexer(data[ACTION].astype(object))
-    if (logged < 0).any():
-        raise ValueError(f"logged actions outside the catalog: {sorted(set(data[ACTION][logged < 0]))}")
-    value = np.array([a.value_of_success for a in catalog.actions])
-    cost = np.array([a.cost for a in catalog.actions])
-    y = data[OUTCOME].to_numpy(dtype=float)
-    reward = y * value[logged] - cost[logged]
-    propensity = data[PROPENSITY].to_numpy(dtype=float)
-    mask = eligible(catalog, data)
+    mask, logged, propensity, reward, q, p_new = _logged_terms(model, data, catalog)
     none = names.index(NO_ACTION)
     customers = data[CUSTOMER_ID].astype(str).to_numpy() if CUSTOMER_ID in data else np.arange(len(data))
-
-    p_new = scores(model, data, catalog)
-    q = net_values(catalog, p_new)  # the reward model of DR: the new model's expected net values
     per_action, curves = per_action_quality(p_new, data, catalog)
 
     pis = {"new": greedy(q, mask, prefer=none)}
     if champion is not None:
         v = net_values(catalog, scores(champion, data, catalog))
         pis["champion"] = greedy(np.nan_to_num(v, nan=-np.inf), mask, prefer=none)
-    single = single_action_values(mask, logged, propensity, reward, q)
+    if fit_data is not None and len(fit_data):  # chosen on other decisions than it is judged on
+        single = single_action_values(*_logged_terms(model, fit_data, catalog)[:5])
+    else:
+        single = single_action_values(mask, logged, propensity, reward, q)
+        notes.append("best single action chosen on the evaluation decisions: its estimate is optimistic")
     pis["best_single"] = best_single_policy(single, mask, none)
     pis["rules"] = one_hot(rule_actions(catalog, data, mask), len(names))
     pis["random"] = uniform(mask)
@@ -359,12 +353,27 @@ def evaluate(
     best = names[int(np.argmax(np.where(np.isfinite(single), single, -np.inf)))]
     singles = {a: float(v) for a, v in zip(names, single, strict=True) if np.isfinite(v)}
     metrics = _flat_metrics(p_new, data, logged, per_action, policies, paired)
+    metrics |= {f"single_value_{a}": v for a, v in singles.items()}
     evaluation = Evaluation(policies, per_action, metrics, curves, pis, notes, [], paired, singles, best)
     if out_dir is not None:
         from training.report import write_report
 
         evaluation.artifacts = write_report(evaluation, model, out_dir)
     return evaluation
+
+
+def _logged_terms(model: Scorer, data: pd.DataFrame, catalog: Catalog) -> tuple[np.ndarray, ...]:
+    """What off-policy estimation reads of a log: eligibility, logged action index, propensity, net
+    reward, the model's expected net values (the DR reward model) and its P(success)."""
+    logged = pd.Index(catalog.names).get_indexer(data[ACTION].astype(object))
+    if (logged < 0).any():
+        raise ValueError(f"logged actions outside the catalog: {sorted(set(data[ACTION][logged < 0]))}")
+    value = np.array([a.value_of_success for a in catalog.actions])
+    cost = np.array([a.cost for a in catalog.actions])
+    reward = data[OUTCOME].to_numpy(dtype=float) * value[logged] - cost[logged]
+    p = scores(model, data, catalog)
+    q = net_values(catalog, p)
+    return eligible(catalog, data), logged, data[PROPENSITY].to_numpy(dtype=float), reward, q, p
 
 
 CEILING_PARAMS = {

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -26,7 +26,15 @@ from training.dataset import label_decisions, training_set
 from training.evaluate import Evaluation, evaluate, load_registered, log_evaluation
 from training.gate import Verdict, decide
 from training.promotion import Move, actor, alias_version, promote
-from training.registry import Registered, check_tracking, data_tags, log_model_version, log_training_set, start_run
+from training.registry import (
+    Registered,
+    check_tracking,
+    data_tags,
+    log_learning_curve,
+    log_model_version,
+    log_training_set,
+    start_run,
+)
 from training.train import TrainResult, constant_model, fit
 
 log = logging.getLogger(__name__)
@@ -90,6 +98,7 @@ def evaluate_register_gate(
     mlflow.set_tags(data_tags(settings, data, catalog))
     mlflow.log_params(result.params)
     mlflow.log_metrics(result.metrics)
+    log_learning_curve(result.curve)
     log_training_set(settings, data)
     champion_version = alias_version(settings, settings.champion_alias)
     with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
@@ -100,6 +109,7 @@ def evaluate_register_gate(
             fit_data=fit_data,
         )  # fmt: skip
         log_evaluation(ev)
+        report = next((p.read_text() for p in ev.artifacts if p.name == "report.md"), "")
     with step("register"):
         version = log_model_version(settings, result.model, data)
     with step("gate"):
@@ -118,6 +128,8 @@ def evaluate_register_gate(
                 verdict.numbers,
             )  # fmt: skip
         record_verdict(settings, version, verdict, champion_version, ev)
+        # The run's description (the overview page): the verdict first, then the evaluation's page.
+        mlflow.set_tag("mlflow.note.content", f"**Gate {verdict_line(verdict, version)}**\n\n{_text_only(report)}")
     move = None
     if verdict.serve == "candidate":
         with step("promote"):
@@ -164,18 +176,40 @@ def record_verdict(
     client.update_model_version(settings.model_name, version, f"Gate {tags['gate']}, {outcome}: {verdict.reason}.")
 
 
+def verdict_line(verdict: Verdict, version: str) -> str:
+    serves = {
+        "candidate": f"v{version} promoted",
+        "champion": "champion kept",
+        "best_single": "best single action served",
+    }
+    return f"{'passed' if verdict.promote else 'refused'} ({serves[verdict.serve]}): {verdict.reason}"
+
+
+def _text_only(markdown: str) -> str:
+    """The report without its image links (the images are run artifacts; the description cannot show them)."""
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith("![")).strip() + "\n"
+
+
 def _evidence(verdict: Verdict, ev: Evaluation) -> dict[str, float]:
     """The numbers a champion move records: the paired comparisons and the test-period quality."""
     return {**verdict.numbers, **{k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}}
 
 
 def run_training(
-    settings: Settings, catalog: Catalog, as_of: datetime | None = None, by: str | None = None
+    settings: Settings,
+    catalog: Catalog,
+    as_of: datetime | None = None,
+    by: str | None = None,
+    run_name: str | None = None,
 ) -> TrainReport:
-    """`nexttouch train`: train on the ingested data, register the version; the gate decides on the champion."""
+    """`nexttouch train`: train on the ingested data, register the version; the gate decides on the champion.
+
+    The run is named ``run_name`` (the demo passes ``demo``), by default ``train <UTC time>``.
+    """
     step = StepTimer()
     check_tracking(settings)
-    with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}):
+    name = run_name or f"train {datetime.now(UTC):%Y-%m-%d %H:%M}"
+    with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}, run_name=name):
         with step("label"):
             labelled, open_window = labelled_decisions(settings, catalog, as_of)
         with step("training_set"):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import sqlite3
 import tempfile
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -82,11 +83,28 @@ def check_tracking(settings: Settings) -> None:
         raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {first}") from exc
 
 
-def start_run(settings: Settings, catalog: Catalog | None, tags: dict[str, str]) -> ActiveRun:
-    """A run in the catalog's experiment (use as a context manager)."""
+def start_run(
+    settings: Settings, catalog: Catalog | None, tags: dict[str, str], run_name: str | None = None
+) -> ActiveRun:
+    """A run in the catalog's experiment (use as a context manager), named for what it is
+    (``nightly 2026-12-04``, ``train 2026-12-04 21:00``)."""
     configure_mlflow(settings)
     exp = experiment_id(settings, experiment_name(settings, catalog))
-    return mlflow.start_run(experiment_id=exp, tags=tags)
+    return mlflow.start_run(experiment_id=exp, tags=tags, run_name=run_name)
+
+
+def log_learning_curve(curve: list[float], key: str = "learning_valid_logloss") -> None:
+    """The booster's validation loss per boosting round, one metric with a step per round (a chart in the UI)."""
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None or not curve:
+        return
+    now = int(time.time() * 1000)
+    points = [Metric(key, float(v), now, step) for step, v in enumerate(curve, start=1)]
+    client = MlflowClient()
+    for lo in range(0, len(points), 1000):  # the tracking store's batch limit
+        client.log_batch(run.info.run_id, metrics=points[lo : lo + 1000])
 
 
 def data_tags(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> dict[str, str]:

@@ -150,7 +150,8 @@ def retrain(
         try:
             with step("tracking"):
                 check_tracking(settings)
-            with start_run(settings, catalog, {**tags, "code_version": git_commit()}) as run:
+            name = f"nightly {day.isoformat()}"
+            with start_run(settings, catalog, {**tags, "code_version": git_commit()}, run_name=name) as run:
                 report.run_id = run.info.run_id
                 try:
                     _steps(settings, catalog, report, sources, files, as_of, until, by, step)

@@ -57,6 +57,7 @@ class TrainResult:
     train: pd.DataFrame = field(repr=False)
     valid: pd.DataFrame = field(repr=False)
     test: pd.DataFrame = field(repr=False)  # the out-of-time evaluation period
+    curve: list[float] = field(default_factory=list, repr=False)  # validation log loss per boosting round
 
 
 def split_by_time(
@@ -105,6 +106,7 @@ def fit(
     x_train, y_train = template.design(train, train[ACTION].to_numpy()), train[OUTCOME].to_numpy()
     x_valid, y_valid = template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME].to_numpy()
 
+    curve: list[float] = []  # filled by the local trainer only
     if dask_scheduler:
         from training.distributed import fit_booster_on_dask
 
@@ -112,7 +114,7 @@ def fit(
             dask_scheduler, params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds
         )
     else:
-        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds)
+        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds, curve)
 
     raw_valid = booster.predict(x_valid)
     calib = Calibration.fit(calibration, raw_valid, y_valid, valid[ACTION].to_numpy(), catalog.names)
@@ -138,7 +140,7 @@ def fit(
         "structure": "shared",
         "trainer": "dask" if dask_scheduler else "local",
     }
-    return TrainResult(model, metrics, run_params, train, valid, test)
+    return TrainResult(model, metrics, run_params, train, valid, test, curve)
 
 
 def fit_booster(
@@ -150,17 +152,24 @@ def fit_booster(
     names: list[str],
     cat_idx: list[int],
     rounds: int,
+    curve: list[float] | None = None,
 ) -> lgb.Booster:
-    """Local LightGBM with early stopping on the validation period."""
+    """Local LightGBM with early stopping on the validation period; ``curve`` receives the validation
+    log loss of every round (the learning curve)."""
     dtrain = lgb.Dataset(x_train, y_train, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
     dvalid = lgb.Dataset(x_valid, y_valid, reference=dtrain)
-    return lgb.train(
-        params,
+    history: dict[str, dict[str, list[float]]] = {}
+    booster = lgb.train(
+        {**params, "metric": "binary_logloss"},
         dtrain,
         num_boost_round=rounds,
         valid_sets=[dvalid],
-        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False), lgb.record_evaluation(history)],
     )
+    if curve is not None:
+        curve.extend(history.get("valid", {}).get("binary_logloss", []))
+    return booster
 
 
 def logged_action_scores(model: DecisionModel, frame: pd.DataFrame) -> np.ndarray:
