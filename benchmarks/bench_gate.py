@@ -12,7 +12,10 @@ policy. Candidates are built from the same error:
 - worse:     truth + (1 + l) x error, true value = the champion's - gap;
 - identical: the champion itself;
 - equal:     truth + an independent error, scaled so its true value equals the champion's (other
-             decisions, same value: only noise can tell them apart).
+             decisions, same value: only noise can tell them apart);
+- better / worse, own errors: the same independent error scaled to the champion's value +/- gap.
+  They differ from the champion on about a third of the decisions instead of a few percent, so
+  the same gap is spread thin and the paired interval is wider: the harder case.
 
 Each candidate meets the champion in the gate exactly as in the nightly job: the paired doubly
 robust difference on the logged decisions, the candidate's values as the reward model, bootstrap
@@ -40,7 +43,7 @@ from nexttouch.simulate import simulate
 from training.gate import N_BOOT, Paired, compare
 from training.ope import greedy
 
-KINDS = ("better", "worse", "identical", "equal")
+KINDS = ("better", "worse", "identical", "equal", "better, own errors", "worse, own errors")
 DECISION_RATE = 0.25
 DAYS = 30
 CUSTOMER_ERROR = 2.0  # the champion's error: per customer and action (it persists) ...
@@ -104,18 +107,23 @@ def calibrate(value_at: Callable[[float], float], target: float, low: float, hig
 def candidates(
     world: World, gap: float, rng: np.random.Generator, none: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(champion's values, {kind: candidate's values}) with the candidates' true gaps set to +gap, -gap, 0, 0."""
+    """(champion's values, {kind: candidate's values}) with the candidates' true gaps set as ``KINDS`` says."""
     truth, error = world.true_nv, model_error(world, rng)
     base = true_value(world, truth + error, none)
     better = calibrate(lambda lam: true_value(world, truth + (1 - lam) * error, none), base + gap, 0.0, 1.0)
     worse = calibrate(lambda lam: -true_value(world, truth + (1 + lam) * error, none), -(base - gap), 0.0, 20.0)
     other = model_error(world, rng)
-    equal = calibrate(lambda s: -true_value(world, truth + s * other, none), -base, 0.0, 10.0)
+
+    def scaled(target: float) -> np.ndarray:
+        return truth + calibrate(lambda s: -true_value(world, truth + s * other, none), -target, 0.0, 20.0) * other
+
     return truth + error, {
         "better": truth + (1 - better) * error,
         "worse": truth + (1 + worse) * error,
         "identical": truth + error,
-        "equal": truth + equal * other,
+        "equal": scaled(base),
+        "better, own errors": scaled(base + gap),
+        "worse, own errors": scaled(base - gap),
     }
 
 

@@ -1,7 +1,8 @@
 """MLflow for training: one experiment per action catalog, the run's lineage, a registry version per run.
 
-Registering never moves the champion by itself: training.promotion does that, through the gate.
-The one exception is the very first version of a model name, which has nothing to be compared with.
+Registering never moves the champion by itself: the training jobs (training.job) move it through the
+gate (training.gate), which also decides a model name's first champion. Only ``log_and_register``, a
+set-up helper for tests and tools, makes a first version champion without a gate.
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ def log_and_register(
 ) -> Registered:
     """One run: params, metrics, training set, the decision model, a registry version.
 
-    With ``promote``, the version becomes champion only if the model has none yet; an existing
-    champion is replaced only through the gate (training.job, training.promotion).
+    With ``promote``, the version becomes champion only if the model has none yet, without any gate
+    (a registry set up for tests or tools); an existing champion is replaced only through the gate.
     """
     with start_run(settings, None, tags) as run:
         mlflow.log_params(params)
