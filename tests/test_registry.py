@@ -17,6 +17,7 @@ from nexttouch.catalog import Catalog
 from nexttouch.cli import app
 from nexttouch.settings import Settings
 from tests.reliability import clone_project
+from training.gate import Paired
 from training.promotion import (
     HISTORY_FILE,
     PREVIOUS,
@@ -145,7 +146,8 @@ def test_a_champion_moved_during_the_run_is_left_alone(
     def evaluated_while_someone_promotes(*args: object, **kwargs: object) -> object:
         ev = evaluate(*args, **kwargs)
         promote(project, other, by="someone", why="manual promotion")
-        return replace(ev, policies={**ev.policies, "new": replace(ev.policies["new"], dr_low=1e9)})  # a clear win
+        win = Paired(5.0, 4.0, 6.0, decisions=1_000, customers=400, differ=0.5)  # a clear win over both
+        return replace(ev, paired={**ev.paired, "new_vs_best_single": win, "new_vs_champion": win})
 
     monkeypatch.setattr(job, "evaluate", evaluated_while_someone_promotes)
     with start_run(project, catalog, {"job": "test"}):
