@@ -137,9 +137,9 @@ def test_policy_values_against_the_truth(evaluation: Evaluation) -> None:
     assert pv["oracle"].true >= pv["ceiling"].true > pv["new"].true > pv["best_single"].true
     assert pv["best_single"].true > pv["rules"].true > pv["random"].true
     m = evaluation.metrics
-    assert 0 < m["new_share_of_oracle_margin"] < m["ceiling_share_of_oracle_margin"] <= 1
+    assert 0 < m["share_of_oracle_margin_new"] < m["share_of_oracle_margin_ceiling"] <= 1
     margin = pv["oracle"].true - pv["best_single"].true
-    assert m["new_share_of_oracle_margin"] == pytest.approx((pv["new"].true - pv["best_single"].true) / margin)
+    assert m["share_of_oracle_margin_new"] == pytest.approx((pv["new"].true - pv["best_single"].true) / margin)
 
 
 def test_the_best_single_action_and_the_paired_comparison(evaluation: Evaluation, catalog: Catalog) -> None:

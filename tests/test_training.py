@@ -100,7 +100,7 @@ def test_every_run_logs_its_evaluation(built: Settings, catalog: Catalog) -> Non
         assert m[f"policy_{policy}_dr_low"] <= m[f"policy_{policy}_dr"] <= m[f"policy_{policy}_dr_high"]
         assert f"policy_{policy}_true" in m
     assert m["policy_oracle_true"] >= m["policy_new_true"] > m["policy_random_true"]
-    assert "new_share_of_oracle_margin" in m and "ceiling_share_of_oracle_margin" in m
+    assert "share_of_oracle_margin_new" in m and "share_of_oracle_margin_ceiling" in m
     assert {"paired_new_vs_best_single_diff", "gate_vs_best_single_low", "gate_tolerance"} <= set(m)
     assert run.data.tags["gate"] in ("passed", "refused") and run.data.tags["best_single_action"] in catalog_names
     files = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}

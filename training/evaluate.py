@@ -449,7 +449,7 @@ def _flat_metrics(
         margin = truths["oracle"] - truths["best_single"]
         for name in ("new", "champion", "ceiling"):
             if name in truths and margin:
-                m[f"{name}_share_of_oracle_margin"] = (truths[name] - truths["best_single"]) / margin
+                m[f"share_of_oracle_margin_{name}"] = (truths[name] - truths["best_single"]) / margin
     if {"oracle", "random", "new"} <= set(truths) and truths["oracle"] != truths["random"]:
         m["new_share_of_oracle_gain"] = (truths["new"] - truths["random"]) / (truths["oracle"] - truths["random"])
     return m

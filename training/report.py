@@ -140,9 +140,9 @@ def markdown(ev: Evaluation, images: list[Path]) -> str:
         "",
     ]
     shares = [
-        f"{label} {ev.metrics[f'{name}_share_of_oracle_margin']:.1%}"
+        f"{label} {ev.metrics[f'share_of_oracle_margin_{name}']:.1%}"
         for name, label in SHARES.items()
-        if f"{name}_share_of_oracle_margin" in ev.metrics
+        if f"share_of_oracle_margin_{name}" in ev.metrics
     ]
     if shares:
         lines += ["Share of the oracle's margin over the best single action (true values): " + ", ".join(shares), ""]
