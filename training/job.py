@@ -104,10 +104,8 @@ def evaluate_register_gate(
     with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
         champion = load_registered(settings) if champion_version else None
         fit_data = pd.concat([result.train, result.valid], ignore_index=True)
-        ev = evaluate(
-            result.model, result.test, catalog, settings, champion=champion, out_dir=Path(tmp) / "evaluation",
-            fit_data=fit_data,
-        )  # fmt: skip
+        out = Path(tmp) / "evaluation"
+        ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=out, fit_data=fit_data)
         log_evaluation(ev)
         report = next((p.read_text() for p in ev.artifacts if p.name == "report.md"), "")
     with step("register"):
@@ -123,11 +121,9 @@ def evaluate_register_gate(
         )
         now = alias_version(settings, settings.champion_alias)
         if verdict.serve != "champion" and now != champion_version:  # e.g. a rollback while this run trained
-            verdict = Verdict(
-                False, f"champion changed during the run (v{champion_version} -> v{now}): not compared", "champion",
-                verdict.numbers,
-            )  # fmt: skip
-        record_verdict(settings, version, verdict, champion_version, ev)
+            stale = f"champion changed during the run (v{champion_version} -> v{now}): not compared"
+            verdict = Verdict(False, stale, "champion", verdict.numbers)
+        record_verdict(settings, version, verdict, champion_version)
         # The run's description (the overview page): the verdict first, then the evaluation's page.
         mlflow.set_tag("mlflow.note.content", f"**Gate {verdict_line(verdict, version)}**\n\n{_text_only(report)}")
     move = None
@@ -137,16 +133,7 @@ def evaluate_register_gate(
         log.info("%s v%s is @%s: %s", settings.model_name, version, settings.champion_alias, verdict.reason)
     elif verdict.serve == "best_single":
         with step("promote"):
-            single = constant_model(result.model, ev.single_values, catalog, result.test)
-            safe = log_model_version(settings, single, data, name="best_single_action")
-            client = mlflow.MlflowClient()
-            client.set_model_version_tag(settings.model_name, safe, "policy", "best_single_action")
-            client.set_model_version_tag(settings.model_name, safe, "best_single_action", ev.best_single)
-            client.update_model_version(
-                settings.model_name, safe, f"Best single action ({ev.best_single} where allowed), served instead of "
-                f"v{version}: {verdict.reason}.",
-            )  # fmt: skip
-            mlflow.set_tag("served_version", safe)
+            safe = register_best_single(settings, catalog, result, ev, data, version, verdict)
             move = promote(settings, safe, by, verdict.reason, _evidence(verdict, ev))
         log.warning("%s v%s not served: %s (v%s)", settings.model_name, version, verdict.reason, safe)
     else:
@@ -156,9 +143,32 @@ def evaluate_register_gate(
     return Registered(run.info.run_id, version), ev, verdict, move
 
 
-def record_verdict(
-    settings: Settings, version: str, verdict: Verdict, champion_version: str | None, ev: Evaluation
-) -> None:
+def register_best_single(
+    settings: Settings,
+    catalog: Catalog,
+    result: TrainResult,
+    ev: Evaluation,
+    data: pd.DataFrame,
+    refused: str,
+    verdict: Verdict,
+) -> str:
+    """Register the best single action as a model of its own (same run) and return its version.
+
+    Serving loads it like any model: it takes the action of highest constant value wherever it is
+    allowed, its values are the actions' constant values, and no feature moves it.
+    """
+    single = constant_model(result.model, ev.single_values, catalog, result.test)
+    version = log_model_version(settings, single, data, name="best_single_action")
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(settings.model_name, version, "policy", "best_single_action")
+    client.set_model_version_tag(settings.model_name, version, "best_single_action", ev.best_single)
+    why = f"Best single action ({ev.best_single} where allowed), served instead of v{refused}: {verdict.reason}."
+    client.update_model_version(settings.model_name, version, why)
+    mlflow.set_tag("served_version", version)
+    return version
+
+
+def record_verdict(settings: Settings, version: str, verdict: Verdict, champion_version: str | None) -> None:
     """The verdict on the run and on the registered version: tags, metrics, and the version's description."""
     tags = {
         "gate": "passed" if verdict.promote else "refused",
