@@ -157,6 +157,9 @@ def table(rows: list[dict[str, object]], tolerance: float) -> pd.DataFrame:
                 "paired DR diff": np.mean([p.diff for p in pairs]),
                 "95% CI width": np.mean([p.high - p.low for p in pairs]),
                 "decisions that differ": np.mean([p.differ for p in pairs]),
+                "CI covers true gap": np.mean(
+                    [p.low <= r["true_gap"] <= p.high for p, r in zip(pairs, mine, strict=True)]
+                ),
                 "promoted": np.mean([o == "better" for o in outcomes]),
                 "refused": np.mean([o != "better" for o in outcomes]),
                 "refused as worse": np.mean([o == "worse" for o in outcomes]),
@@ -170,8 +173,16 @@ def markdown(frame: pd.DataFrame) -> str:
     rule = "|" + "---|" * len(frame.columns)
     body = []
     for row in frame.itertuples(index=False):
-        cells = [row[0], f"{row[1]}", f"{row[2]:+.3f}", f"{row[3]:+.3f}", f"{row[4]:.3f}", f"{row[5]:.1%}"]
-        body.append("| " + " | ".join([*cells, *(f"{v:.0%}" for v in row[6:])]) + " |")
+        cells = [
+            row[0],
+            f"{row[1]}",
+            f"{row[2]:+.3f}",
+            f"{row[3]:+.3f}",
+            f"{row[4]:.3f}",
+            f"{row[5]:.1%}",
+            f"{row[6]:.0%}",
+        ]
+        body.append("| " + " | ".join([*cells, *(f"{v:.0%}" for v in row[7:])]) + " |")
     return "\n".join([head, rule, *body])
 
 
