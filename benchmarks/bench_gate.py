@@ -191,10 +191,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="simulated brands (one log each)")
     parser.add_argument("--decisions", type=int, default=100_000, help="logged decisions the gate sees per seed")
     parser.add_argument("--gap", type=float, default=0.15, help="true value gap per decision of better/worse")
-    parser.add_argument("--tolerance", type=float, help="gate tolerance (default: the settings default)")
+    parser.add_argument(
+        "--tolerance", help="gate tolerance (default: the settings default); a comma list adds a trade-off table"
+    )
     parser.add_argument("--boot", type=int, default=N_BOOT, help="bootstrap resamples")
     args = parser.parse_args()
-    tolerance = args.tolerance if args.tolerance is not None else Settings.model_fields["gate_tolerance"].default
+    default = Settings.model_fields["gate_tolerance"].default
+    tolerances = [float(t) for t in args.tolerance.split(",")] if args.tolerance else [default]
+    tolerance = tolerances[0]
     catalog = load_catalog()
     rows: list[dict[str, object]] = []
     start = time.monotonic()
@@ -203,6 +207,13 @@ def main() -> None:
         print(f"seed {seed}: {time.monotonic() - start:.0f}s", flush=True)
     print(f"\n{args.decisions:,} decisions per seed, {args.seeds} seeds, tolerance {tolerance}, gap {args.gap}\n")
     print(markdown(table(rows, tolerance)))
+    if len(tolerances) > 1:
+        print("\nShare of seeds promoted, by tolerance:\n")
+        print("| candidate | " + " | ".join(f"tolerance {t:g}" for t in tolerances) + " |")
+        print("|---|" + "---|" * len(tolerances))
+        shares = [table(rows, t).set_index("candidate")["promoted"] for t in tolerances]
+        for kind in KINDS:
+            print(f"| {kind} | " + " | ".join(f"{share[kind]:.0%}" for share in shares) + " |")
 
 
 if __name__ == "__main__":
