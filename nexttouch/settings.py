@@ -44,10 +44,10 @@ class Settings(BaseSettings):
     )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
     gate_tolerance: float = Field(
-        0.2,
+        0.15,
         ge=0,
         description="Promotion gate: how much worse per decision (catalog value units) the 95% lower bound of a "
-        "candidate's paired difference may be, when it is better in expectation.",
+        "candidate's paired difference may be, when it is better in expectation (benchmarks/bench_gate.py).",
     )
     reason_contributions: Literal["path", "shap"] = Field(
         "path",

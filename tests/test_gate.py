@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nexttouch.catalog import Catalog
+from nexttouch.settings import Settings
 from training.evaluate import auuc, gain_curve, qini_coefficient, qini_curve
 from training.gate import Paired, clustered_interval, decide, paired_terms
 from training.ope import one_hot
@@ -135,7 +136,7 @@ def test_the_gate_promotes_better_and_refuses_worse_candidates(catalog: Catalog)
     for row in rows:
         gap = 0.15 if row["kind"].startswith("better") else -0.15 if row["kind"].startswith("worse") else 0.0
         assert row["true_gap"] == pytest.approx(gap, abs=0.005)
-    result = table(rows, tolerance=0.2).set_index("candidate")
+    result = table(rows, tolerance=Settings().gate_tolerance).set_index("candidate")
     assert result.loc["better", "promoted"] >= 2 / 3
     assert result.loc["worse", "refused"] == 1.0
     assert result.loc["identical", "refused as worse"] == 0 and result.loc["identical", "promoted"] == 0
