@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Per-customer learning: prior sd of each customer's own affinity per action (log-odds); "
         "> 0 makes feedback and attributed events update it at once and decisions sample it (Thompson); 0: off.",
     )
+    gate_tolerance: float = Field(
+        0.15,
+        ge=0,
+        description="Promotion gate: how much worse per decision (catalog value units) the 95% lower bound of a "
+        "candidate's paired difference may be, when it is better in expectation (benchmarks/bench_gate.py).",
+    )
     reason_contributions: Literal["path", "shap"] = Field(
         "path",
         description="Feature contributions in reasons: along the decision path (fast) or TreeSHAP (~10x slower).",

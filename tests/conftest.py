@@ -55,9 +55,15 @@ def project(tmp_path: Path) -> Settings:
 def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Settings:
     """Simulated -> features applied and materialized -> trained and registered as champion."""
     from nexttouch.jobs.project import build_project
+    from training.promotion import alias_version, promote
 
     base = tmp_path_factory.mktemp("built")
-    return build_project(load_settings(project_dir=base, **SMALL), catalog, END)
+    settings = build_project(load_settings(project_dir=base, **SMALL), catalog, END)
+    # On this small brand the gate may serve the best single action instead of the first model (its test
+    # decisions are few): the serving tests need the personalised model as champion.
+    if alias_version(settings, settings.champion_alias) != "1":
+        promote(settings, "1", by="tests", why="the personalised model for the serving tests")
+    return settings
 
 
 @pytest.fixture(scope="session")

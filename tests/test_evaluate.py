@@ -33,6 +33,7 @@ def synthetic_log(catalog: Catalog, n: int = 30_000, seed: int = 3) -> tuple[pd.
     online = rng.poisson(np.exp(1.5 + 0.5 * engagement))
     low90 = rng.poisson(np.exp(-0.5 + 0.6 * engagement))
     low30 = rng.binomial(low90, 0.4)
+    premium = rng.random(n) < 0.25
     frame = pd.DataFrame(
         {
             "tech_in_30d": online.astype(float),
@@ -40,14 +41,14 @@ def synthetic_log(catalog: Catalog, n: int = 30_000, seed: int = 3) -> tuple[pd.
             "low_in_30d": low30.astype(float),
             "low_in_7d": rng.binomial(low30, 0.3).astype(float),
             "event_attend_rate_90d": rng.beta(2, 3, n),
+            "high_in_90d": rng.poisson(np.where(premium, 1.5, 0.1)).astype(float),
             "noise": rng.normal(size=n),
-            "segment": np.where(rng.random(n) < 0.25, "premium", "standard"),
+            "segment": np.where(premium, "premium", "standard"),
             "push_opt_in": (rng.random(n) < 0.7).astype(np.int64),
             "call_consent": (rng.random(n) < 0.5).astype(np.int64),
         }
     )
     base = -2.0 + 0.3 * engagement + 0.2 * np.log1p(online) + 0.3 * np.log1p(low90)
-    premium = (frame["segment"] == "premium").to_numpy()
     effect = {
         "none": 0.0,
         "push": 0.1 + 0.25 * np.log1p(online) - 0.5,
@@ -93,7 +94,10 @@ def trained(catalog: Catalog) -> tuple[TrainResult, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def evaluation(trained: tuple[TrainResult, pd.DataFrame], catalog: Catalog, tmp_path_factory) -> Evaluation:
     result, truth = trained
-    return evaluate(result.model, result.test, catalog, truth=truth, out_dir=tmp_path_factory.mktemp("ev"))
+    fit_data = pd.concat([result.train, result.valid])
+    return evaluate(
+        result.model, result.test, catalog, truth=truth, out_dir=tmp_path_factory.mktemp("ev"), fit_data=fit_data
+    )
 
 
 def test_quality_per_action_and_files(evaluation: Evaluation, catalog: Catalog) -> None:
@@ -119,27 +123,67 @@ def test_quality_per_action_and_files(evaluation: Evaluation, catalog: Catalog) 
     )
     assert all(p.stat().st_size > 1000 for p in evaluation.artifacts if p.suffix == ".png")
     report = next(p for p in evaluation.artifacts if p.name == "report.md").read_text()
-    assert "| new |" in report and "oracle's gain over random" in report
+    assert "| new |" in report and "| best_single |" in report and "| new vs best_single |" in report
+    assert "Share of the oracle's margin over the best single action" in report
 
 
 def test_policy_values_against_the_truth(evaluation: Evaluation) -> None:
     pv = evaluation.policies
-    assert {"new", "logging", "always_push", "rules", "random", "oracle", "true_new"} <= set(pv)
-    assert "champion" not in pv  # none given, no registry
-    for name in ("new", "logging", "always_push", "rules", "random", "oracle"):
+    assert set(pv) == {"new", "logging", "best_single", "rules", "random", "oracle", "ceiling"}  # no champion given
+    for name in ("new", "logging", "best_single", "rules", "random", "oracle", "ceiling"):
         v = pv[name]
         assert v.dr_low <= v.dr <= v.dr_high
         assert abs(v.dr - v.true) < v.dr_high - v.dr_low, (name, v)  # estimate vs truth: ~4 standard errors
-    assert pv["oracle"].true >= pv["new"].true > pv["rules"].true > pv["random"].true
-    assert pv["true_new"].dr == pv["new"].true
-    assert 0.5 < evaluation.metrics["new_share_of_oracle_gain"] <= 1.0
+    assert pv["oracle"].true >= pv["ceiling"].true > pv["new"].true > pv["best_single"].true
+    assert pv["best_single"].true > pv["rules"].true > pv["random"].true
+    m = evaluation.metrics
+    assert 0 < m["share_of_oracle_margin_new"] < m["share_of_oracle_margin_ceiling"] <= 1
+    margin = pv["oracle"].true - pv["best_single"].true
+    assert m["share_of_oracle_margin_new"] == pytest.approx((pv["new"].true - pv["best_single"].true) / margin)
+
+
+def test_the_best_single_action_and_the_paired_comparison(evaluation: Evaluation, catalog: Catalog) -> None:
+    """The best single action takes the action of highest constant value wherever it is allowed; the
+    paired difference with it covers the true difference."""
+    values = evaluation.single_values
+    assert set(values) == set(catalog.names) and evaluation.best_single == max(values, key=values.get)
+    chosen = evaluation.choices["best_single"].argmax(axis=1)
+    order = sorted(values, key=values.get, reverse=True)
+    first = catalog.names.index(order[0])
+    assert (chosen == first).mean() > 0.5
+    ranks = np.array([order.index(catalog.names[j]) for j in chosen])
+    assert ranks.max() <= order.index("none")  # below none's constant value, never taken
+    pair, pv = evaluation.paired["new_vs_best_single"], evaluation.policies
+    true_diff = pv["new"].true - pv["best_single"].true
+    assert pair.low <= true_diff <= pair.high, (pair, true_diff)
+    assert 0 < pair.differ < 1 and pair.customers == 4_500  # the test period's customers
+    assert evaluation.metrics["paired_new_vs_best_single_diff"] == pair.diff
+
+
+def test_rules_are_catalog_generic_and_survive_missing_columns() -> None:
+    from nexttouch.catalog import Action, Catalog
+
+    mail = Catalog(
+        actions=(
+            Action(name="none", tier="none", cost=0, value_of_success=1),
+            Action(name="letter", tier="tech", cost=0.5, value_of_success=1),
+            Action(name="mail_a", tier="tech", cost=0.01, value_of_success=1),
+            Action(name="visit", tier="high", cost=3, value_of_success=1),
+        )
+    )
+    frame = pd.DataFrame({"low_in_90d": [1.0, 1.0, 0.0], "high_in_90d": [2.0, 2.0, 5.0]})
+    mask = np.ones((3, 4), bool)
+    mask[1, 3] = False  # the visit is not allowed for the second customer
+    assert [mail.names[j] for j in rule_actions(mail, frame, mask)] == ["visit", "mail_a", "mail_a"]
+    bare = pd.DataFrame(index=range(3))  # a brand without touch features: the cheapest tech touch for all
+    assert [mail.names[j] for j in rule_actions(mail, bare, mask)] == ["mail_a"] * 3
 
 
 def test_policies_respect_consent(trained: tuple[TrainResult, pd.DataFrame], catalog: Catalog) -> None:
     result, truth = trained
     test = result.test.assign(push_opt_in=0, call_consent=0)
     ev = evaluate(result.model, test, catalog, truth=truth, n_boot=20)
-    for name in ("new", "always_push", "rules", "random", "oracle"):
+    for name in ("new", "best_single", "rules", "random", "oracle"):
         taken = ev.choices[name]
         assert set(np.flatnonzero(taken.sum(axis=0))) <= {catalog.names.index(a) for a in ("none", "event_invite")}
 
@@ -149,6 +193,9 @@ def test_champion_is_evaluated_like_the_new_model(trained, catalog: Catalog) -> 
     ev = evaluate(result.model, result.test, catalog, champion=result.model, n_boot=20)
     assert ev.policies["champion"] == ev.policies["new"]
     assert "oracle" not in ev.policies and ev.policies["new"].true is None
+    same = ev.paired["new_vs_champion"]
+    assert (same.diff, same.low, same.high, same.differ) == (0.0, 0.0, 0.0, 0.0)
+    assert ev.paired["champion_vs_best_single"] == ev.paired["new_vs_best_single"]
 
 
 def test_more_event_attendance_never_lowers_the_invite_score(trained, catalog: Catalog) -> None:
@@ -178,7 +225,7 @@ def test_irrelevant_columns_do_not_change_decisions(trained, catalog: Catalog) -
     # flip were near-ties (push vs none differ by cents), so almost no value is lost.
     noisy = rows.assign(noise=rng.permutation(rows["noise"].to_numpy()))
     p0, p1 = result.model.predict_all(rows), result.model.predict_all(noisy)
-    assert np.abs(p1 - p0).mean() < 0.2 * p0.std(axis=0).min()
+    assert np.abs(p1 - p0).mean() < 0.25 * p0.std(axis=0).min()
     v0, v1 = net_values(catalog, p0), net_values(catalog, p1)
     best, taken = v0.max(axis=1), v0[np.arange(len(rows)), v1.argmax(axis=1)]
     assert (best - taken).mean() < 0.005 * best.mean()

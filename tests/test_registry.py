@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,34 +17,16 @@ from nexttouch.catalog import Catalog
 from nexttouch.cli import app
 from nexttouch.settings import Settings
 from tests.reliability import clone_project
-from training.ope import PolicyValue
+from training.gate import Paired
 from training.promotion import (
     HISTORY_FILE,
     PREVIOUS,
     NothingToRollBack,
     alias_version,
     champion_history,
-    gate,
     promote,
     rollback,
 )
-
-
-def _value(dr: float, low: float) -> PolicyValue:
-    return PolicyValue(dr, dr, dr, low, dr + 1, low, dr + 1, low, dr + 1)
-
-
-def test_gate_compares_the_new_lower_bound_with_the_champion_estimate() -> None:
-    better = {"new": _value(9.0, 8.0), "champion": _value(7.5, 6.0)}
-    tie = {"new": _value(9.0, 7.5), "champion": _value(7.5, 6.0)}
-    unsure = {"new": _value(9.0, 7.4), "champion": _value(7.5, 6.0)}
-    assert gate(True, better, has_champion=True).promote
-    assert gate(True, tie, has_champion=True).promote
-    refused = gate(True, unsure, has_champion=True)
-    assert not refused.promote and refused.reason == "new DR lower bound 7.4000 < champion DR 7.5000"
-    assert not gate(False, better, has_champion=True).promote  # invalid input never promotes
-    assert gate(True, {"new": _value(1.0, -5.0)}, has_champion=False).promote  # first model
-    assert not gate(True, {"new": _value(9.0, 8.0)}, has_champion=True).promote  # champion not evaluated
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +53,35 @@ def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
     bad = data.assign(outcome=np.random.default_rng(0).permutation(data["outcome"].to_numpy()))
     with start_run(project, catalog, {"job": "test"}):  # exactly what the training job does after fit
         registered, ev, verdict, move = evaluate_register_gate(project, catalog, bad, fit(bad, catalog), by="test")
-    assert not verdict.promote and move is None
-    assert ev.policies["new"].dr_low < ev.policies["champion"].dr
-    assert alias_version(project, "champion") == before
-    tags = MlflowClient().get_model_version(project.model_name, registered.version).tags
-    assert tags["gate"] == "refused" and tags["champion_at_gate"] == before
-    assert tags["gate_reason"].startswith("new DR lower bound")
-    assert mlflow.get_run(registered.run_id).data.tags["gate"] == "refused"  # every run is registered
+    assert not verdict.promote
+    assert verdict.reason.startswith("candidate vs best single action")  # it does not even beat a constant policy
+    pair = ev.paired["new_vs_best_single"]
+    assert pair.outcome(project.gate_tolerance) != "better" and verdict.numbers["vs_best_single_diff"] == pair.diff
+    client = MlflowClient()
+    tags = client.get_model_version(project.model_name, registered.version).tags
+    assert tags["gate"] == "refused" and tags["champion_at_gate"] == before and tags["gate_serves"] == verdict.serve
+    assert tags["gate_reason"] == verdict.reason
+    description = client.get_model_version(project.model_name, registered.version).description
+    assert description.startswith("Gate refused") and verdict.reason in description
+    run = mlflow.get_run(registered.run_id)  # every run is registered, with the verdict's numbers
+    assert run.data.tags["gate"] == "refused" and run.data.metrics["gate_vs_best_single_diff"] == pair.diff
+    if verdict.serve == "champion":  # the champion beats the best single action, or already is it
+        assert move is None and alias_version(project, "champion") == before
+    else:  # the best single action is served in its place, as a model of its own
+        assert move is not None and alias_version(project, "champion") == move.champion != registered.version
+        served = client.get_model_version(project.model_name, move.champion)
+        assert served.tags["policy"] == "best_single_action" and served.run_id == registered.run_id
+        assert served.tags["best_single_action"] == ev.best_single
 
 
 @pytest.mark.slow
-def test_promote_rollback_and_history(project: Settings, data: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_promote_rollback_and_history(
+    built: Settings, data: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from training.evaluate import load_registered
     from training.registry import log_and_register
 
+    project = clone_project(built, tmp_path / "project")  # the built champion, never moved before
     first = alias_version(project, "champion")
     start = len(champion_history(project))
     model = load_registered(project)
@@ -148,7 +146,8 @@ def test_a_champion_moved_during_the_run_is_left_alone(
     def evaluated_while_someone_promotes(*args: object, **kwargs: object) -> object:
         ev = evaluate(*args, **kwargs)
         promote(project, other, by="someone", why="manual promotion")
-        return replace(ev, policies={**ev.policies, "new": replace(ev.policies["new"], dr_low=1e9)})  # a clear win
+        win = Paired(5.0, 4.0, 6.0, decisions=1_000, customers=400, differ=0.5)  # a clear win over both
+        return replace(ev, paired={**ev.paired, "new_vs_best_single": win, "new_vs_champion": win})
 
     monkeypatch.setattr(job, "evaluate", evaluated_while_someone_promotes)
     with start_run(project, catalog, {"job": "test"}):

@@ -88,23 +88,34 @@ def test_run_metrics_and_champion_alias(built: Settings) -> None:
 
 
 @pytest.mark.slow
-def test_every_run_logs_its_evaluation(built: Settings) -> None:
+def test_every_run_logs_its_evaluation(built: Settings, catalog: Catalog) -> None:
     """Per-action quality, policy values with intervals (and the truth: the brand is simulated), plots, report."""
     configure_mlflow(built)
     client = MlflowClient()
     run = client.get_run(client.get_model_version_by_alias(built.model_name, "champion").run_id)
-    m = run.data.metrics
+    m, catalog_names = run.data.metrics, catalog.names
     for action in ("none", "push", "event_invite", "advisor_call"):
         assert 0.5 < m[f"test_auc_{action}"] <= 1 and 0 <= m[f"test_ece_{action}"] < 0.2
-    for policy in ("new", "logging", "always_push", "rules", "random", "oracle"):
+    for policy in ("new", "logging", "best_single", "rules", "random", "oracle", "ceiling"):
         assert m[f"policy_{policy}_dr_low"] <= m[f"policy_{policy}_dr"] <= m[f"policy_{policy}_dr_high"]
         assert f"policy_{policy}_true" in m
     assert m["policy_oracle_true"] >= m["policy_new_true"] > m["policy_random_true"]
+    assert "share_of_oracle_margin_new" in m and "share_of_oracle_margin_ceiling" in m
+    assert {"paired_new_vs_best_single_diff", "gate_vs_best_single_low", "gate_tolerance"} <= set(m)
+    assert run.data.tags["gate"] in ("passed", "refused") and run.data.tags["best_single_action"] in catalog_names
     files = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {
         f"evaluation/{name}" for name in ("report.md", "calibration.png", "uplift.png", "policy_value.png")
     } <= files
     assert "calibration" in run.data.params and run.data.params["monotone_constraints"]
+    # Readable in the UI: a name, the verdict and the report as the description, a learning curve.
+    assert run.info.run_name.startswith("train 20")
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("**Gate ") and "## Policy value" in note and "![" not in note
+    curve = client.get_metric_history(run.info.run_id, "learning_valid_logloss")
+    assert [p.step for p in curve] == list(range(1, len(curve) + 1)) and len(curve) >= m["best_iteration"]
+    assert min(p.value for p in curve) < curve[0].value
+    assert not any(k.startswith("policy_true_new") for k in m)
 
 
 @pytest.mark.slow

@@ -1,19 +1,19 @@
 """Evaluate a trained decision model on the out-of-time test period; every training run does this.
 
 Prediction quality per action (AUC, log loss, calibration error and curve), uplift of each action
-over ``none`` (Qini / AUUC) and the value of several policies by off-policy estimation (IPS, SNIPS,
-doubly robust, bootstrap intervals; training/ope.py): the new model's, the current champion's, the
-logging policy's, "always push", a rule-based tiering baseline and random. On simulated data the
-ground truth (data/simulation/decision_truth.parquet) also gives every policy's true value and the
-oracle's, so the estimators themselves are checked. Values are net values per decision in the
-catalog's units: P(success) x value_of_success - cost.
+over ``none`` (Qini coefficient and AUUC as causalml defines them) and the value of several policies
+by off-policy estimation (IPS, SNIPS, doubly robust, bootstrap intervals; training/ope.py): the new
+model's, the current champion's, the logging policy's, the best single action (the constant policy
+of highest estimated value), a rule-based tiering baseline and random. The gate's evidence is
+computed here too: the new policy paired with the champion and with the best single action on the
+same decisions (training/gate.py).
 
-How the run logger (training/registry.py, B2) uses it, inside the MLflow run::
-
-    from training.evaluate import evaluate, log_evaluation
-    ev = evaluate(result.model, result.test, catalog, settings, out_dir=tmp / "evaluation")
-    log_evaluation(ev)        # metrics + plots + report.md as artifacts of the active run
-    gate: ev.policies["new"].dr_low >= ev.policies["champion"].dr  (no "champion" key: no champion)
+On simulated data the ground truth (data/simulation/decision_truth.parquet) also gives every
+policy's true value and the oracle's, so the estimators themselves are checked, the new policy's
+share of the oracle's margin over the best single action, and the feature ceiling: a policy fitted
+on the true P(success) with the same features, which separates what the features cannot tell from
+what the learner misses. Values are net values per decision in the catalog's units:
+P(success) x value_of_success - cost.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from nexttouch.columns import from_frame
 from nexttouch.engine.choice import net_values
 from nexttouch.engine.rules import check
 from nexttouch.model import DecisionModel
-from nexttouch.schemas import ACTION, DECISION_ID, OUTCOME, PROPENSITY
+from nexttouch.schemas import ACTION, CUSTOMER_ID, DECISION_ID, OUTCOME, PROPENSITY
 from nexttouch.settings import Settings
+from training.gate import Paired, compare
 from training.ope import LOGGED, PolicyValue, estimate_many, greedy, one_hot, uniform
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class Evaluation:
     choices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # policy -> (rows, actions) probabilities
     notes: list[str] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
+    # The gate's evidence: "new_vs_best_single", "new_vs_champion", "champion_vs_best_single".
+    paired: dict[str, Paired] = field(default_factory=dict)
+    single_values: dict[str, float] = field(default_factory=dict)  # action -> its constant DR value
+    best_single: str = NO_ACTION  # the action the best single action policy takes where allowed
 
 
 def eligible(catalog: Catalog, frame: pd.DataFrame) -> np.ndarray:
@@ -87,28 +92,52 @@ def scores(model: Scorer, frame: pd.DataFrame, catalog: Catalog) -> np.ndarray:
 def rule_actions(catalog: Catalog, frame: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
     """Rule-based tiering, the usual CRM baseline: the most personal eligible tier a customer earns.
 
-    High touch for premium customers with recent in-person contact, low touch for customers active
-    in the app, tech touch for everyone else; ``none`` when nothing is eligible.
+    Read from the touch-count features only, so it applies to any catalog: high touch for customers
+    with recent in-person and high-touch contact, low touch for customers active in the app, tech
+    touch for everyone else; within a tier the cheapest eligible action. A feature the frame does not
+    have earns nothing; ``none`` when nothing is eligible.
     """
-    col = lambda name: pd.to_numeric(frame.get(name, pd.Series(np.nan, frame.index)), errors="coerce").to_numpy()  # noqa: E731
-    premium = frame.get("segment", pd.Series("", frame.index)).astype(str).to_numpy() == "premium"
+
+    def count(name: str) -> np.ndarray:
+        if name not in frame:
+            return np.zeros(len(frame))
+        return np.nan_to_num(pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan))
+
     earns = {
         "tech": np.ones(len(frame), bool),
-        "low": np.nan_to_num(col("tech_in_30d")) >= 10,
-        "high": premium & (np.nan_to_num(col("low_in_90d")) > 0),
+        "low": count("tech_in_30d") >= 10,
+        "high": (count("low_in_90d") > 0) & (count("high_in_90d") > 0),
     }
     choice = np.full(len(frame), catalog.names.index(NO_ACTION))
     for tier in ("tech", "low", "high"):  # later tiers override: the most personal wins
-        for j, action in enumerate(catalog.actions):
-            if action.tier == tier:
-                choice = np.where(earns[tier] & mask[:, j], j, choice)
+        by_cost = sorted((a.cost, j) for j, a in enumerate(catalog.actions) if a.tier == tier)
+        for _, j in reversed(by_cost):  # the cheapest of the tier is set last, so it wins
+            choice = np.where(earns[tier] & mask[:, j], j, choice)
     return choice
 
 
-def cheapest_contact(catalog: Catalog) -> int:
-    """The cheapest action that contacts the customer (push in the default catalog)."""
-    contacts = [(a.cost, j) for j, a in enumerate(catalog.actions) if a.name != NO_ACTION]
-    return min(contacts)[1]
+def single_action_values(
+    mask: np.ndarray, logged: np.ndarray, propensity: np.ndarray, reward: np.ndarray, q: np.ndarray
+) -> np.ndarray:
+    """Doubly robust mean net value of each action over the decisions where it is allowed: (actions,).
+
+    The same for every customer, so ranking actions by it is a policy without personalisation.
+    """
+    n, k = q.shape
+    out = np.full(k, -np.inf)
+    for j in range(k):
+        m = mask[:, j]
+        if m.any():
+            hit = (logged == j) & m
+            correction = np.where(hit, (reward - q[np.arange(n), j]) / propensity, 0.0)
+            out[j] = float((q[m, j] + correction[m]).mean())
+    return out
+
+
+def best_single_policy(values: np.ndarray, mask: np.ndarray, prefer: int) -> np.ndarray:
+    """The best single action: the action of highest constant value wherever it is allowed, else the
+    next one by the same ranking (``none`` is always allowed)."""
+    return greedy(np.broadcast_to(values, mask.shape), mask, prefer=prefer)
 
 
 def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -131,36 +160,63 @@ def calibration_points(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> di
     }
 
 
-def uplift_curve(
-    score: np.ndarray, treated: np.ndarray, y: np.ndarray, w: np.ndarray, points: int = UPLIFT_POINTS
-) -> dict[str, np.ndarray]:
-    """Cumulative uplift gain when treating the top share of customers ranked by predicted uplift.
-
-    gain(phi) = phi x (weighted success rate of treated - of control, among the top phi), with
-    inverse-propensity weights ``w`` so a non-random logging policy does not bias the rates.
-    """
+def _ranked_sums(score: np.ndarray, treated: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """Cumulative (weighted) treated/control counts and successes down the ranking by ``score``,
+    with a leading 0 for "nobody targeted": each of length rows + 1."""
     order = np.argsort(-score, kind="stable")
-    t, y, w = treated[order], y[order], w[order]
-    wt, wc = np.cumsum(w * t), np.cumsum(w * ~t)
-    yt, yc = np.cumsum(w * t * y), np.cumsum(w * ~t * y)
-    n = len(order)
-    phi = np.linspace(0, 1, points + 1)
-    k = np.maximum((phi * n).astype(int) - 1, 0)
-    rate_t = np.divide(yt[k], wt[k], out=np.zeros(len(k)), where=wt[k] > 0)
-    rate_c = np.divide(yc[k], wc[k], out=np.zeros(len(k)), where=wc[k] > 0)
-    gain = phi * (rate_t - rate_c)
-    gain[0] = 0.0
-    return {"share": phi, "gain": gain}
+    t = treated[order].astype(bool)
+    yy = y[order].astype(float)
+    ww = np.ones(len(order)) if w is None else w[order].astype(float)
+    zero = np.zeros(1)
+    return tuple(np.concatenate([zero, np.cumsum(v)]) for v in (ww * t, ww * ~t, ww * t * yy, ww * ~t * yy))
 
 
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
+def qini_curve(score: np.ndarray, treated: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Qini curve (Radcliffe; causalml ``get_qini``): for the top k by score,
+    Q(k) = Y_T(k) - Y_C(k) N_T(k) / N_C(k) (0 while no control is ranked), k = 0..rows.
+
+    With inverse-propensity weights ``w`` the counts and successes are weighted, so a non-random
+    logging policy does not bias the curve.
+    """
+    nt, nc, yt, yc = _ranked_sums(score, treated, y, w)
+    return yt - np.divide(yc * nt, nc, out=np.zeros_like(nc), where=nc > 0)
+
+
+def gain_curve(score: np.ndarray, treated: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Cumulative gain curve (causalml ``get_cumgain``): G(k) = k (Y_T(k)/N_T(k) - Y_C(k)/N_C(k)),
+    0 while either group is empty, k = 0..rows."""
+    nt, nc, yt, yc = _ranked_sums(score, treated, y, w)
+    rate_t = np.divide(yt, nt, out=np.zeros_like(nt), where=nt > 0)
+    rate_c = np.divide(yc, nc, out=np.zeros_like(nc), where=nc > 0)
+    return np.where((nt > 0) & (nc > 0), (rate_t - rate_c) * np.arange(len(nt)), 0.0)
+
+
+def qini_coefficient(curve: np.ndarray) -> float:
+    """causalml ``qini_score``: the mean height of the Qini curve above the random line (its
+    expectation: the straight line from 0 to Q(n)), normalised by |Q(n)|; 0 for random ranking."""
+    end = curve[-1]
+    return float((curve.mean() - end / 2) / abs(end)) if end else float("nan")
+
+
+def auuc(curve: np.ndarray) -> float:
+    """causalml ``auuc_score``: the mean height of the cumulative gain curve normalised by |G(n)|
+    (random ranking: ~0.5)."""
+    end = curve[-1]
+    return float(curve.mean() / abs(end)) if end else float("nan")
+
+
+def _thin(curve: np.ndarray, points: int = UPLIFT_POINTS) -> dict[str, np.ndarray]:
+    """A curve over k = 0..rows as ``points`` + 1 (share of customers, value per customer) pairs, to plot."""
+    rows = len(curve) - 1
+    k = np.unique(np.linspace(0, rows, points + 1).astype(int))
+    return {"share": k / max(rows, 1), "gain": curve[k] / max(rows, 1)}
 
 
 def per_action_quality(
     p: np.ndarray, data: pd.DataFrame, catalog: Catalog
 ) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
-    """AUC, log loss, ECE on each action's logged decisions; Qini/AUUC of each action over ``none``."""
+    """AUC, log loss, ECE on each action's logged decisions; Qini coefficient and AUUC of each action
+    over ``none``, ranked by the predicted uplift, on the decisions that took the one or the other."""
     logged = pd.Index(catalog.names).get_indexer(data[ACTION].astype(object))
     y = data[OUTCOME].to_numpy(dtype=float)
     w = 1.0 / data[PROPENSITY].to_numpy(dtype=float)
@@ -184,10 +240,10 @@ def per_action_quality(
         if j != none:
             pair = m | (logged == none)
             if m.any() and (logged == none).any():
-                curve = uplift_curve(p[pair, j] - p[pair, none], m[pair], y[pair], w[pair])
-                curves[f"uplift_{name}"] = curve
-                auuc = _trapezoid(curve["gain"], curve["share"])
-                row |= {"auuc": auuc, "qini": auuc - curve["gain"][-1] / 2}  # area above the random line
+                args = (p[pair, j] - p[pair, none], m[pair], y[pair], w[pair])
+                gains = gain_curve(*args)
+                curves[f"uplift_{name}"] = _thin(gains)
+                row |= {"qini": qini_coefficient(qini_curve(*args)), "auuc": auuc(gains)}
         rows.append(row)
     return pd.DataFrame(rows), curves
 
@@ -226,13 +282,16 @@ def evaluate(
     out_dir: Path | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    fit_data: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Measure ``model`` on ``data`` (the test period of the training set: features, action,
-    propensity, outcome).
+    propensity, outcome; ``customer_id`` clusters the paired bootstrap when present).
 
     With ``settings``, the registered champion and (simulated brands) the ground truth are found by
-    themselves unless passed. With ``out_dir``, the plots and a one-page report are written there
-    and listed in ``artifacts``.
+    themselves unless passed. The best single action is chosen on ``fit_data`` (the periods the model
+    learnt from): chosen on the decisions it is judged on, the luckiest action's estimate would be
+    biased up. With the ground truth, ``fit_data`` also gives the feature ceiling. With ``out_dir``,
+    the plots and a one-page report are written there and listed in ``artifacts``.
     """
     notes: list[str] = []
     if champion is None and settings is not None:
@@ -241,37 +300,34 @@ def evaluate(
         truth = load_truth(settings)
     data = data.reset_index(drop=True)
     names = catalog.names
-    logged = pd.Index(names).get_indexer(data[ACTION].astype(object))
-    if (logged < 0).any():
-        raise ValueError(f"logged actions outside the catalog: {sorted(set(data[ACTION][logged < 0]))}")
-    value = np.array([a.value_of_success for a in catalog.actions])
-    cost = np.array([a.cost for a in catalog.actions])
-    y = data[OUTCOME].to_numpy(dtype=float)
-    reward = y * value[logged] - cost[logged]
-    propensity = data[PROPENSITY].to_numpy(dtype=float)
-    mask = eligible(catalog, data)
+    mask, logged, propensity, reward, q, p_new = _logged_terms(model, data, catalog)
     none = names.index(NO_ACTION)
-
-    p_new = scores(model, data, catalog)
-    q = net_values(catalog, p_new)  # the reward model of DR: the new model's expected net values
+    customers = data[CUSTOMER_ID].astype(str).to_numpy() if CUSTOMER_ID in data else np.arange(len(data))
     per_action, curves = per_action_quality(p_new, data, catalog)
 
     pis = {"new": greedy(q, mask, prefer=none)}
     if champion is not None:
         v = net_values(catalog, scores(champion, data, catalog))
         pis["champion"] = greedy(np.nan_to_num(v, nan=-np.inf), mask, prefer=none)
-    contact = cheapest_contact(catalog)
-    pis["always_push"] = one_hot(np.where(mask[:, contact], contact, none), len(names))
+    if fit_data is not None and len(fit_data):  # chosen on other decisions than it is judged on
+        single = single_action_values(*_logged_terms(model, fit_data, catalog)[:5])
+    else:
+        single = single_action_values(mask, logged, propensity, reward, q)
+        notes.append("best single action chosen on the evaluation decisions: its estimate is optimistic")
+    pis["best_single"] = best_single_policy(single, mask, none)
     pis["rules"] = one_hot(rule_actions(catalog, data, mask), len(names))
     pis["random"] = uniform(mask)
 
     true_nv = None
     if truth is not None:
-        t = data[[DECISION_ID]].merge(truth, on=DECISION_ID, how="left", validate="one_to_one")
         cols = [f"p_{a}" for a in names]
+        t = data[[DECISION_ID]].merge(truth, on=DECISION_ID, how="left", validate="one_to_one")
         if all(c in t for c in cols) and not t[cols].isna().any().any():
             true_nv = net_values(catalog, t[cols].to_numpy())
             pis["oracle"] = greedy(true_nv, mask, prefer=none)
+            ceiling = feature_ceiling(model, fit_data, data, truth, catalog) if fit_data is not None else None
+            if ceiling is not None:
+                pis["ceiling"] = greedy(net_values(catalog, ceiling), mask, prefer=none)
         else:
             notes.append("ground truth does not cover the evaluation decisions: no true values")
 
@@ -279,12 +335,20 @@ def evaluate(
     if true_nv is not None:
         for name, pi in pis.items():
             policies[name] = replace(policies[name], true=float((pi * true_nv).sum(axis=1).mean()))
-        logging_true = float(true_nv[np.arange(len(data)), logged].mean())
-        policies["logging"] = replace(policies["logging"], true=logging_true)
-        tv = policies["new"].true
-        policies["true_new"] = PolicyValue(tv, tv, tv, tv, tv, tv, tv, tv, tv, true=tv)
-    metrics = _flat_metrics(p_new, data, logged, per_action, policies)
-    evaluation = Evaluation(policies, per_action, metrics, curves, pis, notes)
+        policies["logging"] = replace(policies["logging"], true=float(true_nv[np.arange(len(data)), logged].mean()))
+
+    def pair(a: str, b: str) -> Paired:
+        return compare(pis[a], pis[b], logged, propensity, reward, q, customers, seed=seed)
+
+    paired = {"new_vs_best_single": pair("new", "best_single")}
+    if "champion" in pis:
+        paired["new_vs_champion"] = pair("new", "champion")
+        paired["champion_vs_best_single"] = pair("champion", "best_single")
+    best = names[int(np.argmax(np.where(np.isfinite(single), single, -np.inf)))]
+    singles = {a: float(v) for a, v in zip(names, single, strict=True) if np.isfinite(v)}
+    metrics = _flat_metrics(p_new, data, logged, per_action, policies, paired)
+    metrics |= {f"single_value_{a}": v for a, v in singles.items()}
+    evaluation = Evaluation(policies, per_action, metrics, curves, pis, notes, [], paired, singles, best)
     if out_dir is not None:
         from training.report import write_report
 
@@ -292,8 +356,66 @@ def evaluate(
     return evaluation
 
 
+def _logged_terms(model: Scorer, data: pd.DataFrame, catalog: Catalog) -> tuple[np.ndarray, ...]:
+    """What off-policy estimation reads of a log: eligibility, logged action index, propensity, net
+    reward, the model's expected net values (the DR reward model) and its P(success)."""
+    logged = pd.Index(catalog.names).get_indexer(data[ACTION].astype(object))
+    if (logged < 0).any():
+        raise ValueError(f"logged actions outside the catalog: {sorted(set(data[ACTION][logged < 0]))}")
+    value = np.array([a.value_of_success for a in catalog.actions])
+    cost = np.array([a.cost for a in catalog.actions])
+    reward = data[OUTCOME].to_numpy(dtype=float) * value[logged] - cost[logged]
+    p = scores(model, data, catalog)
+    q = net_values(catalog, p)
+    return eligible(catalog, data), logged, data[PROPENSITY].to_numpy(dtype=float), reward, q, p
+
+
+CEILING_PARAMS = {
+    "objective": "regression",
+    "learning_rate": 0.1,
+    "num_leaves": 31,
+    "min_data_in_leaf": 100,
+    "verbose": -1,
+    "num_threads": 2,
+    "seed": 7,
+}
+CEILING_ROUNDS = 150
+
+
+def feature_ceiling(
+    model: Scorer, fit_data: pd.DataFrame, data: pd.DataFrame, truth: pd.DataFrame, catalog: Catalog
+) -> np.ndarray | None:
+    """P(success) of every action on ``data`` from a LightGBM regressor per action fitted to the TRUE
+    P(success) of ``fit_data`` with the model's own features: what these features could give at
+    best, learnt from the same decisions. None without the model's feature lists or the truth."""
+    numeric, categorical = getattr(model, "numeric", None), getattr(model, "categorical", None)
+    cols = [f"p_{a}" for a in catalog.names]
+    fit = fit_data.merge(truth[[DECISION_ID, *cols]], on=DECISION_ID, how="inner")
+    if numeric is None or categorical is None or len(fit) < 100:
+        return None
+    import lightgbm as lgb
+
+    from nexttouch.model import DecisionModel
+
+    x_fit = DecisionModel.encode_columns(fit, numeric, categorical)
+    x = DecisionModel.encode_columns(data, numeric, categorical)
+    names = [*numeric, *categorical]
+    cat_idx = list(range(len(numeric), len(names)))
+    out = np.empty((len(data), len(cols)))
+    for j, col in enumerate(cols):
+        train = lgb.Dataset(x_fit, fit[col].to_numpy(), feature_name=names, categorical_feature=cat_idx)
+        booster = lgb.train(CEILING_PARAMS, train, num_boost_round=CEILING_ROUNDS)
+        out[:, j] = np.clip(booster.predict(x), 0.0, 1.0)
+    return out
+
+
 def _flat_metrics(
-    p: np.ndarray, data: pd.DataFrame, logged: np.ndarray, per_action: pd.DataFrame, policies: dict[str, PolicyValue]
+    p: np.ndarray,
+    data: pd.DataFrame,
+    logged: np.ndarray,
+    per_action: pd.DataFrame,
+    policies: dict[str, PolicyValue],
+    paired: dict[str, Paired],
 ) -> dict[str, float]:
     y = data[OUTCOME].to_numpy(dtype=float)
     p_logged = p[np.arange(len(data)), logged]
@@ -311,11 +433,19 @@ def _flat_metrics(
         for key, v in pv.as_dict().items():
             if v is not None:
                 m[f"policy_{name}_{key}"] = float(v)
-        if pv.true is not None and name != "true_new":
+        if pv.true is not None:
             m[f"ope_dr_error_{name}"] = pv.dr - pv.true
-    if all(k in policies and policies[k].true is not None for k in ("new", "oracle", "random")):
-        gain = policies["oracle"].true - policies["random"].true
-        m["new_share_of_oracle_gain"] = (policies["new"].true - policies["random"].true) / gain if gain else 0.0
+    for name, pair in paired.items():
+        m |= {f"paired_{name}_{k}": v for k, v in (("diff", pair.diff), ("low", pair.low), ("high", pair.high))}
+        m[f"paired_{name}_differ"] = pair.differ
+    truths = {k: v.true for k, v in policies.items() if v.true is not None}
+    if {"oracle", "best_single"} <= set(truths):
+        margin = truths["oracle"] - truths["best_single"]
+        for name in ("new", "champion", "ceiling"):
+            if name in truths and margin:
+                m[f"share_of_oracle_margin_{name}"] = (truths[name] - truths["best_single"]) / margin
+    if {"oracle", "random", "new"} <= set(truths) and truths["oracle"] != truths["random"]:
+        m["new_share_of_oracle_gain"] = (truths["new"] - truths["random"]) / (truths["oracle"] - truths["random"])
     return m
 
 
@@ -324,5 +454,6 @@ def log_evaluation(evaluation: Evaluation) -> None:
     import mlflow
 
     mlflow.log_metrics({k: v for k, v in evaluation.metrics.items() if np.isfinite(v)})
+    mlflow.set_tag("best_single_action", evaluation.best_single)
     for path in evaluation.artifacts:
         mlflow.log_artifact(str(path), artifact_path="evaluation")

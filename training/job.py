@@ -13,19 +13,29 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from nexttouch.catalog import Catalog
 from nexttouch.settings import Settings
 from training.dataset import label_decisions, training_set
 from training.evaluate import Evaluation, evaluate, load_registered, log_evaluation
-from training.promotion import Move, Verdict, actor, alias_version, gate, promote
-from training.registry import Registered, check_tracking, data_tags, log_model_version, log_training_set, start_run
-from training.train import TrainResult, fit
+from training.gate import Verdict, decide
+from training.promotion import Move, actor, alias_version, promote
+from training.registry import (
+    Registered,
+    check_tracking,
+    data_tags,
+    log_learning_curve,
+    log_model_version,
+    log_training_set,
+    start_run,
+)
+from training.train import TrainResult, constant_model, fit
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 200  # fewer labelled decisions than this cannot train and test a model
@@ -42,11 +52,11 @@ class TrainReport:
     rows: int
     unlabelled: int
     verdict: Verdict
-    move: Move | None  # the champion move, when the gate passed
+    move: Move | None  # the champion move: the candidate promoted, or the best single action served
 
     @property
     def promoted(self) -> bool:
-        return self.move is not None
+        return self.verdict.promote and self.move is not None
 
 
 def labelled_decisions(settings: Settings, catalog: Catalog, as_of: datetime | None = None) -> tuple[pd.DataFrame, int]:
@@ -80,46 +90,52 @@ def evaluate_register_gate(
     validated: bool = True,
     step: StepTimer | None = None,
 ) -> tuple[Registered, Evaluation, Verdict, Move | None]:
-    """Inside the active MLflow run: evaluate against the champion, log everything, register, gate, promote."""
+    """Inside the active MLflow run: evaluate against the champion and the best single action, log
+    everything, register, gate, and move the champion alias to what the gate says to serve."""
     step = step or StepTimer()
     run = mlflow.active_run()
     assert run is not None, "call inside an MLflow run"
     mlflow.set_tags(data_tags(settings, data, catalog))
     mlflow.log_params(result.params)
     mlflow.log_metrics(result.metrics)
+    log_learning_curve(result.curve)
     log_training_set(settings, data)
     champion_version = alias_version(settings, settings.champion_alias)
     with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
         champion = load_registered(settings) if champion_version else None
-        ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=Path(tmp) / "evaluation")
+        fit_data = pd.concat([result.train, result.valid], ignore_index=True)
+        out = Path(tmp) / "evaluation"
+        ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=out, fit_data=fit_data)
         log_evaluation(ev)
+        report = next((p.read_text() for p in ev.artifacts if p.name == "report.md"), "")
     with step("register"):
         version = log_model_version(settings, result.model, data)
     with step("gate"):
-        verdict = gate(validated, ev.policies, champion_version is not None)
+        verdict = decide(
+            validated,
+            settings.gate_tolerance,
+            ev.paired.get("new_vs_best_single"),
+            ev.paired.get("new_vs_champion"),
+            ev.paired.get("champion_vs_best_single"),
+            has_champion=champion_version is not None,
+        )
         now = alias_version(settings, settings.champion_alias)
-        if verdict.promote and now != champion_version:  # e.g. a rollback while this run trained
-            verdict = Verdict(False, f"champion changed during the run (v{champion_version} -> v{now}): not compared")
-        client = mlflow.MlflowClient()
-        for key, value in {
-            "gate": "passed" if verdict.promote else "refused",
-            "gate_reason": verdict.reason,
-            "champion_at_gate": champion_version or "none",
-        }.items():
-            client.set_model_version_tag(settings.model_name, version, key, value)
-            mlflow.set_tag(key, value)
+        if verdict.serve != "champion" and now != champion_version:  # e.g. a rollback while this run trained
+            stale = f"champion changed during the run (v{champion_version} -> v{now}): not compared"
+            verdict = Verdict(False, stale, "champion", verdict.numbers)
+        record_verdict(settings, version, verdict, champion_version)
+        # The run's description (the overview page): the verdict first, then the evaluation's page.
+        mlflow.set_tag("mlflow.note.content", f"**Gate {verdict_line(verdict, version)}**\n\n{_text_only(report)}")
     move = None
-    if verdict.promote:
+    if verdict.serve == "candidate":
         with step("promote"):
-            evidence = {
-                f"{name}_{key}": getattr(ev.policies[name], key)
-                for name in ("new", "champion")
-                if name in ev.policies
-                for key in ("dr", "dr_low")
-            }
-            evidence |= {k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}
-            move = promote(settings, version, by, verdict.reason, evidence)
+            move = promote(settings, version, by, verdict.reason, _evidence(verdict, ev))
         log.info("%s v%s is @%s: %s", settings.model_name, version, settings.champion_alias, verdict.reason)
+    elif verdict.serve == "best_single":
+        with step("promote"):
+            safe = register_best_single(settings, catalog, result, ev, data, version, verdict)
+            move = promote(settings, safe, by, verdict.reason, _evidence(verdict, ev))
+        log.warning("%s v%s not served: %s (v%s)", settings.model_name, version, verdict.reason, safe)
     else:
         log.info(
             "%s v%s registered, champion kept (v%s): %s", settings.model_name, version, champion_version, verdict.reason
@@ -127,13 +143,83 @@ def evaluate_register_gate(
     return Registered(run.info.run_id, version), ev, verdict, move
 
 
+def register_best_single(
+    settings: Settings,
+    catalog: Catalog,
+    result: TrainResult,
+    ev: Evaluation,
+    data: pd.DataFrame,
+    refused: str,
+    verdict: Verdict,
+) -> str:
+    """Register the best single action as a model of its own (same run) and return its version.
+
+    Serving loads it like any model: it takes the action of highest constant value wherever it is
+    allowed, its values are the actions' constant values, and no feature moves it.
+    """
+    single = constant_model(result.model, ev.single_values, catalog, result.test)
+    version = log_model_version(settings, single, data, name="best_single_action")
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(settings.model_name, version, "policy", "best_single_action")
+    client.set_model_version_tag(settings.model_name, version, "best_single_action", ev.best_single)
+    why = f"Best single action ({ev.best_single} where allowed), served instead of v{refused}: {verdict.reason}."
+    client.update_model_version(settings.model_name, version, why)
+    mlflow.set_tag("served_version", version)
+    return version
+
+
+def record_verdict(settings: Settings, version: str, verdict: Verdict, champion_version: str | None) -> None:
+    """The verdict on the run and on the registered version: tags, metrics, and the version's description."""
+    tags = {
+        "gate": "passed" if verdict.promote else "refused",
+        "gate_reason": verdict.reason,
+        "gate_serves": verdict.serve,
+        "champion_at_gate": champion_version or "none",
+    }
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    mlflow.set_tags(tags)
+    mlflow.log_metrics({f"gate_{k}": v for k, v in verdict.numbers.items() if np.isfinite(v)})
+    served = {"candidate": "promoted to champion", "champion": f"champion kept (v{champion_version})"}
+    outcome = served.get(verdict.serve, "the best single action is served instead")
+    client.update_model_version(settings.model_name, version, f"Gate {tags['gate']}, {outcome}: {verdict.reason}.")
+
+
+def verdict_line(verdict: Verdict, version: str) -> str:
+    serves = {
+        "candidate": f"v{version} promoted",
+        "champion": "champion kept",
+        "best_single": "best single action served",
+    }
+    return f"{'passed' if verdict.promote else 'refused'} ({serves[verdict.serve]}): {verdict.reason}"
+
+
+def _text_only(markdown: str) -> str:
+    """The report without its image links (the images are run artifacts; the description cannot show them)."""
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith("![")).strip() + "\n"
+
+
+def _evidence(verdict: Verdict, ev: Evaluation) -> dict[str, float]:
+    """The numbers a champion move records: the paired comparisons and the test-period quality."""
+    return {**verdict.numbers, **{k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}}
+
+
 def run_training(
-    settings: Settings, catalog: Catalog, as_of: datetime | None = None, by: str | None = None
+    settings: Settings,
+    catalog: Catalog,
+    as_of: datetime | None = None,
+    by: str | None = None,
+    run_name: str | None = None,
 ) -> TrainReport:
-    """`nexttouch train`: train on the ingested data, register the version; the gate decides on the champion."""
+    """`nexttouch train`: train on the ingested data, register the version; the gate decides on the champion.
+
+    The run is named ``run_name`` (the demo passes ``demo``), by default ``train <UTC time>``.
+    """
     step = StepTimer()
     check_tracking(settings)
-    with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}):
+    name = run_name or f"train {datetime.now(UTC):%Y-%m-%d %H:%M}"
+    with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}, run_name=name):
         with step("label"):
             labelled, open_window = labelled_decisions(settings, catalog, as_of)
         with step("training_set"):

@@ -1,4 +1,4 @@
-"""The champion gate, alias moves, rollback and the champion's history.
+"""Champion alias moves, rollback and the champion's history (the gate that decides is training/gate.py).
 
 Serving follows the alias ``champion``; ``previous`` points at the version it replaced, so a bad
 promotion is undone with one command. Every alias move is recorded twice:
@@ -19,7 +19,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -30,37 +30,6 @@ from nexttouch.tracking import configure_mlflow
 PREVIOUS = "previous"
 MOVE_TAG = "champion_move."
 HISTORY_FILE = "champion-history.jsonl"
-
-
-class Estimate(Protocol):
-    """What the gate reads of a policy's off-policy value (training.ope.PolicyValue)."""
-
-    dr: float
-    dr_low: float
-
-
-@dataclass(frozen=True)
-class Verdict:
-    promote: bool
-    reason: str
-
-
-def gate(validated: bool, policies: Mapping[str, Estimate], has_champion: bool) -> Verdict:
-    """Promote iff the input was validated and the new policy's doubly robust lower bound is not
-    below the champion's doubly robust estimate, both measured on the same out-of-time decisions."""
-    if not validated:
-        return Verdict(False, "input data failed validation")
-    new = policies.get("new")
-    if new is None:
-        return Verdict(False, "no estimate of the new policy")
-    if not has_champion:
-        return Verdict(True, f"first champion (new DR {new.dr:.4f}, 95% low {new.dr_low:.4f})")
-    old = policies.get("champion")
-    if old is None:
-        return Verdict(False, "the champion was not evaluated on the new data")
-    if new.dr_low >= old.dr:
-        return Verdict(True, f"new DR lower bound {new.dr_low:.4f} >= champion DR {old.dr:.4f}")
-    return Verdict(False, f"new DR lower bound {new.dr_low:.4f} < champion DR {old.dr:.4f}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """MLflow for training: one experiment per action catalog, the run's lineage, a registry version per run.
 
-Registering never moves the champion by itself: training.promotion does that, through the gate.
-The one exception is the very first version of a model name, which has nothing to be compared with.
+Registering never moves the champion by itself: the training jobs (training.job) move it through the
+gate (training.gate), which also decides a model name's first champion. Only ``log_and_register``, a
+set-up helper for tests and tools, makes a first version champion without a gate.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import tempfile
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -83,11 +85,28 @@ def check_tracking(settings: Settings) -> None:
         raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {first}") from exc
 
 
-def start_run(settings: Settings, catalog: Catalog | None, tags: dict[str, str]) -> ActiveRun:
-    """A run in the catalog's experiment (use as a context manager)."""
+def start_run(
+    settings: Settings, catalog: Catalog | None, tags: dict[str, str], run_name: str | None = None
+) -> ActiveRun:
+    """A run in the catalog's experiment (use as a context manager), named for what it is
+    (``nightly 2026-12-04``, ``train 2026-12-04 21:00``)."""
     configure_mlflow(settings)
     exp = experiment_id(settings, experiment_name(settings, catalog))
-    return mlflow.start_run(experiment_id=exp, tags=tags)
+    return mlflow.start_run(experiment_id=exp, tags=tags, run_name=run_name)
+
+
+def log_learning_curve(curve: list[float], key: str = "learning_valid_logloss") -> None:
+    """The booster's validation loss per boosting round, one metric with a step per round (a chart in the UI)."""
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None or not curve:
+        return
+    now = int(time.time() * 1000)
+    points = [Metric(key, float(v), now, step) for step, v in enumerate(curve, start=1)]
+    client = MlflowClient()
+    for lo in range(0, len(points), 1000):  # the tracking store's batch limit
+        client.log_batch(run.info.run_id, metrics=points[lo : lo + 1000])
 
 
 def data_tags(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> dict[str, str]:
@@ -108,15 +127,17 @@ def log_training_set(settings: Settings, data: pd.DataFrame) -> None:
     mlflow.log_input(dataset, context="training", tags={"feature_service": settings.feature_service})
 
 
-def log_model_version(settings: Settings, model: DecisionModel, example: pd.DataFrame) -> str:
-    """Log the whole decision model to the active run (signature + input example) and register it."""
+def log_model_version(
+    settings: Settings, model: DecisionModel, example: pd.DataFrame, name: str = "decision_model"
+) -> str:
+    """Log the whole decision model to the active run (signature + input example) as ``name`` and register it."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "decision_model")
         # Numeric features are optional doubles in the signature: Feast returns NaN for gaps.
         example = example[model.inputs].head(5).astype(dict.fromkeys(model.numeric, "float64"))
         output = DecisionPyfunc().predict_with(model, example)
         info = mlflow.pyfunc.log_model(
-            name="decision_model",
+            name=name,
             python_model=DecisionPyfunc(),
             artifacts={"decision_model": str(Path(tmp) / "decision_model")},
             signature=infer_signature(example, output),
@@ -138,8 +159,8 @@ def log_and_register(
 ) -> Registered:
     """One run: params, metrics, training set, the decision model, a registry version.
 
-    With ``promote``, the version becomes champion only if the model has none yet; an existing
-    champion is replaced only through the gate (training.job, training.promotion).
+    With ``promote``, the version becomes champion only if the model has none yet, without any gate
+    (a registry set up for tests or tools); an existing champion is replaced only through the gate.
     """
     with start_run(settings, None, tags) as run:
         mlflow.log_params(params)

@@ -11,7 +11,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from training.evaluate import Evaluation, Scorer
 
-POLICY_ORDER = ("oracle", "new", "champion", "rules", "always_push", "logging", "random")
+POLICY_ORDER = ("oracle", "ceiling", "new", "champion", "best_single", "rules", "logging", "random")
+SHARES = {"new": "new policy", "champion": "champion", "ceiling": "feature ceiling"}
 
 
 def _pyplot():
@@ -61,8 +62,8 @@ def uplift_plot(ev: Evaluation, out: Path) -> Path:
             ax.plot([0, 1], [0, c["gain"][-1]], color=line.get_color(), linestyle=":")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("share of customers treated (ranked by predicted uplift)")
-    ax.set_ylabel("uplift gain per customer")
-    ax.set_title("Uplift curves (dotted: random targeting)")
+    ax.set_ylabel("cumulative gain per customer")
+    ax.set_title("Cumulative gain curves (dotted: random targeting)")
     ax.legend()
     return _save(fig, out / "uplift.png")
 
@@ -132,10 +133,34 @@ def markdown(ev: Evaluation, images: list[Path]) -> str:
         _table(policies),
         "",
     ]
-    if "new_share_of_oracle_gain" in ev.metrics:
+    lines += [
+        f"Best single action: **{ev.best_single}** where it is allowed (constant values per decision: "
+        + ", ".join(f"{a} {v:.3f}" for a, v in sorted(ev.single_values.items(), key=lambda kv: -kv[1]))
+        + ").",
+        "",
+    ]
+    shares = [
+        f"{label} {ev.metrics[f'share_of_oracle_margin_{name}']:.1%}"
+        for name, label in SHARES.items()
+        if f"share_of_oracle_margin_{name}" in ev.metrics
+    ]
+    if shares:
+        lines += ["Share of the oracle's margin over the best single action (true values): " + ", ".join(shares), ""]
+    if ev.paired:
+        rows = [
+            {
+                "comparison": n.replace("_vs_", " vs "),
+                "paired DR difference": p.diff,
+                "95% CI": f"{p.low:+.4f} .. {p.high:+.4f}",
+                "decisions that differ": f"{p.differ:.1%}",
+                "customers": p.customers,
+            }
+            for n, p in ev.paired.items()
+        ]
         lines += [
-            f"The new policy's true value is {ev.metrics['new_share_of_oracle_gain']:.1%} "
-            "of the oracle's gain over random.",
+            "## Paired on the same decisions (bootstrap clustered by customer)",
+            "",
+            _table(pd.DataFrame(rows)),
             "",
         ]
     lines += ["## Per action", "", _table(ev.per_action), ""]

@@ -150,7 +150,8 @@ def retrain(
         try:
             with step("tracking"):
                 check_tracking(settings)
-            with start_run(settings, catalog, {**tags, "code_version": git_commit()}) as run:
+            name = f"nightly {day.isoformat()}"
+            with start_run(settings, catalog, {**tags, "code_version": git_commit()}, run_name=name) as run:
                 report.run_id = run.info.run_id
                 try:
                     _steps(settings, catalog, report, sources, files, as_of, until, by, step)
@@ -266,6 +267,7 @@ def _write_marker(settings: Settings, day: date, report: RetrainReport, status: 
         "run_id": report.run_id,
         "version": train.registered.version if train else None,
         "promoted": train.promoted if train else False,
+        "served_version": train.move.champion if train and train.move else None,  # None: the champion was kept
         "verdict": asdict(train.verdict) if train else None,
         "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
     }

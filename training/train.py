@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nexttouch.catalog import Catalog
-from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
+from nexttouch.model import EPS, Calibration, CalibrationMethod, DecisionModel, logit
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
 
 NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME, DECIDED_AT}
@@ -57,6 +57,7 @@ class TrainResult:
     train: pd.DataFrame = field(repr=False)
     valid: pd.DataFrame = field(repr=False)
     test: pd.DataFrame = field(repr=False)  # the out-of-time evaluation period
+    curve: list[float] = field(default_factory=list, repr=False)  # validation log loss per boosting round
 
 
 def split_by_time(
@@ -105,6 +106,7 @@ def fit(
     x_train, y_train = template.design(train, train[ACTION].to_numpy()), train[OUTCOME].to_numpy()
     x_valid, y_valid = template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME].to_numpy()
 
+    curve: list[float] = []  # filled by the local trainer only
     if dask_scheduler:
         from training.distributed import fit_booster_on_dask
 
@@ -112,7 +114,7 @@ def fit(
             dask_scheduler, params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds
         )
     else:
-        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds)
+        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds, curve)
 
     raw_valid = booster.predict(x_valid)
     calib = Calibration.fit(calibration, raw_valid, y_valid, valid[ACTION].to_numpy(), catalog.names)
@@ -138,7 +140,7 @@ def fit(
         "structure": "shared",
         "trainer": "dask" if dask_scheduler else "local",
     }
-    return TrainResult(model, metrics, run_params, train, valid, test)
+    return TrainResult(model, metrics, run_params, train, valid, test, curve)
 
 
 def fit_booster(
@@ -150,17 +152,24 @@ def fit_booster(
     names: list[str],
     cat_idx: list[int],
     rounds: int,
+    curve: list[float] | None = None,
 ) -> lgb.Booster:
-    """Local LightGBM with early stopping on the validation period."""
+    """Local LightGBM with early stopping on the validation period; ``curve`` receives the validation
+    log loss of every round (the learning curve)."""
     dtrain = lgb.Dataset(x_train, y_train, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
     dvalid = lgb.Dataset(x_valid, y_valid, reference=dtrain)
-    return lgb.train(
-        params,
+    history: dict[str, dict[str, list[float]]] = {}
+    booster = lgb.train(
+        {**params, "metric": "binary_logloss"},
         dtrain,
         num_boost_round=rounds,
         valid_sets=[dvalid],
-        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False), lgb.record_evaluation(history)],
     )
+    if curve is not None:
+        curve.extend(history.get("valid", {}).get("binary_logloss", []))
+    return booster
 
 
 def logged_action_scores(model: DecisionModel, frame: pd.DataFrame) -> np.ndarray:
@@ -215,3 +224,31 @@ def fit_per_action(
         calibration, raw[np.arange(len(valid)), idx], valid[OUTCOME].to_numpy(), valid[ACTION].to_numpy(), catalog.names
     )
     return model
+
+
+def constant_model(
+    model: DecisionModel, values: dict[str, float], catalog: Catalog, frame: pd.DataFrame
+) -> DecisionModel:
+    """The best single action as a decision model that serving loads like any other.
+
+    Same inputs as ``model``; a booster that splits on nothing (no feature contributes to a reason);
+    per-action calibration to a constant P(success) whose net value is the action's constant value
+    (``values``: action -> value per decision, training.evaluate.single_action_values). The engine then
+    takes the action of highest constant value wherever it is allowed: the best single action.
+    """
+    p = {}
+    for action in catalog.actions:
+        v = values.get(action.name)
+        if v is None or action.value_of_success <= 0:  # never allowed in the evaluation, or worth nothing
+            p[action.name] = EPS if v is None else 0.5
+        else:
+            p[action.name] = float(np.clip((v + action.cost) / action.value_of_success, EPS, 1 - EPS))
+    sample = frame.head(max(2, min(len(frame), 100)))
+    names = [*model.inputs, ACTION]
+    cat_idx = [names.index(c) for c in [*model.categorical, ACTION]]
+    x = model.design(sample, sample[ACTION].to_numpy())
+    y = np.arange(len(sample)) % 2  # both classes, no split allowed: one leaf at the base rate
+    params = {"objective": "binary", "min_data_in_leaf": len(sample) + 1, "verbose": -1, "num_threads": 1}
+    booster = fit_booster(params, x, y, x, y, names, cat_idx, rounds=1)
+    calibration = Calibration("sigmoid", {a: {"a": [0.0], "b": [float(logit(np.array(q)))]} for a, q in p.items()})
+    return DecisionModel(booster, list(model.numeric), dict(model.categorical), list(catalog.names), calibration)
