@@ -213,8 +213,8 @@ def retrain(
     ] = None,
 ) -> None:
     """Nightly job: ingest, validate, features, label, train, evaluate, register; promote only through the gate."""
-    from training.retrain import RetrainFailed, RetrainLocked
-    from training.retrain import retrain as run_retrain
+    from nexttouch.jobs.nightly import RetrainFailed, RetrainLocked
+    from nexttouch.jobs.nightly import retrain as run_retrain
 
     s = _settings(project_dir, catalog)
     day = (date or _today()).date()

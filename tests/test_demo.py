@@ -28,6 +28,10 @@ def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     assert "malformed body -> HTTP 400" in out
     assert f"http://127.0.0.1:{port}/            the service's OpenAPI page" in out and "make ui" in out
     assert (tmp_path / "mlruns" / "mlflow.db").exists() and (tmp_path / "data" / "raw" / "events.parquet").exists()
+    # What the demo says about the champion is what the service then decides with.
+    said = re.search(r"v(\d+) passed the gate and is @champion|the service decides with v(\d+)", out)
+    assert said, out
+    assert f"model v{said.group(1) or said.group(2)})" in out
     # The key lives in the project, readable by its owner only, never in the output; the printed lines work
     # against `nexttouch serve` started afterwards with no key set.
     key_file = tmp_path / "data" / "api_key"

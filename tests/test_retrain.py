@@ -14,11 +14,11 @@ from typer.testing import CliRunner, Result
 
 from nexttouch.catalog import Catalog
 from nexttouch.cli import app
+from nexttouch.jobs.nightly import RetrainFailed, exclusive, lock_path, marker_path, retrain
 from nexttouch.settings import Settings
 from tests.conftest import END, SMALL
 from tests.reliability import clone_project
 from training.promotion import alias_version, champion_history
-from training.retrain import RetrainFailed, exclusive, lock_path, marker_path, retrain
 
 pytestmark = pytest.mark.slow
 DAY = END.date()

@@ -1,7 +1,7 @@
 """The training step: decision log -> labels -> training set -> model -> evaluation -> registry -> gate.
 
 ``run_training`` is `nexttouch train` on the data already ingested; the nightly job
-(training.retrain) runs the same steps after ingest and features, inside its own MLflow run.
+(nexttouch.jobs.nightly) runs the same steps after ingest and features, inside its own MLflow run.
 """
 
 from __future__ import annotations

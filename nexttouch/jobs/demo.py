@@ -19,6 +19,7 @@ from nexttouch.settings import Settings
 from nexttouch.simulate import write_brand
 from serving import server
 from training.job import run_training
+from training.promotion import alias_version
 
 
 def _step(title: str) -> float:
@@ -44,13 +45,17 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
     print(f"   {build.rows:,} point-in-time snapshot rows; online store loaded ({time.monotonic() - t:.1f}s)")
 
     t = _step("3/4 point-in-time training set -> LightGBM -> MLflow (registry alias @champion)")
-    report = run_training(settings, catalog)
+    report = run_training(settings, catalog, run_name="demo")
     m = report.metrics
-    print(
-        f"   {report.rows:,} decisions, valid AUC {m['valid_auc']:.3f}, log loss {m['valid_logloss']:.4f}; "
-        f"{settings.model_name} v{report.registered.version} is @{settings.champion_alias} "
-        f"({time.monotonic() - t:.1f}s)"
-    )
+    v = report.registered.version
+    champion = alias_version(settings, settings.champion_alias)
+    print(f"   {report.rows:,} decisions, valid AUC {m['valid_auc']:.3f}, log loss {m['valid_logloss']:.4f}")
+    if report.promoted:
+        print(f"   {settings.model_name} v{v} passed the gate and is @{settings.champion_alias}")
+    else:
+        print(f"   {settings.model_name} v{v} registered, not promoted: {report.verdict.reason}")
+        print(f"   the service decides with v{champion} (@{settings.champion_alias})")
+    print(f"   ({time.monotonic() - t:.1f}s)")
 
     t = _step(f"4/4 bentoml serve on http://{settings.host}:{settings.port} and real /decide calls")
     key = settings.service_key() or _new_key(settings)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import mlflow
 
+from features.pipeline import build_offline, feast_apply, materialize
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import TABLES, TableReport, ingest
 from nexttouch.settings import Settings
@@ -180,7 +181,6 @@ def _steps(
     by: str,
     step: StepTimer,
 ) -> None:
-    from features.pipeline import build_offline, feast_apply, materialize
 
     with _raw_restored_on_error(settings):
         with step("ingest"):
