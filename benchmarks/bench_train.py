@@ -161,7 +161,7 @@ def _row(*cells: object) -> str:
 
 def _policy_lines(label: str, result: dict[str, object]) -> list[str]:
     lines = []
-    for name in ("oracle", "new", "champion", "rules", "always_push", "logging", "random"):
+    for name in ("oracle", "new", "champion", "rules", "best_single", "logging", "random"):
         pv = result["policies"].get(name)
         if pv:
             lines.append(

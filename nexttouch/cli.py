@@ -143,7 +143,7 @@ def train(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
     except (TrackingUnavailable, InvalidTrainingData) as exc:
         typer.echo(f"train failed: {exc}; champion unchanged", err=True)
         raise typer.Exit(1) from exc
-    outcome = f"promoted to @{s.champion_alias}" if report.promoted else f"champion kept ({report.verdict.reason})"
+    outcome = f"promoted to @{s.champion_alias}" if report.promoted else f"not promoted ({report.verdict.reason})"
     typer.echo(
         f"trained on {report.rows:,} decisions: valid AUC {report.metrics['valid_auc']:.3f}, "
         f"log loss {report.metrics['valid_logloss']:.4f}; registered {s.model_name} "
@@ -238,7 +238,7 @@ def retrain(
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     t = report.train
     assert t is not None
-    outcome = f"promoted to @{s.champion_alias}" if t.promoted else f"champion kept ({t.verdict.reason})"
+    outcome = f"promoted to @{s.champion_alias}" if t.promoted else f"not promoted ({t.verdict.reason})"
     typer.echo(f"retrain {day}: {t.rows:,} decisions -> {s.model_name} v{t.registered.version}: {outcome}")
     typer.echo(f"steps: {steps}")
 

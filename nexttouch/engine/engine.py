@@ -322,6 +322,8 @@ class DecisionEngine:
             if send_at is not None:
                 why.append(reasons.deferred(catalog.actions[j], send_at, str(draft.check.zone[r])))
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
+                if abs(c) < 5e-4:  # nothing to say (a constant policy's features push nothing)
+                    continue
                 column = cells[f]
                 why.append(reasons.driver(inputs[f], np.nan if column is None else column[r], name, c))
             out.append(
