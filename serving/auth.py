@@ -1,4 +1,4 @@
-"""API key check for every route but health and the API description (contract 5).
+"""API key check for every route but health and the API description.
 
 The key comes from ``NEXTTOUCH_API_KEY`` and is compared in constant time; it is never logged.
 The OpenAPI page (``/``, ``/docs.json`` and its static files) stays open: it describes the API and

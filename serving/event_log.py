@@ -1,9 +1,8 @@
 """Touch events posted to the service, kept in the decision-log database until the nightly job collects them.
 
-They used to be one parquet file per ``POST /events`` in ``data/inbox``: 2,700 files in a 15-minute soak,
-all re-read by every nightly ingest, and on the local disk of whichever replica took the request. Here
-they are rows of ``touch_events`` in the decision log's database (SQLite, or the PostgreSQL that every
-replica shares), written in the log's group commit before the answer is sent.
+They are rows of ``touch_events`` in the decision log's database (SQLite, or the PostgreSQL that every
+replica shares), written in the log's group commit before the answer is sent: not a file per request
+(thousands of small files for every nightly ingest to re-read, on the disk of whichever replica took it).
 
 ``export`` writes the rows not exported yet as one ``events-log-<first seq>.parquet`` in the ingest
 contract, then marks them. A crash between the two exports them again next time, under the same name
