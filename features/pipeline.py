@@ -25,7 +25,7 @@ from nexttouch.settings import Settings
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
 EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
-EVENT_COLUMNS = ["occurred_at", "touch_type", "tier", "direction", "amount"]  # what the features read
+EVENT_COLUMNS = ["occurred_at", "touch_type", "amount"]  # what the features read
 _ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string()), pa.large_string(): pd.ArrowDtype(pa.large_string())}
 
 

@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, REQUEST_AT, TIERS, utc_times
+from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS
+from nexttouch.touches import CONTACT_STATE, TYPE_NAMES, codes, contact_state_masks, tier_and_direction
 
 WINDOWS = (7, 30, 90)
-NEVER = 999.0  # days since a touch that never happened
 OMO_DAYS = 14
 # Count channels: one per tier x direction, then specific touch types used for rates.
 _TD = [(t, d) for t in TIERS for d in DIRECTIONS]
@@ -34,23 +34,6 @@ TOUCH_FEATURES: dict[str, str] = {
     "spend_90d": "float",
     "tenure_days": "int",
 }
-# Last-touch times: kept fresh online by pushed events; recency is derived from them at request time.
-CONTACT_STATE = [*(f"last_{t}_at" for t in TIERS), "last_contact_at"]  # contact: any brand -> customer touch
-RECENCY_FEATURES = [*(f"days_since_{t}" for t in TIERS), "days_since_contact"]
-
-
-def recency_frame(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Days from each last touch to the request time (``NEVER`` when there was none).
-
-    Runs inside Feast's on-demand feature view, for training (request time = decided_at) and for
-    serving (request time = now) alike, so the two cannot drift apart.
-    """
-    now = utc_times(inputs[REQUEST_AT])
-    out = pd.DataFrame(index=inputs.index)
-    for last, name in zip(CONTACT_STATE, RECENCY_FEATURES, strict=True):
-        delta = (now - utc_times(inputs[last])).dt.total_seconds() / 86_400
-        out[name] = delta.clip(lower=0).fillna(NEVER).astype("float64")
-    return out
 
 
 def build_touch_features(
@@ -64,7 +47,7 @@ def build_touch_features(
     """Feature rows for every customer at every ``every_days``-th day boundary up to ``end``.
 
     ``events`` must already carry ``customer_id`` (identity resolved), ``occurred_at``,
-    ``touch_type``, ``tier``, ``direction`` and ``amount``.
+    ``touch_type`` and ``amount``; a touch type's tier and direction come from ``nexttouch.touches``.
     """
     start = end - timedelta(days=days)
     snaps = np.arange(days, 0, -every_days)[::-1]  # snapshot day indices; the last one is `end`
@@ -98,14 +81,16 @@ def build_touch_features(
 
 def _channels(ev: pd.DataFrame) -> np.ndarray:
     """For each event, its tier x direction channel and, where relevant, its type channel."""
-    tier, direction = _codes(ev["tier"], TIERS), _codes(ev["direction"], DIRECTIONS)
-    return np.stack([tier * len(DIRECTIONS) + direction, _codes(ev["touch_type"], _TYPES, len(_TD))], axis=1)
-
-
-def _codes(column: pd.Series, values: tuple[str, ...], first: int = 0) -> np.ndarray:
-    """``first`` + position of each value in ``values`` (-1 if absent); any string dtype, no Python loop."""
-    codes = pd.Categorical(column, categories=list(values)).codes.astype(np.int64)
-    return np.where(codes >= 0, codes + first, -1)
+    touch = codes(ev["touch_type"], TYPE_NAMES)
+    tier, direction = tier_and_direction(touch)
+    type_channel = codes(np.array(TYPE_NAMES, dtype=object), _TYPES, len(_TD))
+    return np.stack(
+        [
+            np.where(tier >= 0, tier * len(DIRECTIONS) + direction, -1),
+            np.where(touch >= 0, type_channel[np.maximum(touch, 0)], -1),
+        ],
+        axis=1,
+    )
 
 
 def _chunk_features(
@@ -152,12 +137,11 @@ def _chunk_features(
         cum_seq = np.concatenate([np.zeros((n, 1), np.int32), seq.cumsum(axis=1, dtype=np.int32)], axis=1)
         cols[f"omo_{name}_90d"] = (cum_seq[:, snaps] - cum_seq[:, np.maximum(snaps - 90, 0)]).ravel()
 
-    # Last touch per tier (and last outbound contact) strictly before each snapshot, to the second.
-    tier_of, outbound = channel[:, 0] // len(DIRECTIONS), channel[:, 0] % len(DIRECTIONS) == 1
-    for name, mask in (
-        *((f"last_{t}_at", tier_of == i) for i, t in enumerate(TIERS)),
-        ("last_contact_at", outbound),
-    ):
+    # Contact state strictly before each snapshot, to the second.
+    known = channel[:, 0] >= 0
+    tier = np.where(known, channel[:, 0] // len(DIRECTIONS), -1)
+    masks = contact_state_masks(tier, np.where(known, channel[:, 0] % len(DIRECTIONS), -1))
+    for name, mask in masks.items():
         last = np.full((n, days), -1, np.int64)
         np.maximum.at(last, (cust[mask], day[mask]), seconds[mask])
         before = np.maximum.accumulate(last, axis=1)[:, snaps - 1].ravel()

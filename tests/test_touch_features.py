@@ -3,7 +3,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from features.touch_features import CONTACT_STATE, NEVER, TOUCH_FEATURES, build_touch_features, recency_frame
+from features.touch_features import TOUCH_FEATURES, build_touch_features
+from nexttouch.touches import CONTACT_STATE
 
 END = datetime(2026, 3, 31, tzinfo=UTC)
 
@@ -94,18 +95,3 @@ def test_omo_loop_counts_offline_after_online_and_the_reverse() -> None:
     )
     last = _at(build_touch_features(events, CUSTOMERS, END, days=90), "a", "2026-03-31")
     assert (last["omo_online_to_offline_90d"], last["omo_offline_to_online_90d"]) == (1, 1)
-
-
-def test_recency_is_measured_to_the_request_time() -> None:
-    state = pd.DataFrame(
-        {
-            "last_tech_at": pd.to_datetime(["2026-03-30T12:00:00Z", None], utc=True),
-            "last_low_at": pd.to_datetime([None, None], utc=True),
-            "last_high_at": pd.to_datetime(["2026-03-01T00:00:00Z", None], utc=True),
-            "last_contact_at": pd.to_datetime(["2026-03-31T06:00:00Z", None], utc=True),
-            "request_at": pd.to_datetime(["2026-03-31T18:00:00Z", "2026-03-31T18:00:00Z"], utc=True),
-        }
-    )
-    got = recency_frame(state)
-    assert got.loc[0].tolist() == [1.25, NEVER, 30.75, 0.5]
-    assert got.loc[1].tolist() == [NEVER] * 4
