@@ -176,3 +176,21 @@ def test_a_brands_own_profile_columns_become_model_features(project: Settings, c
     model = fit(data, catalog).model
     assert "vip_score" in model.numeric
     assert model.categorical["favourite_model"] == ["ev", "sedan", "suv"]
+
+
+def test_the_pipelines_batches_give_the_features_of_all_customers_at_once(built: Settings, tmp_path) -> None:
+    """build_offline featurises customers in batches with the population's priors from arrow: the same rows."""
+    from features.pipeline import build_offline
+    from features.touch_features import build_touch_features
+    from tests.conftest import END
+
+    settings = built.model_copy(update={"project_dir": tmp_path})
+    settings.raw_dir.parent.mkdir(parents=True)
+    settings.raw_dir.symlink_to(built.raw_dir)
+    build_offline(settings, END, built.days, batch=97)
+    got = pd.read_parquet(settings.offline_dir / "touch_history.parquet")
+    events = pd.read_parquet(built.raw_dir / "events.parquet")
+    customers = pd.read_parquet(built.raw_dir / "customers.parquet")
+    want = build_touch_features(events, customers, END, built.days, every_days=built.snapshot_every_days)
+    assert want["push_open_rate_all"].nunique() > 100
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=True)
