@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS
+from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS, utc_times
 from nexttouch.touches import CONTACT_STATE, SECONDS_PER_DAY, TYPE_NAMES, codes, contact_state_masks, tier_and_direction
 
 WINDOWS = (7, 30, 90)
@@ -95,6 +95,9 @@ def build_touch_features(
         priors = response_priors(touch, seconds, linked, bounds)
     window = seconds >= 0  # the rolling windows and contact state start at the first day
 
+    stamps = t0 + pd.to_timedelta(snaps, unit="D")
+    signup = utc_times(customers["signup_at"]).dt.as_unit("ns").array.asi8.view("M8[ns]")
+    columns = [CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]
     frames = []
     for lo in range(0, len(ids), chunk):
         hi = min(lo + chunk, len(ids))
@@ -103,12 +106,11 @@ def build_touch_features(
         cols = _chunk_features(cust[w] - lo, seconds[w], channel[w], amount[w], hi - lo, days, snaps, t0)
         cols |= _history_features(cust[m] - lo, seconds[m], touch[m], linked[m], hi - lo, bounds, priors)
         cols[CUSTOMER_ID] = np.repeat(ids[lo:hi], len(snaps))
-        cols[EVENT_TIMESTAMP] = np.tile(t0 + pd.to_timedelta(snaps, unit="D"), hi - lo)
-        frames.append(pd.DataFrame(cols))
-    out = pd.concat(frames, ignore_index=True)
-    signup = out[CUSTOMER_ID].map(customers.set_index(CUSTOMER_ID)["signup_at"])
-    out["tenure_days"] = ((out[EVENT_TIMESTAMP] - signup) // pd.Timedelta(days=1)).astype(np.int64)
-    return out[[CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]]
+        cols[EVENT_TIMESTAMP] = np.tile(stamps, hi - lo)
+        tenure = stamps.tz_convert(None).to_numpy()[None, :] - signup[lo:hi, None]
+        cols["tenure_days"] = (tenure // np.timedelta64(1, "D")).astype(np.int64).ravel()
+        frames.append(pd.DataFrame({c: cols[c] for c in columns}))  # in order: no reordering copy
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def snapshot_days(days: int, every_days: int) -> np.ndarray:
