@@ -1,4 +1,4 @@
-"""Touch history -> per-customer feature snapshots. The only place feature logic lives.
+"""Touch history -> per-customer feature snapshots: where the stored touch features are computed.
 
 Events are binned per customer and day; cumulative sums give every rolling window in O(1).
 A snapshot at day boundary ``s`` uses only events of days before ``s``, so a decision taken
