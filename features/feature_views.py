@@ -9,7 +9,8 @@ from feast import FeatureView, Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32, Float64, Int64, UnixTimestamp
 
-from features.touch_features import CONTACT_STATE, RECENCY_FEATURES, TOUCH_FEATURES
+from features.touch_features import TOUCH_FEATURES
+from nexttouch.touches import CONTACT_STATE, RECENCY_FEATURES
 
 _TYPES = {"int": Int64, "float": Float32}
 
@@ -39,7 +40,7 @@ contact_state = FeatureView(
 )
 def recency(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast re-creates this function from its source text when it loads the registry: import inside.
-    from features.touch_features import recency_frame
+    from nexttouch.touches import recency_frame
 
     return recency_frame(inputs)
 

@@ -95,6 +95,7 @@ class OnlineReader:
             from feast.infra.online_stores.helpers import _mmh3
             from feast.infra.online_stores.redis import _versioned_fv_name
 
+            # Field names as ``RedisOnlineStore.online_read`` hashes them, one per reference in the order asked.
             view_of = {view.name: view for view, _ in self.views}
             self._redis_fields = [_mmh3(f"{_versioned_fv_name(view_of[v], store.config)}:{f}") for v, f in self.refs]
 
@@ -211,13 +212,13 @@ class OnlineReader:
         return blobs
 
     def _redis(self, keys: np.ndarray) -> np.ndarray:
-        """One ``HMGET`` per customer for all the views' fields, as ``RedisOnlineStore.online_read`` names them."""
-        from feast.infra.online_stores.helpers import _mmh3
-        from feast.infra.online_stores.redis import _versioned_fv_name
+        """One ``HMGET`` per customer for all the features' fields, in the order asked (``_redis_fields``).
 
+        Its replies are columns in ``self.names``' order, which ``columns``, ``frame`` and ``row`` index by.
+        """
         config = self.store.config
         client = self.store._get_provider().online_store._get_client(config.online_store)
-        fields = [_mmh3(f"{_versioned_fv_name(view, config)}:{f}") for view, features in self.views for f in features]
+        fields = self._redis_fields
         project = config.project.encode("utf-8")
         replies: list[list[bytes | None]] = []
         for lo in range(0, len(keys), REDIS_CHUNK):

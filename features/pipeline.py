@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,17 +17,25 @@ import pyarrow.parquet as pq
 import yaml
 
 from features.online_load import latest_rows, materialize_bulk, write_latest_file
-from features.touch_features import build_touch_features
+from features.touch_features import RESPONSES, build_touch_features, response_priors, snapshot_days
 from nexttouch.feature_store import open_store, store_yaml
 from nexttouch.parquet import write_parquet
-from nexttouch.schemas import CUSTOMER_ID, CUSTOMERS_COLUMNS, EVENT_TIMESTAMP, EVENTS_COLUMNS, check_columns
+from nexttouch.schemas import (
+    CUSTOMER_ID,
+    CUSTOMERS_COLUMNS,
+    DECISION_ID,
+    EVENT_TIMESTAMP,
+    EVENTS_COLUMNS,
+    check_columns,
+)
 from nexttouch.settings import Settings
 from nexttouch.telemetry import TELEMETRY_OFF
+from nexttouch.touches import SECONDS_PER_DAY, TYPE_NAMES
 
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
 EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
-EVENT_COLUMNS = ["occurred_at", "touch_type", "tier", "direction", "amount"]  # what the features read
+EVENT_COLUMNS = ["occurred_at", "touch_type", "amount", DECISION_ID]  # what the features read
 _ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string()), pa.large_string(): pd.ArrowDtype(pa.large_string())}
 
 
@@ -55,6 +64,7 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
     ids = pa.array(customers[CUSTOMER_ID].astype(str).to_numpy(), pa.string())
     position = pc.index_in(pc.cast(events.column(CUSTOMER_ID), pa.string()), value_set=ids)
     events = events.drop_columns([CUSTOMER_ID]).append_column("pos", position)
+    priors = _population_priors(events, end, days, settings.snapshot_every_days)
 
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +77,8 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
             part = events.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, lo + len(people))))
             frame = part.to_pandas(types_mapper=_ARROW_STRINGS.get)
             frame[CUSTOMER_ID] = people[CUSTOMER_ID].to_numpy()[frame.pop("pos").to_numpy() - lo]
-            touch = build_touch_features(frame, people, end, days, every_days=settings.snapshot_every_days)
+            every = settings.snapshot_every_days
+            touch = build_touch_features(frame, people, end, days, every_days=every, priors=priors)
             table = pa.Table.from_pandas(_microseconds(touch), preserve_index=False)
             writer = writer or pq.ParquetWriter(tmp, table.schema)
             table = table.cast(writer.schema)
@@ -84,6 +95,19 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
     profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
     write_parquet(profile, out / f"{CUSTOMER_PROFILE}.parquet")
     return FeatureBuild(len(customers), events.num_rows, rows, end)
+
+
+def _population_priors(events: pa.Table, end: datetime, days: int, every_days: int) -> np.ndarray:
+    """``response_priors`` of all known customers' events, computed in arrow and numpy (no pandas copy of 50M rows)."""
+    counted = pa.array(sorted({t for pair in RESPONSES.values() for t in pair}))  # the rest would only cost memory
+    events = events.filter(pc.and_(pc.is_valid(events.column("pos")), pc.is_in(events.column("touch_type"), counted)))
+    touch = pc.fill_null(pc.index_in(events.column("touch_type"), value_set=pa.array(TYPE_NAMES)), -1)
+    t0 = np.datetime64(pd.Timestamp(end - timedelta(days=days)).tz_convert(None), "ns")
+    occurred = events.column("occurred_at").to_numpy().astype("datetime64[ns]")
+    seconds = (occurred - t0) // np.timedelta64(1, "s")
+    linked = pc.is_valid(events.column(DECISION_ID)).to_numpy(zero_copy_only=False)
+    bounds = snapshot_days(days, every_days) * SECONDS_PER_DAY
+    return response_priors(touch.to_numpy(zero_copy_only=False), seconds, linked, bounds)
 
 
 def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:

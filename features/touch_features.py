@@ -1,8 +1,10 @@
-"""Touch history -> per-customer feature snapshots. The only place feature logic lives.
+"""Touch history -> per-customer feature snapshots: where the stored touch features are computed.
 
 Events are binned per customer and day; cumulative sums give every rolling window in O(1).
 A snapshot at day boundary ``s`` uses only events of days before ``s``, so a decision taken
 on day ``s`` never sees its own day's touches (point-in-time correct by construction).
+History features (response rates, decayed counts, days observed) cover every event before the
+snapshot, also those before the first one: running totals carried from snapshot to snapshot.
 Customers are processed in chunks so memory stays bounded for millions of customers.
 """
 
@@ -13,15 +15,27 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, REQUEST_AT, TIERS, utc_times
+from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS, utc_times
+from nexttouch.touches import CONTACT_STATE, SECONDS_PER_DAY, TYPE_NAMES, codes, contact_state_masks, tier_and_direction
 
 WINDOWS = (7, 30, 90)
-NEVER = 999.0  # days since a touch that never happened
 OMO_DAYS = 14
 # Count channels: one per tier x direction, then specific touch types used for rates.
 _TD = [(t, d) for t in TIERS for d in DIRECTIONS]
 _TYPES = ("push_sent", "push_opened", "event_invited", "event_attended")
 _K = len(_TD) + len(_TYPES)
+
+# How a customer answers each tier: (touch the brand sends, touch that answers it). An answer counts
+# when it names the decision that sent it (a store visit after an advisor call, not any store visit).
+RESPONSES: dict[str, tuple[str, str]] = {
+    "push_open": ("push_sent", "push_opened"),
+    "event_attend": ("event_invited", "event_attended"),
+    "call_visit": ("advisor_call", "store_visit"),
+}
+PRIOR_WEIGHT = 5.0  # a response rate is shrunk towards the population's as if by this many sends at its rate
+HALF_LIFE_DAYS = 30.0  # of the decayed counts
+# Touches the customer makes on their own, counted over all history (likes apart from app sessions).
+ORGANIC_COUNTS = ("app_session", "app_like", "store_visit", "purchase")
 
 TOUCH_FEATURES: dict[str, str] = {
     **{f"{t}_{d}_{w}d": "int" for t, d in _TD for w in WINDOWS},
@@ -33,24 +47,15 @@ TOUCH_FEATURES: dict[str, str] = {
     "omo_offline_to_online_90d": "int",
     "spend_90d": "float",
     "tenure_days": "int",
+    # All history before the snapshot.
+    **{f"{sent}_all": "int" for sent, _ in RESPONSES.values()},
+    **{f"{name}_rate_all": "float" for name in RESPONSES},
+    **{f"{t}_organic_all": "int" for t in ORGANIC_COUNTS},
+    # Touches of each type, each weighted by 2^(-age / half-life): touches made on their own and
+    # touches that name a decision (sent by one, or answering one) apart.
+    **{f"{t}_{kind}_decayed": "float" for t in TYPE_NAMES for kind in ("organic", "linked")},
+    "days_observed": "int",  # since the customer's first touch
 }
-# Last-touch times: kept fresh online by pushed events; recency is derived from them at request time.
-CONTACT_STATE = [*(f"last_{t}_at" for t in TIERS), "last_contact_at"]  # contact: any brand -> customer touch
-RECENCY_FEATURES = [*(f"days_since_{t}" for t in TIERS), "days_since_contact"]
-
-
-def recency_frame(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Days from each last touch to the request time (``NEVER`` when there was none).
-
-    Runs inside Feast's on-demand feature view, for training (request time = decided_at) and for
-    serving (request time = now) alike, so the two cannot drift apart.
-    """
-    now = utc_times(inputs[REQUEST_AT])
-    out = pd.DataFrame(index=inputs.index)
-    for last, name in zip(CONTACT_STATE, RECENCY_FEATURES, strict=True):
-        delta = (now - utc_times(inputs[last])).dt.total_seconds() / 86_400
-        out[name] = delta.clip(lower=0).fillna(NEVER).astype("float64")
-    return out
 
 
 def build_touch_features(
@@ -60,52 +65,136 @@ def build_touch_features(
     days: int,
     every_days: int = 1,
     chunk: int = 50_000,
+    priors: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Feature rows for every customer at every ``every_days``-th day boundary up to ``end``.
 
     ``events`` must already carry ``customer_id`` (identity resolved), ``occurred_at``,
-    ``touch_type``, ``tier``, ``direction`` and ``amount``.
+    ``touch_type`` and ``amount``, and may carry ``decision_id`` (the decision a touch was sent by
+    or answers; null or absent: the customer's own touch). A touch type's tier and direction come
+    from ``nexttouch.touches``. Events before the first snapshot count for the history features.
+    ``priors`` are the population's response rates (``response_priors``); by default those of
+    ``events``, so a caller that passes only some customers' events passes the population's.
     """
-    start = end - timedelta(days=days)
-    snaps = np.arange(days, 0, -every_days)[::-1]  # snapshot day indices; the last one is `end`
+    t0 = pd.Timestamp(end - timedelta(days=days))
+    snaps = snapshot_days(days, every_days)
     ids = customers[CUSTOMER_ID].to_numpy()
     pos = pd.Index(ids)
-    t0 = pd.Timestamp(start)
 
-    in_window = (events["occurred_at"] >= t0) & (events["occurred_at"] < pd.Timestamp(end))
-    ev = events.loc[in_window]
+    ev = events.loc[events["occurred_at"] < pd.Timestamp(end)]
     cust = pos.get_indexer(ev[CUSTOMER_ID])
     known = cust >= 0  # events of customers missing from the customer table are not featurised
     ev, cust = ev.loc[known], cust[known]
     seconds = ((ev["occurred_at"] - t0) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
-    channel = _channels(ev)
+    touch = codes(ev["touch_type"], TYPE_NAMES)
+    linked = ev[DECISION_ID].notna().to_numpy() if DECISION_ID in ev else np.zeros(len(ev), bool)
+    channel = _channels(touch)
     amount = ev["amount"].fillna(0).to_numpy(dtype=float)
+    bounds = snaps * SECONDS_PER_DAY
+    if priors is None:
+        priors = response_priors(touch, seconds, linked, bounds)
+    window = seconds >= 0  # the rolling windows and contact state start at the first day
 
+    stamps = t0 + pd.to_timedelta(snaps, unit="D")
+    signup = utc_times(customers["signup_at"]).dt.as_unit("ns").array.asi8.view("M8[ns]")
+    columns = [CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]
     frames = []
     for lo in range(0, len(ids), chunk):
         hi = min(lo + chunk, len(ids))
         m = (cust >= lo) & (cust < hi)
-        frames.append(
-            _chunk_features(cust[m] - lo, seconds[m], channel[m], amount[m], hi - lo, days, snaps, t0)
-            .assign(**{CUSTOMER_ID: np.repeat(ids[lo:hi], len(snaps))})
-            .assign(**{EVENT_TIMESTAMP: np.tile(t0 + pd.to_timedelta(snaps, unit="D"), hi - lo)})
+        w = m & window
+        cols = _chunk_features(cust[w] - lo, seconds[w], channel[w], amount[w], hi - lo, days, snaps, t0)
+        cols |= _history_features(cust[m] - lo, seconds[m], touch[m], linked[m], hi - lo, bounds, priors)
+        cols[CUSTOMER_ID] = np.repeat(ids[lo:hi], len(snaps))
+        cols[EVENT_TIMESTAMP] = np.tile(stamps, hi - lo)
+        tenure = stamps.tz_convert(None).to_numpy()[None, :] - signup[lo:hi, None]
+        cols["tenure_days"] = (tenure // np.timedelta64(1, "D")).astype(np.int64).ravel()
+        frames.append(pd.DataFrame({c: cols[c] for c in columns}))  # in order: no reordering copy
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def snapshot_days(days: int, every_days: int) -> np.ndarray:
+    """Snapshot day boundaries, counted in days from ``end - days``: every ``every_days``-th, the last one ``end``."""
+    return np.arange(days, 0, -every_days)[::-1]
+
+
+def response_priors(touch: np.ndarray, seconds: np.ndarray, linked: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The population's rate of each of RESPONSES from the events before each boundary: (boundaries, responses).
+
+    ``touch``: positions in TYPE_NAMES; ``seconds`` and ``bounds``: from the same origin. 0 before any send.
+    """
+    before = np.searchsorted(bounds, seconds, side="right")  # the first boundary each event is before
+    priors = np.zeros((len(bounds), len(RESPONSES)))
+    for r, (sent, answer) in enumerate(RESPONSES.values()):
+        n, hits = (
+            np.bincount(before[mask], minlength=len(bounds) + 1)[: len(bounds)].cumsum()
+            for mask in (touch == TYPE_NAMES.index(sent), (touch == TYPE_NAMES.index(answer)) & linked)
         )
-    out = pd.concat(frames, ignore_index=True)
-    signup = out[CUSTOMER_ID].map(customers.set_index(CUSTOMER_ID)["signup_at"])
-    out["tenure_days"] = ((out[EVENT_TIMESTAMP] - signup) // pd.Timedelta(days=1)).astype(np.int64)
-    return out[[CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]]
+        priors[:, r] = _rate(hits.astype(float), n.astype(float))
+    return priors
 
 
-def _channels(ev: pd.DataFrame) -> np.ndarray:
-    """For each event, its tier x direction channel and, where relevant, its type channel."""
-    tier, direction = _codes(ev["tier"], TIERS), _codes(ev["direction"], DIRECTIONS)
-    return np.stack([tier * len(DIRECTIONS) + direction, _codes(ev["touch_type"], _TYPES, len(_TD))], axis=1)
+def _channels(touch: np.ndarray) -> np.ndarray:
+    """For each event (its touch type's position in TYPE_NAMES), its tier x direction channel and its type channel."""
+    tier, direction = tier_and_direction(touch)
+    type_channel = codes(np.array(TYPE_NAMES, dtype=object), _TYPES, len(_TD))
+    return np.stack(
+        [
+            np.where(tier >= 0, tier * len(DIRECTIONS) + direction, -1),
+            np.where(touch >= 0, type_channel[np.maximum(touch, 0)], -1),
+        ],
+        axis=1,
+    )
 
 
-def _codes(column: pd.Series, values: tuple[str, ...], first: int = 0) -> np.ndarray:
-    """``first`` + position of each value in ``values`` (-1 if absent); any string dtype, no Python loop."""
-    codes = pd.Categorical(column, categories=list(values)).codes.astype(np.int64)
-    return np.where(codes >= 0, codes + first, -1)
+def _history_features(
+    cust: np.ndarray,
+    seconds: np.ndarray,
+    touch: np.ndarray,
+    linked: np.ndarray,
+    n: int,
+    bounds: np.ndarray,
+    priors: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Features of all the events before each boundary (any age): running totals carried across snapshots.
+
+    Each event is binned at the first boundary it precedes; a cumulative sum over the boundaries
+    gives the totals, and decayed sums are carried as D[k] = D[k-1] * decay(gap) + bin[k].
+    """
+    s = len(bounds)
+    before = np.searchsorted(bounds, seconds, side="right")
+    ok = before < s  # events on or after the last boundary are in no snapshot
+    cust, seconds, touch, linked, before = cust[ok], seconds[ok], touch[ok], linked[ok], before[ok]
+    cell = cust * s + before
+
+    def totals(mask: np.ndarray) -> np.ndarray:  # (n, s)
+        return np.bincount(cell[mask], minlength=n * s).reshape(n, s).cumsum(axis=1)
+
+    cols: dict[str, np.ndarray] = {}
+    for r, (name, (sent, answer)) in enumerate(RESPONSES.items()):
+        sends = totals(touch == TYPE_NAMES.index(sent))
+        hits = totals((touch == TYPE_NAMES.index(answer)) & linked)
+        cols[f"{sent}_all"] = sends.ravel()
+        cols[f"{name}_rate_all"] = ((hits + PRIOR_WEIGHT * priors[:, r]) / (sends + PRIOR_WEIGHT)).ravel()
+    for t in ORGANIC_COUNTS:
+        cols[f"{t}_organic_all"] = totals((touch == TYPE_NAMES.index(t)) & ~linked).ravel()
+
+    rate = np.log(2) / (HALF_LIFE_DAYS * SECONDS_PER_DAY)
+    weight = np.exp(-rate * (bounds[before] - seconds))  # each touch's weight at the boundary it is binned at
+    carry = np.exp(-rate * np.diff(bounds))  # decay from one boundary to the next
+    for i, t in enumerate(TYPE_NAMES):
+        for kind, mask in (("organic", ~linked), ("linked", linked)):
+            m = (touch == i) & mask
+            binned = np.bincount(cell[m], weights=weight[m], minlength=n * s).reshape(n, s).astype(float, copy=False)
+            for k in range(1, s):
+                binned[:, k] += binned[:, k - 1] * carry[k - 1]
+            cols[f"{t}_{kind}_decayed"] = binned.ravel()
+
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, cust, seconds)
+    age = bounds[None, :] - np.minimum(first, bounds[-1])[:, None]  # (no touch yet: masked below)
+    cols["days_observed"] = np.where(first[:, None] < bounds[None, :], age // SECONDS_PER_DAY, 0).ravel()
+    return cols
 
 
 def _chunk_features(
@@ -117,7 +206,8 @@ def _chunk_features(
     days: int,
     snaps: np.ndarray,
     t0: pd.Timestamp,
-) -> pd.DataFrame:
+) -> dict[str, np.ndarray]:
+    """The rolling-window features and the contact state of the events from the first day on."""
     day = seconds // 86_400
     counts = np.zeros((n, days, _K), np.int32)
     for col in range(channel.shape[1]):
@@ -152,18 +242,17 @@ def _chunk_features(
         cum_seq = np.concatenate([np.zeros((n, 1), np.int32), seq.cumsum(axis=1, dtype=np.int32)], axis=1)
         cols[f"omo_{name}_90d"] = (cum_seq[:, snaps] - cum_seq[:, np.maximum(snaps - 90, 0)]).ravel()
 
-    # Last touch per tier (and last outbound contact) strictly before each snapshot, to the second.
-    tier_of, outbound = channel[:, 0] // len(DIRECTIONS), channel[:, 0] % len(DIRECTIONS) == 1
-    for name, mask in (
-        *((f"last_{t}_at", tier_of == i) for i, t in enumerate(TIERS)),
-        ("last_contact_at", outbound),
-    ):
+    # Contact state strictly before each snapshot, to the second.
+    known = channel[:, 0] >= 0
+    tier = np.where(known, channel[:, 0] // len(DIRECTIONS), -1)
+    masks = contact_state_masks(tier, np.where(known, channel[:, 0] % len(DIRECTIONS), -1))
+    for name, mask in masks.items():
         last = np.full((n, days), -1, np.int64)
         np.maximum.at(last, (cust[mask], day[mask]), seconds[mask])
         before = np.maximum.accumulate(last, axis=1)[:, snaps - 1].ravel()
         cols[name] = (t0 + pd.to_timedelta(np.maximum(before, 0), unit="s")).where(before >= 0)
     cols["spend_90d"] = (cum_spend[:, snaps] - cum_spend[:, np.maximum(snaps - 90, 0)]).ravel()
-    return pd.DataFrame(cols)
+    return cols
 
 
 def _seen_within(days_with: np.ndarray, window: int) -> np.ndarray:

@@ -1,18 +1,15 @@
-"""Find the registered champion and load its decision model from the registry's artifacts."""
+"""The champion the service scores with, and a watcher that hands a new one over when the alias moves."""
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from nexttouch.model import DecisionModel
+from nexttouch.registry_io import alias_version, load_version
 from nexttouch.settings import Settings
-from nexttouch.tracking import tracking_client
 
 log = logging.getLogger("nexttouch.champion")
 
@@ -25,47 +22,16 @@ class Champion:
 
 def champion_version(settings: Settings) -> str:
     """The registry version the champion alias points at now."""
-    client = tracking_client(settings)
-    return str(client.get_model_version_by_alias(settings.model_name, settings.champion_alias).version)
+    version = alias_version(settings, settings.champion_alias)
+    if version is None:
+        raise LookupError(f"model {settings.model_name} has no {settings.champion_alias!r} alias: train one first")
+    return version
 
 
 def load_champion(settings: Settings, version: str | None = None) -> Champion:
-    """Copy ``models:/<name>@champion`` (or ``version``) to models/ (once per version) and load its raw parts.
-
-    Serving scores with the LightGBM booster directly: the ``mlflow.pyfunc`` wrapper costs
-    ~19x more per prediction.
-    """
-    import mlflow
-
+    """The champion's decision model (or that of ``version``), through the registry's one loader."""
     version = version or champion_version(settings)
-    local = settings.models_dir / settings.model_name / f"v{version}"
-    if not (local / "MLmodel").exists():
-        # Download beside the final place and rename: a worker never sees a half-copied model.
-        partial = local.with_name(f"{local.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        client = tracking_client(settings)
-        downloaded = mlflow.artifacts.download_artifacts(
-            artifact_uri=client.get_model_version_download_uri(settings.model_name, version),
-            dst_path=str(partial),
-            tracking_uri=settings.resolved_tracking_uri,
-        )
-        try:
-            Path(downloaded).rename(local)
-            shutil.rmtree(partial, ignore_errors=True)
-        except OSError:  # another worker got there first (or a stale empty dir): keep theirs
-            shutil.rmtree(partial, ignore_errors=True)
-            if not (local / "MLmodel").exists():
-                shutil.rmtree(local, ignore_errors=True)
-                return load_champion(settings, version)
-    return Champion(DecisionModel.load(_decision_model_dir(local)), str(version))
-
-
-def _decision_model_dir(local: Path) -> Path:
-    found = sorted(local.glob("**/decision_model/meta.json"))
-    if not found:
-        raise FileNotFoundError(f"no decision_model artifact under {local}")
-    return found[0].parent
+    return Champion(load_version(settings, version), version)
 
 
 class ChampionWatcher:

@@ -28,14 +28,13 @@ import numpy as np
 import pandas as pd
 
 from nexttouch.api import EARLIEST, LATEST, EventsRequest, EventsResponse
-from nexttouch.schemas import CUSTOMER_ID, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
+from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
+from nexttouch.touches import CONTACT_STATE, codes, contact_state_masks
 from serving import deadline
 from serving.identity import API_SYSTEM
 
 PUSH_SOURCE = "contact_push"
 STATE_VIEW = "contact_state"
-LAST = {t: f"last_{t}_at" for t in TIERS}
-LAST_CONTACT = "last_contact_at"
 
 log = logging.getLogger("nexttouch.serving")
 
@@ -57,7 +56,7 @@ class ContactUpdater:
         self.keep = keep
         self.resolve = resolve
         self.timeout_s = timeout_s
-        self.refs = [f"{STATE_VIEW}:{c}" for c in (*LAST.values(), LAST_CONTACT)]
+        self.refs = [f"{STATE_VIEW}:{c}" for c in CONTACT_STATE]
         # One update at a time: read-modify-write of a customer's state must not interleave. Within the
         # process one pusher thread; across the workers (processes) the ``flock`` on ``lock`` around it.
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
@@ -183,13 +182,8 @@ class ContactUpdater:
                     log.warning("deferred online contact update failed again: %s", type(exc).__name__)
 
     def _push(self, events: pd.DataFrame) -> None:
-        latest = {
-            col: events.loc[mask].groupby(CUSTOMER_ID)["occurred_at"].max()
-            for col, mask in (
-                *((LAST[t], events["tier"] == t) for t in TIERS),
-                (LAST_CONTACT, events["direction"] == "out"),
-            )
-        }
+        masks = contact_state_masks(codes(events["tier"], TIERS), codes(events["direction"], DIRECTIONS))
+        latest = {col: events.loc[mask].groupby(CUSTOMER_ID)["occurred_at"].max() for col, mask in masks.items()}
         customers = sorted(events[CUSTOMER_ID].unique())
         current = self.store.get_online_features(
             features=self.refs, entity_rows=[{CUSTOMER_ID: c} for c in customers]

@@ -4,9 +4,9 @@ Stored views are read by ``features.online_read.OnlineReader``, which returns wh
 ``get_online_features`` returns: one customer with one indexed lookup per view and cached value
 decoding (~0.1 ms against Feast's ~0.8 ms), many with one query per view, decoding each distinct
 value once (Feast's own call costs 0.5-2 s for 1,000 customers; see benchmarks/bench_online_read.py).
-The request-time recency is computed here instead of by Feast's on-demand view: for one customer
-by ``_recency`` (plain Python on scalars; pandas would cost ~10x the rest of the read), for many
-by ``recency_frame`` itself, vectorised.
+The request-time recency is computed here instead of by Feast's on-demand view, with the function
+that view runs (``nexttouch.touches``): for one customer on its Python values (pandas would cost
+~10x the rest of the read), for many on the typed frame's columns.
 tests/test_http.py checks both give exactly what Feast's on-demand view gives.
 """
 
@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from features.online_read import OnlineReader
-from features.touch_features import CONTACT_STATE, NEVER, RECENCY_FEATURES, recency_frame
 from nexttouch.feature_store import open_store
 from nexttouch.schemas import CUSTOMER_ID, REQUEST_AT
 from nexttouch.settings import Settings
+from nexttouch.touches import RECENCY, RECENCY_FEATURES, recency, recency_row
 
 RECENCY_VIEW = "recency"
 
@@ -43,9 +43,7 @@ class OnlineFeatures:
         self._fast = {p.name for p in projections if p.name in on_demand} <= {RECENCY_VIEW} and computed <= set(
             RECENCY_FEATURES
         )
-        self._recency = [
-            (last, name) for last, name in zip(CONTACT_STATE, RECENCY_FEATURES, strict=True) if name in computed
-        ]
+        self._last = [last for last, name in RECENCY.items() if name in computed]  # what recency is computed from
 
     def read(self, customer_id: str, at: datetime | None = None) -> dict[str, Any] | None:
         """Feature values by name as of ``at`` (default now), or None when the customer is unknown."""
@@ -55,8 +53,8 @@ class OnlineFeatures:
         values = self.reader.row(customer_id)
         if all(values.get(name) is None for name in self.stored):
             return None
-        for last, name in self._recency:
-            values[name] = _recency(values.get(last), at)
+        if self._last:
+            values.update(recency_row({last: values.get(last) for last in self._last}, _whole_seconds(at)))
         return values
 
     def read_feast(self, customer_id: str, at: datetime | None = None) -> dict[str, Any] | None:
@@ -71,8 +69,8 @@ class OnlineFeatures:
     def read_many(self, customer_ids: list[str], at: datetime | None = None) -> tuple[pd.DataFrame, np.ndarray]:
         """One online read for many customers: features by name (rows in order) and who is known.
 
-        Recency is computed by ``recency_frame`` itself, vectorised, instead of Feast's on-demand view
-        (the same function, without Feast's per-row request-data handling).
+        Recency is computed by the on-demand view's own function, vectorised, without Feast's per-row
+        request-data handling.
         """
         at = at or datetime.now(UTC)
         if not self._fast:
@@ -83,37 +81,12 @@ class OnlineFeatures:
         frame = frame.drop(columns=[CUSTOMER_ID, REQUEST_AT], errors="ignore")
         stored = [c for c in frame.columns if c in self.stored]
         known = frame[stored].notna().any(axis=1).to_numpy()
-        if self._fast and self._recency:
-            for name, days in recency_columns(frame[[last for last, _ in self._recency]], at).items():
+        if self._fast and self._last:
+            for name, days in recency({last: frame[last] for last in self._last}, _whole_seconds(at)).items():
                 frame[name] = days
         return frame, known
 
 
-def recency_columns(last: pd.DataFrame, at: datetime) -> dict[str, np.ndarray]:
-    """``recency_frame`` of the last-touch columns at ``at``, by name: the same float64 days.
-
-    The typed frame's timestamps are datetime64[ns, UTC], and for those this is recency_frame's own
-    arithmetic on the nanosecond counts (int64 difference, ``/ 1e9`` as ``total_seconds``,
-    ``/ 86,400``, negative -> 0, none -> ``NEVER``) without pandas' per-column overhead (~6 ms per
-    1,000 customers). Other dtypes go through ``recency_frame`` itself; tests check both agree exactly.
-    """
-    now = pd.Timestamp(at).tz_convert(UTC).floor("s")
-    names = dict(zip(CONTACT_STATE, RECENCY_FEATURES, strict=True))
-    if not all(isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" for dtype in last.dtypes):
-        recency = recency_frame(last.assign(**{REQUEST_AT: now}))
-        return {names[c]: recency[names[c]].to_numpy() for c in last.columns}
-    out = {}
-    for column in last.columns:
-        ns = last[column].array.asi8
-        days = np.maximum((now.value - ns) / 1e9 / 86_400, 0.0)
-        out[names[column]] = np.where(last[column].isna().to_numpy(), NEVER, days)
-    return out
-
-
-def _recency(last: datetime | None, at: datetime) -> float:
-    """features.touch_features.recency_frame for one value: days since ``last``, never negative."""
-    if last is None:
-        return NEVER
-    last = last if last.tzinfo else last.replace(tzinfo=UTC)
-    now = (at if at.tzinfo else at.replace(tzinfo=UTC)).replace(microsecond=0)  # Feast passes whole seconds
-    return max((now - last).total_seconds() / 86_400, 0.0)
+def _whole_seconds(at: datetime) -> datetime:
+    """The request time as Feast passes it to an on-demand view online: whole seconds, UTC if naive."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).replace(microsecond=0)

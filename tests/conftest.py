@@ -55,7 +55,8 @@ def project(tmp_path: Path) -> Settings:
 def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Settings:
     """Simulated -> features applied and materialized -> trained and registered as champion."""
     from nexttouch.jobs.project import build_project
-    from training.promotion import alias_version, promote
+    from nexttouch.registry_io import alias_version
+    from training.promotion import promote
 
     base = tmp_path_factory.mktemp("built")
     settings = build_project(load_settings(project_dir=base, **SMALL), catalog, END)

@@ -23,8 +23,9 @@ def test_online_store_serves_the_latest_snapshot(built: Settings) -> None:
     latest = offline[offline["customer_id"] == "C0000001"].sort_values("event_timestamp").iloc[-1]
     # The online response does not keep request order of features: compare by name.
     at = online["customer_id"].index("C0000001")
-    for name in ("tech_in_30d", "low_out_90d", "tenure_days"):
+    for name in ("tech_in_30d", "low_out_90d", "tenure_days", "push_open_rate_all", "app_like_organic_decayed"):
         assert online[name][at] == pytest.approx(latest[name])
+    assert online["days_observed"][at] == latest["days_observed"] > 90  # all history, not a 90-day window
     # recency is computed at request time from the last-touch time (on-demand feature view)
     expected = (now - latest["last_low_at"]).total_seconds() / 86400 if pd.notna(latest["last_low_at"]) else 999.0
     assert online["days_since_low"][at] == pytest.approx(expected)
@@ -57,6 +58,8 @@ def test_historical_features_are_point_in_time(built: Settings) -> None:
     got = store.get_historical_features(entity_df=entity, features=service).to_df().sort_values("row")
     assert got["tech_in_90d"].tolist() == [mine.iloc[49]["tech_in_90d"], mine.iloc[50]["tech_in_90d"]]
     assert got["last_tech_at"].tolist() == [mine.iloc[49]["last_tech_at"], mine.iloc[50]["last_tech_at"]]
+    for name in ("push_sent_all", "push_open_rate_all", "store_visit_linked_decayed", "days_observed"):
+        assert got[name].tolist() == pytest.approx([mine.iloc[49][name], mine.iloc[50][name]], rel=1e-6), name
     assert got["days_since_tech"].iloc[1] == pytest.approx(
         (day - mine.iloc[50]["last_tech_at"]).total_seconds() / 86400
     )
@@ -95,7 +98,9 @@ def test_online_features_equal_offline_features_at_the_same_time(built: Settings
 def test_touches_after_a_decision_do_not_change_its_training_features(project: Settings, catalog) -> None:
     """Leakage: plant touches right after each decision; that decision's training row stays the same."""
     from features.pipeline import build_offline, feast_apply
+    from features.touch_features import RESPONSES
     from nexttouch.ingest import ingest
+    from nexttouch.schemas import TOUCH_TYPES
     from nexttouch.simulate import write_brand
     from tests.conftest import END
     from training.dataset import training_set
@@ -106,21 +111,24 @@ def test_touches_after_a_decision_do_not_change_its_training_features(project: S
     feast_apply(project)
     decisions = pd.read_parquet(project.raw_dir / "decisions.parquet")
     before = training_set(project, decisions).set_index("decision_id").sort_index()
+    snapshots_before = pd.read_parquet(project.offline_dir / "touch_history.parquet")
 
     events = pd.read_parquet(project.raw_dir / "events.parquet")
     # each customer's last decision, so that no planted touch precedes another checked decision
     sample = decisions.sort_values("decided_at").groupby("customer_id").tail(1).sample(200, random_state=1)
+    # A purchase, and touches that move the history features: answers to decisions, a like.
+    types = np.resize(["purchase", "push_opened", "store_visit", "app_like", "event_attended"], len(sample))
     planted = pd.DataFrame(
         {
             "event_id": [f"planted-{i}" for i in range(len(sample))],
             "occurred_at": (sample["decided_at"] + pd.Timedelta(seconds=1)).to_numpy(),
             "source_system": "store",
             "source_key": "planted",
-            "touch_type": "purchase",
-            "tier": "high",
-            "direction": "in",
+            "touch_type": types,
+            "tier": [TOUCH_TYPES[t].tier for t in types],
+            "direction": [TOUCH_TYPES[t].direction for t in types],
             "amount": 5000.0,
-            "decision_id": None,
+            "decision_id": np.resize([None, "planted", "planted", None, "planted"], len(sample)),
             "customer_id": sample["customer_id"].to_numpy(),
         }
     )
@@ -128,10 +136,21 @@ def test_touches_after_a_decision_do_not_change_its_training_features(project: S
     build_offline(project, END, project.days)
     after = training_set(project, decisions).set_index("decision_id").sort_index()
 
-    pd.testing.assert_frame_equal(before.loc[sample["decision_id"]], after.loc[sample["decision_id"]])
+    # The customer's own features stay; the population's response rates (the rates' priors) move only
+    # for decisions after the first planted touch's day, whoever they are about.
+    rates = [f"{name}_rate_all" for name in RESPONSES]
+    own = before.columns.difference(rates)
+    pd.testing.assert_frame_equal(before.loc[sample["decision_id"], own], after.loc[sample["decision_id"], own])
+    earlier = before.index[before["decided_at"] < planted["occurred_at"].min().floor("D")]
+    assert len(earlier) > len(before) / 4
+    pd.testing.assert_frame_equal(before.loc[earlier], after.loc[earlier])
     # ...while the planted touches are in the features of later snapshots
     snapshots = pd.read_parquet(project.offline_dir / "touch_history.parquet")
     assert snapshots["spend_90d"].max() >= 5000.0
+    history = ["push_open_rate_all", "call_visit_rate_all", "event_attend_rate_all", "app_like_organic_all"]
+    history += ["push_opened_linked_decayed", "store_visit_linked_decayed", "app_like_organic_decayed"]
+    moved = (snapshots[history] != snapshots_before[history]).sum()
+    assert (moved > 0).all(), moved
 
 
 def test_a_brands_own_profile_columns_become_model_features(project: Settings, catalog) -> None:
@@ -157,3 +176,21 @@ def test_a_brands_own_profile_columns_become_model_features(project: Settings, c
     model = fit(data, catalog).model
     assert "vip_score" in model.numeric
     assert model.categorical["favourite_model"] == ["ev", "sedan", "suv"]
+
+
+def test_the_pipelines_batches_give_the_features_of_all_customers_at_once(built: Settings, tmp_path) -> None:
+    """build_offline featurises customers in batches with the population's priors from arrow: the same rows."""
+    from features.pipeline import build_offline
+    from features.touch_features import build_touch_features
+    from tests.conftest import END
+
+    settings = built.model_copy(update={"project_dir": tmp_path})
+    settings.raw_dir.parent.mkdir(parents=True)
+    settings.raw_dir.symlink_to(built.raw_dir)
+    build_offline(settings, END, built.days, batch=97)
+    got = pd.read_parquet(settings.offline_dir / "touch_history.parquet")
+    events = pd.read_parquet(built.raw_dir / "events.parquet")
+    customers = pd.read_parquet(built.raw_dir / "customers.parquet")
+    want = build_touch_features(events, customers, END, built.days, every_days=built.snapshot_every_days)
+    assert want["push_open_rate_all"].nunique() > 100
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=True)

@@ -159,7 +159,8 @@ def test_the_latest_rows_file_answers_as_a_scan_of_the_snapshots_does(offline: S
     import pyarrow.parquet as pq
 
     from features.online_load import latest_path, read_latest
-    from features.touch_features import CONTACT_STATE, TOUCH_FEATURES
+    from features.touch_features import TOUCH_FEATURES
+    from nexttouch.touches import CONTACT_STATE
 
     shutil.copy2(offline.offline_dir / "touch_history.parquet", tmp_path / "touch_history.parquet")
     path, latest = tmp_path / "touch_history.parquet", latest_path(offline.offline_dir / "touch_history.parquet")

@@ -65,6 +65,16 @@ def _check_reader(settings: Settings, kind: str) -> None:
     # A subset of a view's features, by reference; one customer; nobody at all.
     refs = ["touch_history:tech_in_30d", "customer_profile:" + reader.refs[-1][1], "contact_state:last_tech_at"]
     _same(read_online(store, refs, ids), _feast(store, refs, ids))
+    # Views interleaved: every value under its own name, whatever order the views come in.
+    profile = "customer_profile:" + reader.refs[-1][1]
+    refs = ["touch_history:tech_in_30d", profile, "touch_history:spend_90d", "contact_state:last_tech_at"]
+    refs += ["touch_history:tenure_days"]
+    interleaved = OnlineReader(store, refs)
+    want = _feast(store, refs, ids)
+    _same(interleaved.read(ids), want)
+    pd.testing.assert_frame_equal(interleaved.frame(ids), interleaved.read(ids), check_dtype=False, check_exact=True)
+    one = store.get_online_features(features=refs, entity_rows=[{"customer_id": ids[1]}]).to_dict()
+    assert interleaved.row(ids[1]) == {n: one[n][0] for n in interleaved.names}
     _same(reader.read(ids[1:2]), _feast(store, [f"{v}:{f}" for v, f in reader.refs], ids[1:2]))
     assert reader.read([]).shape == (0, len(reader.refs) + 1)
 

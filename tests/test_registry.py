@@ -78,7 +78,7 @@ def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
 def test_promote_rollback_and_history(
     built: Settings, data: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.evaluate import load_registered
+    from nexttouch.registry_io import load_registered
     from training.registry import log_and_register
 
     project = clone_project(built, tmp_path / "project")  # the built champion, never moved before

@@ -15,10 +15,11 @@ from typer.testing import CliRunner, Result
 from nexttouch.catalog import Catalog
 from nexttouch.cli import app
 from nexttouch.jobs.nightly import RetrainFailed, exclusive, lock_path, marker_path, retrain
+from nexttouch.registry_io import alias_version
 from nexttouch.settings import Settings
 from tests.conftest import END, SMALL
 from tests.reliability import clone_project
-from training.promotion import alias_version, champion_history
+from training.promotion import champion_history
 
 pytestmark = pytest.mark.slow
 DAY = END.date()

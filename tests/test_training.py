@@ -123,7 +123,7 @@ def test_registered_model_loads_as_pyfunc_with_the_same_scores(built: Settings) 
     import mlflow
     import pandas as pd
 
-    from features.touch_features import recency_frame
+    from nexttouch.touches import recency_frame
     from serving.champion import load_champion
 
     configure_mlflow(built)

@@ -64,3 +64,26 @@ def test_no_labelled_decision_gives_an_empty_frame_with_every_column(built: Sett
     labelled, _ = label_decisions(built, decisions, None)
     assert got.empty and got.attrs["open_window"] == 20
     assert list(got.columns) == list(_reference(built, labelled).columns)
+
+
+def test_each_decision_gets_the_history_of_the_days_before_it(built: Settings, catalog: Catalog) -> None:
+    """A decision's history features are its customer's snapshot at the start of its day: all touches before it."""
+    from features.touch_features import TOUCH_FEATURES
+
+    data = training_set(built, pd.read_parquet(built.raw_dir / "decisions.parquet"), catalog)
+    history = [c for c in TOUCH_FEATURES if c.endswith(("_all", "_decayed")) or c == "days_observed"]
+    assert len(history) > 20 and set(history) <= set(data.columns)
+    snapshots = pd.read_parquet(built.offline_dir / "touch_history.parquet")
+    sample = data.sample(300, random_state=0)
+    day = pd.to_datetime(sample["decided_at"], utc=True).dt.floor("D").astype(snapshots["event_timestamp"].dtype)
+    want = (
+        sample[["customer_id"]]
+        .assign(event_timestamp=day.to_numpy())
+        .merge(snapshots, on=["customer_id", "event_timestamp"], how="left", validate="many_to_one")
+    )
+    has_snapshot = want[history[0]].notna().to_numpy()  # decisions on the first day have none yet
+    assert has_snapshot.mean() > 0.9
+    for name in history:
+        got, expected = sample[name].to_numpy(float)[has_snapshot], want[name].to_numpy(float)[has_snapshot]
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
+    assert sample["days_observed"].max() > 90  # not a 90-day window

@@ -19,7 +19,6 @@ P(success) x value_of_success - cost.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +32,7 @@ from nexttouch.columns import from_frame
 from nexttouch.engine.choice import net_values
 from nexttouch.engine.rules import check
 from nexttouch.model import DecisionModel
+from nexttouch.registry_io import load_registered
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECISION_ID, OUTCOME, PROPENSITY
 from nexttouch.settings import Settings
 from training.gate import Paired, compare
@@ -248,25 +248,6 @@ def per_action_quality(
     return pd.DataFrame(rows), curves
 
 
-def load_registered(settings: Settings, alias: str | None = None) -> DecisionModel | None:
-    """The decision model behind ``models:/<name>@<alias>`` (champion by default); None if there is none."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from nexttouch.tracking import configure_mlflow
-
-    configure_mlflow(settings)
-    try:
-        version = MlflowClient().get_model_version_by_alias(settings.model_name, alias or settings.champion_alias)
-    except MlflowException:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version.version}", dst_path=tmp)
-        found = sorted(Path(tmp).glob("**/decision_model/meta.json"))
-        return DecisionModel.load(found[0].parent) if found else None
-
-
 def load_truth(settings: Settings | None) -> pd.DataFrame | None:
     path = settings.data_dir / TRUTH_FILE if settings else None
     return pd.read_parquet(path) if path and path.exists() else None
@@ -394,8 +375,6 @@ def feature_ceiling(
     if numeric is None or categorical is None or len(fit) < 100:
         return None
     import lightgbm as lgb
-
-    from nexttouch.model import DecisionModel
 
     x_fit = DecisionModel.encode_columns(fit, numeric, categorical)
     x = DecisionModel.encode_columns(data, numeric, categorical)

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from nexttouch.catalog import Catalog
+from nexttouch.registry_io import load_registered
 from nexttouch.settings import Settings
 from training.dataset import label_decisions, training_set
-from training.evaluate import Evaluation, evaluate, load_registered, log_evaluation
+from training.evaluate import Evaluation, evaluate, log_evaluation
 from training.gate import Verdict, decide
 from training.promotion import Move, actor, alias_version, promote
 from training.registry import (

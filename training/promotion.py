@@ -24,6 +24,7 @@ from typing import Literal
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from nexttouch.registry_io import alias_version
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
 
@@ -59,14 +60,6 @@ def actor(what: str) -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{what} ({user}@{socket.gethostname()})"
-
-
-def alias_version(settings: Settings, alias: str) -> str | None:
-    configure_mlflow(settings)
-    try:
-        return str(MlflowClient().get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException:  # no such alias (or no such model yet)
-        return None
 
 
 def promote(settings: Settings, version: str, by: str, why: str, metrics: Mapping[str, float] | None = None) -> Move:

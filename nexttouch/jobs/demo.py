@@ -15,11 +15,11 @@ import pandas as pd
 from features.pipeline import build_offline, feast_apply, materialize
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import ingest, summary
+from nexttouch.registry_io import alias_version
 from nexttouch.settings import Settings
 from nexttouch.simulate import write_brand
 from serving import server
 from training.job import run_training
-from training.promotion import alias_version
 
 
 def _step(title: str) -> float:

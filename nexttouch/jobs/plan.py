@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 
 from features.online_load import read_latest
 from features.pipeline import CUSTOMER_PROFILE, TOUCH_HISTORY
-from features.touch_features import CONTACT_STATE, recency_frame
 from nexttouch.catalog import Catalog
 from nexttouch.parquet import write_parquet
 from nexttouch.plan import Plan, capacity_slots, demote, plan_actions, plan_frame, predict
 from nexttouch.schemas import ACTION, CUSTOMER_ID, EVENT_TIMESTAMP, REQUEST_AT
 from nexttouch.settings import Settings
 from nexttouch.spreadsheet import safe_cells
+from nexttouch.touches import CONTACT_STATE, recency_frame
 from serving import capacity
 from serving.champion import load_champion
 from serving.decision_log import DecisionLog, Tx
