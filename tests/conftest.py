@@ -56,14 +56,17 @@ def built(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Setting
     """Simulated -> features applied and materialized -> trained and registered as champion."""
     from nexttouch.jobs.project import build_project
     from nexttouch.registry_io import alias_version
-    from training.promotion import promote
+    from nexttouch.tracking import tracking_client
 
     base = tmp_path_factory.mktemp("built")
     settings = build_project(load_settings(project_dir=base, **SMALL), catalog, END)
     # On this small brand the gate may serve the best single action instead of the first model (its test
-    # decisions are few): the serving tests need the personalised model as champion.
-    if alias_version(settings, settings.champion_alias) != "1":
-        promote(settings, "1", by="tests", why="the personalised model for the serving tests")
+    # decisions are few): the serving tests need the personalised model as a champion never moved before.
+    if alias_version(settings) != "1":
+        client = tracking_client(settings)
+        client.set_registered_model_alias(settings.model_name, settings.champion_alias, "1")
+        if alias_version(settings, "previous") is not None:
+            client.delete_registered_model_alias(settings.model_name, "previous")
     return settings
 
 
