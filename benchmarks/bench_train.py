@@ -32,13 +32,68 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from nexttouch.catalog import Catalog
+from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
+from nexttouch.schemas import ACTION, OUTCOME
 from nexttouch.telemetry import TELEMETRY_OFF
+from training.train import MONOTONE_INCREASING, PARAMS, feature_columns, fit_booster, split_by_time
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 180
 DECISION_RATE = 0.08  # the simulator's default daily chance of a decision per customer
 TRAINSET = "trainset.parquet"
+
+
+class PerActionModel:
+    """One calibrated booster per action: the alternative structure, measured against the shared one."""
+
+    def __init__(self, boosters: dict[str, lgb.Booster], numeric, categorical, actions, calibration) -> None:
+        self.boosters, self.numeric, self.categorical = boosters, numeric, categorical
+        self.actions, self.calibration = actions, calibration
+
+    def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
+        x = DecisionModel.encode_columns(frame, self.numeric, self.categorical)
+        return np.column_stack([self.boosters[a].predict(x) for a in self.actions])
+
+    def predict_all(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.calibration.apply(self.predict_raw(frame), self.actions)
+
+
+def fit_per_action(
+    train_set: pd.DataFrame,
+    catalog: Catalog,
+    valid_share: float = 0.15,
+    test_share: float = 0.15,
+    rounds: int = 500,
+    calibration: CalibrationMethod = "sigmoid",
+) -> PerActionModel:
+    """One booster per action on that action's logged decisions, same split, constraints and calibration."""
+    params = dict(PARAMS)
+    numeric, categorical = feature_columns(train_set)
+    train, valid, _ = split_by_time(train_set, valid_share, test_share)
+    names = [*numeric, *categorical]
+    cat_idx = [names.index(c) for c in categorical]
+    params["monotone_constraints"] = [int(c in MONOTONE_INCREASING) for c in names]
+    boosters = {}
+    for action in catalog.names:
+        tr, va = train.loc[train[ACTION] == action], valid.loc[valid[ACTION] == action]
+        x_tr = DecisionModel.encode_columns(tr, numeric, categorical)
+        x_va = DecisionModel.encode_columns(va, numeric, categorical)
+        boosters[action] = fit_booster(
+            params, x_tr, tr[OUTCOME].to_numpy(), x_va, va[OUTCOME].to_numpy(), names, cat_idx, rounds
+        )
+    model = PerActionModel(boosters, numeric, categorical, catalog.names, Calibration())
+    raw = model.predict_raw(valid)
+    idx = pd.Index(catalog.names).get_indexer(valid[ACTION].astype(object))
+    model.calibration = Calibration.fit(
+        calibration, raw[np.arange(len(valid)), idx], valid[OUTCOME].to_numpy(), valid[ACTION].to_numpy(), catalog.names
+    )
+    return model
 
 
 def _peak_mib() -> int:
@@ -102,7 +157,7 @@ def _train_and_evaluate(project: Path, customers: int, every_days: int, per_acti
 
     from nexttouch.catalog import load_catalog
     from training.evaluate import evaluate, load_truth
-    from training.train import fit, fit_per_action, split_by_time
+    from training.train import fit
 
     s = _settings(project, customers, every_days)
     catalog = load_catalog()
