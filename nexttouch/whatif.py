@@ -442,6 +442,7 @@ def table(comparison: Comparison) -> str:
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded)
 
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in lines)])
