@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.model import DecisionModel
-from nexttouch.policy import OK, broken_rules, explore_probabilities, net_values
+from nexttouch.policy import OK, TIME_ZONE, broken_rules, explore_probabilities, net_values
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY, TOUCH_TYPES
 from nexttouch.world import DAY_S, EXPLORE, TYPE_NAMES, Origin, World, stream
 
@@ -160,6 +161,39 @@ class Capacity:
         return ok
 
 
+class QuietHours:
+    """The quiet-hour rules of ``broken_rules`` for a batch at one time, through one row per time zone.
+
+    A decision's time only matters to the contact rules through quiet hours (cool-downs read the
+    recency features, measured at each row's own time), and quiet hours only through the local
+    clock of the row's time zone: one row per zone and local time is checked, and remembered.
+    """
+
+    def __init__(self, catalog: Catalog, default_time_zone: str) -> None:
+        self.catalog, self.default = catalog, default_time_zone
+        self.consent = {a.requires: 1 for a in catalog.actions if a.requires}  # consent is checked elsewhere
+        self.seen: dict[tuple[str, str], np.ndarray] = {}
+
+    def allowed(self, frame: pd.DataFrame, now: datetime) -> np.ndarray:
+        """(rows, actions): False where an action is in its quiet hours (or the zone is unknown) at ``now``."""
+        if TIME_ZONE in frame:
+            zones = frame[TIME_ZONE].astype(object).where(frame[TIME_ZONE].notna(), self.default).astype(str)
+        else:
+            zones = pd.Series(self.default, index=frame.index)
+        codes, uniques = pd.factorize(zones)
+        rows = np.empty((len(uniques), len(self.catalog.actions)), bool)
+        for i, zone in enumerate(uniques):
+            try:
+                key = (zone, now.astimezone(ZoneInfo(zone)).strftime("%H:%M"))
+            except (ZoneInfoNotFoundError, ValueError):
+                key = (zone, "unknown")
+            if key not in self.seen:
+                one = pd.DataFrame({TIME_ZONE: [zone], **{c: [v] for c, v in self.consent.items()}})
+                self.seen[key] = (broken_rules(self.catalog, one, now, self.default) == OK)[0]
+            rows[i] = self.seen[key]
+        return rows[codes]
+
+
 @dataclass
 class RunResult:
     """One policy's closed-loop run on one seed: every decision it made and the touches that followed."""
@@ -209,6 +243,7 @@ def run_policy(
     explores = bool(getattr(policy, "explores", False))
     learner = policy if isinstance(policy, Learner) else None
     capacity = Capacity(catalog)
+    quiet = QuietHours(catalog, default_time_zone)
     value = np.array([a.value_of_success for a in catalog.actions])
     cost = np.array([a.cost for a in catalog.actions])
     window = {a.name: a.attribution_days for a in catalog.actions}
@@ -228,14 +263,18 @@ def run_policy(
             u = stream(origin.seed, EXPLORE, day).random((origin.n, 2))[due.cust]
             chosen = np.full(len(due.cust), -1)
             prop, explored = np.ones(len(due.cust)), np.zeros(len(due.cust), bool)
-            for at in np.unique(due.at):
-                rows = np.flatnonzero(due.at == at)
-                now = when.iloc[rows[0]].to_pydatetime()
-                part = frame.iloc[rows].reset_index(drop=True)
-                allowed = broken_rules(catalog, part, now, default_time_zone) == OK
+            # Consent, caps and cool-downs (recency is measured at each row's decision time) for the day at once;
+            # quiet hours per decision hour. An action is allowed when no rule removes it, as in broken_rules.
+            allowed_day = broken_rules(catalog, frame, None, default_time_zone) == OK
+            starts = np.flatnonzero(np.r_[True, due.at[1:] != due.at[:-1]])
+            for lo, hi in zip(starts, np.r_[starts[1:], len(due.at)], strict=True):
+                rows = np.arange(lo, hi)
+                now = when.iloc[lo].to_pydatetime()
+                part = frame.iloc[lo:hi].reset_index(drop=True)
+                allowed = allowed_day[lo:hi] & quiet.allowed(part, now)
                 todo = np.arange(len(rows))
                 while len(todo):  # capacity is part of the state: refused rows choose again among what is left
-                    sub = part.iloc[todo].reset_index(drop=True)
+                    sub = part if len(todo) == len(part) else part.iloc[todo].reset_index(drop=True)
                     a, p, x = _choose(policy, sub, now, allowed[todo], explores, epsilon, catalog, u[rows[todo]])
                     if not allowed[todo, a].all():
                         raise RuntimeError(f"{policy.name} chose an action its rows may not have")
