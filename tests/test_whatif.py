@@ -130,3 +130,32 @@ def test_capacity_and_exploration_apply_to_every_policy(origin: Origin, catalog:
     certain = result.explored & (result.propensity == 1)
     assert (result.action[certain] == scarce.names.index(NO_ACTION)).all()
     assert (result.propensity[result.explored & (result.action != scarce.names.index(NO_ACTION))] < 1).all()
+
+
+def test_the_champion_decides_as_the_service_would(origin: Origin, catalog: Catalog) -> None:
+    from nexttouch.policy import choose, eligibility
+    from nexttouch.schemas import ACTION, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
+    from nexttouch.whatif import ChampionPolicy
+    from training.train import fit
+
+    spy = Spy(catalog)
+    run(origin, lambda _world: spy, epsilon=0.0, days=4)
+    rng = np.random.default_rng(0)
+    rows = pd.concat([f.assign(**{DECIDED_AT: pd.Timestamp(now)}) for f, now, _ in spy.frames], ignore_index=True)
+    data = rows.assign(
+        **{
+            DECISION_ID: [f"d{i}" for i in range(len(rows))],
+            ACTION: rng.choice(catalog.names, len(rows)),
+            PROPENSITY: 0.25,
+            OUTCOME: (rng.random(len(rows)) < 0.2 + 0.3 * (rows["tech_in_30d"] > 5)).astype(float),
+        }
+    )
+    model = fit(data, catalog, rounds=20).model
+    champion = ChampionPolicy(catalog, model)
+    for frame, now, eligible in spy.frames[:10]:
+        chosen, propensity = champion.decide(frame, now, eligible)
+        assert (propensity == 1).all()
+        p = model.predict_all(frame)
+        for i, record in enumerate(frame.to_dict("records")):
+            expected = choose(catalog, p[i], eligibility(catalog, record, now), 0.0, rng).action
+            assert catalog.names[chosen[i]] == expected
