@@ -452,8 +452,14 @@ def mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, 
     return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
 
 
+def _paired(comparison: Comparison, policy: str) -> tuple[float, str]:
+    diff, half = comparison.paired(policy, comparison.best_single)
+    return diff, "" if math.isnan(half) else f" ±{half:.4f}"
+
+
 def table(comparison: Comparison) -> str:
-    """A plain-text table of the comparison: value, realised value, contacts, action shares, OMO transitions."""
+    """A plain-text table of the comparison: value (also paired against the best single action), realised value,
+    contacts per customer, OMO transitions per customer and action shares, means ± 95% intervals over seeds."""
     s = comparison.summary()
     actions = [c.removeprefix("share_") for c in s.columns if c.startswith("share_") and not c.endswith("_half")]
 
@@ -461,7 +467,8 @@ def table(comparison: Comparison) -> str:
         half = row[f"{col}_half"]
         return f"{row[col]:.{digits}f}" + ("" if math.isnan(half) else f" ±{half:.{digits}f}")
 
-    head = ["policy", "value/cust-day", "realised", "value/decision", "contacts/cust", "on→off", "off→on"]
+    head = ["policy", "value/cust-day", f"vs {BEST_SINGLE}", "realised", "value/decision", "contacts/cust"]
+    head += ["on→off", "off→on"]
     head += [f"{a} %" for a in actions]
     lines = []
     for _, row in s.iterrows():
@@ -470,6 +477,7 @@ def table(comparison: Comparison) -> str:
             [
                 name,
                 cell(row, "value_per_customer_day", 4),
+                "{:+.4f}{}".format(*_paired(comparison, str(row["policy"]))),
                 cell(row, "realised_per_customer_day", 4),
                 cell(row, "value_per_decision"),
                 cell(row, "contacts_per_customer", 2),

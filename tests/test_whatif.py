@@ -13,6 +13,7 @@ from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.jobs.whatif import START, default_policies, touch_featurizer
 from nexttouch.policy import OK, broken_rules
 from nexttouch.whatif import RunResult, compare, run_policy
+from nexttouch.simulate import TYPE_CODE
 from nexttouch.world import Origin, World, burn_in
 
 HISTORY = 60
@@ -159,3 +160,31 @@ def test_the_champion_decides_as_the_service_would(origin: Origin, catalog: Cata
         for i, record in enumerate(frame.to_dict("records")):
             expected = choose(catalog, p[i], eligibility(catalog, record, now), 0.0, rng).action
             assert catalog.names[chosen[i]] == expected
+
+
+def test_counts_drawn_at_uniforms_follow_their_distribution() -> None:
+    from nexttouch.world import binomial_at, poisson_at
+
+    rng = np.random.default_rng(1)
+    lam = np.full(200_000, 0.7)
+    k = poisson_at(rng.random(len(lam)), lam)
+    assert k.mean() == pytest.approx(0.7, abs=0.01) and k.var() == pytest.approx(0.7, abs=0.02)
+    n = rng.integers(0, 4, len(lam))
+    b = binomial_at(rng.random(len(lam)), n, np.full(len(lam), 0.3))
+    assert (b <= n).all() and b.mean() == pytest.approx(0.3 * n.mean(), abs=0.01)
+    # the same uniform gives the same count: customers in the same state behave alike under every policy
+    u = rng.random(1000)
+    np.testing.assert_array_equal(poisson_at(u, np.full(1000, 2.0)), poisson_at(u.copy(), np.full(1000, 2.0)))
+
+
+def test_the_closed_loop_world_continues_the_burn_in(origin: Origin) -> None:
+    world = World(origin)
+    for day in range(DAYS):
+        world.begin_day(day)
+        world.end_day()
+    c, t, k, _ = world.events.view()
+    session = k == TYPE_CODE["app_session"]
+    t0 = int(START.timestamp())
+    before = (session & (t >= t0 - 30 * 86_400) & (t < t0)).sum() / 30
+    after = (session & (t >= t0)).sum() / DAYS
+    assert after == pytest.approx(before, rel=0.15)  # no contacts: activity decays a little, it does not jump

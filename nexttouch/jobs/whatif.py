@@ -162,30 +162,31 @@ def log_whatif(settings: Settings, catalog: Catalog, whatif: WhatIf, params: dic
 
 
 def plot(whatif: WhatIf, catalog: Catalog, path: Path) -> None:
-    """Value per customer-day with its interval, and each policy's action mix."""
+    """Each policy's value against the best single action (paired by seed, with its interval), and its action mix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = whatif.comparison.summary()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(s) + 2), sharey=True)
+    c = whatif.comparison
+    s = c.summary()
+    paired = np.array([c.paired(p, c.best_single) for p in s["policy"]])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(s) + 2.5), sharey=True)
     y = np.arange(len(s))
-    labels = [p + (f" ({BEST_SINGLE})" if p == whatif.comparison.best_single else "") for p in s["policy"]]
-    left.barh(y, s["value_per_customer_day"], xerr=s["value_per_customer_day_half"].fillna(0), color="tab:blue")
+    labels = [p + (f" ({BEST_SINGLE})" if p == c.best_single else "") for p in s["policy"]]
+    left.barh(y, paired[:, 0], xerr=np.nan_to_num(paired[:, 1]), color="tab:blue")
+    left.axvline(0, color="black", linewidth=0.8)
     left.set_yticks(y, labels)
     left.invert_yaxis()
-    left.set_xlabel("true expected net value per customer-day")
-    lo = s["value_per_customer_day"].min()
-    left.set_xlim(lo - 0.1 * abs(lo), None)
+    left.set_xlabel(f"true net value per customer-day minus the {BEST_SINGLE}'s (same seeds)")
     start = np.zeros(len(s))
     for a in catalog.names:
         share = s[f"share_{a}"].to_numpy()
         right.barh(y, share, left=start, label=a, color=None if a != NO_ACTION else "lightgrey")
         start += share
     right.set_xlabel("share of decisions")
-    right.legend(loc="lower right", fontsize="small")
-    fig.suptitle("closed-loop what-if: same worlds, same random numbers for every policy")
+    right.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(catalog.names), fontsize="small")
+    fig.suptitle("closed-loop what-if: every policy on the same worlds with the same random numbers", y=1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
