@@ -12,8 +12,8 @@ from features.touch_features import CONTACT_STATE, RECENCY_FEATURES, TOUCH_FEATU
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.jobs.whatif import START, default_policies, touch_featurizer
 from nexttouch.policy import OK, broken_rules
-from nexttouch.whatif import RunResult, compare, run_policy
 from nexttouch.simulate import TYPE_CODE
+from nexttouch.whatif import RunResult, compare, run_policy
 from nexttouch.world import Origin, World, burn_in
 
 HISTORY = 60
@@ -182,7 +182,7 @@ def test_the_closed_loop_world_continues_the_burn_in(origin: Origin) -> None:
     for day in range(DAYS):
         world.begin_day(day)
         world.end_day()
-    c, t, k, _ = world.events.view()
+    _, t, k, _ = world.events.view()
     session = k == TYPE_CODE["app_session"]
     t0 = int(START.timestamp())
     before = (session & (t >= t0 - 30 * 86_400) & (t < t0)).sum() / 30
