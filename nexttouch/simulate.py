@@ -7,6 +7,8 @@ model gives P(success | state, action), so the value of any policy can be comput
 The whole brand is simulated day by day with vectorised numpy over customers; events are kept as
 small integer codes until the end and their text columns are built once, with pyarrow, as
 arrow-backed string columns: 1M customers (~50M events) fit in a few GiB instead of tens.
+The organic rates, the state's decay and the response delays are module functions and constants
+because the closed-loop world (nexttouch.world) steps the same brand on from a simulation's end.
 """
 
 from __future__ import annotations
