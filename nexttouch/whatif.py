@@ -240,7 +240,6 @@ def run_policy(
     catalog = origin.catalog
     world = World(origin)
     policy = make_policy(world)
-    explores = bool(getattr(policy, "explores", False))
     learner = policy if isinstance(policy, Learner) else None
     capacity = Capacity(catalog)
     quiet = QuietHours(catalog, default_time_zone)
@@ -261,28 +260,9 @@ def run_policy(
             if len(frame) != len(due.cust) or (frame[CUSTOMER_ID].to_numpy() != world.ids[due.cust]).any():
                 raise RuntimeError("the featurizer must return one row per due customer, in order")
             u = stream(origin.seed, EXPLORE, day).random((origin.n, 2))[due.cust]
-            chosen = np.full(len(due.cust), -1)
-            prop, explored = np.ones(len(due.cust)), np.zeros(len(due.cust), bool)
-            # Consent, caps and cool-downs (recency is measured at each row's decision time) for the day at once;
-            # quiet hours per decision hour. An action is allowed when no rule removes it, as in broken_rules.
-            allowed_day = broken_rules(catalog, frame, None, default_time_zone) == OK
-            starts = np.flatnonzero(np.r_[True, due.at[1:] != due.at[:-1]])
-            for lo, hi in zip(starts, np.r_[starts[1:], len(due.at)], strict=True):
-                rows = np.arange(lo, hi)
-                now = when.iloc[lo].to_pydatetime()
-                part = frame.iloc[lo:hi].reset_index(drop=True)
-                allowed = allowed_day[lo:hi] & quiet.allowed(part, now)
-                todo = np.arange(len(rows))
-                while len(todo):  # capacity is part of the state: refused rows choose again among what is left
-                    sub = part if len(todo) == len(part) else part.iloc[todo].reset_index(drop=True)
-                    a, p, x = _choose(policy, sub, now, allowed[todo], explores, epsilon, catalog, u[rows[todo]])
-                    if not allowed[todo, a].all():
-                        raise RuntimeError(f"{policy.name} chose an action its rows may not have")
-                    granted = capacity.grant(a, sub, day0)
-                    done = todo[granted]
-                    chosen[rows[done]], prop[rows[done]], explored[rows[done]] = a[granted], p[granted], x[granted]
-                    allowed[todo[~granted], a[~granted]] = False
-                    todo = todo[~granted]
+            chosen, prop, explored = _decide_day(
+                policy, frame, due.at, when, day0, u, epsilon, catalog, capacity, quiet, default_time_zone
+            )
             p_all, success, success_at = world.respond(due.cust, chosen, due.at)
             j = np.arange(len(chosen))
             cols["day"].append(np.full(len(chosen), day))
@@ -328,6 +308,46 @@ def run_policy(
         realised=joined["real"],
         omo=omo_transitions(world, days),
     )
+
+
+def _decide_day(
+    policy: Policy,
+    frame: pd.DataFrame,
+    at: np.ndarray,
+    when: pd.Series,
+    day0: datetime,
+    u: np.ndarray,
+    epsilon: float,
+    catalog: Catalog,
+    capacity: Capacity,
+    quiet: QuietHours,
+    default_time_zone: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One day's decisions, hour by hour in time order: (action, propensity, explored) per row of ``frame``."""
+    explores = bool(getattr(policy, "explores", False))
+    chosen = np.full(len(frame), -1)
+    prop, explored = np.ones(len(frame)), np.zeros(len(frame), bool)
+    # Consent, caps and cool-downs (recency is measured at each row's decision time) for the day at once;
+    # quiet hours per decision hour. An action is allowed when no rule removes it, as in broken_rules.
+    allowed_day = broken_rules(catalog, frame, None, default_time_zone) == OK
+    starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+    for lo, hi in zip(starts, np.r_[starts[1:], len(at)], strict=True):
+        rows = np.arange(lo, hi)
+        now = when.iloc[lo].to_pydatetime()
+        part = frame.iloc[lo:hi].reset_index(drop=True)
+        allowed = allowed_day[lo:hi] & quiet.allowed(part, now)
+        todo = np.arange(len(rows))
+        while len(todo):  # capacity is part of the state: refused rows choose again among what is left
+            sub = part if len(todo) == len(part) else part.iloc[todo].reset_index(drop=True)
+            a, p, x = _choose(policy, sub, now, allowed[todo], explores, epsilon, catalog, u[rows[todo]])
+            if not allowed[todo, a].all():
+                raise RuntimeError(f"{policy.name} chose an action its rows may not have")
+            granted = capacity.grant(a, sub, day0)
+            done = todo[granted]
+            chosen[rows[done]], prop[rows[done]], explored[rows[done]] = a[granted], p[granted], x[granted]
+            allowed[todo[~granted], a[~granted]] = False
+            todo = todo[~granted]
+    return chosen, prop, explored
 
 
 def _choose(
