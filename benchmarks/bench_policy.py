@@ -89,6 +89,7 @@ def main() -> None:
         list(range(1, args.seeds + 1)),
         model=model,
         log_to_mlflow=args.mlflow is not None,
+        progress=True,
     )
     ran = time.perf_counter() - t
     c = result.comparison

@@ -11,7 +11,7 @@ import pytest
 from features.touch_features import CONTACT_STATE, RECENCY_FEATURES, TOUCH_FEATURES
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.jobs.whatif import START, default_policies, touch_featurizer
-from nexttouch.policy import OK, broken_rules
+from nexttouch.policy import OK, QUIET, broken_rules
 from nexttouch.simulate import TYPE_CODE
 from nexttouch.whatif import RunResult, compare, run_policy
 from nexttouch.world import Origin, World, burn_in
@@ -88,6 +88,9 @@ def test_policies_see_only_what_the_brand_sees_and_only_allowed_actions(origin: 
         np.testing.assert_array_equal(eligible, broken_rules(catalog, frame, now) == OK)
         assert (frame["days_since_contact"] >= 0).all()
     assert sum(len(f) for f, _, _ in spy.frames) == len(result.action)
+    # decisions fall at local times of day, some of them in quiet hours
+    quiet = sum(int((broken_rules(catalog, f, now) == QUIET).any(axis=1).sum()) for f, now, _ in spy.frames)
+    assert 0.05 < quiet / len(result.action) < 0.6
     # the spy's choices, the most expensive allowed, are what happened: no exploration at epsilon 0
     assert not result.explored.any() and (result.propensity == 1).all()
     assert (result.action == catalog.names.index("advisor_call")).any()
