@@ -21,15 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-for _var in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "BENTOML_DO_NOT_TRACK"):
-    os.environ.setdefault(_var, "true")
-os.environ.setdefault("FEAST_USAGE", "False")
-
-from nexttouch.catalog import load_catalog  # noqa: E402
-from nexttouch.jobs.whatif import START, champion_from, run_whatif  # noqa: E402
-from nexttouch.model import DecisionModel  # noqa: E402
-from nexttouch.settings import Settings, load_settings  # noqa: E402
+from nexttouch.catalog import load_catalog
+from nexttouch.jobs.whatif import START, champion_from, run_whatif
+from nexttouch.model import DecisionModel
+from nexttouch.settings import Settings, load_settings
+from nexttouch.telemetry import switch_off
 
 TRAIN_DAYS = 180
 TRAIN_SEED = 7  # the product's default seed; the closed-loop worlds use seeds 1..N
@@ -39,8 +35,8 @@ def train_champion(project: Path, customers: int) -> DecisionModel:
     """The product's training steps on a simulated brand's log, in a project of its own."""
     from features.pipeline import build_offline, feast_apply
     from nexttouch.ingest import ingest
+    from nexttouch.jobs.project import copy_feature_repo
     from nexttouch.simulate import write_brand
-    from tests.conftest import copy_feature_repo
     from training.job import build_training_set, labelled_decisions, train_model
 
     copy_feature_repo(project)
@@ -66,6 +62,8 @@ def main() -> None:
     parser.add_argument("--mlflow", type=Path, help="log the comparison (table, plot) to this project's MLflow store")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    switch_off()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # LightGBM's idle threads sleep on a shared machine
 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nexttouch-bench-policy-") as tmp:

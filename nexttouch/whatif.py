@@ -3,8 +3,9 @@
 Each day the customers due for a decision are featurised from the simulated touch history the
 way the brand would (the feature code is injected: ``Featurize``), and at each decision hour the
 policy under test sees only those rows: features, recency and profile, never the world's latent
-traits. The contact rules (``nexttouch.policy.broken_rules``), capacity and cost-aware exploration
-are applied here, the same for every policy; the chosen actions go to the world, whose true
+traits. The decision engine's contact rules (``nexttouch.engine.rules``: a push due in quiet hours
+is deferred to their end), capacity and cost-aware exploration are applied here, the same for
+every policy; the chosen actions go to the world, whose true
 response becomes touch events (next days' features) and outcomes (the policy's ``observe``, when
 the brand would know them: at the success touch, or when the attribution window closes).
 
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,10 @@ from scipy import stats
 from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.columns import from_frame, take_rows
+from nexttouch.engine import rules
+from nexttouch.engine.choice import best, explore_probabilities, net_values
 from nexttouch.model import DecisionModel
-from nexttouch.policy import OK, TIME_ZONE, broken_rules, explore_probabilities, net_values
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY, TOUCH_TYPES
 from nexttouch.world import DAY_S, EXPLORE, TYPE_NAMES, Origin, World, stream
 
@@ -63,14 +65,6 @@ class Learner(Protocol):
 
 
 PolicyFactory = Callable[[World], Policy]
-
-
-def _best_eligible(values: np.ndarray, eligible: np.ndarray, none: int) -> np.ndarray:
-    """Highest value among eligible actions; ``none`` wins ties (doing nothing when nothing pays)."""
-    scored = np.where(eligible, values, -np.inf)
-    best = scored.argmax(axis=1)
-    tie = scored[np.arange(len(best)), none] >= scored[np.arange(len(best)), best]
-    return np.where(tie, none, best)
 
 
 class ConstantPolicy:
@@ -111,7 +105,7 @@ class OraclePolicy:
     def decide(self, frame: pd.DataFrame, now: datetime, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cust = self.world.position.get_indexer(frame[CUSTOMER_ID])
         values = net_values(self.catalog, self.world.true_p(cust))
-        return _best_eligible(values, eligible, self.none), np.ones(len(frame))
+        return best(values, eligible, self.none), np.ones(len(frame))
 
 
 class ChampionPolicy:
@@ -130,7 +124,7 @@ class ChampionPolicy:
 
     def decide(self, frame: pd.DataFrame, now: datetime, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.model.predict_all(frame)[:, self.columns]
-        return _best_eligible(net_values(self.catalog, p), eligible, self.none), np.ones(len(frame))
+        return best(net_values(self.catalog, p), eligible, self.none), np.ones(len(frame))
 
 
 @dataclass
@@ -149,9 +143,9 @@ class Capacity:
             rule, rows = a.capacity, np.flatnonzero(action == j)
             if rule is None or not len(rows):
                 continue
-            year, week, _ = day.isocalendar()
-            period = day.date().isoformat() if rule.period == "day" else f"{year}-W{week:02d}"
-            buckets = profile[rule.per].astype(object).to_numpy()[rows] if rule.per in profile else [None] * len(rows)
+            period = rule.period_of(day)
+            values = profile[rule.per].astype(object).to_numpy()[rows] if rule.per in profile else [None] * len(rows)
+            buckets = [rule.bucket(v) for v in values]
             for row, bucket in zip(rows, buckets, strict=True):
                 key = (j, period, bucket)
                 if self.used.get(key, 0) >= rule.limit:
@@ -159,39 +153,6 @@ class Capacity:
                 else:
                     self.used[key] = self.used.get(key, 0) + 1
         return ok
-
-
-class QuietHours:
-    """The quiet-hour rules of ``broken_rules`` for a batch at one time, through one row per time zone.
-
-    A decision's time only matters to the contact rules through quiet hours (cool-downs read the
-    recency features, measured at each row's own time), and quiet hours only through the local
-    clock of the row's time zone: one row per zone and local time is checked, and remembered.
-    """
-
-    def __init__(self, catalog: Catalog, default_time_zone: str) -> None:
-        self.catalog, self.default = catalog, default_time_zone
-        self.consent = {a.requires: 1 for a in catalog.actions if a.requires}  # consent is checked elsewhere
-        self.seen: dict[tuple[str, str], np.ndarray] = {}
-
-    def allowed(self, frame: pd.DataFrame, now: datetime) -> np.ndarray:
-        """(rows, actions): False where an action is in its quiet hours (or the zone is unknown) at ``now``."""
-        if TIME_ZONE in frame:
-            zones = frame[TIME_ZONE].astype(object).where(frame[TIME_ZONE].notna(), self.default).astype(str)
-        else:
-            zones = pd.Series(self.default, index=frame.index)
-        codes, uniques = pd.factorize(zones)
-        rows = np.empty((len(uniques), len(self.catalog.actions)), bool)
-        for i, zone in enumerate(uniques):
-            try:
-                key = (zone, now.astimezone(ZoneInfo(zone)).strftime("%H:%M"))
-            except (ZoneInfoNotFoundError, ValueError):
-                key = (zone, "unknown")
-            if key not in self.seen:
-                one = pd.DataFrame({TIME_ZONE: [zone], **{c: [v] for c, v in self.consent.items()}})
-                self.seen[key] = (broken_rules(self.catalog, one, now, self.default) == OK)[0]
-            rows[i] = self.seen[key]
-        return rows[codes]
 
 
 @dataclass
@@ -242,7 +203,6 @@ def run_policy(
     policy = make_policy(world)
     learner = policy if isinstance(policy, Learner) else None
     capacity = Capacity(catalog)
-    quiet = QuietHours(catalog, default_time_zone)
     value = np.array([a.value_of_success for a in catalog.actions])
     cost = np.array([a.cost for a in catalog.actions])
     window = {a.name: a.attribution_days for a in catalog.actions}
@@ -260,10 +220,10 @@ def run_policy(
             if len(frame) != len(due.cust) or (frame[CUSTOMER_ID].to_numpy() != world.ids[due.cust]).any():
                 raise RuntimeError("the featurizer must return one row per due customer, in order")
             u = stream(origin.seed, EXPLORE, day).random((origin.n, 2))[due.cust]
-            chosen, prop, explored = _decide_day(
-                policy, frame, due.at, when, day0, u, epsilon, catalog, capacity, quiet, default_time_zone
+            chosen, prop, explored, sent = _decide_day(
+                policy, frame, due.at, when, day0, u, epsilon, catalog, capacity, default_time_zone
             )
-            p_all, success, success_at = world.respond(due.cust, chosen, due.at)
+            p_all, success, success_at = world.respond(due.cust, chosen, sent)
             j = np.arange(len(chosen))
             cols["day"].append(np.full(len(chosen), day))
             cols["cust"].append(due.cust)
@@ -274,7 +234,7 @@ def run_policy(
             cols["real"].append(success * value[chosen] - cost[chosen])
             if learner is not None:
                 names = np.array(catalog.names, dtype=object)[chosen]
-                closes = due.at + np.array([window[n] for n in names]) * DAY_S
+                closes = sent + np.array([window[n] for n in names]) * DAY_S
                 pending.append(
                     pd.DataFrame(
                         {
@@ -320,22 +280,23 @@ def _decide_day(
     epsilon: float,
     catalog: Catalog,
     capacity: Capacity,
-    quiet: QuietHours,
     default_time_zone: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One day's decisions, hour by hour in time order: (action, propensity, explored) per row of ``frame``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One day's decisions, hour by hour in time order: (action, propensity, explored, send time) per row.
+
+    The send time is the decision time, or the end of the quiet hours an action was deferred to.
+    """
     explores = bool(getattr(policy, "explores", False))
     chosen = np.full(len(frame), -1)
-    prop, explored = np.ones(len(frame)), np.zeros(len(frame), bool)
-    # Consent, caps and cool-downs (recency is measured at each row's decision time) for the day at once;
-    # quiet hours per decision hour. An action is allowed when no rule removes it, as in broken_rules.
-    allowed_day = broken_rules(catalog, frame, None, default_time_zone) == OK
+    prop, explored, sent = np.ones(len(frame)), np.zeros(len(frame), bool), at.astype(np.float64)
+    features = from_frame(frame)
     starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
     for lo, hi in zip(starts, np.r_[starts[1:], len(at)], strict=True):
         rows = np.arange(lo, hi)
         now = when.iloc[lo].to_pydatetime()
         part = frame.iloc[lo:hi].reset_index(drop=True)
-        allowed = allowed_day[lo:hi] & quiet.allowed(part, now)
+        check = rules.check(catalog, take_rows(features, rows), len(rows), now, default_time_zone)
+        allowed = check.eligible.copy()
         todo = np.arange(len(rows))
         while len(todo):  # capacity is part of the state: refused rows choose again among what is left
             sub = part if len(todo) == len(part) else part.iloc[todo].reset_index(drop=True)
@@ -345,9 +306,11 @@ def _decide_day(
             granted = capacity.grant(a, sub, day0)
             done = todo[granted]
             chosen[rows[done]], prop[rows[done]], explored[rows[done]] = a[granted], p[granted], x[granted]
+            deferred = check.send_at[done, a[granted]]
+            sent[rows[done]] = np.where(np.isnan(deferred), sent[rows[done]], deferred)
             allowed[todo[~granted], a[~granted]] = False
             todo = todo[~granted]
-    return chosen, prop, explored
+    return chosen, prop, explored, sent.astype(np.int64)
 
 
 def _choose(

@@ -10,8 +10,9 @@ import pytest
 
 from features.touch_features import CONTACT_STATE, RECENCY_FEATURES, TOUCH_FEATURES
 from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.columns import from_frame
+from nexttouch.engine.rules import Rule, check
 from nexttouch.jobs.whatif import START, default_policies, touch_featurizer
-from nexttouch.policy import OK, QUIET, broken_rules
 from nexttouch.simulate import TYPE_CODE
 from nexttouch.whatif import RunResult, compare, run_policy
 from nexttouch.world import Origin, World, burn_in
@@ -85,12 +86,16 @@ def test_policies_see_only_what_the_brand_sees_and_only_allowed_actions(origin: 
         assert set(frame.columns) == expected
         assert not latent & set(frame.columns)
         # every row is decided under the service's contact rules at that time
-        np.testing.assert_array_equal(eligible, broken_rules(catalog, frame, now) == OK)
+        np.testing.assert_array_equal(eligible, check(catalog, from_frame(frame), len(frame), now).eligible)
         assert (frame["days_since_contact"] >= 0).all()
     assert sum(len(f) for f, _, _ in spy.frames) == len(result.action)
     # decisions fall at local times of day, some of them in quiet hours
-    quiet = sum(int((broken_rules(catalog, f, now) == QUIET).any(axis=1).sum()) for f, now, _ in spy.frames)
+    checks = [check(catalog, from_frame(f), len(f), now) for f, now, _ in spy.frames]
+    quiet = sum(int((c.rules == Rule.QUIET).any(axis=1).sum()) for c in checks)
     assert 0.05 < quiet / len(result.action) < 0.6
+    # a push due in its quiet hours is deferred to their end, and goes out then
+    deferred = sum(int(np.isfinite(c.send_at).any(axis=1).sum()) for c in checks)
+    assert deferred > 0
     # the spy's choices, the most expensive allowed, are what happened: no exploration at epsilon 0
     assert not result.explored.any() and (result.propensity == 1).all()
     assert (result.action == catalog.names.index("advisor_call")).any()
@@ -136,8 +141,8 @@ def test_capacity_and_exploration_apply_to_every_policy(origin: Origin, catalog:
     assert (result.propensity[result.explored & (result.action != scarce.names.index(NO_ACTION))] < 1).all()
 
 
-def test_the_champion_decides_as_the_service_would(origin: Origin, catalog: Catalog) -> None:
-    from nexttouch.policy import choose, eligibility
+def test_the_champion_decides_as_the_decision_engine(origin: Origin, catalog: Catalog) -> None:
+    from nexttouch.engine import DecisionEngine
     from nexttouch.schemas import ACTION, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
     from nexttouch.whatif import ChampionPolicy
     from training.train import fit
@@ -156,13 +161,12 @@ def test_the_champion_decides_as_the_service_would(origin: Origin, catalog: Cata
     )
     model = fit(data, catalog, rounds=20).model
     champion = ChampionPolicy(catalog, model)
+    engine = DecisionEngine(catalog, model, "test", epsilon=0.0)
     for frame, now, eligible in spy.frames[:10]:
         chosen, propensity = champion.decide(frame, now, eligible)
         assert (propensity == 1).all()
-        p = model.predict_all(frame)
-        for i, record in enumerate(frame.to_dict("records")):
-            expected = choose(catalog, p[i], eligibility(catalog, record, now), 0.0, rng).action
-            assert catalog.names[chosen[i]] == expected
+        draft = engine.draft(list(frame["customer_id"]), from_frame(frame), now)
+        np.testing.assert_array_equal(chosen, draft.choice.action)
 
 
 def test_counts_drawn_at_uniforms_follow_their_distribution() -> None:
