@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# LightGBM's idle OpenMP threads sleep instead of spinning (read when LightGBM loads, so before the imports).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from nexttouch.catalog import load_catalog
 from nexttouch.jobs.whatif import START, champion_from, run_whatif
 from nexttouch.model import DecisionModel
@@ -63,7 +66,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     switch_off()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # LightGBM's idle threads sleep on a shared machine
 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nexttouch-bench-policy-") as tmp:
