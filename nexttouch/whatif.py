@@ -30,7 +30,7 @@ from tqdm import tqdm
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.columns import from_frame, take_rows
 from nexttouch.engine import rules
-from nexttouch.engine.choice import best, explore_probabilities, net_values
+from nexttouch.engine.choice import best, explore, net_values
 from nexttouch.model import DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY, TOUCH_TYPES
 from nexttouch.world import DAY_S, EXPLORE, TYPE_NAMES, Origin, World, stream
@@ -323,23 +323,18 @@ def _choose(
     catalog: Catalog,
     u: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The policy's choice, and with probability epsilon a cost-aware exploratory one instead.
+    """The policy's choice, and with probability epsilon the engine's cost-aware exploratory one instead.
 
-    The propensity is exact for a policy that is deterministic given its rows (its own propensity
-    1); a policy that randomises itself (``explores``) returns its own and gets no extra exploration.
+    The propensity is exact for a policy that is deterministic given its rows (the engine's
+    ``explore`` takes the plan as certain); a policy that randomises itself (``explores``) returns its
+    own and gets no extra exploration.
     """
     a, p = policy.decide(frame, now, allowed)
     a, p = np.asarray(a, dtype=int), np.asarray(p, dtype=float)
     if explores or epsilon <= 0:
         return a, p, np.zeros(len(a), bool)
-    q = explore_probabilities(catalog, allowed)
-    can = q.sum(axis=1) > 0
-    explored = can & (u[:, 0] < epsilon)
-    drawn = np.minimum((np.cumsum(q, axis=1) < u[:, 1:2]).sum(axis=1), q.shape[1] - 1)
-    chosen = np.where(explored, drawn, a)
-    eps = np.where(can, epsilon, 0.0)
-    rows = np.arange(len(a))
-    return chosen, eps * q[rows, chosen] + (1 - eps) * p * (chosen == a), explored
+    choice = explore(catalog, a, allowed, epsilon, u[:, 0], 1.0 - u[:, 1])
+    return choice.action, choice.propensity, choice.explored
 
 
 def _deliver(learner: Learner, pending: list[pd.DataFrame], until: int) -> list[pd.DataFrame]:
