@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.columns import from_frame, take_rows
-from nexttouch.engine import rules
-from nexttouch.engine.choice import best, explore, net_values
+from nexttouch.engine import DecisionEngine, rules
+from nexttouch.engine.affinity import Affinity, logit, update
+from nexttouch.engine.choice import best, choose, explore, net_values
 from nexttouch.model import DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY, TOUCH_TYPES
 from nexttouch.world import DAY_S, EXPLORE, TYPE_NAMES, Origin, World, stream
@@ -125,6 +126,65 @@ class ChampionPolicy:
     def decide(self, frame: pd.DataFrame, now: datetime, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.model.predict_all(frame)[:, self.columns]
         return best(net_values(self.catalog, p), eligible, self.none), np.ones(len(frame))
+
+
+class LearningChampionPolicy:
+    """The champion through the decision engine with each customer's own affinity per action.
+
+    As the service does with per-customer learning on: the engine's draft scores the population
+    model, ``personalise`` adds the customer's posterior and samples it (Thompson sampling, exact
+    propensities, the engine's exploration), and every outcome the brand learns updates that
+    customer's posterior at once (``nexttouch.engine.affinity.update``).
+    """
+
+    explores = True  # the engine explores and reports its own propensities
+
+    def __init__(
+        self,
+        world: World,
+        model: DecisionModel,
+        prior_sd: float,
+        epsilon: float,
+        default_time_zone: str = "UTC",
+        name: str = "champion + own learning",
+    ) -> None:
+        catalog = world.origin.catalog
+        self.name, self.catalog, self.epsilon = name, catalog, epsilon
+        self.engine = DecisionEngine(
+            catalog, model, "whatif", epsilon, seed=world.origin.seed, default_time_zone=default_time_zone
+        )
+        self.position = world.position
+        self.affinity = Affinity.prior(world.origin.n, np.full(len(catalog.actions), prior_sd))
+        self.none = catalog.names.index(NO_ACTION)
+        self.base: dict[tuple[str, int], np.ndarray] = {}  # (customer, decision time) -> population log-odds
+
+    def decide(self, frame: pd.DataFrame, now: datetime, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = frame[CUSTOMER_ID].tolist()
+        draft = self.engine.draft(ids, from_frame(frame), now)
+        rows = self.position.get_indexer(frame[CUSTOMER_ID])
+        a = self.affinity
+        self.engine.personalise(draft, Affinity(a.mean[rows], a.precision[rows], a.outcomes[rows]))
+        choice = choose(
+            self.catalog, draft.values, eligible, self.epsilon, draft.explore_u, draft.draw_u, self.none, draft.sampled
+        )
+        stamp = int(now.timestamp())
+        for cid, base in zip(ids, logit(draft.population), strict=True):
+            self.base[(cid, stamp)] = base
+        return choice.action, choice.propensity
+
+    def observe(self, outcomes: pd.DataFrame) -> None:
+        a, column = self.affinity, {name: j for j, name in enumerate(self.catalog.names)}
+        stamps = (outcomes[DECIDED_AT].astype("int64") // 10**9).to_numpy()
+        rows = self.position.get_indexer(outcomes[CUSTOMER_ID])
+        for cid, stamp, row, action, outcome in zip(
+            outcomes[CUSTOMER_ID], stamps, rows, outcomes[ACTION], outcomes[OUTCOME], strict=True
+        ):
+            base = self.base.pop((cid, int(stamp)), None)
+            if base is None:  # a repeated outcome is learnt once
+                continue
+            j = column[action]
+            a.mean[row, j], a.precision[row, j] = update(a.mean[row, j], a.precision[row, j], base[j], outcome)
+            a.outcomes[row, j] += 1
 
 
 @dataclass

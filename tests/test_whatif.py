@@ -195,3 +195,34 @@ def test_the_closed_loop_world_continues_the_burn_in(origin: Origin) -> None:
     before = (session & (t >= t0 - 30 * 86_400) & (t < t0)).sum() / 30
     after = (session & (t >= t0)).sum() / DAYS
     assert after == pytest.approx(before, rel=0.15)  # no contacts: activity decays a little, it does not jump
+
+
+def test_the_learning_champion_learns_each_customers_outcomes_once(origin: Origin, catalog: Catalog) -> None:
+    from nexttouch.whatif import LearningChampionPolicy
+    from training.train import fit
+
+    spy = Spy(catalog)
+    run(origin, lambda _world: spy, epsilon=0.0, days=3)
+    rng = np.random.default_rng(1)
+    rows = pd.concat([f.assign(decided_at=pd.Timestamp(now)) for f, now, _ in spy.frames], ignore_index=True)
+    data = rows.assign(
+        decision_id=[f"d{i}" for i in range(len(rows))],
+        action=rng.choice(catalog.names, len(rows)),
+        propensity=0.25,
+        outcome=(rng.random(len(rows)) < 0.3).astype(float),
+    )
+    model = fit(data, catalog, rounds=10).model
+    made: list[LearningChampionPolicy] = []
+
+    def make(world: World) -> LearningChampionPolicy:
+        made.append(LearningChampionPolicy(world, model, prior_sd=0.5, epsilon=0.05))
+        return made[0]
+
+    result = run(origin, make, days=6)
+    policy = made[0]
+    learnt = int(policy.affinity.outcomes.sum())
+    # every decision whose outcome the brand knew by the end was learnt, once, on its own customer and action
+    assert 0 < learnt <= len(result.action) and learnt + len(policy.base) == len(result.action)
+    moved = policy.affinity.mean != 0
+    assert moved.sum() == (policy.affinity.outcomes > 0).sum()
+    assert ((result.propensity > 0) & (result.propensity <= 1)).all() and (result.propensity < 1).any()

@@ -29,6 +29,7 @@ from nexttouch.whatif import (
     Comparison,
     ConstantPolicy,
     Featurize,
+    LearningChampionPolicy,
     OraclePolicy,
     PolicyFactory,
     RandomPolicy,
@@ -37,13 +38,16 @@ from nexttouch.whatif import (
     run_policy,
     table,
 )
-from nexttouch.world import burn_in
+from nexttouch.world import World, burn_in
 from training.evaluate import rule_actions
 
 log = logging.getLogger(__name__)
 START = datetime(2026, 11, 1, tzinfo=UTC)  # where the closed loop begins (the burn-in ends here)
 BURN_IN_DAYS = 180  # the history a brand has when it starts deciding: the product's default window
-PROFILE_ONLY = ("signup_at",)  # profile columns that are inputs of features, not features themselves
+PROFILE_ONLY = ("signup_at",)
+# Prior sd of a customer's own affinity when the settings leave per-customer learning off: the
+# simulated customers' tier affinities spread by ~0.5-0.9 on the log-odds scale.
+WHATIF_PRIOR_SD = 0.5  # profile columns that are inputs of features, not features themselves
 
 
 def touch_featurizer(history_days: int) -> Featurize:
@@ -70,8 +74,12 @@ class RulesPolicy:
         return rule_actions(self.catalog, frame, eligible), np.ones(len(frame))
 
 
-def default_policies(catalog: Catalog, model: DecisionModel | None) -> dict[str, PolicyFactory]:
-    """Every constant action (the best of them is the best single action), rules, random, oracle, champion."""
+def default_policies(
+    catalog: Catalog, model: DecisionModel | None, settings: Settings | None = None
+) -> dict[str, PolicyFactory]:
+    """Every constant action (the best of them is the best single action), rules, random, oracle, and the
+    champion as served (per-customer learning as the settings say) beside the champion with it switched."""
+    s = settings or Settings()
     out: dict[str, PolicyFactory] = {}
     for name in catalog.names:
         out[f"always {name}"] = lambda _w, name=name: ConstantPolicy(catalog, name)
@@ -79,7 +87,16 @@ def default_policies(catalog: Catalog, model: DecisionModel | None) -> dict[str,
     out["random"] = lambda w: RandomPolicy(w.origin.seed)
     out["oracle"] = OraclePolicy
     if model is not None:
-        out["champion"] = lambda _w: ChampionPolicy(catalog, model)
+        static: PolicyFactory = lambda _w: ChampionPolicy(catalog, model)  # noqa: E731
+        sd = s.affinity_prior_sd or WHATIF_PRIOR_SD
+
+        def learning(w: World) -> LearningChampionPolicy:
+            return LearningChampionPolicy(w, model, sd, s.epsilon, s.default_time_zone)
+
+        if s.affinity_prior_sd > 0:
+            out["champion"], out["champion without own learning"] = learning, static
+        else:
+            out["champion"], out[f"champion + own learning (prior sd {sd:g})"] = static, learning
     return out
 
 
@@ -106,7 +123,7 @@ def run_whatif(
     progress: bool = False,
 ) -> WhatIf:
     """Run every policy closed loop for ``days`` days on each seed's world; compare them paired by seed."""
-    policies = policies or default_policies(catalog, model)
+    policies = policies or default_policies(catalog, model, settings)
     featurize = touch_featurizer(burn_in_days)
     results = []
     for seed in seeds:
