@@ -103,6 +103,11 @@ def main() -> None:
     print(f"champion - best single action ({c.best_single}), paired by seed: {diff:.4f} ± {half:.4f} per customer-day")
     if result.run_id:
         print(f"logged to MLflow run {result.run_id} in {settings.resolved_tracking_uri}")
+    for other in sorted(set(c.metrics["policy"]) - {"champion"}):
+        if other.startswith("champion"):
+            print(
+                f"{other}: share of oracle margin over best single action {100 * c.share_of_oracle_margin(other):.1f} %"
+            )
     assert result.share is not None
     print(f"closed-loop share of oracle margin over best single action: {100 * result.share:.1f} %")
 
