@@ -4,10 +4,10 @@ Each day the customers due for a decision are featurised from the simulated touc
 way the brand would (the feature code is injected: ``Featurize``), and at each decision hour the
 policy under test sees only those rows: features, recency and profile, never the world's latent
 traits. The decision engine's contact rules (``nexttouch.engine.rules``: a push due in quiet hours
-is deferred to their end), capacity and cost-aware exploration are applied here, the same for
-every policy; the chosen actions go to the world, whose true
-response becomes touch events (next days' features) and outcomes (the policy's ``observe``, when
-the brand would know them: at the success touch, or when the attribution window closes).
+is deferred to their end), capacity and cost-aware exploration (``nexttouch.engine.choice``) are
+applied here, the same for every policy; the chosen actions go to the world, whose true response
+becomes touch events (next days' features) and outcomes (the policy's ``observe``, when the brand
+would know them: at the success touch, or when the attribution window closes).
 
 Values are the catalog's net values, P(success) x value_of_success - cost, with the world's true
 P(success) of the state the customer is in at the decision (expected) and with the outcome that
