@@ -1,4 +1,4 @@
-"""The one command line: `nexttouch simulate | ingest | features | train | plan | retrain | whatif | serve | demo | ...`.
+"""The one command line: `nexttouch simulate | ingest | features | train | plan | retrain | whatif | serve | ...`.
 
 Each command imports the stack it needs when it runs: Feast, MLflow, BentoML and LightGBM take seconds
 to import, and `nexttouch --help` must not pay for them (tests/test_cli.py).
