@@ -1,4 +1,4 @@
-"""The one command line: `nexttouch simulate | ingest | features | train | plan | retrain | serve | demo | ...`.
+"""The one command line: `nexttouch simulate | ingest | features | train | plan | retrain | whatif | serve | ...`.
 
 Each command imports the stack it needs when it runs: Feast, MLflow, BentoML and LightGBM take seconds
 to import, and `nexttouch --help` must not pay for them (tests/test_cli.py).
@@ -277,6 +277,35 @@ def champion_history(project_dir: ProjectOpt = None) -> None:
             f"{m.seq:>3} {m.at} {m.kind:<8} v{m.replaced or '-'} -> v{m.champion} "
             f"(previous {m.previous or '-'}) by {m.by}: {m.why}" + (f" [{numbers}]" if numbers else "")
         )
+
+
+@app.command()
+def whatif(
+    project_dir: ProjectOpt = None,
+    catalog: CatalogOpt = None,
+    customers: Annotated[int, typer.Option(help="Customers in each simulated world.")] = 5_000,
+    days: Annotated[int, typer.Option(help="Days each policy runs forward, closed loop.")] = 60,
+    seeds: Annotated[int, typer.Option(help="Worlds (seeds 1..N); every policy meets the same ones.")] = 2,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="A saved decision model to run as champion (default: the registry's).")
+    ] = None,
+    log_mlflow: Annotated[bool, typer.Option(help="Log the table and plot to an MLflow run of the project.")] = True,
+) -> None:
+    """Run the champion, the baselines and the oracle forward in the simulated brand and compare them."""
+    from nexttouch.jobs.whatif import champion_from, run_whatif
+
+    s = _settings(project_dir, catalog)
+    model = champion_from(s, model_dir)
+    if model is None:
+        typer.echo("no champion in the registry and no --model-dir: running the baselines only", err=True)
+    result = run_whatif(
+        s, load_catalog(s.catalog_path), customers, days, range(1, seeds + 1), model, log_to_mlflow=log_mlflow
+    )
+    typer.echo(result.text)
+    if result.share is not None:
+        typer.echo(f"champion's share of the oracle's margin over the best single action: {100 * result.share:.1f} %")
+    if result.run_id:
+        typer.echo(f"logged to MLflow run {result.run_id}")
 
 
 @app.command()

@@ -7,6 +7,8 @@ model gives P(success | state, action), so the value of any policy can be comput
 The whole brand is simulated day by day with vectorised numpy over customers; events are kept as
 small integer codes until the end and their text columns are built once, with pyarrow, as
 arrow-backed string columns: 1M customers (~50M events) fit in a few GiB instead of tens.
+The organic rates, the state's decay and the response delays are module functions and constants
+because the closed-loop world (nexttouch.world) steps the same brand on from a simulation's end.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ SUCCESS_TOUCH = {
     NO_ACTION: "app_session",
 }
 LOGGING_EPSILON = 0.3  # the logging policy explores a lot, so every action has support
+SENT_DELAY = 60  # seconds from a decision to its outbound touch
+RESPONSE_DELAY = (1_800, 2 * 86_400)  # a success touch follows its decision within [30 min, 2 days)
+OFFLINE_SUCCESS = ("event_attended", "store_visit")  # successes that are in-person contact
 CHUNK = 1 << 23  # rows per arrow chunk of a text column
 
 
@@ -100,6 +105,47 @@ class GroundTruth:
         return _sigmoid(base + effect)
 
 
+def app_rate(lt: Latents, offline: np.ndarray) -> np.ndarray:
+    """Daily app sessions: in-person contact makes customers more active online (the OMO loop)."""
+    return np.exp(-2.45 + 0.6 * lt.engagement + 0.4 * lt.digital + 0.35 * np.log1p(offline))
+
+
+def like_rate(lt: Latents, n_app: np.ndarray) -> np.ndarray:
+    """Likes per day given the day's sessions: the trace of a customer's social taste."""
+    return 0.6 * n_app * _sigmoid(lt.social)
+
+
+def visit_rate(lt: Latents, online: np.ndarray) -> np.ndarray:
+    """Daily store visits: app activity pulls customers into the store."""
+    return np.exp(
+        -4.2 + 0.4 * lt.engagement + 0.3 * lt.social + 0.5 * lt.personal + 0.3 * lt.premium + 0.25 * np.log1p(online)
+    )
+
+
+def buy_probability(lt: Latents) -> np.ndarray:
+    """Chance that a store visit ends in a purchase."""
+    return _sigmoid(-1.6 + 0.6 * lt.personal + 0.5 * lt.premium)
+
+
+@dataclass
+class WorldState:
+    """The customers' decayed activity that drives the truth: app activity, in-person contact, fatigue."""
+
+    online: np.ndarray
+    offline: np.ndarray
+    fatigue: np.ndarray
+
+    def advance(
+        self, n_app: np.ndarray, n_like: np.ndarray, n_visit: np.ndarray, attended: np.ndarray, contacted: np.ndarray
+    ) -> WorldState:
+        """The state after a day with these counts (the same decay for open and closed loop)."""
+        return WorldState(
+            0.85 * self.online + n_app + 0.2 * n_like,
+            0.93 * self.offline + n_visit + attended,
+            0.8 * self.fatigue + contacted,
+        )
+
+
 @dataclass
 class SimulatedBrand:
     customers: pd.DataFrame
@@ -112,6 +158,7 @@ class SimulatedBrand:
     decision_truth: pd.DataFrame
     start: datetime
     end: datetime
+    state: WorldState | None = None  # the customers' state at ``end``: where a closed loop starts
 
     def true_net_values(self, catalog: Catalog) -> np.ndarray:
         """True expected net value of every action at every logged decision: (decisions, actions)."""
@@ -269,9 +316,7 @@ def simulate(
         elif action.requires == "call_consent":
             eligible_all[:, j] = lt.call_consent == 1
 
-    online = np.zeros(n)  # decayed app activity
-    offline = np.zeros(n)  # decayed in-person contact
-    fatigue = np.zeros(n)  # decayed brand-initiated contacts
+    state = WorldState(online=np.zeros(n), offline=np.zeros(n), fatigue=np.zeros(n))
     ev: dict[str, list[np.ndarray]] = {"cust": [], "time": [], "type": [], "amount": [], "decision": []}
     dec_cust, dec_time, dec_action, dec_prop, dec_out, dec_truth = [], [], [], [], [], []
     n_decisions = 0
@@ -288,19 +333,10 @@ def simulate(
         day0 = t0 + day * DAY
         # Organic behaviour: the OMO loop links online and offline activity. App rates are set so a
         # customer has ~50 touches in 180 days (all sources, decisions included).
-        n_app = rng.poisson(np.exp(-2.45 + 0.6 * lt.engagement + 0.4 * lt.digital + 0.35 * np.log1p(offline)))
-        n_like = rng.poisson(0.6 * n_app * _sigmoid(lt.social))
-        n_visit = rng.poisson(
-            np.exp(
-                -4.2
-                + 0.4 * lt.engagement
-                + 0.3 * lt.social
-                + 0.5 * lt.personal
-                + 0.3 * lt.premium
-                + 0.25 * np.log1p(online)
-            )
-        )
-        n_buy = rng.binomial(n_visit, _sigmoid(-1.6 + 0.6 * lt.personal + 0.5 * lt.premium))
+        n_app = rng.poisson(app_rate(lt, state.offline))
+        n_like = rng.poisson(like_rate(lt, n_app))
+        n_visit = rng.poisson(visit_rate(lt, state.online))
+        n_buy = rng.binomial(n_visit, buy_probability(lt))
         for counts, touch in ((n_app, "app_session"), (n_like, "app_like"), (n_visit, "store_visit")):
             cust = np.repeat(np.arange(n), counts)
             emit(cust, day0 + rng.integers(0, DAY, len(cust)), touch)
@@ -317,13 +353,18 @@ def simulate(
         attended = np.zeros(n)
         contacted = np.zeros(n)
         if len(who):
-            chosen, prop = _logging_policy(rng, catalog, eligible_all[who], online[who], offline[who], lt.premium[who])
+            chosen, prop = _logging_policy(
+                rng, catalog, eligible_all[who], state.online[who], state.offline[who], lt.premium[who]
+            )
             when = day0 + rng.integers(0, DAY - 3_600, len(who))
             dec_no = np.arange(n_decisions, n_decisions + len(who))
             n_decisions += len(who)
             success = np.zeros(len(who), bool)
             p_all = np.column_stack(
-                [truth.p_success(who, online[who], offline[who], fatigue[who], name) for name in catalog.names]
+                [
+                    truth.p_success(who, state.online[who], state.offline[who], state.fatigue[who], name)
+                    for name in catalog.names
+                ]
             )
             dec_truth.append((p_all, eligible_all[who]))
             for j, name in enumerate(catalog.names):
@@ -332,13 +373,13 @@ def simulate(
                     continue
                 success[m] = rng.random(m.sum()) < p_all[m, j]
                 if name in ACTION_TOUCH:
-                    emit(who[m], when[m] + 60, ACTION_TOUCH[name], decision=dec_no[m])
+                    emit(who[m], when[m] + SENT_DELAY, ACTION_TOUCH[name], decision=dec_no[m])
                 if name != NO_ACTION:
                     contacted[who[m]] += 1
                 won = m & success
                 touch = SUCCESS_TOUCH.get(name, "app_session")
-                emit(who[won], when[won] + rng.integers(1_800, 2 * DAY, won.sum()), touch, decision=dec_no[won])
-                if touch in ("event_attended", "store_visit"):
+                emit(who[won], when[won] + rng.integers(*RESPONSE_DELAY, won.sum()), touch, decision=dec_no[won])
+                if touch in OFFLINE_SUCCESS:
                     attended[who[won]] += 1
             dec_cust.append(who)
             dec_time.append(when)
@@ -346,9 +387,7 @@ def simulate(
             dec_prop.append(prop)
             dec_out.append(success.astype(float))
 
-        online = 0.85 * online + n_app + 0.2 * n_like
-        offline = 0.93 * offline + n_visit + attended
-        fatigue = 0.8 * fatigue + contacted
+        state = state.advance(n_app, n_like, n_visit, attended, contacted)
 
     events = _events_frame(ids, source_keys, ev, t0, days)
     decision_ids = _numbered("sim-", np.arange(n_decisions), 9)
@@ -370,7 +409,7 @@ def simulate(
             **{f"eligible_{a}": eligible[:, j] for j, a in enumerate(catalog.names)},
         }
     )
-    return SimulatedBrand(customers, identity, events, decisions, truth, decision_truth, start, end)
+    return SimulatedBrand(customers, identity, events, decisions, truth, decision_truth, start, end, state)
 
 
 def _events_frame(
