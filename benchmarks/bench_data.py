@@ -120,7 +120,8 @@ def case_features(project: Path, args: argparse.Namespace) -> list[dict[str, obj
 def _latest(s) -> pd.DataFrame:
     """The latest touch-history row of each customer (the rows an online load writes)."""
     from features.online_load import read_latest
-    from features.touch_features import CONTACT_STATE, TOUCH_FEATURES
+    from features.touch_features import TOUCH_FEATURES
+    from nexttouch.touches import CONTACT_STATE
 
     cols = ["customer_id", "event_timestamp", *TOUCH_FEATURES, *CONTACT_STATE]
     return read_latest(s.offline_dir / "touch_history.parquet", ["customer_id"], "event_timestamp", cols, END)

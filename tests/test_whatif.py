@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.touch_features import CONTACT_STATE, RECENCY_FEATURES, TOUCH_FEATURES
+from features.touch_features import TOUCH_FEATURES
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.columns import from_frame
 from nexttouch.engine.rules import Rule, check
 from nexttouch.jobs.whatif import START, default_policies, touch_featurizer
 from nexttouch.simulate import TYPE_CODE
+from nexttouch.touches import CONTACT_STATE, RECENCY_FEATURES
 from nexttouch.whatif import RunResult, compare, run_policy
 from nexttouch.world import Origin, World, burn_in
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.touch_features import CONTACT_STATE, TOUCH_FEATURES, build_touch_features, recency_frame
+from features.touch_features import TOUCH_FEATURES, build_touch_features
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.model import DecisionModel
 from nexttouch.schemas import CUSTOMER_ID, REQUEST_AT
 from nexttouch.settings import Settings
+from nexttouch.touches import CONTACT_STATE, recency_frame
 from nexttouch.whatif import (
     BEST_SINGLE,
     ChampionPolicy,
