@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,7 @@ def from_frame(frame: pd.DataFrame) -> Features:
     return out
 
 
-def from_row(row: Mapping[str, Any]) -> Features:
+def from_row(row: Mapping[str, object]) -> Features:
     """One customer's values by name as a batch of one (numbers and times share one float array)."""
     floats: list[float] = []
     where: list[tuple[str, int]] = []

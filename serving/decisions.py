@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ Resolver = Callable[[str, str], str | None]
 
 
 class FeatureSource(Protocol):
-    def read(self, customer_id: str, at: datetime | None = None) -> dict[str, Any] | None: ...
+    def read(self, customer_id: str, at: datetime | None = None) -> dict[str, object] | None: ...
 
     def read_many(self, customer_ids: list[str], at: datetime | None = None) -> tuple[pd.DataFrame, np.ndarray]: ...
 
