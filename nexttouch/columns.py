@@ -34,7 +34,10 @@ def from_row(row: Mapping[str, object]) -> Features:
     where: list[tuple[str, int]] = []
     out: Features = {}
     for name, value in row.items():
-        if value is None:
+        kind = type(value)
+        if kind is float or kind is int:  # most values: checked first, by exact type
+            number = float(value)
+        elif value is None:
             number = np.nan
         elif isinstance(value, datetime):
             number = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

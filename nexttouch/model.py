@@ -125,8 +125,15 @@ class DecisionModel:
         values become NaN. Training, evaluation and the decision engine all encode through here."""
         n = len(frame) if n is None else n
         out = np.empty((n, len(numeric) + len(categorical)), dtype=np.float64)
-        for j, col in enumerate(numeric):
-            out[:, j] = numbers(frame, col, n)
+        if n == 1 and isinstance(frame, dict):  # one customer's arrays: one float each, one assignment
+            cells = [frame.get(col) for col in numeric]
+            if all(c is not None and c.dtype.kind == "f" for c in cells):
+                out[0, : len(numeric)] = [c[0] for c in cells]
+            else:
+                out[0, : len(numeric)] = [numbers(frame, col, 1)[0] for col in numeric]
+        else:
+            for j, col in enumerate(numeric):
+                out[:, j] = numbers(frame, col, n)
         for j, (col, levels) in enumerate(categorical.items(), start=len(numeric)):
             column = frame.get(col)
             if column is None:

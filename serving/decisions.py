@@ -84,6 +84,11 @@ class Decisions:
             loop = asyncio.get_running_loop()
             draft = await loop.run_in_executor(self.reader, engine.draft, cids, features, now, causes)
         answers = await self._logged(lambda tx: _finish(tx, engine, draft, context or {}))
+        # After the commit: the log's write lock is not held for the reasons (a batch's in a thread).
+        if len(cids) == 1:
+            engine.explain(draft, answers)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self.reader, engine.explain, draft, answers)
         _count(answers, draft)
         return answers
 
@@ -134,7 +139,7 @@ class LogUnavailable(RuntimeError):
 
 
 def _finish(tx: Tx, engine: DecisionEngine, draft: Draft, context: dict[str, str]) -> list[Answer]:
-    """Inside the log transaction: capacity for the chosen actions, the answers, their log rows."""
+    """Inside the log transaction: capacity for the chosen actions, the answers' fields, their log rows."""
 
     def take(action: Action, bucket: str, at: datetime, want: int) -> int:
         assert action.capacity is not None
@@ -145,7 +150,7 @@ def _finish(tx: Tx, engine: DecisionEngine, draft: Draft, context: dict[str, str
         if own.outcomes.any():
             engine.personalise(draft, own)
     engine.allocate(draft, take)
-    answers = engine.answers(draft, new_decision_ids(len(draft.customer_ids)))
+    answers = engine.answers(draft, new_decision_ids(len(draft.customer_ids)), explain=False)
     insert_decisions(tx, decision_rows(answers, context))
     return answers
 

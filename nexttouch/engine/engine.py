@@ -166,8 +166,9 @@ class DecisionEngine:
                     draft.refused.setdefault(r, {})[action.name] = reasons.no_capacity(action)
             draft.choice = self._choose(draft)
 
-    def answers(self, draft: Draft, decision_ids: Sequence[str]) -> list[Answer]:
-        """The answer to every request, in request order (``decision_ids`` one per request)."""
+    def answers(self, draft: Draft, decision_ids: Sequence[str], explain: bool = True) -> list[Answer]:
+        """The answer to every request, in request order (``decision_ids`` one per request); with
+        ``explain=False`` the model's answers have no reasons yet (``explain`` adds them)."""
         catalog, names = self.catalog, self.catalog.names
         out: list[Answer] = []
         fallback_eligible: list[str] | None = None
@@ -185,6 +186,8 @@ class DecisionEngine:
                 k += 1
             answer["decision_id"] = decision_ids[i]
             out.append(answer)
+        if explain:
+            self.explain(draft, out)
         return out
 
     def decide(
@@ -282,10 +285,46 @@ class DecisionEngine:
         }
 
     def _decided(self, draft: Draft) -> list[Answer]:
-        """The model's answers for the rows it decided (no decision id, no customer id yet)."""
+        """The model's answers for the rows it decided, without reasons (no decision id, no customer id yet)."""
         m = len(draft.rows)
         if m == 0:
             return []
+        names, choice = self.catalog.names, draft.choice
+        values_l = rounded(draft.values, 4).tolist()
+        p_round = rounded(draft.p, 4).tolist()
+        allowed_l = draft.allowed.tolist()
+        action_l, explored_l = choice.action.tolist(), choice.explored.tolist()
+        propensity_l = rounded(choice.propensity, 6).tolist()
+        send_l = draft.check.send_at[np.arange(m), choice.action].tolist()
+        return [
+            {
+                "decision_id": "",
+                "customer_id": None,
+                "action": names[action_l[r]],
+                "propensity": propensity_l[r],
+                "explored": explored_l[r],
+                "values": dict(zip(names, values_l[r], strict=True)),
+                "p_success": dict(zip(names, p_round[r], strict=True)),
+                "eligible": [a for a, ok in zip(names, allowed_l[r], strict=True) if ok],
+                "reasons": [],
+                "cold_start": False,
+                "fallback": False,
+                "model_version": self.model_version,
+                "decided_at": draft.now,
+                "send_at": None if send_l[r] != send_l[r] else _time(send_l[r]),  # NaN: now
+            }
+            for r in range(m)
+        ]
+
+    def explain(self, draft: Draft, answers: Sequence[Answer]) -> None:
+        """Each model answer's reasons, in place: the rules that removed actions, the choice, the drivers.
+
+        Kept out of ``answers`` so a caller can log the decisions first and explain them after the
+        commit (the log's write lock is held for the decisions only, not for their reasons).
+        """
+        m = len(draft.rows)
+        if m == 0:
+            return
         catalog, names, inputs = self.catalog, self.catalog.names, self.model.inputs
         choice = draft.choice
         contrib = self._contributions(draft)
@@ -294,54 +333,30 @@ class DecisionEngine:
         # The drivers quote 3 inputs per row: read those cells, not every cell as a Python object.
         cells = [draft.features.get(c) for c in inputs]
         removed = rules.reasons(catalog, draft.check)
-        values_l = rounded(draft.values, 4).tolist()
-        p_l = draft.p.tolist()
-        p_round = rounded(draft.p, 4).tolist()
-        allowed_l = draft.allowed.tolist()
-        action_l, explored_l = choice.action.tolist(), choice.explored.tolist()
-        propensity_l = rounded(choice.propensity, 6).tolist()
         by_epsilon = (draft.explore_u < choice.epsilon).tolist()
-        send_l = draft.check.send_at[np.arange(m), choice.action].tolist()
+        p_l = draft.p.tolist()
         moved = self._moved_by_own_history(draft)
-        out: list[Answer] = []
-        for r in range(m):
-            j = action_l[r]
+        for r, i in enumerate(draft.rows.tolist()):
+            answer = answers[i]
+            j = int(choice.action[r])
             name = names[j]
-            eligible = [a for a, ok in zip(names, allowed_l[r], strict=True) if ok]
             gone = removed[r] | draft.refused[r] if r in draft.refused else removed[r]
             why = [reasons.removed(a, text) for a, text in gone.items()]
             if r in moved:
                 why.append(reasons.own_history(*moved[r]))
-            if explored_l[r] and by_epsilon[r]:
-                why.append(reasons.explored(name, len(eligible)))
-            elif explored_l[r]:
-                why.append(reasons.sampled(name, propensity_l[r]))
+            if answer["explored"] and by_epsilon[r]:
+                why.append(reasons.explored(name, len(answer["eligible"])))
+            elif answer["explored"]:
+                why.append(reasons.sampled(name, answer["propensity"]))
             else:
-                why.append(reasons.best_value(catalog.actions[j], p_l[r][j], values_l[r][j], len(eligible)))
-            send_at = None if send_l[r] != send_l[r] else _time(send_l[r])  # NaN: now
-            if send_at is not None:
-                why.append(reasons.deferred(catalog.actions[j], send_at, str(draft.check.zone[r])))
+                why.append(
+                    reasons.best_value(catalog.actions[j], p_l[r][j], answer["values"][name], len(answer["eligible"]))
+                )
+            if answer["send_at"] is not None:
+                why.append(reasons.deferred(catalog.actions[j], answer["send_at"], str(draft.check.zone[r])))
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
                 if abs(c) < 5e-4:  # nothing to say (a constant policy's features push nothing)
                     continue
                 column = cells[f]
                 why.append(reasons.driver(inputs[f], np.nan if column is None else column[r], name, c))
-            out.append(
-                {
-                    "decision_id": "",
-                    "customer_id": None,
-                    "action": name,
-                    "propensity": propensity_l[r],
-                    "explored": explored_l[r],
-                    "values": dict(zip(names, values_l[r], strict=True)),
-                    "p_success": dict(zip(names, p_round[r], strict=True)),
-                    "eligible": eligible,
-                    "reasons": why,
-                    "cold_start": False,
-                    "fallback": False,
-                    "model_version": self.model_version,
-                    "decided_at": draft.now,
-                    "send_at": send_at,
-                }
-            )
-        return out
+            answer["reasons"] = why
