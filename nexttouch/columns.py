@@ -6,7 +6,7 @@ plain arrays: the same code decides one customer or a million without pandas on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 
 import numpy as np
@@ -28,12 +28,14 @@ def from_frame(frame: pd.DataFrame) -> Features:
     return out
 
 
-def from_row(row: Mapping[str, object]) -> Features:
-    """One customer's values by name as a batch of one (numbers and times share one float array)."""
+def from_row(row: Mapping[str, object], names: Collection[str] | None = None) -> Features:
+    """One customer's values by name as a batch of one (numbers and times share one float array);
+    only ``names`` when given."""
     floats: list[float] = []
     where: list[tuple[str, int]] = []
     out: Features = {}
-    for name, value in row.items():
+    items = row.items() if names is None else ((n, row[n]) for n in names if n in row)
+    for name, value in items:
         kind = type(value)
         if kind is float or kind is int:  # most values: checked first, by exact type
             number = float(value)

@@ -112,7 +112,9 @@ class Decisions:
             log.warning("online read failed: %s", type(exc).__name__)
             return {}, [FallbackCause.STORE_ERROR] * len(cids)
         if len(cids) == 1:
-            return ({}, [FallbackCause.UNKNOWN_CUSTOMER]) if found is None else (from_row(found), [None])
+            if found is None:
+                return {}, [FallbackCause.UNKNOWN_CUSTOMER]
+            return from_row(found, self.engine.columns), [None]
         frame, known = found
         causes = [
             FallbackCause.UNKNOWN_SOURCE_KEY if c is None else None if k else FallbackCause.UNKNOWN_CUSTOMER

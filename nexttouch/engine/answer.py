@@ -81,6 +81,8 @@ def rounded(values: np.ndarray, digits: int) -> np.ndarray:
     10**digits moved a value across a half-way point: only values that land within 1e-6 of one
     (or beyond 2**52, or NaN) are rounded by Python itself. ~5x cheaper than ``round`` per value.
     """
+    if values.size <= 8:  # one customer: Python's round itself is cheaper than the vectorised steps
+        return np.array([round(v, digits) for v in values.ravel().tolist()]).reshape(values.shape)
     scale = 10.0**digits
     scaled = values * scale
     out = np.rint(scaled) / scale

@@ -8,11 +8,27 @@ import numpy as np
 
 from nexttouch.catalog import Catalog
 
+_ARRAYS: dict[int, tuple[Catalog, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _arrays(catalog: Catalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The catalog's values, costs and explore weights as arrays, built once per catalog object."""
+    found = _ARRAYS.get(id(catalog))
+    if found is None or found[0] is not catalog:  # a catalog is frozen: its arrays never change
+        arrays = (
+            np.array([a.value_of_success for a in catalog.actions]),
+            np.array([a.cost for a in catalog.actions]),
+            np.array([a.explore_weight for a in catalog.actions]),
+        )
+        if len(_ARRAYS) > 64:
+            _ARRAYS.clear()
+        found = _ARRAYS[id(catalog)] = (catalog, *arrays)
+    return found[1], found[2], found[3]
+
 
 def net_values(catalog: Catalog, p_success: np.ndarray) -> np.ndarray:
     """value(a) = P(success | a) * value_of_success(a) - cost(a), per row and action."""
-    value = np.array([a.value_of_success for a in catalog.actions])
-    cost = np.array([a.cost for a in catalog.actions])
+    value, cost, _ = _arrays(catalog)
     return p_success * value - cost
 
 
@@ -21,7 +37,7 @@ def explore_probabilities(catalog: Catalog, allowed: np.ndarray) -> np.ndarray:
 
     ``allowed`` is a bool array (..., actions); rows with nothing to explore get all zeros.
     """
-    weights = np.array([a.explore_weight for a in catalog.actions]) * allowed
+    weights = _arrays(catalog)[2] * allowed
     total = weights.sum(axis=-1, keepdims=True)
     return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
 

@@ -93,6 +93,12 @@ class DecisionEngine:
         self._columns = np.array([model.actions.index(a) for a in catalog.names])
         self._none = catalog.names.index(NO_ACTION)
         self.prior_sd = np.full(len(catalog.actions), prior_sd) if prior_sd > 0 else None
+        # What a decision reads: the model's inputs, the contact rules' columns, capacity groups.
+        rule_columns = {rules.TIME_ZONE}
+        for a in catalog.actions:
+            rule_columns |= {a.requires, a.last_touch_feature, a.recency_feature, *map(a.cap_feature, a.caps)}
+            rule_columns.add(a.capacity.per if a.capacity else None)
+        self.columns = tuple(dict.fromkeys([*model.inputs, *sorted(c for c in rule_columns if c)]))
 
     # -- the three steps ---------------------------------------------------------------------------
 
