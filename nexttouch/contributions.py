@@ -17,6 +17,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from nexttouch.logodds import sigmoid
+
 MAX_TABLE_BYTES = 256 * 2**20  # beyond this (huge models) rows fall back to TreeSHAP
 
 
@@ -84,4 +86,4 @@ class PathContributions:
     def probability(self, leaf: np.ndarray) -> np.ndarray:
         """What ``booster.predict`` gives for rows reaching these leaves (binary models: ``binary`` is True)."""
         raw = self.leaf_value[self._trees, leaf].sum(axis=1)
-        return 1.0 / (1.0 + np.exp(-raw))
+        return sigmoid(raw)

@@ -22,10 +22,10 @@ import pandas as pd
 
 from nexttouch.columns import numbers
 from nexttouch.contributions import PathContributions
+from nexttouch.logodds import EPS, logit, sigmoid
 
 BOOSTER_FILE = "booster.txt"
 META_FILE = "meta.json"
-EPS = 1e-6
 CalibrationMethod = Literal["sigmoid", "isotonic", "none"]
 ContributionMethod = Literal["path", "shap"]
 
@@ -33,11 +33,6 @@ ContributionMethod = Literal["path", "shap"]
 @lru_cache(maxsize=64)
 def _level_codes(levels: tuple[str, ...]) -> dict[str, float]:
     return {v: float(i) for i, v in enumerate(levels)}
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
 
 
 @dataclass
@@ -56,7 +51,7 @@ class Calibration:
         """Calibrate a (rows, actions) matrix of raw probabilities; columns follow ``actions``."""
         if self.method == "sigmoid":  # all columns at once (one decision scores 4 values: no loop)
             a, b, mapped = self._sigmoid_terms(tuple(actions))
-            calibrated = 1.0 / (1.0 + np.exp(-(a * logit(raw) + b)))
+            calibrated = sigmoid(a * logit(raw) + b)
             return np.where(mapped, calibrated, raw)
         out = np.array(raw, dtype=np.float64, copy=True)
         for j, action in enumerate(actions):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.engine.choice import net_values
+from nexttouch.logodds import sigmoid
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,
@@ -64,10 +65,6 @@ OFFLINE_SUCCESS = ("event_attended", "store_visit")  # successes that are in-per
 CHUNK = 1 << 23  # rows per arrow chunk of a text column
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 @dataclass
 class Latents:
     """Hidden customer traits; only their effects on the touch history are observable."""
@@ -102,7 +99,7 @@ class GroundTruth:
         else:
             # Any other catalog action: a small generic effect, so custom catalogs still simulate.
             effect = np.full(len(idx), 0.1) if action != NO_ACTION else np.zeros(len(idx))
-        return _sigmoid(base + effect)
+        return sigmoid(base + effect)
 
 
 def app_rate(lt: Latents, offline: np.ndarray) -> np.ndarray:
@@ -112,7 +109,7 @@ def app_rate(lt: Latents, offline: np.ndarray) -> np.ndarray:
 
 def like_rate(lt: Latents, n_app: np.ndarray) -> np.ndarray:
     """Likes per day given the day's sessions: the trace of a customer's social taste."""
-    return 0.6 * n_app * _sigmoid(lt.social)
+    return 0.6 * n_app * sigmoid(lt.social)
 
 
 def visit_rate(lt: Latents, online: np.ndarray) -> np.ndarray:
@@ -124,7 +121,7 @@ def visit_rate(lt: Latents, online: np.ndarray) -> np.ndarray:
 
 def buy_probability(lt: Latents) -> np.ndarray:
     """Chance that a store visit ends in a purchase."""
-    return _sigmoid(-1.6 + 0.6 * lt.personal + 0.5 * lt.premium)
+    return sigmoid(-1.6 + 0.6 * lt.personal + 0.5 * lt.premium)
 
 
 @dataclass
@@ -278,7 +275,7 @@ def simulate(
         push_opt_in=np.zeros(n, np.int8),
         call_consent=np.zeros(n, np.int8),
     )
-    lt.push_opt_in = (rng.random(n) < _sigmoid(0.9 + 0.6 * lt.digital)).astype(np.int8)
+    lt.push_opt_in = (rng.random(n) < sigmoid(0.9 + 0.6 * lt.digital)).astype(np.int8)
     lt.call_consent = (rng.random(n) < 0.4 + 0.25 * lt.premium).astype(np.int8)
     truth = GroundTruth(lt)
 

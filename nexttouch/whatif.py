@@ -30,8 +30,9 @@ from tqdm import tqdm
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.columns import from_frame, take_rows
 from nexttouch.engine import DecisionEngine, rules
-from nexttouch.engine.affinity import Affinity, logit, update
+from nexttouch.engine.affinity import Affinity, update
 from nexttouch.engine.choice import best, choose, explore, net_values
+from nexttouch.logodds import logit
 from nexttouch.model import DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY, TOUCH_TYPES
 from nexttouch.world import DAY_S, EXPLORE, TYPE_NAMES, Origin, World, stream

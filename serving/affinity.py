@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from nexttouch.catalog import Catalog
-from nexttouch.engine.affinity import Affinity, logit, update
+from nexttouch.engine.affinity import Affinity, update
+from nexttouch.logodds import logit
 from serving.decision_log import Tx
 
 

@@ -9,8 +9,9 @@ import pytest
 from nexttouch.catalog import Catalog
 from nexttouch.columns import from_frame
 from nexttouch.engine import DecisionEngine
-from nexttouch.engine.affinity import Affinity, sigmoid, update, update_many
+from nexttouch.engine.affinity import Affinity, update, update_many
 from nexttouch.engine.choice import choose, net_values
+from nexttouch.logodds import sigmoid
 from nexttouch.model import DecisionModel
 from tests.test_decisions import ACTIVE
 

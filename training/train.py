@@ -24,7 +24,8 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nexttouch.catalog import Catalog
-from nexttouch.model import EPS, Calibration, CalibrationMethod, DecisionModel, logit
+from nexttouch.logodds import EPS, logit
+from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
 
 NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME, DECIDED_AT}

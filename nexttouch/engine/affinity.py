@@ -15,17 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPS = 1e-6
+from nexttouch.logodds import EPS, sigmoid
+
 DRAWS = 256  # posterior draws per decision: the propensity's standard error is below 0.032
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 @dataclass

@@ -19,9 +19,10 @@ import numpy as np
 from nexttouch.catalog import NO_ACTION, Action, Catalog
 from nexttouch.columns import Features, labels, take_rows
 from nexttouch.engine import reasons, rules
-from nexttouch.engine.affinity import Affinity, logit, sigmoid
+from nexttouch.engine.affinity import Affinity
 from nexttouch.engine.answer import Answer, FallbackCause, fallback, rounded
 from nexttouch.engine.choice import Choice, best, choose, net_values
+from nexttouch.logodds import logit, sigmoid
 
 if TYPE_CHECKING:  # the engine only calls the model: importing LightGBM is the caller's cost
     from nexttouch.model import ContributionMethod, DecisionModel
