@@ -206,6 +206,22 @@ def _evidence(verdict: Verdict, ev: Evaluation) -> dict[str, float]:
     return {**verdict.numbers, **{k: ev.metrics[k] for k in ("test_auc", "test_logloss") if k in ev.metrics}}
 
 
+def train_and_gate(
+    settings: Settings, catalog: Catalog, as_of: datetime | None, by: str, step: StepTimer
+) -> TrainReport:
+    """Label -> training set -> train -> evaluate, register, gate, promote, each a timed step, inside the
+    caller's MLflow run: the steps `nexttouch train` and the nightly job share."""
+    with step("label"):
+        labelled, open_window = labelled_decisions(settings, catalog, as_of)
+    with step("training_set"):
+        data = build_training_set(settings, labelled)
+    with step("train"):
+        result = train_model(settings, data, catalog)
+    # evaluate, register, gate and promote are steps of their own inside
+    registered, ev, verdict, move = evaluate_register_gate(settings, catalog, data, result, by, step=step)
+    return TrainReport(registered, {**result.metrics, **ev.metrics}, len(data), open_window, verdict, move)
+
+
 def run_training(
     settings: Settings,
     catalog: Catalog,
@@ -221,17 +237,9 @@ def run_training(
     check_tracking(settings)
     name = run_name or f"train {datetime.now(UTC):%Y-%m-%d %H:%M}"
     with start_run(settings, catalog, {"code_version": git_commit(), "job": "train"}, run_name=name):
-        with step("label"):
-            labelled, open_window = labelled_decisions(settings, catalog, as_of)
-        with step("training_set"):
-            data = build_training_set(settings, labelled)
-        with step("train"):
-            result = train_model(settings, data, catalog)
-        registered, ev, verdict, move = evaluate_register_gate(
-            settings, catalog, data, result, by or actor("nexttouch train"), step=step
-        )
+        report = train_and_gate(settings, catalog, as_of, by or actor("nexttouch train"), step)
         mlflow.log_metrics(step.metrics())
-    return TrainReport(registered, {**result.metrics, **ev.metrics}, len(data), open_window, verdict, move)
+    return report
 
 
 class StepTimer:

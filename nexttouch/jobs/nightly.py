@@ -31,15 +31,7 @@ from features.pipeline import build_offline, feast_apply, materialize
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import TABLES, TableReport, ingest
 from nexttouch.settings import Settings
-from training.job import (
-    StepTimer,
-    TrainReport,
-    build_training_set,
-    evaluate_register_gate,
-    git_commit,
-    labelled_decisions,
-    train_model,
-)
+from training.job import StepTimer, TrainReport, git_commit, train_and_gate
 from training.promotion import actor
 from training.registry import check_tracking, start_run
 
@@ -196,15 +188,7 @@ def _steps(
         feast_apply(settings)
     with step("materialize"):
         materialize(settings, until)
-    with step("label"):
-        labelled, open_window = labelled_decisions(settings, catalog, until)
-    with step("training_set"):
-        data = build_training_set(settings, labelled)
-    with step("train"):
-        result = train_model(settings, data, catalog)
-    # evaluate, register, gate and promote are steps of their own inside
-    registered, ev, verdict, move = evaluate_register_gate(settings, catalog, data, result, by, step=step)
-    report.train = TrainReport(registered, {**result.metrics, **ev.metrics}, len(data), open_window, verdict, move)
+    report.train = train_and_gate(settings, catalog, until, by, step)
 
 
 class InvalidInput(ValueError):
