@@ -114,14 +114,12 @@ def check(
     return Check(out, zone, local_minute, counts, days, send_at, eligible)
 
 
-def reasons(catalog: Catalog, c: Check, rows: np.ndarray | None = None) -> list[dict[str, str]]:
-    """Why each removed action was removed, for ``rows`` (default all), quoting the row's own numbers."""
-    rules = c.rules if rows is None else c.rules[rows]
-    rows = np.arange(len(c.rules)) if rows is None else rows
-    out: list[dict[str, str]] = [{} for _ in range(len(rules))]
+def reasons(catalog: Catalog, c: Check) -> list[dict[str, str]]:
+    """Why each removed action was removed, row by row, quoting the row's own numbers."""
+    out: list[dict[str, str]] = [{} for _ in range(len(c.rules))]
     memo: dict[tuple[int, int, object], str] = {}  # consent and quiet-hour texts depend on the zone only
-    for r, j in zip(*np.nonzero(rules), strict=True):
-        row, code = int(rows[r]), Rule(int(rules[r, j]))
+    for r, j in zip(*np.nonzero(c.rules), strict=True):
+        row, code = int(r), Rule(int(c.rules[r, j]))
         action = catalog.actions[j]
         if code in (Rule.CONSENT, Rule.QUIET, Rule.UNKNOWN_ZONE):
             key = (int(j), int(code), c.zone[row] if code != Rule.CONSENT else None)
