@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "data/api_key, which `nexttouch demo` writes).",
     )
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
+    shutdown_timeout_s: int = Field(
+        10,
+        gt=0,
+        description="On SIGTERM/SIGINT the service stops taking requests and lets in-flight ones finish for at "
+        "most this long; then every process of the server is killed.",
+    )
     access_log: bool = Field(False, description="One line per request in the service log (BentoML's access log).")
     request_tracing: bool = Field(
         False, description="An OpenTelemetry span per request (configure the exporter in BentoML's configuration)."
