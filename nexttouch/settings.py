@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         description="Key every service call but health must send as X-API-Key (default: the project's key file, "
         "data/api_key, which `nexttouch demo` writes).",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="Clients' API keys with their scopes, stored as SHA-256 hashes (default: data/api_keys.toml; "
+        "see serving/auth.py); read again when it changes.",
+    )
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
     shutdown_timeout_s: int = Field(
         10,

@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from nexttouch.settings import Settings, load_settings
 from nexttouch.telemetry import TELEMETRY_OFF
+from serving.auth import keys_file
 
 SERVICE = "serving.service:NextTouch"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +62,14 @@ def _command(
         if value is not None:
             env[f"NEXTTOUCH_{name.upper()}"] = str(value)
     api_key = api_key or settings.service_key()
-    if api_key is None:
+    if api_key is None and not keys_file(settings).is_file():
         raise ValueError(
-            f"the service needs an API key: set NEXTTOUCH_API_KEY, or run `nexttouch demo` once (it writes "
-            f"{settings.api_key_file})"
+            f"the service needs an API key: set NEXTTOUCH_API_KEY, run `nexttouch demo` once (it writes "
+            f"{settings.api_key_file}) or add clients' keys to {keys_file(settings)} "
+            "(python -m serving.auth new <client> <scope>...)"
         )
-    env["NEXTTOUCH_API_KEY"] = api_key  # in the environment, never on the command line
+    if api_key is not None:
+        env["NEXTTOUCH_API_KEY"] = api_key  # in the environment, never on the command line
     cmd = [
         bentoml,
         "serve",
