@@ -103,7 +103,7 @@ def test_sigterm_to_nexttouch_serve_leaves_no_process_and_frees_the_port(built: 
         **os.environ,
         "NEXTTOUCH_PROJECT_DIR": str(built.project_dir),
         "NEXTTOUCH_API_KEY": KEY,
-        "NEXTTOUCH_WORKERS": "2",
+        "NEXTTOUCH_WORKERS": "1",  # two workers' stop is checked above; one keeps this start short
     }
     nexttouch = str(Path(sys.executable).with_name("nexttouch"))
     with (tmp_path / "serve.log").open("wb") as log:
@@ -121,7 +121,7 @@ def test_sigterm_to_nexttouch_serve_leaves_no_process_and_frees_the_port(built: 
             except httpx.TransportError:
                 time.sleep(0.5)
         tree = _tree(wrapper.pid)
-        assert len(tree) >= 4  # nexttouch serve, bentoml's arbiter, two workers
+        assert len(tree) >= 3  # nexttouch serve, bentoml's arbiter, its worker
         wrapper.send_signal(signal.SIGTERM)  # what systemd, Kubernetes and `docker stop` send
         assert wrapper.wait(timeout=30) == 0
         assert _gone(tree, 5) == []

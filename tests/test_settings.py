@@ -25,6 +25,8 @@ workers = 3
 def test_the_profile_file_is_read_and_the_environment_and_options_override_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in [k for k in os.environ if k.startswith("NEXTTOUCH_")]:  # e.g. set by an earlier test's store
+        monkeypatch.delenv(name)
     (tmp_path / "nexttouch.toml").write_text(PROFILE)
     monkeypatch.setenv("NEXTTOUCH_PORT", "3038")
     s = load_settings(project_dir=tmp_path)
