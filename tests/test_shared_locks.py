@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from nexttouch.catalog import Catalog
+from nexttouch.locks import redis_client
 from nexttouch.settings import Settings, load_settings
 from serving.server import PROJECT_ROOT
 
@@ -111,7 +112,7 @@ def test_the_redis_lock_names_its_holder_and_stays_held_past_its_expiry_while_re
 
 
 @pytest.fixture
-def redis_repo(built: Settings, tmp_path: Path) -> Settings:
+def redis_repo(built: Settings, tmp_path: Path) -> Iterator[Settings]:
     """The built project's feature repo and offline data with a Redis online store of its own (db 9)."""
     from features.pipeline import feast_apply
     from nexttouch.jobs.project import copy_feature_repo
@@ -121,10 +122,14 @@ def redis_repo(built: Settings, tmp_path: Path) -> Settings:
     shutil.copytree(built.offline_dir, project / "data" / "offline")
     (project / "data" / "feast").mkdir(parents=True)
     yaml = project / "features" / "feature_store.redis.yaml"
-    yaml.write_text(yaml.read_text().replace("project: nexttouch", f"project: nt_locks_{uuid.uuid4().hex[:10]}"))
+    name = f"nt_locks_{uuid.uuid4().hex[:10]}"
+    yaml.write_text(yaml.read_text().replace("project: nexttouch", f"project: {name}"))
     settings = load_settings(project_dir=project, online_store="redis", redis_url=REDIS)
     feast_apply(settings)
-    return settings
+    yield settings
+    client = redis_client(REDIS)
+    for key in client.scan_iter(match=f"*{name}*".encode()):  # Feast's keys end with the project's name
+        client.delete(key)
 
 
 def test_contact_state_updates_from_two_hosts_never_lose_each_others_touches(
