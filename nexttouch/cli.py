@@ -313,12 +313,43 @@ def serve(
     project_dir: ProjectOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1; one per core).")] = None,
 ) -> None:
-    """Run the decision service (`bentoml serve`) in the foreground."""
+    """Run the decision service (`bentoml serve`) in the foreground; SIGTERM or Ctrl-C drains it and stops
+    every process of it."""
+    from pydantic import ValidationError
+
+    from nexttouch.settings import ProfileError
     from serving.server import serve_forever
 
-    s = _settings(project_dir, None, host=host, port=port)
+    try:
+        s = _settings(project_dir, None, host=host, port=port, workers=workers)
+    except (ProfileError, ValidationError) as exc:
+        typer.echo(f"nexttouch serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
     raise typer.Exit(serve_forever(s))
+
+
+@app.command()
+def config(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
+    """Print the effective settings (options over environment over nexttouch.toml over defaults), secrets
+    masked, each with where it comes from."""
+    from pydantic import ValidationError
+
+    from nexttouch.settings import ProfileError, profile_path, shown, sources
+
+    overrides: dict[str, object] = {"project_dir": project_dir, "catalog_path": catalog}
+    try:
+        s = load_settings(**overrides)
+        origin = sources(overrides)
+    except (ProfileError, ValidationError) as exc:
+        typer.echo(f"nexttouch config: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    path = profile_path(s.project_dir)
+    typer.echo(f"# effective settings; profile file {path}{'' if path.is_file() else ' (none)'}")
+    for name, value in s.model_dump().items():
+        line = f"# {name} unset" if value is None else f"{name} = {shown(name, value)}"
+        typer.echo(f"{line:<60} # {origin[name]}")
 
 
 @app.command()

@@ -28,12 +28,15 @@ import numpy as np
 import pandas as pd
 
 from nexttouch.api import EARLIEST, LATEST, EventsRequest, EventsResponse
+from nexttouch.locks import redis_client, redis_lock
 from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
 from nexttouch.touches import CONTACT_STATE, codes, contact_state_masks
 from serving import deadline
 from serving.identity import API_SYSTEM
 
 PUSH_SOURCE = "contact_push"
+SHARED_LOCK_TTL_S = 30.0
+SHARED_LOCK_WAIT_S = 30.0  # then the update fails and is retried like one the store refused
 STATE_VIEW = "contact_state"
 
 log = logging.getLogger("nexttouch.serving")
@@ -58,7 +61,10 @@ class ContactUpdater:
         self.timeout_s = timeout_s
         self.refs = [f"{STATE_VIEW}:{c}" for c in CONTACT_STATE]
         # One update at a time: read-modify-write of a customer's state must not interleave. Within the
-        # process one pusher thread; across the workers (processes) the ``flock`` on ``lock`` around it.
+        # process one pusher thread; across processes a lock around it: in Redis when the online store is
+        # Redis (every replica on every host shares it), else the ``flock`` on ``lock`` (one host).
+        self._redis = _redis_of(store)
+        self._lock_name = f"nexttouch:{getattr(store, 'project', '')}:contact_state"
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
         self._pending: list[pd.DataFrame] = []  # events whose online update has not been made yet
         self._pending_lock = threading.Lock()
@@ -170,7 +176,12 @@ class ContactUpdater:
         return failed[::-1], error  # type: ignore[return-value]  (set whenever ``failed`` is not empty)
 
     def _push_locked(self, frame: pd.DataFrame) -> None:
-        with _exclusive(self.lock):
+        if self._redis is None:
+            with _exclusive(self.lock):
+                self._push(frame)
+            return
+        # The expiry frees the lock of a replica that died holding it; an update takes milliseconds.
+        with redis_lock(self._redis, self._lock_name, ttl_s=SHARED_LOCK_TTL_S, wait_s=SHARED_LOCK_WAIT_S):
             self._push(frame)
 
     def _retry_loop(self, every_s: float) -> None:
@@ -207,6 +218,14 @@ def _pushable(events: pd.DataFrame) -> pd.DataFrame:
 
 def _newest(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
+
+
+def _redis_of(store: object) -> object | None:
+    """A Redis client for the store's own Redis when ``store`` is a Feast store with a Redis online store."""
+    online = getattr(getattr(store, "config", None), "online_store", None)
+    if getattr(online, "type", None) != "redis":
+        return None
+    return redis_client(online.connection_string)  # type: ignore[union-attr]
 
 
 @contextmanager
