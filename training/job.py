@@ -113,7 +113,6 @@ def evaluate_register_gate(
         out = Path(tmp) / "evaluation"
         ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=out, fit_data=fit_data)
         log_evaluation(ev)
-        log_figures(ev.artifacts)
         report = next((p.read_text() for p in ev.artifacts if p.name == "report.md"), "")
     with step("register"):
         version = log_model_version(settings, result.model, data)
@@ -228,8 +227,9 @@ def verdict_line(verdict: Verdict, version: str) -> str:
 
 
 def _with_artifact_images(markdown: str, run_id: str) -> str:
-    """The report for the run's description: its figures point at the run's artifacts through the tracking
-    server's ``get-artifact`` route, relative to the UI's address, so the overview shows them."""
+    """The report for the run's description, under the run's name instead of its own title: its figures
+    point at the run's artifacts through the tracking server's ``get-artifact`` route, relative to the
+    UI's address, so the overview shows them."""
 
     def image(line: str) -> str:
         found = re.fullmatch(r"!\[(.*)\]\(([^/)]+\.png)\)", line)
@@ -238,17 +238,8 @@ def _with_artifact_images(markdown: str, run_id: str) -> str:
         path = quote(f"evaluation/{found[2]}", safe="")
         return f"![{found[1]}](get-artifact?path={path}&run_uuid={run_id})"
 
-    return "\n".join(image(line) for line in markdown.splitlines()).strip() + "\n"
-
-
-def log_figures(files: list[Path]) -> None:
-    """The evaluation's figures as images of the run (keyed): the UI shows them beside the metrics' charts."""
-    from PIL import Image
-
-    for path in files:
-        if path.suffix == ".png":
-            with Image.open(path) as picture:
-                mlflow.log_image(picture.convert("RGB"), key=f"figure_{path.stem}", step=0)
+    lines = [image(line) for line in markdown.splitlines() if not line.startswith("# ")]
+    return "\n".join(lines).strip() + "\n"
 
 
 def _evidence(verdict: Verdict, ev: Evaluation) -> dict[str, float]:

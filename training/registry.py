@@ -67,9 +67,9 @@ def experiment_name(settings: Settings, catalog: Catalog | None = None) -> str:
 
 def experiment_description(settings: Settings, catalog: Catalog, experiment: str) -> str:
     """What the experiment holds and where to look, as the UI shows it above the runs."""
-    source = settings.catalog_path or "the catalog shipped with nexttouch"
+    source = f"`{settings.catalog_path}`" if settings.catalog_path else "shipped with nexttouch"
     return (
-        f"Decision models of **nexttouch** for the action catalog `{source}`: {', '.join(catalog.names)}.\n\n"
+        f"Decision models of **nexttouch** for the action catalog {source}: {', '.join(catalog.names)}.\n\n"
         "Each run trains one LightGBM model on the labelled decisions, evaluates it on the latest decisions "
         "against the champion and the best single action, and registers it as "
         f"`{settings.model_name}`; the gate decides whether it becomes `@{settings.champion_alias}`, which "
@@ -222,9 +222,9 @@ def log_model_version(
 def model_description(settings: Settings) -> str:
     """The registered model's description: what it is, its aliases and where its history is."""
     catalog = load_catalog(settings.catalog_path)
-    source = settings.catalog_path or "the catalog shipped with nexttouch"
+    source = f"`{settings.catalog_path}`" if settings.catalog_path else "shipped with nexttouch"
     return (
-        f"The nexttouch decision model for the action catalog `{source}` ({', '.join(catalog.names)}): "
+        f"The nexttouch decision model for the action catalog {source} ({', '.join(catalog.names)}): "
         "encoders, one LightGBM booster over every action and the calibration, as one MLflow model that "
         "gives P(success) of each action.\n\n"
         f"Every training run registers a version. The gate moves `@{settings.champion_alias}`, which the "
