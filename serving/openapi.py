@@ -165,8 +165,30 @@ def _our_names(spec: dict[str, Any]) -> None:
     spec.update(done)
 
 
+# The Swagger UI page at ``/``, on the Swagger UI files BentoML serves: BentoML's own page is titled
+# "BentoML Prediction Service", hides the API's title, links BentoML's repository and loads Google Tag
+# Manager (a call out of the network, broken offline).
+PAGE = f"""<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8">
+    <title>{TITLE}</title>
+    <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
+    <style>body {{ margin: 0; background: #fafafa; }} .swagger-ui .topbar {{ display: none; }}</style>
+  </head>
+  <body>
+    <div id="swagger-ui"></div>
+    <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-initializer.js" charset="UTF-8"></script>
+  </body>
+</html>
+""".encode()
+
+
 class OpenApiMiddleware:
-    """ASGI middleware: ``GET /docs.json`` answers the completed spec (built once, on first request)."""
+    """ASGI middleware: ``GET /docs.json`` answers the completed spec (built once, on first request) and
+    ``GET /`` the Swagger UI page that shows it."""
 
     def __init__(self, app: Any, spec: Callable[[], dict[str, Any]]) -> None:
         self.app = app
@@ -174,11 +196,16 @@ class OpenApiMiddleware:
         self._body: bytes | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/docs.json" or scope["method"] not in ("GET", "HEAD"):
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in ("/docs.json", "/") or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        if self._body is None:
-            self._body = json.dumps(complete(self._spec())).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode())]
+        if path == "/":
+            body, media = PAGE, b"text/html; charset=utf-8"
+        else:
+            if self._body is None:
+                self._body = json.dumps(complete(self._spec())).encode()
+            body, media = self._body, b"application/json"
+        headers = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self._body})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -119,3 +119,30 @@ def test_a_refused_body_names_no_internal_class(body: object, problem: str) -> N
     assert answer["error"] == "invalid request: 1 problem"
     assert problem in answer["detail"]
     assert "IODescriptor" not in json.dumps(answer) and "DecideRequest" not in json.dumps(answer)
+
+
+def test_the_swagger_page_is_ours_and_calls_nothing_outside() -> None:
+    import asyncio
+
+    from serving.openapi import OpenApiMiddleware
+
+    passed: list[str] = []
+
+    async def inner(scope: dict, receive: object, send: object) -> None:
+        passed.append(scope["path"])
+
+    async def get(path: str) -> tuple[dict, bytes]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        app = OpenApiMiddleware(inner, spec=lambda: {"paths": {}})
+        await app({"type": "http", "path": path, "method": "GET"}, None, send)
+        return (sent[0] if sent else {}), b"".join(m.get("body", b"") for m in sent[1:])
+
+    start, page = asyncio.run(get("/"))
+    assert start["status"] == 200 and (b"content-type", b"text/html; charset=utf-8") in start["headers"]
+    assert b"<title>nexttouch decision API</title>" in page and b"./static_content/swagger-ui-bundle.js" in page
+    assert b"http" not in page  # no tag manager, no link out: works offline
+    assert asyncio.run(get("/decide")) == ({}, b"") and passed == ["/decide"]

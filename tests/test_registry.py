@@ -124,6 +124,12 @@ def test_promote_rollback_and_history(
     tags = MlflowClient().get_registered_model(project.model_name).tags
     assert sum(k.startswith("champion_move.") for k in tags) == start + 4
     assert MlflowClient().get_model_version(project.model_name, v2).tags["promotion_reason"] == "rollback"
+    # ... and on the registered model's page: its description ends with the history, newest first.
+    about = MlflowClient().get_registered_model(project.model_name).description
+    assert about.count("### Champion history") == 1 and "nexttouch champion-history" in about
+    rows = [row for row in about.split("### Champion history")[1].splitlines() if re.match(r"\| \d+ \|", row)]
+    assert len(rows) == start + 4 and f"| rollback | v{first} | v{v2} | test | rollback |" in rows[0]
+    assert f"| promote | v{v2} | v{first} | test | v2 better |" in rows[3]
     lines = [json.loads(line) for line in (project.mlruns_dir / HISTORY_FILE).read_text().splitlines()]
     assert [(x["kind"], x["champion"]) for x in lines[-4:]] == [(m.kind, m.champion) for m in history]
 

@@ -215,7 +215,10 @@ def log_model_version(
             pip_requirements=_requirements(),
             registered_model_name=settings.model_name,
         )
-    MlflowClient().update_registered_model(settings.model_name, model_description(settings))
+    client = MlflowClient()
+    history = (client.get_registered_model(settings.model_name).description or "").partition(promotion.HISTORY_HEADING)
+    about = model_description(settings) + (f"\n\n{history[1]}{history[2]}" if history[1] else "")
+    client.update_registered_model(settings.model_name, about)  # the champion history section kept
     return str(info.registered_model_version)
 
 
