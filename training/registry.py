@@ -75,8 +75,9 @@ def experiment_description(settings: Settings, catalog: Catalog, experiment: str
         f"`{settings.model_name}`; the gate decides whether it becomes `@{settings.champion_alias}`, which "
         "the service follows. Runs are named for what made them: `nightly <day>` (the nightly job), "
         "`train <time>` (`nexttouch train`), `demo`.\n\n"
-        "A run's **Overview** holds the gate's verdict and the evaluation report, **Model metrics** the "
-        "learning curve and the figures, **Artifacts** the model and the report's files. "
+        "A run's **Overview** holds the gate's verdict and the evaluation report with its figures, "
+        "**Model metrics** the learning curve and every number by section, **Artifacts** the model and the "
+        "report's files. "
         f"[Runs in the model-training view](#/experiments/{experiment}?workflowType=machine_learning) · "
         f"[registered model](#/models/{settings.model_name})"
     )
