@@ -69,6 +69,38 @@ def test_attributed_labels_match_the_simulated_outcomes(catalog: Catalog) -> Non
         assert len(one) > 50 and (one["outcome"] == one["outcome_true"]).all(), action
 
 
+def test_metrics_are_named_by_section_without_copies() -> None:
+    from training.registry import grouped
+
+    flat = {
+        "valid_auc": 0.7,
+        "best_iteration": 40.0,
+        "train_rows": 900.0,
+        "test_auc": 0.6,
+        "test_qini_event_invite": 0.1,
+        "policy_best_single_dr_low": 7.0,
+        "policy_best_single_ips_high": 9.0,  # in policy_values.csv
+        "policy_new_true": 8.0,
+        "ope_dr_error_new": 0.2,  # DR minus true: both are there
+        "paired_new_vs_best_single_differ": 0.3,
+        "share_of_oracle_margin_new": 0.5,
+        "single_value_push": 2.0,
+        "test_ece": float("nan"),
+    }
+    assert grouped(flat) == {
+        "valid/auc": 0.7,
+        "valid/best_iteration": 40.0,
+        "data/train_rows": 900.0,
+        "test/auc": 0.6,
+        "test_by_action/event_invite/qini": 0.1,
+        "policy_value/best_single/dr_low": 7.0,
+        "policy_value/new/true": 8.0,
+        "paired/new_vs_best_single/differ": 0.3,
+        "oracle_share/margin_new": 0.5,
+        "single_action_value/push": 2.0,
+    }
+
+
 @pytest.mark.slow
 def test_run_metrics_and_champion_alias(built: Settings) -> None:
     configure_mlflow(built)

@@ -130,6 +130,23 @@ def start_run(
     return mlflow.start_run(experiment_id=exp, tags=tags, run_name=run_name)
 
 
+LEARNING_CURVE = "learning_curve"
+# Off-policy estimates kept as metrics; the IPS and SNIPS intervals are in evaluation/policy_values.csv.
+POLICY_STATS = ("dr_low", "dr_high", "dr", "ips", "snips", "true")
+_GROUPS = (  # (pattern of a flat metric name, its name in MLflow: the part before "/" is the UI's section)
+    (r"(train|valid|test)_rows", r"data/\1_rows"),
+    (r"best_iteration", r"valid/best_iteration"),
+    (r"valid_(.+)", r"valid/\1"),
+    (r"test_(auc|logloss|ece)", r"test/\1"),
+    (r"test_(auc|logloss|ece|qini|auuc)_(.+)", r"test_by_action/\2/\1"),
+    (rf"policy_(.+)_({'|'.join(POLICY_STATS)})", r"policy_value/\1/\2"),
+    (r"paired_(.+)_(diff|low|high|differ)", r"paired/\1/\2"),
+    (r"share_of_oracle_margin_(.+)", r"oracle_share/margin_\1"),
+    (r"new_share_of_oracle_gain", r"oracle_share/gain_new"),
+    (r"single_value_(.+)", r"single_action_value/\1"),
+)
+
+
 def log_learning_curve(curves: dict[str, list[float]]) -> None:
     """LightGBM's log loss per boosting round on each period, one metric per period with a step per round
     (``learning_curve/valid_logloss``): the UI draws them as curves over the rounds."""
@@ -147,24 +164,6 @@ def log_learning_curve(curves: dict[str, list[float]]) -> None:
     client = MlflowClient()
     for lo in range(0, len(points), 1000):  # the tracking store's batch limit
         client.log_batch(run.info.run_id, metrics=points[lo : lo + 1000])
-
-
-LEARNING_CURVE = "learning_curve"
-# Off-policy estimates kept as metrics; the IPS and SNIPS intervals are in evaluation/policy_values.csv.
-POLICY_STATS = ("dr_low", "dr_high", "dr", "ips", "snips", "true")
-_GROUPS = (  # (pattern of a flat metric name, its name in MLflow: the part before "/" is the UI's section)
-    (r"(train|valid|test)_rows", r"data/\1_rows"),
-    (r"best_iteration", r"valid/best_iteration"),
-    (r"valid_(.+)", r"valid/\1"),
-    (r"test_(auc|logloss|ece)", r"test/\1"),
-    (r"test_(auc|logloss|ece|qini|auuc)_(.+)", r"test_by_action/\2/\1"),
-    (rf"policy_(.+)_({'|'.join(POLICY_STATS)})", r"policy_value/\1/\2"),
-    (r"paired_(.+)_(diff|low|high|differ)", r"paired/\1/\2"),
-    (r"share_of_oracle_margin_(.+)", r"oracle_share/margin_\1"),
-    (r"new_share_of_oracle_gain", r"oracle_share/gain_new"),
-    (r"single_value_(.+)", r"single_action_value/\1"),
-    (r"step_(.+)_s", r"step_seconds/\1"),
-)
 
 
 def grouped(metrics: dict[str, float]) -> dict[str, float]:
