@@ -143,8 +143,8 @@ def describe_history(client: MlflowClient, name: str, moves: list[Move]) -> None
         return text.replace("|", "\\|").replace("\n", " ")
 
     rows = [
-        f"| {m.seq} | {m.at.replace('T', ' ')} | {m.kind} | v{m.champion} | {'v' + m.replaced if m.replaced else '-'} "
-        f"| {cell(m.by)} | {cell(m.why)} |"
+        f"| {m.seq} | {m.at[:16].replace('T', ' ')} UTC | {m.kind} | v{m.champion} "
+        f"| {'v' + m.replaced if m.replaced else '-'} | {cell(m.by)} | {cell(m.why)} |"
         for m in reversed(moves)
     ]
     table = "| # | when | move | champion | replaced | by | why |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
