@@ -81,6 +81,7 @@ def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
         served = client.get_model_version(project.model_name, move.champion)
         assert served.tags["policy"] == "best_single_action" and served.run_id == registered.run_id
         assert served.tags["best_single_action"] == ev.best_single
+        assert f"Value per decision of each action: {ev.best_single} " in served.description  # highest first
 
 
 @pytest.mark.slow

@@ -170,7 +170,8 @@ def register_best_single(
     client.set_model_version_tag(settings.model_name, version, "policy", "best_single_action")
     client.set_model_version_tag(settings.model_name, version, "best_single_action", ev.best_single)
     why = f"Best single action ({ev.best_single} where allowed), served instead of v{refused}: {verdict.reason}."
-    client.update_model_version(settings.model_name, version, why)
+    values = ", ".join(f"{a} {v:.3f}" for a, v in sorted(ev.single_values.items(), key=lambda kv: -kv[1]))
+    client.update_model_version(settings.model_name, version, f"{why}\n\nValue per decision of each action: {values}.")
     mlflow.set_tag("served_version", version)
     return version
 
