@@ -271,12 +271,32 @@ def champion_history(project_dir: ProjectOpt = None) -> None:
     if not moves:
         typer.echo(f"{s.model_name} has no champion history")
         return
+    last = moves[-1]
+    typer.echo(
+        f"{s.model_name}: @{s.champion_alias} v{last.champion} since {last.at.replace('T', ' ')}, "
+        f"@previous {'v' + last.previous if last.previous else '-'}"
+    )
     for m in moves:
-        numbers = " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
         typer.echo(
-            f"{m.seq:>3} {m.at} {m.kind:<8} v{m.replaced or '-'} -> v{m.champion} "
-            f"(previous {m.previous or '-'}) by {m.by}: {m.why}" + (f" [{numbers}]" if numbers else "")
+            f"\n{m.seq:>3}  {m.at.replace('T', ' ')}  {m.kind} v{m.champion}"
+            f" (replaced {'v' + m.replaced if m.replaced else 'none'})  by {m.by}"
         )
+        typer.echo(f"     why: {m.why}")
+        numbers = dict(m.metrics)
+        parts = []
+        for key, label in (
+            ("vs_best_single", "vs best single action"),
+            ("vs_champion", "vs champion"),
+            ("champion_vs_best_single", "champion vs best single action"),
+        ):
+            if f"{key}_diff" in numbers:  # a paired comparison: mean [95% interval] per decision
+                diff, low, high = (numbers.pop(f"{key}_{k}") for k in ("diff", "low", "high"))
+                numbers.pop(f"{key}_differ", None)
+                parts.append(f"{label} {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+        names = {"test_auc": "test AUC", "test_logloss": "test log loss", "tolerance": "tolerance"}
+        parts += [f"{names.get(k, k)} {v:.4g}" for k, v in numbers.items()]
+        if parts:
+            typer.echo("     " + "; ".join(parts))
 
 
 @app.command()

@@ -9,6 +9,7 @@ Nothing is read at import time: call :func:`load_settings`. All files live under
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROFILE_FILE = "nexttouch.toml"
@@ -51,7 +52,11 @@ class Settings(BaseSettings):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under mlruns/.")
     catalog_path: Path | None = Field(None, description="Action catalog YAML; default: the packaged one.")
 
-    model_name: str = Field("nexttouch", description="Registered model name.")
+    model_name: str = Field(
+        "",
+        description="Registered model name; default nexttouch-<catalog file>-<hash of its action names>, one "
+        "per catalog, so a brand's first model never meets the champion of another catalog.",
+    )
     champion_alias: str = "champion"
     feature_service: str = Field("nexttouch_v1", description="Feast FeatureService the model uses.")
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store profile.")
@@ -145,6 +150,12 @@ class Settings(BaseSettings):
         None, description="postgresql://... for a PostgreSQL decision log; default SQLite data/decisions.db."
     )
 
+    @model_validator(mode="after")
+    def _model_per_catalog(self) -> Settings:
+        if not self.model_name:  # frozen: set once, here
+            object.__setattr__(self, "model_name", default_model_name(self.catalog_path))
+        return self
+
     @property
     def feature_repo(self) -> Path:
         """The Feast feature repository; its data lives beside it in data/."""
@@ -210,6 +221,21 @@ class Settings(BaseSettings):
     def offline_dir(self) -> Path:
         """Parquet files read by Feast's DuckDB offline store."""
         return self.data_dir / "offline"
+
+
+def catalog_key(catalog_path: Path | None) -> str:
+    """``<catalog file stem>-<hash of its action names>``: a catalog whose actions change is another catalog,
+    even under the same file name."""
+    from nexttouch.catalog import load_catalog
+
+    names = load_catalog(catalog_path).names
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", catalog_path.stem) if catalog_path else "catalog"
+    return f"{stem}-{hashlib.sha256(','.join(names).encode()).hexdigest()[:8]}"
+
+
+def default_model_name(catalog_path: Path | None) -> str:
+    """The registered model a catalog's models go to unless NEXTTOUCH_MODEL_NAME names one."""
+    return f"nexttouch-{catalog_key(catalog_path)}"
 
 
 def load_settings(**overrides: object) -> Settings:
