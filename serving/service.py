@@ -171,7 +171,7 @@ class NextTouch:
     def _check_tokens(self, tokens: IdTokens) -> None:
         """Read the CIAM's keys now, so the first token does not wait for them; say what cannot work."""
         if not tokens.keys.refresh():
-            log.error("ID tokens get 503 until the CIAM's keys (%s) can be read", tokens.keys.where)
+            log.error("ID tokens get 503 until the CIAM's keys (%s) can be read", tokens.keys.shown)
         if tokens.system not in self.identity.systems:
             log.warning(
                 "ID tokens are refused: the identity map holds no key of their source system %r",

@@ -38,7 +38,7 @@ from jwt.exceptions import (
     PyJWTError,
 )
 
-from nexttouch.settings import Settings
+from nexttouch.settings import Settings, masked
 
 # Asymmetric only: with an HMAC algorithm the CIAM's public key would serve as the shared secret, so
 # anyone could sign; "none" signs nothing.
@@ -80,6 +80,7 @@ class KeySet:
 
     def __init__(self, where: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.where = where
+        self.shown = masked(where)  # for messages: a URL's password, if any, stays out of logs
         self.is_url = where.startswith(("https://", "http://"))
         self._max_age = URL_MAX_AGE_S if self.is_url else FILE_MAX_AGE_S
         self._refetch = URL_REFETCH_S if self.is_url else 0.0
@@ -101,7 +102,7 @@ class KeySet:
                 self._refresh(now)
                 key = self._match(kid)
             if self._keys is None:
-                raise KeySetUnavailable(f"the CIAM's keys ({self.where}) cannot be read: {self._error}")
+                raise KeySetUnavailable(f"the CIAM's keys ({self.shown}) cannot be read: {self._error}")
             return key
 
     def refresh(self) -> bool:
@@ -128,8 +129,16 @@ class KeySet:
                     self._keys = parse_jwks(Path(self.where).read_text())
                     self._stamp = stamp
         except (OSError, httpx.HTTPError, ValueError) as exc:
-            self._error = f"{type(exc).__name__}: {exc}"
-            log.warning("CIAM keys not read from %s (%s); %s", self.where, self._error, _kept(self._keys))
+            self._error = _why(exc)
+            log.warning("CIAM keys not read from %s (%s); %s", self.shown, self._error, _kept(self._keys))
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.HTTPError):  # its message repeats the URL, which messages show masked
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _kept(keys: dict | None) -> str:

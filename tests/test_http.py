@@ -125,13 +125,19 @@ def test_bad_expired_or_foreign_tokens_are_a_401_that_says_why_and_decide_nothin
     assert _logged_decisions(built) == before  # no cold start, nothing logged
 
 
-def test_tokens_without_a_configured_ciam_are_refused_and_say_so(client: TestClient, ciam: Ciam) -> None:
+def test_tokens_without_a_configured_ciam_or_its_keys_are_refused(client: TestClient, ciam: Ciam, tmp_path) -> None:
     from serving.service import _running
+    from serving.tokens import IdTokens, KeySet
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_running["service"].decisions, "tokens", None)
         r = client.post("/decide", json={"id_token": ciam.token("app-x")})
     assert r.status_code == 400 and "takes no ID tokens: NEXTTOUCH_OIDC_ISSUER" in r.json()["error"]
+    unreadable = IdTokens(ISSUER, AUDIENCE, KeySet(str(tmp_path / "gone.json")), 30, "app")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_running["service"].decisions, "tokens", unreadable)
+        r = client.post("/decide/batch", json={"customers": [{"id_token": ciam.token("app-x")}]})
+    assert r.status_code == 503  # the service's fault, not the caller's: never a 401 or a cold start
     r = client.post("/decide", json={"id_token": ciam.token("app-x"), "customer_id": "C0000003"})
     assert r.status_code == 400 and "exactly one of customer_id or source {system, key} or id_token" in r.text
 

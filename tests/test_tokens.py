@@ -235,7 +235,10 @@ def test_keys_are_fetched_from_a_url(ciam: Ciam, jwks_server: str) -> None:
     checker = IdTokens(ISSUER, AUDIENCE, KeySet(f"{jwks_server}/jwks"), 30, "ciam")
     assert checker.keys.refresh() is True
     assert checker.subject(ciam.token("a", kid="ec-1")) == "a"
-    assert KeySet(f"{jwks_server}/missing").refresh() is False
+    missing = KeySet(f"{jwks_server}/missing")
+    assert missing.refresh() is False
+    with pytest.raises(KeySetUnavailable, match="cannot be read: HTTP 404"):
+        missing.get("rsa-1")
 
 
 def test_the_key_set_leaves_out_symmetric_encryption_and_weak_keys(ciam: Ciam) -> None:
