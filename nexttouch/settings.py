@@ -110,6 +110,28 @@ class Settings(BaseSettings):
         description="Clients' API keys with their scopes, stored as SHA-256 hashes (default: data/api_keys.toml; "
         "see serving/auth.py); read again when it changes.",
     )
+    oidc_issuer: str | None = Field(
+        None,
+        description="The brand's CIAM (OpenID Connect issuer, exactly as the `iss` of its ID tokens): /decide "
+        "accepts a customer's ID token instead of an id; unset: tokens are refused.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="The client id of the brand's app: an ID token's `aud` must name it."
+    )
+    oidc_jwks: str | None = Field(
+        None,
+        description="The CIAM's signing keys (JWKS): a file path or an https URL (http only on loopback); "
+        "cached, read again when a token names an unknown key.",
+    )
+    oidc_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on an ID token's exp, iat, nbf.")
+    oidc_source_system: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:@\-]+$",
+        description="The identity map's source system whose keys are the CIAM's `sub` values (default: the "
+        "issuer's host, e.g. login.brand.example).",
+    )
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
     shutdown_timeout_s: int = Field(
         10,
@@ -147,28 +169,15 @@ class Settings(BaseSettings):
         None, description="postgresql://... for a PostgreSQL decision log; default SQLite data/decisions.db."
     )
 
-    oidc_issuer: str | None = Field(
-        None,
-        description="The brand's CIAM (OpenID Connect issuer, exactly as the `iss` of its ID tokens): /decide "
-        "accepts a customer's ID token instead of an id; unset: tokens are refused.",
-    )
-    oidc_audience: str | None = Field(
-        None, description="The client id of the brand's app: an ID token's `aud` must name it."
-    )
-    oidc_jwks: str | None = Field(
-        None,
-        description="The CIAM's signing keys (JWKS): a file path or an https URL (http only on loopback); "
-        "cached, read again when a token names an unknown key.",
-    )
-    oidc_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on an ID token's exp, iat, nbf.")
-    oidc_source_system: str | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_.:@\-]+$",
-        description="The identity map's source system whose keys are the CIAM's `sub` values (default: the "
-        "issuer's host, e.g. login.brand.example).",
-    )
+    @property
+    def feature_repo(self) -> Path:
+        """The Feast feature repository; its data lives beside it in data/."""
+        return self.project_dir.resolve() / "features"
+
+    @property
+    def api_key_file(self) -> Path:
+        """The project's own API key (mode 600), for a service started without NEXTTOUCH_API_KEY."""
+        return self.data_dir / "api_key"
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:
@@ -187,16 +196,6 @@ class Settings(BaseSettings):
         if not self.oidc_issuer:
             return None
         return self.oidc_source_system or urlsplit(self.oidc_issuer).hostname or self.oidc_issuer
-
-    @property
-    def feature_repo(self) -> Path:
-        """The Feast feature repository; its data lives beside it in data/."""
-        return self.project_dir.resolve() / "features"
-
-    @property
-    def api_key_file(self) -> Path:
-        """The project's own API key (mode 600), for a service started without NEXTTOUCH_API_KEY."""
-        return self.data_dir / "api_key"
 
     def service_key(self) -> str | None:
         """NEXTTOUCH_API_KEY, else the project's key file, else None."""
