@@ -128,9 +128,11 @@ class KeySet:
                 if stamp != self._stamp or self._keys is None:
                     self._keys = parse_jwks(Path(self.where).read_text())
                     self._stamp = stamp
+            self._error = ""
         except (OSError, httpx.HTTPError, ValueError) as exc:
-            self._error = _why(exc)
-            log.warning("CIAM keys not read from %s (%s); %s", self.shown, self._error, _kept(self._keys))
+            why, self._error = self._error, _why(exc)
+            if why != self._error:  # once per failure, not once per token that meets it
+                log.warning("CIAM keys not read from %s (%s); %s", self.shown, self._error, _kept(self._keys))
 
 
 def _why(exc: Exception) -> str:
