@@ -122,7 +122,7 @@ class SourceKey(BaseModel):
 
 
 class CustomerRef(BaseModel):
-    """One customer, named by customer id or by a source key."""
+    """One customer, named by customer id, by a source key or by their ID token from the brand's CIAM."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -135,18 +135,27 @@ class CustomerRef(BaseModel):
         examples=["C0000001"],
     )
     source: SourceKey | None = Field(None, description="A source system's key, instead of customer_id.")
+    # Not checked for personal data: a token holds some by nature; it is verified, never stored or logged.
+    id_token: str | None = Field(
+        None,
+        min_length=1,
+        max_length=8192,
+        description="The signed-in customer's OpenID Connect ID token from the brand's CIAM, instead of "
+        "customer_id: its signature, issuer, audience and expiry are checked (401 if bad) and its `sub` is "
+        "resolved through the identity map.",
+    )
 
     _opaque = field_validator("customer_id", mode="before")(no_personal_data)
 
     @model_validator(mode="after")
     def _one_identity(self) -> CustomerRef:
-        if (self.customer_id is None) == (self.source is None):
-            raise ValueError("give exactly one of customer_id or source {system, key}")
+        if sum(x is not None for x in (self.customer_id, self.source, self.id_token)) != 1:
+            raise ValueError("give exactly one of customer_id or source {system, key} or id_token")
         return self
 
 
 class DecideRequest(CustomerRef):
-    """Decide the next contact for one customer, named by customer id or by a source key."""
+    """Decide the next contact for one customer, named by customer id, source key or ID token."""
 
     at: Time | None = Field(
         None, description="When the contact would happen (default: now); within a window around the server's clock."
@@ -179,7 +188,7 @@ class DecideBatchRequest(BaseModel):
 class DecideResponse(BaseModel):
     decision_id: str
     customer_id: str | None = Field(
-        description="The resolved customer id (null: unknown source key).",
+        description="The resolved customer id (null: unknown source key or token subject).",
         json_schema_extra={"nullable": True},  # BentoML's OpenAPI keeps only the first type of `str | None`
     )
     action: str = Field(description="The chosen action from the catalog.")

@@ -16,6 +16,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -23,7 +24,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 PROFILE_FILE = "nexttouch.toml"
 ENV_PREFIX = "NEXTTOUCH_"
 SECRET_FIELDS = frozenset({"api_key"})
-URL_FIELDS = frozenset({"tracking_uri", "redis_url", "decision_log_url", "dask_scheduler"})
+URL_FIELDS = frozenset({"tracking_uri", "redis_url", "decision_log_url", "dask_scheduler", "oidc_jwks"})
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # user:password@ in a URL, or Redis' `password=` option in host:port,password=...
 _URL_PASSWORD = re.compile(r"(?P<keep>://[^/@:\s]*:)[^/@\s]+(?=@)|(?P<opt>password=)[^,&\s]+")
 
@@ -113,6 +115,28 @@ class Settings(BaseSettings):
         description="Clients' API keys with their scopes, stored as SHA-256 hashes (default: data/api_keys.toml; "
         "see serving/auth.py); read again when it changes.",
     )
+    oidc_issuer: str | None = Field(
+        None,
+        description="The brand's CIAM (OpenID Connect issuer, exactly as the `iss` of its ID tokens): /decide "
+        "accepts a customer's ID token instead of an id; unset: tokens are refused.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="The client id of the brand's app: an ID token's `aud` must name it."
+    )
+    oidc_jwks: str | None = Field(
+        None,
+        description="The CIAM's signing keys (JWKS): a file path or an https URL (http only on loopback); "
+        "cached, read again when a token names an unknown key.",
+    )
+    oidc_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on an ID token's exp, iat, nbf.")
+    oidc_source_system: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:@\-]+$",
+        description="The identity map's source system whose keys are the CIAM's `sub` values (default: the "
+        "issuer's host, e.g. login.brand.example).",
+    )
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
     shutdown_timeout_s: int = Field(
         10,
@@ -165,6 +189,24 @@ class Settings(BaseSettings):
     def api_key_file(self) -> Path:
         """The project's own API key (mode 600), for a service started without NEXTTOUCH_API_KEY."""
         return self.data_dir / "api_key"
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        given = {n: getattr(self, n) for n in ("oidc_issuer", "oidc_audience", "oidc_jwks")}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(f"{ENV_PREFIX}{n.upper()}" for n, v in given.items() if not v)
+            raise ValueError(f"ID tokens need the CIAM's issuer, audience and keys together: set {missing}")
+        jwks = self.oidc_jwks or ""
+        if jwks.startswith("http://") and urlsplit(jwks).hostname not in LOOPBACK:
+            raise ValueError("oidc_jwks must be an https URL (or a file): keys fetched in clear text can be swapped")
+        return self
+
+    @property
+    def oidc_system(self) -> str | None:
+        """The source system ID tokens' subjects resolve under; None when tokens are not configured."""
+        if not self.oidc_issuer:
+            return None
+        return self.oidc_source_system or urlsplit(self.oidc_issuer).hostname or self.oidc_issuer
 
     def service_key(self) -> str | None:
         """NEXTTOUCH_API_KEY, else the project's key file, else None."""

@@ -32,6 +32,7 @@ from nexttouch.engine.answer import Answer
 from serving import affinity, capacity, deadline
 from serving.decision_log import DecisionLog, Tx, decision_rows, insert_decisions, new_decision_ids
 from serving.metrics import CAPACITY_REFUSED, DECISIONS, FALLBACKS
+from serving.tokens import IdTokens, TokenUnusable
 
 log = logging.getLogger("nexttouch.serving")
 
@@ -58,8 +59,10 @@ class Decisions:
         read_timeout_s: float,
         batch_read_timeout_s: float,
         systems: frozenset[str] | None = None,
+        tokens: IdTokens | None = None,
     ) -> None:
-        """``systems``: the source systems the identity map knows (None: any); a key of another is refused."""
+        """``systems``: the source systems the identity map knows (None: any); a key of another is refused.
+        ``tokens``: checks customers' ID tokens (None: tokens are refused as not configured)."""
         self.engine = engine  # swapped by one assignment when a new champion arrives
         self.features = features
         self.resolve = resolve
@@ -68,12 +71,30 @@ class Decisions:
         self.read_timeout_s = read_timeout_s
         self.batch_read_timeout_s = batch_read_timeout_s
         self.systems = systems
+        self.tokens = tokens
         self._waiting: list[_Waiting] = []  # single requests not yet drafted
         self._drafting = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def customer_id(self, ref: CustomerRef) -> str | None:
-        """The customer's id; None for an unknown key of a known system (a cold start)."""
+        """The customer's id; None for an unknown key of a known system (a cold start).
+
+        An ID token names the customer by its ``sub``, a key of the CIAM's source system; a token that fails
+        a check raises TokenRefused before any lookup, so it never becomes a cold start."""
+        if ref.id_token is not None:
+            if self.tokens is None:
+                raise TokenUnusable(
+                    "this service takes no ID tokens: NEXTTOUCH_OIDC_ISSUER, NEXTTOUCH_OIDC_AUDIENCE and "
+                    "NEXTTOUCH_OIDC_JWKS are not set; name the customer by customer_id or source"
+                )
+            subject = self.tokens.subject(ref.id_token)
+            system = self.tokens.system
+            if self.systems is not None and system not in self.systems:
+                raise TokenUnusable(
+                    f"the identity map holds no key of source system {system!r}, under which the CIAM's "
+                    "subjects resolve: ingest them under it or set NEXTTOUCH_OIDC_SOURCE_SYSTEM"
+                )
+            return self.resolve(system, subject)
         if ref.source is not None:
             if self.systems is not None and ref.source.system not in self.systems:
                 raise UnknownSystem(ref.source.system, self.systems)

@@ -8,6 +8,7 @@ ones are decided and join the same commit (group commit, see serving/decision_lo
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import sys
@@ -54,6 +55,7 @@ from serving.identity import IdentityMap
 from serving.metrics import CHAMPION_SWAPS, LATENCY
 from serving.openapi import OpenApiMiddleware
 from serving.timeout import install as install_cancelling_timeout
+from serving.tokens import IdTokens, KeySetUnavailable, TokenRefused, TokenUnusable
 
 switch_off()
 # One LightGBM/OpenMP thread per worker: workers already use the cores, and OpenMP threads waking up
@@ -110,6 +112,9 @@ class NextTouch:
         self.catalog = load_catalog(settings.catalog_path)
         self.online = OnlineFeatures(settings)
         self.identity = IdentityMap.load(settings.raw_dir / "identity.parquet")
+        self.tokens = IdTokens.from_settings(settings)
+        if self.tokens is not None:
+            self._check_tokens(self.tokens)
         self.log = DecisionLog.open(settings)
         self.contacts = ContactUpdater(
             self.online.store,
@@ -156,20 +161,34 @@ class NextTouch:
                 read_timeout_s=self.settings.online_timeout_ms / 1000,
                 batch_read_timeout_s=self.settings.request_timeout_s / 2,  # a batch's read: half the request's time
                 systems=self.identity.systems,
+                tokens=self.tokens,
             )
         else:
             CHAMPION_SWAPS.inc()
             self.decisions.engine = engine
         self.model_version, self.loaded_at = champion.version, datetime.now(UTC)
 
+    def _check_tokens(self, tokens: IdTokens) -> None:
+        """Read the CIAM's keys now, so the first token does not wait for them; say what cannot work."""
+        if not tokens.keys.refresh():
+            log.error("ID tokens get 503 until the CIAM's keys (%s) can be read", tokens.keys.shown)
+        if tokens.system not in self.identity.systems:
+            log.warning(
+                "ID tokens are refused: the identity map holds no key of their source system %r",
+                tokens.system,
+            )
+
     # -- endpoints ---------------------------------------------------------------------------------
 
-    @bentoml.api(route="/decide", input_spec=DecideRequest)
-    async def decide(self, **request: object) -> DecideResponse:
+    @bentoml.api(route="/decide", input_spec=DecideRequest, output_spec=DecideResponse)
+    async def decide(self, **request: object) -> DecideResponse | Response:
         """Decide the next contact for one customer. The decision is logged durably before the answer."""
         started = time.perf_counter()
         body = DecideRequest.model_validate(request, context=self._bounds())
-        (answer,) = await self._decide([body], body.at, body.context)
+        try:
+            (answer,) = await self._decide([body], body.at, body.context)
+        except TokenRefused as exc:
+            return _token_refused(exc, "/decide")
         LATENCY.labels("decide").observe(time.perf_counter() - started)
         return DecideResponse.model_validate(answer)
 
@@ -187,7 +206,10 @@ class NextTouch:
                 f"{len(body.customers)} customers is over the batch limit of {limit} (NEXTTOUCH_BATCH_LIMIT); "
                 "split the batch"
             )
-        answers = await self._decide(body.customers, body.at, body.context)
+        try:
+            answers = await self._decide(body.customers, body.at, body.context)
+        except TokenRefused as exc:
+            return _token_refused(exc, "/decide/batch")
         LATENCY.labels("decide_batch").observe(time.perf_counter() - started)
         return Response(to_json({"decisions": answers}), media_type="application/json")
 
@@ -266,6 +288,11 @@ class NextTouch:
             answers = await self.decisions.decide(refs, at, context)
         except UnknownSystem as exc:
             raise InvalidArgument(f"source.system: {exc}") from exc
+        except TokenUnusable as exc:
+            raise InvalidArgument(f"id_token: {exc}") from None
+        except KeySetUnavailable as exc:
+            log.error("ID token not checked: %s", exc)
+            raise ServiceUnavailable("the CIAM's keys cannot be read; the ID token was not checked") from None
         except LogUnavailable as exc:
             log.error("decision log unavailable: %s", exc)
             raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
@@ -280,6 +307,14 @@ class NextTouch:
         except Exception as exc:
             log.error("decision log unavailable: %s", type(exc).__name__)
             raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
+
+
+def _token_refused(exc: TokenRefused, route: str) -> Response:
+    """A 401 that says why: BentoML replaces the message of a 401 raised as an exception."""
+    log.info("POST %s refused with 401: id_token %s", route, exc.check)  # the failed check, never the token
+    body = json.dumps({"error": f"id_token refused: {exc}"})
+    headers = {"WWW-Authenticate": 'IdToken field="id_token"'}
+    return Response(body, status_code=401, media_type="application/json", headers=headers)
 
 
 # Outermost first: the key before anything is read, then the request limits (headers, media type, body size),

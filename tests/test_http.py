@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from nexttouch.settings import Settings
+from tests.ciam import AUDIENCE, ISSUER, Ciam
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +19,21 @@ WINDOW_DAYS = 1000
 
 
 @pytest.fixture(scope="module")
-def client(built: Settings) -> Iterator[TestClient]:
+def ciam() -> Ciam:
+    return Ciam()
+
+
+@pytest.fixture(scope="module")
+def client(built: Settings, ciam: Ciam, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTTOUCH_PROJECT_DIR", str(built.project_dir))
     mp.setenv("NEXTTOUCH_API_KEY", KEY)
     mp.setenv("NEXTTOUCH_AT_WINDOW_HOURS", str(WINDOW_DAYS * 24))  # the built world ended 2026-11-01
+    # The brand's CIAM: its subjects are the app's user keys.
+    mp.setenv("NEXTTOUCH_OIDC_ISSUER", ISSUER)
+    mp.setenv("NEXTTOUCH_OIDC_AUDIENCE", AUDIENCE)
+    mp.setenv("NEXTTOUCH_OIDC_JWKS", str(ciam.write_jwks(tmp_path_factory.mktemp("ciam") / "jwks.json")))
+    mp.setenv("NEXTTOUCH_OIDC_SOURCE_SYSTEM", "app")
     from serving.service import NextTouch
 
     with TestClient(app=NextTouch.to_asgi(), headers={"X-API-Key": KEY}) as c:
@@ -63,6 +74,85 @@ def test_decide_by_source_key(client: TestClient, built: Settings) -> None:
         "/decide/batch", json={"customers": [{"customer_id": "C0000003"}, {"source": {"system": "pos", "key": "x"}}]}
     )
     assert r.status_code == 400 and "unknown source system 'pos'" in r.text
+
+
+def _app_key(built: Settings, customer_id: str) -> str:
+    identity = pd.read_parquet(built.raw_dir / "identity.parquet")
+    return identity[(identity["source_system"] == "app") & (identity["customer_id"] == customer_id)].iloc[0, 1]
+
+
+def _logged_decisions(built: Settings) -> int:
+    with sqlite3.connect(built.decision_log) as db:
+        return db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+
+
+def test_decide_by_the_customers_id_token(client: TestClient, built: Settings, ciam: Ciam) -> None:
+    r = client.post(
+        "/decide", json={"id_token": ciam.token(_app_key(built, "C0000003")), "context": {"channel": "app"}}
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["customer_id"], r.json()["cold_start"]) == ("C0000003", False)
+    r = client.post("/decide", json={"id_token": ciam.token("app-not-mapped-yet", kid="ec-1")})
+    assert (r.status_code, r.json()["customer_id"], r.json()["cold_start"]) == (200, None, True)
+    customers = [{"id_token": ciam.token(_app_key(built, "C0000004"), kid="ec-1")}, {"customer_id": "C0000005"}]
+    r = client.post("/decide/batch", json={"customers": customers})
+    assert r.status_code == 200, r.text
+    assert [d["customer_id"] for d in r.json()["decisions"]] == ["C0000004", "C0000005"]
+
+
+def test_bad_expired_or_foreign_tokens_are_a_401_that_says_why_and_decide_nothing(
+    client: TestClient, built: Settings, ciam: Ciam
+) -> None:
+    sub = _app_key(built, "C0000003")
+    stranger = Ciam()
+    stranger.add_key("rsa-2", "RS256")
+    before = _logged_decisions(built)
+    for token, why in [
+        (ciam.token(sub, iat=1_700_000_000, exp=1_700_000_300), "expired"),
+        (ciam.token(sub, iss="https://login.other.example/"), "issued by another issuer"),
+        (ciam.token(sub, aud="other-app"), "issued for another audience"),
+        (stranger.token(sub), "bad signature"),
+        (stranger.token(sub, kid="rsa-2"), "key 'rsa-2'"),
+        ("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "algorithm 'none' is not accepted"),
+    ]:
+        r = client.post("/decide", json={"id_token": token})
+        assert (r.status_code, r.json()["error"].split(":")[0]) == (401, "id_token refused"), r.text
+        assert why in r.json()["error"] and token not in r.text
+        assert r.headers["www-authenticate"] == 'IdToken field="id_token"'
+    good = {"id_token": ciam.token(sub)}
+    r = client.post("/decide/batch", json={"customers": [good, {"id_token": stranger.token(sub)}]})
+    assert r.status_code == 401 and "bad signature" in r.json()["error"]
+    assert _logged_decisions(built) == before  # no cold start, nothing logged
+
+
+def test_tokens_without_a_configured_ciam_or_its_keys_are_refused(client: TestClient, ciam: Ciam, tmp_path) -> None:
+    from serving.service import _running
+    from serving.tokens import IdTokens, KeySet
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_running["service"].decisions, "tokens", None)
+        r = client.post("/decide", json={"id_token": ciam.token("app-x")})
+    assert r.status_code == 400 and "takes no ID tokens: NEXTTOUCH_OIDC_ISSUER" in r.json()["error"]
+    unreadable = IdTokens(ISSUER, AUDIENCE, KeySet(str(tmp_path / "gone.json")), 30, "app")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_running["service"].decisions, "tokens", unreadable)
+        r = client.post("/decide/batch", json={"customers": [{"id_token": ciam.token("app-x")}]})
+    assert r.status_code == 503  # the service's fault, not the caller's: never a 401 or a cold start
+    r = client.post("/decide", json={"id_token": ciam.token("app-x"), "customer_id": "C0000003"})
+    assert r.status_code == 400 and "exactly one of customer_id or source {system, key} or id_token" in r.text
+
+
+def test_tokens_are_never_logged(client: TestClient, built: Settings, ciam: Ciam, caplog) -> None:
+    good, expired = ciam.token(_app_key(built, "C0000003")), ciam.token("app-x", iat=1_700_000_000, exp=1_700_000_300)
+    with caplog.at_level("DEBUG"):
+        assert client.post("/decide", json={"id_token": good}).status_code == 200
+        assert client.post("/decide", json={"id_token": expired}).status_code == 401
+        assert client.post("/decide", json={"id_token": "x" * 8193}).status_code == 400
+    text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "POST /decide refused with 401: id_token expired" in text
+    assert "x" * 100 not in text
+    for token in (good, expired):
+        assert token.split(".")[1] not in text and token.split(".")[2] not in text
 
 
 def test_unknown_customer_is_a_flagged_fallback_not_an_error(client: TestClient) -> None:
