@@ -144,7 +144,7 @@ class LearningChampionPolicy:
         self,
         world: World,
         model: DecisionModel,
-        prior_sd: float,
+        prior_sd: float | np.ndarray,
         epsilon: float,
         default_time_zone: str = "UTC",
         name: str = "champion + own learning",
@@ -155,7 +155,7 @@ class LearningChampionPolicy:
             catalog, model, "whatif", epsilon, seed=world.origin.seed, default_time_zone=default_time_zone
         )
         self.position = world.position
-        self.affinity = Affinity.prior(world.origin.n, np.full(len(catalog.actions), prior_sd))
+        self.affinity = Affinity.prior(world.origin.n, np.broadcast_to(np.asarray(prior_sd, float), len(catalog.names)))
         self.none = catalog.names.index(NO_ACTION)
         self.base: dict[tuple[str, int], np.ndarray] = {}  # (customer, decision time) -> population log-odds
 

@@ -77,10 +77,11 @@ class DecisionEngine:
         seed: int | None = None,
         default_time_zone: str = "UTC",
         contributions: ContributionMethod = "path",
-        prior_sd: float = 0.0,
+        prior_sd: float | np.ndarray | None = None,
     ) -> None:
-        """``prior_sd`` > 0: decisions sample each customer's own affinity (Thompson sampling), whose
-        prior is Normal(0, prior_sd**2) on the log-odds of every action; 0: the model's point estimates."""
+        """``prior_sd`` > 0 (one number, or one per catalog action): decisions sample each customer's own
+        affinity (Thompson sampling), whose prior is Normal(0, prior_sd**2) on the log-odds of the action;
+        None or 0: the model's point estimates."""
         missing = set(catalog.names) - set(model.actions)
         if missing:
             raise ValueError(f"model does not score catalog actions {sorted(missing)}")
@@ -93,7 +94,8 @@ class DecisionEngine:
         self.rng = np.random.default_rng(seed)
         self._columns = np.array([model.actions.index(a) for a in catalog.names])
         self._none = catalog.names.index(NO_ACTION)
-        self.prior_sd = np.full(len(catalog.actions), prior_sd) if prior_sd > 0 else None
+        sd = np.broadcast_to(np.asarray(prior_sd if prior_sd is not None else 0.0, float), len(catalog.actions))
+        self.prior_sd = sd.copy() if (sd > 0).any() else None
         # What a decision reads: the model's inputs, the contact rules' columns, capacity groups.
         rule_columns = {rules.TIME_ZONE}
         for a in catalog.actions:
