@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         "> 0 makes feedback and attributed events update it at once and decisions sample it (Thompson); "
         "'fitted': the spread the champion's training found per action; 0: off.",
     )
+    affinity_sampling: bool = Field(
+        False,
+        description="Per-customer learning decides on a posterior draw (Thompson sampling) instead of the "
+        "posterior mean; exploration is then the posterior's (it cost value in closed loop: docs/benchmarks.md).",
+    )
     gate_tolerance: float = Field(
         0.15,
         ge=0,

@@ -145,6 +145,7 @@ class NextTouch:
             default_time_zone=self.settings.default_time_zone,
             contributions=self.settings.reason_contributions,
             prior_sd=prior_sds(self.settings.affinity_prior_sd, self.catalog.names, champion.model.affinity_sd),
+            sample=self.settings.affinity_sampling,
         )
         warm_up = engine.draft(["warm-up"], {}, datetime.now(UTC))  # first prediction and contributions
         engine.answers(warm_up, [""])

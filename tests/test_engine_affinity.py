@@ -57,7 +57,7 @@ def test_own_responses_change_the_next_decision_and_say_so(catalog: Catalog, mod
     dear = Catalog(
         actions=tuple(a.model_copy(update={"cost": 20.0}) if a.name == "push" else a for a in catalog.actions)
     )
-    engine = DecisionEngine(dear, model, "7", epsilon=0.0, seed=1, prior_sd=2.0)
+    engine = DecisionEngine(dear, model, "7", epsilon=0.0, seed=1, prior_sd=2.0, sample=True)
     features = from_frame(pd.DataFrame([ACTIVE]))
     before = engine.decide(["C1"], features, NOON, ["a"])[0]
     assert before["action"] == "push"
@@ -102,10 +102,26 @@ def test_a_fitted_prior_applies_per_action_and_an_action_without_one_is_not_lear
         assert prior_sds(0.7, catalog.names, {}).tolist() == [0.7] * 4
         assert prior_sds(0.0, catalog.names, model.affinity_sd) is None
         assert prior_sds("fitted", catalog.names, {}) is None  # a model without a fitted prior: off
-        engine = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1, prior_sd=sd)
+        engine = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1, prior_sd=sd, sample=True)
         draft = engine.draft(["C1"], from_frame(pd.DataFrame([ACTIVE])), NOON)
         assert draft.sampled is not None
         spread = draft.sampled.std(axis=0)[0]  # sampled net values per action
         assert spread[catalog.names.index("advisor_call")] < 1e-6 < spread[catalog.names.index("push")]
     finally:
         model.affinity_sd = {}
+
+
+def test_without_sampling_a_customer_decides_on_the_posterior_mean(catalog: Catalog, model: DecisionModel) -> None:
+    """Learning on, sampling off: a customer with no outcomes gets the model's own decision, one with some
+    gets the decision of their posterior mean, and exploration stays the engine's epsilon."""
+    engine = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1, prior_sd=1.0)
+    static = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1)
+    features = from_frame(pd.DataFrame([ACTIVE]))
+    cold = engine.draft(["C1"], features, NOON)
+    assert cold.sampled is None and cold.p.tolist() == static.draft(["C1"], features, NOON).p.tolist()
+    push = catalog.names.index("push")
+    own = Affinity.prior(1, engine.prior_sd)
+    own.mean[0, push], own.outcomes[0, push] = -3.0, 4  # pushes ignored
+    engine.personalise(cold, own)
+    assert cold.sampled is None and cold.choice.propensity.tolist() == [1.0]
+    assert cold.p[0, push] < static.draft(["C1"], features, NOON).p[0, push]

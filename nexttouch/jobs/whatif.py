@@ -95,9 +95,10 @@ def default_policies(
         fitted = prior_sds("fitted", catalog.names, model.affinity_sd)
         sd = served if served is not None else fitted if fitted is not None else WHATIF_PRIOR_SD
         label = "fitted prior" if fitted is not None else f"prior sd {WHATIF_PRIOR_SD:g}"
+        label += ", Thompson" if s.affinity_sampling else ""
 
         def learning(w: World) -> LearningChampionPolicy:
-            return LearningChampionPolicy(w, model, sd, s.epsilon, s.default_time_zone)
+            return LearningChampionPolicy(w, model, sd, s.epsilon, s.default_time_zone, sample=s.affinity_sampling)
 
         if served is not None:
             out["champion"], out["champion without own learning"] = learning, static
