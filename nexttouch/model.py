@@ -105,6 +105,8 @@ class DecisionModel:
     categorical: dict[str, list[str]]  # column -> known levels (code = position)
     actions: list[str]
     calibration: Calibration = field(default_factory=Calibration)
+    # per action: the spread of customers' own affinities the model leaves unexplained (log-odds sd)
+    affinity_sd: dict[str, float] = field(default_factory=dict)
     _paths: PathContributions | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -187,6 +189,7 @@ class DecisionModel:
             "categorical": self.categorical,
             "actions": self.actions,
             "calibration": {"method": self.calibration.method, "maps": self.calibration.maps},
+            "affinity_sd": self.affinity_sd,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -195,4 +198,5 @@ class DecisionModel:
         meta = json.loads((directory / META_FILE).read_text())
         booster = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
         calibration = Calibration(**meta.get("calibration", {}))  # no calibration stored: raw scores
-        return cls(booster, meta["numeric"], meta["categorical"], meta["actions"], calibration)
+        affinity_sd = meta.get("affinity_sd", {})
+        return cls(booster, meta["numeric"], meta["categorical"], meta["actions"], calibration, affinity_sd)

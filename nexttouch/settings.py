@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -79,12 +79,16 @@ class Settings(BaseSettings):
         None, description="Dask scheduler address (tcp://host:8786): train LightGBM on that cluster; local if unset."
     )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
-    affinity_prior_sd: float = Field(
+    affinity_prior_sd: Annotated[float, Field(ge=0, le=5)] | Literal["fitted"] = Field(
         0.0,
-        ge=0,
-        le=5,
         description="Per-customer learning: prior sd of each customer's own affinity per action (log-odds); "
-        "> 0 makes feedback and attributed events update it at once and decisions sample it (Thompson); 0: off.",
+        "> 0 makes feedback and attributed events update it at once and decisions sample it (Thompson); "
+        "'fitted': the spread the champion's training found per action; 0: off.",
+    )
+    affinity_sampling: bool = Field(
+        False,
+        description="Per-customer learning decides on a posterior draw (Thompson sampling) instead of the "
+        "posterior mean; exploration is then the posterior's (it cost value in closed loop: docs/benchmarks.md).",
     )
     gate_tolerance: float = Field(
         0.15,

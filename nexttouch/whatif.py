@@ -133,8 +133,8 @@ class LearningChampionPolicy:
     """The champion through the decision engine with each customer's own affinity per action.
 
     As the service does with per-customer learning on: the engine's draft scores the population
-    model, ``personalise`` adds the customer's posterior and samples it (Thompson sampling, exact
-    propensities, the engine's exploration), and every outcome the brand learns updates that
+    model, ``personalise`` adds the customer's posterior (its mean, or with ``sample`` a draw: Thompson
+    sampling; exact propensities, the engine's exploration), and every outcome the brand learns updates that
     customer's posterior at once (``nexttouch.engine.affinity.update``).
     """
 
@@ -144,18 +144,25 @@ class LearningChampionPolicy:
         self,
         world: World,
         model: DecisionModel,
-        prior_sd: float,
+        prior_sd: float | np.ndarray,
         epsilon: float,
         default_time_zone: str = "UTC",
         name: str = "champion + own learning",
+        sample: bool = False,
     ) -> None:
         catalog = world.origin.catalog
         self.name, self.catalog, self.epsilon = name, catalog, epsilon
         self.engine = DecisionEngine(
-            catalog, model, "whatif", epsilon, seed=world.origin.seed, default_time_zone=default_time_zone
+            catalog,
+            model,
+            "whatif",
+            epsilon,
+            seed=world.origin.seed,
+            default_time_zone=default_time_zone,
+            sample=sample,
         )
         self.position = world.position
-        self.affinity = Affinity.prior(world.origin.n, np.full(len(catalog.actions), prior_sd))
+        self.affinity = Affinity.prior(world.origin.n, np.broadcast_to(np.asarray(prior_sd, float), len(catalog.names)))
         self.none = catalog.names.index(NO_ACTION)
         self.base: dict[tuple[str, int], np.ndarray] = {}  # (customer, decision time) -> population log-odds
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from nexttouch.catalog import Catalog
 from nexttouch.engine.affinity import Affinity, update
-from nexttouch.logodds import logit
+from nexttouch.logodds import EPS, logit
 from serving.decision_log import Tx
 
 
@@ -47,7 +47,7 @@ def read(tx: Tx, catalog: Catalog, customer_ids: Sequence[str | None], prior_sd:
     return affinity
 
 
-def learn(tx: Tx, catalog: Catalog, decision_id: str, outcome: float, prior_sd: float) -> bool:
+def learn(tx: Tx, catalog: Catalog, decision_id: str, outcome: float, prior_sd: np.ndarray) -> bool:
     """Update the decision's customer's posterior for its action with this outcome; False when it cannot
     (unknown customer, a rule-based answer without a model score, an action that is not in the catalog)."""
     found = tx.execute(
@@ -67,7 +67,8 @@ def learn(tx: Tx, catalog: Catalog, decision_id: str, outcome: float, prior_sd: 
         "SELECT mean, precision, outcomes FROM affinity WHERE customer_id = ? AND action = ?" + tx.for_update,
         (customer_id, action),
     ).fetchone()
-    mean, precision, seen = row if row is not None else (0.0, 1.0 / max(prior_sd, 1e-6) ** 2, 0)
+    first = (0.0, 1.0 / max(float(prior_sd[catalog.names.index(action)]), EPS) ** 2, 0)
+    mean, precision, seen = row if row is not None else first
     # the decision's own estimate already held the posterior mean it had then: step from there
     new_mean, new_precision = update(0.0, precision, float(logit(np.float64(p))), outcome)
     tx.execute(
@@ -79,7 +80,7 @@ def learn(tx: Tx, catalog: Catalog, decision_id: str, outcome: float, prior_sd: 
     return True
 
 
-def attribute(tx: Tx, catalog: Catalog, events: Sequence[tuple[str, str, str, datetime]], prior_sd: float) -> int:
+def attribute(tx: Tx, catalog: Catalog, events: Sequence[tuple[str, str, str, datetime]], prior_sd: np.ndarray) -> int:
     """Touches that show a decision succeeded (its action's success touch, for the decision's own
     customer), as (decision id, customer id, touch type, time): each records the decision's outcome
     once, as feedback would, and the customer's posterior learns it. Returns how many were new."""

@@ -20,6 +20,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from pydantic_core import to_json
 from starlette.applications import Starlette
@@ -42,6 +43,7 @@ from nexttouch.api import (
 )
 from nexttouch.catalog import load_catalog
 from nexttouch.engine import DecisionEngine
+from nexttouch.engine.affinity import prior_sds
 from nexttouch.engine.answer import Answer
 from nexttouch.settings import load_settings
 from nexttouch.telemetry import switch_off
@@ -147,7 +149,8 @@ class NextTouch:
             self.settings.epsilon,
             default_time_zone=self.settings.default_time_zone,
             contributions=self.settings.reason_contributions,
-            prior_sd=self.settings.affinity_prior_sd,
+            prior_sd=prior_sds(self.settings.affinity_prior_sd, self.catalog.names, champion.model.affinity_sd),
+            sample=self.settings.affinity_sampling,
         )
         warm_up = engine.draft(["warm-up"], {}, datetime.now(UTC))  # first prediction and contributions
         engine.answers(warm_up, [""])
@@ -218,11 +221,11 @@ class NextTouch:
         """The outcome of a decision. Repeating it changes nothing; an unknown id is a 404."""
         body = FeedbackRequest.model_validate(request, context=self._bounds())
         record = feedback_op(body.decision_id, float(body.outcome), body.at)
-        prior_sd = self.settings.affinity_prior_sd
+        prior_sd = self._prior_sd()
 
         def op(tx: Tx) -> Feedback:
             result = record(tx)
-            if result is Feedback.RECORDED and prior_sd > 0:  # the customer's next decision learns from it
+            if result is Feedback.RECORDED and prior_sd is not None:  # the customer's next decision learns from it
                 affinity.learn(tx, self.catalog, body.decision_id, float(body.outcome), prior_sd)
             return result
 
@@ -251,7 +254,7 @@ class NextTouch:
 
     def _learn_from(self, body: EventsRequest) -> None:
         """Decision-linked success touches update their customer's posterior now (per-customer learning on)."""
-        prior_sd = self.settings.affinity_prior_sd
+        prior_sd = self._prior_sd()
         linked = [
             (
                 e.decision_id,
@@ -262,8 +265,13 @@ class NextTouch:
             for e in body.events
             if e.decision_id is not None and (e.customer_id or e.source)
         ]
-        if prior_sd > 0 and linked:
+        if prior_sd is not None and linked:
             self.log.run(lambda tx: affinity.attribute(tx, self.catalog, linked, prior_sd))
+
+    def _prior_sd(self) -> np.ndarray | None:
+        """The serving champion's prior sd per catalog action (None: per-customer learning off)."""
+        assert self.decisions is not None
+        return self.decisions.engine.prior_sd
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(

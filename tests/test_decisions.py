@@ -351,7 +351,7 @@ def test_feedback_changes_the_customers_next_decision_at_once(catalog: Catalog, 
         (answer,) = decide(decisions, "C1", at=NOON)
         if answer["action"] != "push":
             break
-        assert log.run(lambda tx, a=answer: affinity.learn(tx, dear, a["decision_id"], 0.0, 2.0))
+        assert log.run(lambda tx, a=answer: affinity.learn(tx, dear, a["decision_id"], 0.0, decisions.engine.prior_sd))
     assert answer["action"] != "push"
     assert any("own responses" in r for r in answer["reasons"])
     assert decide(decisions, "C2", at=NOON)[0]["action"] == "push"  # another customer is not affected

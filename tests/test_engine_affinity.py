@@ -9,7 +9,7 @@ import pytest
 from nexttouch.catalog import Catalog
 from nexttouch.columns import from_frame
 from nexttouch.engine import DecisionEngine
-from nexttouch.engine.affinity import Affinity, update, update_many
+from nexttouch.engine.affinity import Affinity, fit_prior_sd, prior_sds, update, update_many
 from nexttouch.engine.choice import choose, net_values
 from nexttouch.logodds import sigmoid
 from nexttouch.model import DecisionModel
@@ -57,7 +57,7 @@ def test_own_responses_change_the_next_decision_and_say_so(catalog: Catalog, mod
     dear = Catalog(
         actions=tuple(a.model_copy(update={"cost": 20.0}) if a.name == "push" else a for a in catalog.actions)
     )
-    engine = DecisionEngine(dear, model, "7", epsilon=0.0, seed=1, prior_sd=2.0)
+    engine = DecisionEngine(dear, model, "7", epsilon=0.0, seed=1, prior_sd=2.0, sample=True)
     features = from_frame(pd.DataFrame([ACTIVE]))
     before = engine.decide(["C1"], features, NOON, ["a"])[0]
     assert before["action"] == "push"
@@ -78,3 +78,50 @@ def test_own_responses_change_the_next_decision_and_say_so(catalog: Catalog, mod
     assert after["p_success"]["push"] < before["p_success"]["push"]
     assert after["action"] != "push"
     assert any("own responses (8 outcomes) changed the best action from push" in r for r in after["reasons"])
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.4, 0.8])
+def test_the_prior_is_fitted_to_the_spread_the_model_leaves_unexplained(spread: float) -> None:
+    """Customers whose own affinity spreads by ``spread`` around a model's predictions, six decisions each."""
+    rng = np.random.default_rng(3)
+    n, k = 20_000, 6
+    own = rng.normal(0, spread, n)
+    customer = np.repeat(np.arange(n), k)
+    model_logit = rng.normal(-1.5, 1.0, n * k)
+    outcome = (rng.random(n * k) < sigmoid(model_logit + own[customer])).astype(float)
+    assert fit_prior_sd(customer, sigmoid(model_logit), outcome) == pytest.approx(spread, abs=0.08)
+
+
+def test_a_fitted_prior_applies_per_action_and_an_action_without_one_is_not_learnt(
+    catalog: Catalog, model: DecisionModel
+) -> None:
+    model.affinity_sd = {"push": 0.3, "event_invite": 0.5}
+    try:
+        sd = prior_sds("fitted", catalog.names, model.affinity_sd)
+        assert sd is not None and sd.tolist() == [0.0, 0.3, 0.5, 0.0]  # none, push, event_invite, advisor_call
+        assert prior_sds(0.7, catalog.names, {}).tolist() == [0.7] * 4
+        assert prior_sds(0.0, catalog.names, model.affinity_sd) is None
+        assert prior_sds("fitted", catalog.names, {}) is None  # a model without a fitted prior: off
+        engine = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1, prior_sd=sd, sample=True)
+        draft = engine.draft(["C1"], from_frame(pd.DataFrame([ACTIVE])), NOON)
+        assert draft.sampled is not None
+        spread = draft.sampled.std(axis=0)[0]  # sampled net values per action
+        assert spread[catalog.names.index("advisor_call")] < 1e-6 < spread[catalog.names.index("push")]
+    finally:
+        model.affinity_sd = {}
+
+
+def test_without_sampling_a_customer_decides_on_the_posterior_mean(catalog: Catalog, model: DecisionModel) -> None:
+    """Learning on, sampling off: a customer with no outcomes gets the model's own decision, one with some
+    gets the decision of their posterior mean, and exploration stays the engine's epsilon."""
+    engine = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1, prior_sd=1.0)
+    static = DecisionEngine(catalog, model, "7", epsilon=0.0, seed=1)
+    features = from_frame(pd.DataFrame([ACTIVE]))
+    cold = engine.draft(["C1"], features, NOON)
+    assert cold.sampled is None and cold.p.tolist() == static.draft(["C1"], features, NOON).p.tolist()
+    push = catalog.names.index("push")
+    own = Affinity.prior(1, engine.prior_sd)
+    own.mean[0, push], own.outcomes[0, push] = -3.0, 4  # pushes ignored
+    engine.personalise(cold, own)
+    assert cold.sampled is None and cold.choice.propensity.tolist() == [1.0]
+    assert cold.p[0, push] < static.draft(["C1"], features, NOON).p[0, push]

@@ -79,10 +79,11 @@ def test_posteriors_are_learnt_and_read_on_postgres(database: str, catalog: Cata
     log = DecisionLog(database)
     log.record(_answer("d1"), {})
     log.record(_answer("d2"), {})
-    assert log.run(lambda tx: affinity.learn(tx, catalog, "d1", 0.0, 1.0))
-    assert log.run(lambda tx: affinity.learn(tx, catalog, "d2", 0.0, 1.0))
+    prior_sd = np.full(len(catalog.names), 1.0)
+    assert log.run(lambda tx: affinity.learn(tx, catalog, "d1", 0.0, prior_sd))
+    assert log.run(lambda tx: affinity.learn(tx, catalog, "d2", 0.0, prior_sd))
     other = DecisionLog(database)  # another replica's connection
-    own = other.run(lambda tx: affinity.read(tx, catalog, ["C1", "C9"], np.full(len(catalog.names), 1.0)))
+    own = other.run(lambda tx: affinity.read(tx, catalog, ["C1", "C9"], prior_sd))
     push = catalog.names.index("push")
     assert own.outcomes[0, push] == 2 and own.mean[0, push] < 0
     assert own.outcomes[1].sum() == 0 and (own.mean[1] == 0).all()  # C9: the prior

@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from nexttouch.catalog import Catalog
+from nexttouch.registry_io import load_version
 from nexttouch.settings import Settings
 from nexttouch.tracking import configure_mlflow
 from training.dataset import attribute_outcomes
@@ -117,6 +118,11 @@ def test_run_metrics_and_champion_alias(built: Settings) -> None:
     assert run.data.tags["feature_service"] == built.feature_service
     assert run.data.tags["catalog"] == "none,push,event_invite,advisor_call"
     assert run.info.artifact_uri.startswith((built.mlruns_dir / "artifacts").as_uri())
+    # the prior of per-customer learning is fitted with every model and travels with it
+    fitted = {k.removeprefix("valid/own_affinity_sd_"): v for k, v in metrics.items() if "own_affinity_sd_" in k}
+    assert set(fitted) >= {"none", "push"} and all(0 <= v < 5 for v in fitted.values())
+    model = load_version(built, champion.version)
+    assert model.affinity_sd and set(model.affinity_sd) >= {"none", "push"}
 
 
 @pytest.mark.slow

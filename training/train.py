@@ -24,6 +24,7 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nexttouch.catalog import Catalog
+from nexttouch.engine.affinity import fit_prior_sd
 from nexttouch.logodds import EPS, logit
 from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
@@ -122,6 +123,7 @@ def fit(
     calib = Calibration.fit(calibration, raw_valid, y_valid, valid[ACTION].to_numpy(), catalog.names)
     model = DecisionModel(booster, numeric, categorical, catalog.names, calib)
     p_valid = logged_action_scores(model, valid)
+    model.affinity_sd = own_affinity_spread(valid, p_valid, catalog.names)
     metrics = {
         "valid_auc": float(roc_auc_score(y_valid, p_valid)) if len(np.unique(y_valid)) == 2 else float("nan"),
         "valid_logloss": float(log_loss(y_valid, p_valid, labels=[0, 1])),
@@ -130,6 +132,7 @@ def fit(
         "best_iteration": float(booster.best_iteration or booster.current_iteration()),
         "train_rows": float(len(train)),
         "valid_rows": float(len(valid)),
+        **{f"valid_own_affinity_sd_{a}": sd for a, sd in model.affinity_sd.items()},
         "test_rows": float(len(test)),
     }
     used = {**params, "monotone_constraints": ",".join(c for c in names if c in MONOTONE_INCREASING)}
@@ -143,6 +146,18 @@ def fit(
         "trainer": "dask" if dask_scheduler else "local",
     }
     return TrainResult(model, metrics, run_params, train, valid, test, curves)
+
+
+def own_affinity_spread(valid: pd.DataFrame, p_logged: np.ndarray, actions: list[str]) -> dict[str, float]:
+    """Per action, how far customers' own affinities spread beyond what the model explains, measured on
+    the validation period (decisions it did not learn from): the prior of per-customer learning."""
+    customer, action, outcome = (valid[c].to_numpy() for c in (CUSTOMER_ID, ACTION, OUTCOME))
+    out = {}
+    for a in actions:
+        m = action == a
+        if m.any():
+            out[a] = round(fit_prior_sd(customer[m], p_logged[m], outcome[m].astype(float)), 4)
+    return out
 
 
 def fit_booster(

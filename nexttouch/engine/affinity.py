@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from nexttouch.logodds import EPS, sigmoid
 
@@ -40,6 +41,16 @@ class Affinity:
         return self.mean + sd * rng.standard_normal((n, *self.mean.shape))
 
 
+def prior_sds(setting: float | str, catalog_names: list[str], fitted: dict[str, float]) -> np.ndarray | None:
+    """Each catalog action's prior sd for per-customer learning (None: off): the setting's number for every
+    action, or with ``"fitted"`` the spread the model's training found (0 for an action it has none for)."""
+    if setting == "fitted":
+        sd = np.array([fitted.get(a, 0.0) for a in catalog_names])
+    else:
+        sd = np.full(len(catalog_names), float(setting))
+    return sd if (sd > 0).any() else None
+
+
 def update(mean: float, precision: float, base_logit: float, outcome: float) -> tuple[float, float]:
     """The posterior after one outcome (1 success, 0 none) of a decision scored ``base_logit``."""
     p = float(sigmoid(np.float64(base_logit + mean)))
@@ -54,3 +65,19 @@ def update_many(
     p = sigmoid(base_logit + mean)
     precision = precision + p * (1 - p)
     return mean + (outcome - p) / precision, precision
+
+
+def fit_prior_sd(customer: np.ndarray, p: np.ndarray, outcome: np.ndarray) -> float:
+    """The spread of customers' own affinities that the model leaves unexplained: the prior sd (log-odds).
+
+    Method of moments on decisions the model did not learn from (e.g. its validation period): with
+    ``b ~ Normal(0, sd**2)`` per customer, a customer's summed residual ``S = sum(y - p)`` has
+    ``E[S**2] = W + sd**2 * W**2`` to first order, where ``W = sum(p * (1 - p))``; so
+    ``sd**2 = sum(S**2 - W) / sum(W**2)``, 0 when the residuals are no more spread than chance.
+    """
+    codes, _ = pd.factorize(np.asarray(customer))
+    if len(codes) == 0:
+        return 0.0
+    s = np.bincount(codes, weights=np.asarray(outcome, float) - p)
+    w = np.bincount(codes, weights=p * (1 - p))
+    return float(np.sqrt(max(0.0, (s**2 - w).sum() / max((w**2).sum(), EPS))))

@@ -77,10 +77,12 @@ class DecisionEngine:
         seed: int | None = None,
         default_time_zone: str = "UTC",
         contributions: ContributionMethod = "path",
-        prior_sd: float = 0.0,
+        prior_sd: float | np.ndarray | None = None,
+        sample: bool = False,
     ) -> None:
-        """``prior_sd`` > 0: decisions sample each customer's own affinity (Thompson sampling), whose
-        prior is Normal(0, prior_sd**2) on the log-odds of every action; 0: the model's point estimates."""
+        """``prior_sd`` > 0 (one number, or one per catalog action): decisions use each customer's own
+        affinity, whose prior is Normal(0, prior_sd**2) on the log-odds of the action: its posterior mean,
+        or with ``sample`` a posterior draw (Thompson sampling); None or 0: the model's point estimates."""
         missing = set(catalog.names) - set(model.actions)
         if missing:
             raise ValueError(f"model does not score catalog actions {sorted(missing)}")
@@ -93,7 +95,9 @@ class DecisionEngine:
         self.rng = np.random.default_rng(seed)
         self._columns = np.array([model.actions.index(a) for a in catalog.names])
         self._none = catalog.names.index(NO_ACTION)
-        self.prior_sd = np.full(len(catalog.actions), prior_sd) if prior_sd > 0 else None
+        sd = np.broadcast_to(np.asarray(prior_sd if prior_sd is not None else 0.0, float), len(catalog.actions))
+        self.prior_sd = sd.copy() if (sd > 0).any() else None
+        self.sample = sample
         # What a decision reads: the model's inputs, the contact rules' columns, capacity groups.
         rule_columns = {rules.TIME_ZONE}
         for a in catalog.actions:
@@ -143,18 +147,19 @@ class DecisionEngine:
             x,
             leaf,
         )
-        if self.prior_sd is not None:
+        if self.prior_sd is not None and self.sample:  # the prior's mean is the model's estimate: only draws differ
             self.personalise(draft, Affinity.prior(m, self.prior_sd))
         return draft
 
     def personalise(self, draft: Draft, affinity: Affinity) -> None:
-        """Decide with the customers' own posteriors (rows as in ``draft.rows``): their expected values,
-        and the choice drawn from the posterior (Thompson sampling)."""
+        """Decide with the customers' own posteriors (rows as in ``draft.rows``): their expected values, and
+        with sampling on the choice drawn from the posterior (Thompson sampling)."""
         base = logit(draft.population)
         draft.affinity = affinity
         draft.p = sigmoid(base + affinity.mean)
         draft.values = net_values(self.catalog, draft.p)
-        draft.sampled = net_values(self.catalog, sigmoid(base[None] + affinity.draws(self.rng)))
+        if self.sample:
+            draft.sampled = net_values(self.catalog, sigmoid(base[None] + affinity.draws(self.rng)))
         draft.first = draft.choice = self._choose(draft)
 
     def allocate(self, draft: Draft, take: TakeCapacity = unlimited) -> None:

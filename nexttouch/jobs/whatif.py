@@ -20,6 +20,7 @@ import pandas as pd
 
 from features.touch_features import TOUCH_FEATURES, build_touch_features
 from nexttouch.catalog import NO_ACTION, Catalog
+from nexttouch.engine.affinity import prior_sds
 from nexttouch.model import DecisionModel
 from nexttouch.schemas import CUSTOMER_ID, REQUEST_AT
 from nexttouch.settings import Settings
@@ -89,15 +90,20 @@ def default_policies(
     out["oracle"] = OraclePolicy
     if model is not None:
         static: PolicyFactory = lambda _w: ChampionPolicy(catalog, model)  # noqa: E731
-        sd = s.affinity_prior_sd or WHATIF_PRIOR_SD
+        served = prior_sds(s.affinity_prior_sd, catalog.names, model.affinity_sd)
+        # for the comparison with learning switched on: the model's fitted prior, else a fixed one
+        fitted = prior_sds("fitted", catalog.names, model.affinity_sd)
+        sd = served if served is not None else fitted if fitted is not None else WHATIF_PRIOR_SD
+        label = "fitted prior" if fitted is not None else f"prior sd {WHATIF_PRIOR_SD:g}"
+        label += ", Thompson" if s.affinity_sampling else ""
 
         def learning(w: World) -> LearningChampionPolicy:
-            return LearningChampionPolicy(w, model, sd, s.epsilon, s.default_time_zone)
+            return LearningChampionPolicy(w, model, sd, s.epsilon, s.default_time_zone, sample=s.affinity_sampling)
 
-        if s.affinity_prior_sd > 0:
+        if served is not None:
             out["champion"], out["champion without own learning"] = learning, static
         else:
-            out["champion"], out[f"champion + own learning (prior sd {sd:g})"] = static, learning
+            out["champion"], out[f"champion + own learning ({label})"] = static, learning
     return out
 
 
