@@ -24,7 +24,8 @@ SCHEME = "ApiKey"
 ERROR = "Error"
 LOGGED = ("/decide", "/decide/batch", "/feedback", "/events")  # answers that need a commit of the log
 _REASONS = {
-    401: "Missing, wrong or several X-API-Key headers",
+    401: "Missing, wrong or several X-API-Key headers, or a refused id_token (the answer says why)",
+    403: "The API key's client lacks the scope this route needs (decide, feedback or admin)",
     409: "The decision already has a different outcome",
     413: "Request body over NEXTTOUCH_MAX_BODY_BYTES, or a batch over NEXTTOUCH_BATCH_LIMIT",
     415: "The request body is not application/json",
@@ -46,7 +47,8 @@ Every call but health and this page sends the key in the `X-API-Key` header (**A
 ### Example flow
 
 1. **Decide**: `POST /decide` with `{"customer_id": "C0000002", "context": {"channel": "app"}}`
-   (or `{"source": {"system": "app", "key": "..."}}`: any source system's key). The answer names
+   (or `{"source": {"system": "app", "key": "..."}}`: any source system's key, or `{"id_token": "..."}`:
+   the signed-in customer's ID token from the brand's login). The answer names
    the `action`, its `decision_id`, the values and the reasons.
 2. **Act** on the answer: send the push, the invitation, or book the call (`send_at`, when given,
    is the earliest allowed time).
@@ -121,7 +123,7 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
         for method, op in item.items():
             op["responses"] = {str(k): v for k, v in op.get("responses", {}).items()}  # BentoML's keys are ints
             op["security"] = [{SCHEME: []}]
-            codes = [401, 431, 504]
+            codes = [401, 403, 431, 504]
             if method == "post":
                 codes += [413, 415]
             if path in LOGGED:

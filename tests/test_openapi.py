@@ -25,12 +25,12 @@ def test_every_guarded_operation_documents_the_key_and_its_errors(spec: dict) ->
     ops = _ops(spec)
     assert spec["components"]["securitySchemes"][SCHEME] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     expected = {
-        ("POST", "/decide"): {"200", "400", "401", "404", "413", "415", "431", "500", "503", "504"},
-        ("POST", "/decide/batch"): {"200", "400", "401", "404", "413", "415", "431", "500", "503", "504"},
-        ("POST", "/feedback"): {"200", "400", "401", "404", "409", "413", "415", "431", "500", "503", "504"},
-        ("POST", "/events"): {"200", "400", "401", "404", "413", "415", "431", "500", "503", "504"},
-        ("GET", "/model"): {"200", "401", "431", "503", "504"},
-        ("GET", "/metrics"): {"200", "401", "431", "504"},
+        ("POST", "/decide"): {"200", "400", "401", "403", "404", "413", "415", "431", "500", "503", "504"},
+        ("POST", "/decide/batch"): {"200", "400", "401", "403", "404", "413", "415", "431", "500", "503", "504"},
+        ("POST", "/feedback"): {"200", "400", "401", "403", "404", "409", "413", "415", "431", "500", "503", "504"},
+        ("POST", "/events"): {"200", "400", "401", "403", "404", "413", "415", "431", "500", "503", "504"},
+        ("GET", "/model"): {"200", "401", "403", "431", "503", "504"},
+        ("GET", "/metrics"): {"200", "401", "403", "431", "504"},
     }
     for key, codes in expected.items():
         assert set(ops[key]["responses"]) == codes, key
@@ -42,7 +42,7 @@ def test_every_guarded_operation_documents_the_key_and_its_errors(spec: dict) ->
 def test_error_answers_have_the_one_error_body(spec: dict) -> None:
     ref = {"$ref": f"#/components/schemas/{ERROR}"}
     for op in _ops(spec).values():
-        for status in ("401", "409", "413", "415", "431", "503", "504"):
+        for status in ("401", "403", "409", "413", "415", "431", "503", "504"):
             if status in op["responses"]:
                 assert op["responses"][status]["content"]["application/json"]["schema"] == ref
     assert spec["components"]["schemas"][ERROR]["required"] == ["error"]
@@ -60,7 +60,16 @@ def test_completing_leaves_bentomls_spec_untouched() -> None:
     base = {"paths": {"/decide": {"post": {"responses": {"200": {"description": "ok"}}}}}}
     done = complete(base)
     assert base == {"paths": {"/decide": {"post": {"responses": {"200": {"description": "ok"}}}}}}
-    assert set(done["paths"]["/decide"]["post"]["responses"]) == {"200", "401", "413", "415", "431", "503", "504"}
+    assert set(done["paths"]["/decide"]["post"]["responses"]) == {
+        "200",
+        "401",
+        "403",
+        "413",
+        "415",
+        "431",
+        "503",
+        "504",
+    }
 
 
 def test_the_page_presents_nexttouch_not_bentoml(spec: dict) -> None:
