@@ -19,8 +19,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ContactUpdater:
         # One update at a time: read-modify-write of a customer's state must not interleave. Within the
         # process one pusher thread; across the workers (processes) the ``flock`` on ``lock`` around it.
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
-        self._pending: list[pd.DataFrame] = []  # events whose online update has not been made yet
+        self._pending: list[_Waiting] = []  # events whose online update has not been made yet
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._retry_loop, args=(retry_s,), name="contact-retry", daemon=True).start()
@@ -69,7 +70,7 @@ class ContactUpdater:
     def pending(self) -> int:
         """Touches (one per customer, tier and direction) still waiting for their online update."""
         with self._pending_lock:
-            return sum(len(f) for f in self._pending)
+            return sum(len(w.touches) for w in self._pending)
 
     def close(self) -> None:
         self._stop.set()
@@ -109,6 +110,8 @@ class ContactUpdater:
                 deferred = True
                 EVENTS_DEFERRED.inc(len(known))
                 log.warning("online contact update deferred (%s): %d events kept", type(exc).__name__, len(known))
+                # Still running (only the wait ran out): it may yet succeed, and then says so.
+                update.add_done_callback(_made_late)
         return EventsResponse(
             accepted=len(new),
             duplicates=len(events) - len(new),
@@ -124,24 +127,26 @@ class ContactUpdater:
             return self.timeout_s
         return max(0.0, min(self.timeout_s, due - time.monotonic() - 0.5))
 
-    def _update(self, events: pd.DataFrame | None) -> None:
+    def _update(self, events: pd.DataFrame | None) -> int:
         """Push ``events`` with every deferred one; raises when ``events`` (or, for a retry, any deferred
-        touch) could not be pushed, keeping them for the next try.
+        touch) could not be pushed, keeping them for the next try. Returns how many of ``events`` were pushed.
 
         Runs on the one pusher thread only. The deferred touches stay in ``_pending`` while they are
         pushed, so ``pending`` never reads 0 in the middle of a retry that is about to fail.
         """
+        own = None
         with self._pending_lock:
             if events is not None:
                 events = _pushable(events)
                 if len(events):
-                    self._pending.append(events)
+                    own = _Waiting(events, len(events))
+                    self._pending.append(own)
             batch = list(self._pending)
         if not batch:
-            return
+            return 0
         try:
-            self._push_locked(pd.concat(batch, ignore_index=True))
-            failed: list[pd.DataFrame] = []
+            self._push_locked(pd.concat([w.touches for w in batch], ignore_index=True))
+            failed: list[_Waiting] = []
         except Exception as exc:
             if len(batch) == 1:
                 failed, error = batch, exc
@@ -149,24 +154,26 @@ class ContactUpdater:
                 failed, error = self._push_each(batch)
         # Only the newest touch per customer, tier and direction matters online: bounded by known customers.
         with self._pending_lock:
-            self._pending = [_newest(pd.concat(failed, ignore_index=True))] if failed else []
-        if failed and (events is None or any(f is events for f in failed)):
+            self._pending = [_Waiting.merged(failed)] if failed else []
+        made = [w for w in batch if w is not own and not any(w is f for f in failed)]
+        if made:  # deferred by earlier answers: the counter and this line say they are online now
+            _count_made(sum(w.events for w in made), len(made))
+        if failed and (events is None or any(f is own for f in failed)):
             raise error
-        if events is None or len(batch) > len(failed) + 1:
-            log.info("deferred online contact updates made (%d frames)", len(batch) - len(failed))
+        return own.events if own is not None else 0
 
-    def _push_each(self, batch: list[pd.DataFrame]) -> tuple[list[pd.DataFrame], Exception]:
+    def _push_each(self, batch: list[_Waiting]) -> tuple[list[_Waiting], Exception]:
         """Newest frame first; when that fails too the store is down: the rest is not tried."""
-        failed: list[pd.DataFrame] = []
+        failed: list[_Waiting] = []
         error: Exception | None = None
-        for i, frame in enumerate(reversed(batch)):
+        for i, waiting in enumerate(reversed(batch)):
             try:
-                self._push_locked(frame)
+                self._push_locked(waiting.touches)
             except Exception as exc:
                 error = exc
                 if i == 0:
                     return batch, exc
-                failed.append(frame)
+                failed.append(waiting)
         return failed[::-1], error  # type: ignore[return-value]  (set whenever ``failed`` is not empty)
 
     def _push_locked(self, frame: pd.DataFrame) -> None:
@@ -205,8 +212,31 @@ def _pushable(events: pd.DataFrame) -> pd.DataFrame:
     return events.loc[ok]
 
 
-def _newest(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
+@dataclass(frozen=True)
+class _Waiting:
+    """Touches waiting for their online update, and how many posted events they stand for."""
+
+    touches: pd.DataFrame
+    events: int
+
+    @classmethod
+    def merged(cls, waiting: list[_Waiting]) -> _Waiting:
+        frame = pd.concat([w.touches for w in waiting], ignore_index=True)
+        newest = frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
+        return cls(newest, sum(w.events for w in waiting))
+
+
+def _count_made(events: int, updates: int) -> None:
+    from serving.metrics import EVENTS_DEFERRED_MADE
+
+    EVENTS_DEFERRED_MADE.inc(events)
+    log.info("deferred online contact update made: %d events (%d deferred updates)", events, updates)
+
+
+def _made_late(update: Future) -> None:
+    """An update whose answer said deferred finished after all: count it when it got through."""
+    if not update.cancelled() and update.exception() is None and update.result():
+        _count_made(update.result(), 1)
 
 
 @contextmanager
