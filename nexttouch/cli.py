@@ -157,7 +157,15 @@ def plan(
     catalog: CatalogOpt = None,
     at: Annotated[datetime | None, typer.Option(help="When contacts go out, UTC (quiet hours; default now).")] = None,
     out: Annotated[Path | None, typer.Option(help="Plan file, .parquet or .csv (default data/plans/).")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Exploration share (default: settings epsilon).")] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of customers given a random eligible action, logged with its propensity so that "
+            "training on the outcomes stays unbiased (default: NEXTTOUCH_EPSILON, 0.05). A plan to send out "
+            "explores; a plan to evaluate or compare needs --epsilon 0.",
+            show_default=False,
+        ),
+    ] = None,
     take_capacity: Annotated[
         bool, typer.Option(help="Take the plan's scarce slots in the service's capacity ledger.")
     ] = False,
@@ -170,6 +178,11 @@ def plan(
     summary = run_plan(s, load_catalog(s.catalog_path), when, out, epsilon, take_capacity)
     counts = ", ".join(f"{a} {c:,}" for a, c in summary.counts.items())
     typer.echo(f"planned {summary.customers:,} customers ({counts}); expected net value {summary.total_value:,.0f}")
+    if summary.explored:
+        typer.echo(
+            f"{summary.explored:,} customers explored at random (epsilon {summary.epsilon:g}); "
+            "to evaluate or compare plans, plan with --epsilon 0"
+        )
     if summary.fell_back:
         typer.echo(f"{summary.fell_back:,} customers fell back: the service took their slots while the plan ran")
     typer.echo(f"plan written to {summary.path}")

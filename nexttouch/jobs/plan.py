@@ -31,6 +31,8 @@ class PlanSummary:
     counts: dict[str, int]
     path: Path
     fell_back: int = 0  # customers who lost a slot the service took meanwhile (with take_capacity)
+    explored: int = 0  # customers given a random eligible action (their propensity is in the plan)
+    epsilon: float = 0.0
 
 
 def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
@@ -132,12 +134,13 @@ def run_plan(
     champion = load_champion(settings)
     model = champion.model
     p = predict(model, frame, catalog.names)
+    epsilon = settings.epsilon if epsilon is None else epsilon
     plan = plan_actions(
         catalog,
         frame,
         p,
         now,
-        epsilon=settings.epsilon if epsilon is None else epsilon,
+        epsilon=epsilon,
         # reproducible for a given plan time, different every night (explorers are not the same people)
         seed=int(np.random.SeedSequence([settings.seed, int(now.timestamp())]).generate_state(1)[0]),
         default_time_zone=settings.default_time_zone,
@@ -148,7 +151,9 @@ def run_plan(
     path = out or settings.data_dir / "plans" / f"plan-{now:%Y%m%dT%H%M}.parquet"
     write_plan(table, path)
     counts = table[ACTION].value_counts().reindex(catalog.names, fill_value=0)
-    return PlanSummary(len(table), plan.total_value(), {a: int(c) for a, c in counts.items()}, path, fell_back)
+    explored = int(plan.explored.sum())
+    by_action = {a: int(c) for a, c in counts.items()}
+    return PlanSummary(len(table), plan.total_value(), by_action, path, fell_back, explored, epsilon)
 
 
 def _period(catalog: Catalog, j: int, now: datetime) -> str:
