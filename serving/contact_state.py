@@ -177,7 +177,7 @@ class ContactUpdater:
         return failed[::-1], error  # type: ignore[return-value]  (set whenever ``failed`` is not empty)
 
     def _push_locked(self, frame: pd.DataFrame) -> None:
-        with _exclusive(self.lock):
+        with exclusive(self.lock):
             self._push(frame)
 
     def _retry_loop(self, every_s: float) -> None:
@@ -189,18 +189,27 @@ class ContactUpdater:
                     log.warning("deferred online contact update failed again: %s", type(exc).__name__)
 
     def _push(self, events: pd.DataFrame) -> None:
-        masks = contact_state_masks(codes(events["tier"], TIERS), codes(events["direction"], DIRECTIONS))
-        latest = {col: events.loc[mask].groupby(CUSTOMER_ID)["occurred_at"].max() for col, mask in masks.items()}
         customers = sorted(events[CUSTOMER_ID].unique())
         current = self.store.get_online_features(
             features=self.refs, entity_rows=[{CUSTOMER_ID: c} for c in customers]
         ).to_dict()
-        state = pd.DataFrame(current).set_index(CUSTOMER_ID).reindex(customers)
-        for col, newest in latest.items():
-            old = pd.to_datetime(state[col], utc=True)
-            state[col] = pd.concat([old, newest.reindex(customers)], axis=1).max(axis=1)
+        state = fold(pd.DataFrame(current).set_index(CUSTOMER_ID).reindex(customers), events)
         state[EVENT_TIMESTAMP] = pd.Timestamp.now(tz="UTC")
         self.store.push(PUSH_SOURCE, state.reset_index())
+
+
+def fold(state: pd.DataFrame, touches: pd.DataFrame) -> pd.DataFrame:
+    """``state`` (contact-state columns, indexed by customer id) with ``touches`` folded in: each column the
+    later of its time and the latest touch that moves it. ``touches``: customer id, tier, direction, occurred_at.
+
+    The service's updates and a rebuilt online store (``nexttouch.jobs.online``) merge the same way.
+    """
+    masks = contact_state_masks(codes(touches["tier"], TIERS), codes(touches["direction"], DIRECTIONS))
+    out = state.copy()
+    for col, mask in masks.items():
+        newest = touches.loc[mask].groupby(CUSTOMER_ID)["occurred_at"].max().reindex(out.index)
+        out[col] = pd.concat([pd.to_datetime(out[col], utc=True), newest], axis=1).max(axis=1)
+    return out
 
 
 def _pushable(events: pd.DataFrame) -> pd.DataFrame:
@@ -239,8 +248,13 @@ def _made_late(update: Future) -> None:
         _count_made(update.result(), 1)
 
 
+def lock_path(data_dir: Path) -> Path:
+    """The file every writer of a host's contact state locks: the service's workers and an online store load."""
+    return data_dir / "contact_state.lock"
+
+
 @contextmanager
-def _exclusive(path: Path | None) -> Iterator[None]:
+def exclusive(path: Path | None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (blocking): the workers of one host update contact state in turn."""
     if path is None:
         yield

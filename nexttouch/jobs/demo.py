@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 import time
 from collections import Counter
@@ -12,9 +11,11 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from features.pipeline import build_offline, feast_apply, materialize
+from features.pipeline import build_offline, feast_apply
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import ingest, summary
+from nexttouch.jobs.online import load_online
+from nexttouch.jobs.project import new_api_key
 from nexttouch.registry_io import alias_version
 from nexttouch.settings import Settings
 from nexttouch.simulate import write_brand
@@ -41,7 +42,7 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
     t = _step("2/4 touch history -> features -> Feast (DuckDB offline, SQLite online)")
     build = build_offline(settings, end, settings.days)
     feast_apply(settings)
-    materialize(settings, datetime.now(UTC))
+    load_online(settings, datetime.now(UTC))
     print(f"   {build.rows:,} point-in-time snapshot rows; online store loaded ({time.monotonic() - t:.1f}s)")
 
     t = _step("3/4 point-in-time training set -> LightGBM -> MLflow (registry alias @champion)")
@@ -58,7 +59,7 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
     print(f"   ({time.monotonic() - t:.1f}s)")
 
     t = _step(f"4/4 bentoml serve on http://{settings.host}:{settings.port} and real /decide calls")
-    key = settings.service_key() or _new_key(settings)
+    key = settings.service_key() or new_api_key(settings)
     proc = server.start(settings, settings.data_dir / "logs" / "demo-serve.log", api_key=key)
     url = f"http://{settings.host}:{settings.port}"
     try:
@@ -85,16 +86,6 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
         pass
     finally:
         server.stop(proc)
-
-
-def _new_key(settings: Settings) -> str:
-    """A key for this project, kept in its key file (readable by its owner only) for `make serve` and curl."""
-    key = secrets.token_urlsafe(24)
-    path = settings.api_key_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(key + "\n")
-    return key
 
 
 def _shown(path: Path) -> str:
