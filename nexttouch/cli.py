@@ -11,7 +11,7 @@ import os
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -47,10 +47,41 @@ def _settings(project_dir: Path | None, catalog: Path | None, **more: object) ->
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for ours in ("nexttouch", "features", "training", "serving"):
         logging.getLogger(ours).setLevel(logging.INFO)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _quiet_libraries()
     switch_off()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # job logs, not progress bars
     return load_settings(project_dir=project_dir, catalog_path=catalog, **more)
+
+
+_OURS = warnings.showwarning
+
+
+def _quiet_libraries() -> None:
+    """Keep notices meant for the libraries' developers out of a user's terminal.
+
+    Feast sets the DeprecationWarning filter to "once" when it is imported, after any filter set here, so
+    deprecations raised inside installed packages are dropped where warnings are shown instead.
+    """
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        deprecated = issubclass(category, DeprecationWarning | PendingDeprecationWarning | FutureWarning)
+        if deprecated and f"{os.sep}site-packages{os.sep}" in filename:
+            return
+        _OURS(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    # MLflow's hint about integer columns: the model's signature is built from the training set on purpose.
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+    logging.getLogger("mlflow.pyfunc").addFilter(
+        lambda record: not record.getMessage().startswith("Passing a Python object as `python_model`")
+    )
 
 
 def _today() -> datetime:
