@@ -19,7 +19,7 @@ from features.pipeline import build_offline, feast_apply
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import ingest, summary
 from nexttouch.jobs.online import load_online
-from nexttouch.jobs.project import new_api_key
+from nexttouch.jobs.project import copy_feature_repo, new_api_key
 from nexttouch.registry_io import alias_version
 from nexttouch.settings import Settings
 from nexttouch.simulate import write_brand
@@ -126,6 +126,8 @@ class Steps:
 
 
 def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: bool | None = None) -> None:
+    if not (settings.feature_repo / "feature_store.yaml").exists():  # a new directory: make it a project first
+        copy_feature_repo(settings.project_dir)
     steps = Steps(4, settings.data_dir / "logs" / "demo.log")
     print(
         f"nexttouch demo: {settings.customers:,} simulated customers, {settings.days} days, "
