@@ -196,9 +196,7 @@ def features(
     ] = None,
     online_only: Annotated[
         bool,
-        typer.Option(
-            help="Only reload the online store from the snapshots already built (instead of `feast materialize`)."
-        ),
+        typer.Option(help="Only reload the online store from the snapshots already built."),
     ] = False,
 ) -> None:
     """Build feature snapshots, `feast apply` the repo and load the online store.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -24,6 +25,9 @@ from serving.contact_state import STATE_VIEW, exclusive, fold, lock_path
 from serving.decision_log import DecisionLog
 from serving.event_log import EventLog
 from serving.identity import IdentityMap
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,16 @@ def load_online(settings: Settings, end: datetime) -> OnlineLoad:
         return OnlineLoad(rows, fold_in_event_log(settings, end))
 
 
+def has_event_log(settings: Settings) -> bool:
+    return bool(settings.decision_log_url) or settings.decision_log.exists()
+
+
 def posted_contact_state(settings: Settings, state: pd.DataFrame) -> pd.DataFrame:
     """``state`` (contact-state columns indexed by customer id) moved by every touch the service accepted.
 
     Only customers with a posted touch are returned; an event log that does not exist yet moves nobody.
     """
-    if not settings.decision_log_url and not settings.decision_log.exists():
+    if not has_event_log(settings):
         return state.iloc[:0]
     log = DecisionLog.open(settings)
     try:
@@ -59,8 +67,11 @@ def posted_contact_state(settings: Settings, state: pd.DataFrame) -> pd.DataFram
     return fold(mine, touches)
 
 
-def fold_in_event_log(settings: Settings, end: datetime) -> int:
-    """Write the contact state of customers whose posted touches are later than their snapshot's."""
+def fold_in_event_log(settings: Settings, end: datetime, store: FeatureStore | None = None) -> int:
+    """Write the contact state of customers whose posted touches are later than their snapshot's, into
+    ``store`` (default: the project's); returns how many customers moved."""
+    if not has_event_log(settings):
+        return 0
     path = settings.offline_dir / f"{TOUCH_HISTORY}.parquet"
     loaded = read_latest(path, [CUSTOMER_ID], EVENT_TIMESTAMP, [CUSTOMER_ID, EVENT_TIMESTAMP, *CONTACT_STATE], end)
     before = loaded.set_index(CUSTOMER_ID)[CONTACT_STATE]
@@ -70,4 +81,4 @@ def fold_in_event_log(settings: Settings, end: datetime) -> int:
     if not moved.any():
         return 0
     frame = after.loc[moved].reset_index().assign(**{EVENT_TIMESTAMP: pd.Timestamp.now(tz="UTC")})
-    return write_latest_online(open_store(settings), STATE_VIEW, frame)
+    return write_latest_online(store or open_store(settings), STATE_VIEW, frame)

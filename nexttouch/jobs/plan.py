@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from features.online_load import read_latest
 from features.pipeline import CUSTOMER_PROFILE, TOUCH_HISTORY
 from nexttouch.catalog import Catalog
+from nexttouch.jobs.online import posted_contact_state
 from nexttouch.parquet import write_parquet
 from nexttouch.plan import Plan, capacity_slots, demote, plan_actions, plan_frame, predict
 from nexttouch.schemas import ACTION, CUSTOMER_ID, EVENT_TIMESTAMP, REQUEST_AT
@@ -38,9 +39,9 @@ class PlanSummary:
 def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
     """Every customer's latest offline feature row at ``now`` plus recency at ``now``: what the online store holds.
 
-    ``features.online_load.read_latest`` is the function that loads the online store, so these are
-    the rows ``get_online_features`` would return (as of the nightly build; contact touches pushed
-    to the online store since then are not in the files). Reading parquet in bulk is ~100x faster
+    ``features.online_load.read_latest`` is the function that loads the online store, and the touches
+    posted to the service since the build are folded in as every load does (``nexttouch.jobs.online``),
+    so these are the rows ``get_online_features`` would return. Reading parquet in bulk is ~100x faster
     than millions of online lookups. Recency comes from the same function as the on-demand view.
     """
 
@@ -50,6 +51,12 @@ def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
         return read_latest(path, [CUSTOMER_ID], EVENT_TIMESTAMP, columns, now).drop(columns=[EVENT_TIMESTAMP])
 
     frame = latest(CUSTOMER_PROFILE).merge(latest(TOUCH_HISTORY), on=CUSTOMER_ID, how="left")
+    posted = posted_contact_state(settings, frame.set_index(CUSTOMER_ID)[CONTACT_STATE])
+    if len(posted):  # a customer contacted since the build is not planned as if they were not
+        rows = frame[CUSTOMER_ID].isin(posted.index).to_numpy()
+        moved = posted.reindex(frame.loc[rows, CUSTOMER_ID]).to_numpy()
+        frame[CONTACT_STATE] = frame[CONTACT_STATE].apply(pd.to_datetime, utc=True)
+        frame.loc[rows, CONTACT_STATE] = moved
     state = frame[CONTACT_STATE].assign(**{REQUEST_AT: pd.Timestamp(now)})
     return pd.concat([frame, recency_frame(state)], axis=1)
 
