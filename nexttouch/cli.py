@@ -209,6 +209,9 @@ def features(
     from nexttouch.jobs.online import load_online
 
     s = _settings(project_dir, None, days=days, snapshot_every_days=every_days)
+    if not (s.raw_dir / "customers.parquet").exists():
+        typer.echo(f"features: nothing ingested in {s.raw_dir}: run `nexttouch ingest` first", err=True)
+        raise typer.Exit(2)
     if not online_only:
         given = s.model_fields_set  # options and NEXTTOUCH_DAYS / NEXTTOUCH_SNAPSHOT_EVERY_DAYS
         window = snapshot_window(

@@ -48,3 +48,14 @@ def test_init_makes_a_project_the_other_commands_can_use(tmp_path: Path) -> None
     assert f"nexttouch ingest --project-dir {project}" in first.output
     again = CliRunner().invoke(app, ["init", str(project)])  # refreshes the Feast repo, keeps the key
     assert again.exit_code == 0 and key_file.read_text().strip() == key
+
+
+def test_features_before_ingest_says_what_to_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nexttouch.cli import app
+
+    assert CliRunner().invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    result = CliRunner().invoke(app, ["features", "--project-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "nothing ingested" in result.output and "run `nexttouch ingest` first" in result.output
