@@ -37,7 +37,7 @@ from serving.identity import API_SYSTEM
 PUSH_SOURCE = "contact_push"
 STATE_VIEW = "contact_state"
 
-log = logging.getLogger("nexttouch.serving")
+log = logging.getLogger("nexttouch.serving.contact_state")
 
 
 class ContactUpdater:
@@ -52,6 +52,9 @@ class ContactUpdater:
         retry_s: float = 5.0,
         lock: Path | None = None,
     ) -> None:
+        # BentoML's server logs WARNING and above: the line that says a deferred update was made is INFO.
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
         self.store = store
         self.lock = lock
         self.keep = keep

@@ -185,3 +185,13 @@ def test_a_deferred_update_made_by_the_retry_is_counted_once() -> None:
     finally:
         updater.close()
     assert updater.pending == 0 and store.pushed == ["C1"] and _made() == before + 3
+
+
+def test_the_made_later_line_reaches_a_server_that_logs_warnings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import contact_state
+
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)  # as BentoML's server configures it
+    monkeypatch.setattr(contact_state.log, "level", logging.NOTSET)
+    updater = ContactUpdater(Recording(), lambda _e: None, lambda _s, key: key, retry_s=60)
+    updater.close()
+    assert contact_state.log.isEnabledFor(logging.INFO)
