@@ -192,6 +192,7 @@ def test_the_made_later_line_reaches_a_server_that_logs_warnings_only(monkeypatc
 
     monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)  # as BentoML's server configures it
     monkeypatch.setattr(contact_state.log, "level", logging.NOTSET)
+    logging.getLogger().manager._clear_cache()  # levels set as attributes: forget cached answers
     updater = ContactUpdater(Recording(), lambda _e: None, lambda _s, key: key, retry_s=60)
     updater.close()
     assert contact_state.log.isEnabledFor(logging.INFO)
