@@ -407,12 +407,32 @@ def champion_history(project_dir: ProjectOpt = None) -> None:
     if not moves:
         typer.echo(f"{s.model_name} has no champion history")
         return
+    last = moves[-1]
+    typer.echo(
+        f"{s.model_name}: @{s.champion_alias} v{last.champion} since {last.at.replace('T', ' ')}, "
+        f"@previous {'v' + last.previous if last.previous else '-'}"
+    )
     for m in moves:
-        numbers = " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
         typer.echo(
-            f"{m.seq:>3} {m.at} {m.kind:<8} v{m.replaced or '-'} -> v{m.champion} "
-            f"(previous {m.previous or '-'}) by {m.by}: {m.why}" + (f" [{numbers}]" if numbers else "")
+            f"\n{m.seq:>3}  {m.at.replace('T', ' ')}  {m.kind} v{m.champion}"
+            f" (replaced {'v' + m.replaced if m.replaced else 'none'})  by {m.by}"
         )
+        typer.echo(f"     why: {m.why}")
+        numbers = dict(m.metrics)
+        parts = []
+        for key, label in (
+            ("vs_best_single", "vs best single action"),
+            ("vs_champion", "vs champion"),
+            ("champion_vs_best_single", "champion vs best single action"),
+        ):
+            if f"{key}_diff" in numbers:  # a paired comparison: mean [95% interval] per decision
+                diff, low, high = (numbers.pop(f"{key}_{k}") for k in ("diff", "low", "high"))
+                numbers.pop(f"{key}_differ", None)
+                parts.append(f"{label} {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+        names = {"test_auc": "test AUC", "test_logloss": "test log loss", "tolerance": "tolerance"}
+        parts += [f"{names.get(k, k)} {v:.4g}" for k, v in numbers.items()]
+        if parts:
+            typer.echo("     " + "; ".join(parts))
 
 
 @app.command()
@@ -449,12 +469,43 @@ def serve(
     project_dir: ProjectOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1; one per core).")] = None,
 ) -> None:
-    """Run the decision service (`bentoml serve`) in the foreground."""
+    """Run the decision service (`bentoml serve`) in the foreground; SIGTERM or Ctrl-C drains it and stops
+    every process of it."""
+    from pydantic import ValidationError
+
+    from nexttouch.settings import ProfileError
     from serving.server import serve_forever
 
-    s = _settings(project_dir, None, host=host, port=port)
+    try:
+        s = _settings(project_dir, None, host=host, port=port, workers=workers)
+    except (ProfileError, ValidationError) as exc:
+        typer.echo(f"nexttouch serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
     raise typer.Exit(serve_forever(s))
+
+
+@app.command()
+def config(project_dir: ProjectOpt = None, catalog: CatalogOpt = None) -> None:
+    """Print the effective settings (options over environment over nexttouch.toml over defaults), secrets
+    masked, each with where it comes from."""
+    from pydantic import ValidationError
+
+    from nexttouch.settings import ProfileError, profile_path, shown, sources
+
+    overrides: dict[str, object] = {"project_dir": project_dir, "catalog_path": catalog}
+    try:
+        s = load_settings(**overrides)
+        origin = sources(overrides)
+    except (ProfileError, ValidationError) as exc:
+        typer.echo(f"nexttouch config: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    path = profile_path(s.project_dir)
+    typer.echo(f"# effective settings; profile file {path}{'' if path.is_file() else ' (none)'}")
+    for name, value in s.model_dump().items():
+        line = f"# {name} unset" if value is None else f"{name} = {shown(name, value)}"
+        typer.echo(f"{line:<60} # {origin[name]}")
 
 
 @app.command()

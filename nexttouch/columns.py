@@ -6,7 +6,7 @@ plain arrays: the same code decides one customer or a million without pandas on 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -53,6 +53,24 @@ def from_row(row: Mapping[str, object], names: Collection[str] | None = None) ->
     values = np.array(floats)
     for name, i in where:
         out[name] = values[i : i + 1]
+    return out
+
+
+def from_rows(rows: Sequence[Mapping[str, object] | None], names: Collection[str] | None = None) -> Features:
+    """Customers' values by name, one row each (None: a customer with no values), converted as ``from_row``
+    does; a column with text in any row holds objects."""
+    if len(rows) == 1 and rows[0] is not None:
+        return from_row(rows[0], names)
+    parts = [from_row(row, names) if row is not None else {} for row in rows]
+    out: Features = {}
+    for name in dict.fromkeys(name for part in parts for name in part):
+        cells = [part.get(name) for part in parts]
+        if all(c is None or c.dtype.kind == "f" for c in cells):
+            out[name] = np.concatenate([_MISSING if c is None else c for c in cells])
+        else:  # text in some row: objects, None where missing
+            out[name] = np.array(
+                [None if c is None or (c.dtype.kind == "f" and c[0] != c[0]) else c[0] for c in cells], object
+            )
     return out
 
 

@@ -1,28 +1,62 @@
-"""One settings object for every stage, read from the environment (prefix ``NEXTTOUCH_``).
+"""One settings object for every stage: the project's profile file, then the environment, then explicit values.
 
-Nothing is read at import time: call :func:`load_settings`. All files live under one
-project directory (the working directory by default), laid out as in DESIGN.md.
+Highest first: values passed to :func:`load_settings` (CLI options, tests), environment variables
+``NEXTTOUCH_<NAME>``, the profile file ``<project dir>/nexttouch.toml`` (flat ``name = value``), defaults.
+Secrets (the API key, passwords in URLs) come from the environment only: the file refuses them.
+Nothing is read at import time: call :func:`load_settings`. All files live under one project directory
+(the working directory by default), laid out as in DESIGN.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROFILE_FILE = "nexttouch.toml"
+ENV_PREFIX = "NEXTTOUCH_"
+SECRET_FIELDS = frozenset({"api_key"})
+URL_FIELDS = frozenset({"tracking_uri", "redis_url", "decision_log_url", "dask_scheduler"})
+# user:password@ in a URL, or Redis' `password=` option in host:port,password=...
+_URL_PASSWORD = re.compile(r"(?P<keep>://[^/@:\s]*:)[^/@\s]+(?=@)|(?P<opt>password=)[^,&\s]+")
+
+
+class ProfileError(ValueError):
+    """The profile file cannot be used: unreadable, an unknown name, or a secret in it."""
 
 
 class Settings(BaseSettings):
     """Where data, features, runs and models live, and the knobs of each stage."""
 
-    model_config = SettingsConfigDict(env_prefix="NEXTTOUCH_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ProfileSource(settings_cls)
 
     project_dir: Path = Field(Path("."), description="Holds features/, data/, mlruns/, models/.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under mlruns/.")
     catalog_path: Path | None = Field(None, description="Action catalog YAML; default: the packaged one.")
 
-    model_name: str = Field("nexttouch", description="Registered model name.")
+    model_name: str = Field(
+        "",
+        description="Registered model name; default nexttouch-<catalog file>-<hash of its action names>, one "
+        "per catalog, so a brand's first model never meets the champion of another catalog.",
+    )
     champion_alias: str = "champion"
     feature_service: str = Field("nexttouch_v1", description="Feast FeatureService the model uses.")
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store profile.")
@@ -74,7 +108,18 @@ class Settings(BaseSettings):
         description="Key every service call but health must send as X-API-Key (default: the project's key file, "
         "data/api_key, which `nexttouch demo` writes).",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="Clients' API keys with their scopes, stored as SHA-256 hashes (default: data/api_keys.toml; "
+        "see serving/auth.py); read again when it changes.",
+    )
     workers: int = Field(1, ge=1, description="Service worker processes (one per core).")
+    shutdown_timeout_s: int = Field(
+        10,
+        gt=0,
+        description="On SIGTERM/SIGINT the service stops taking requests and lets in-flight ones finish for at "
+        "most this long; then every process of the server is killed.",
+    )
     access_log: bool = Field(False, description="One line per request in the service log (BentoML's access log).")
     request_tracing: bool = Field(
         False, description="An OpenTelemetry span per request (configure the exporter in BentoML's configuration)."
@@ -104,6 +149,12 @@ class Settings(BaseSettings):
     decision_log_url: str | None = Field(
         None, description="postgresql://... for a PostgreSQL decision log; default SQLite data/decisions.db."
     )
+
+    @model_validator(mode="after")
+    def _model_per_catalog(self) -> Settings:
+        if not self.model_name:  # frozen: set once, here
+            object.__setattr__(self, "model_name", default_model_name(self.catalog_path))
+        return self
 
     @property
     def feature_repo(self) -> Path:
@@ -172,7 +223,96 @@ class Settings(BaseSettings):
         return self.data_dir / "offline"
 
 
+def catalog_key(catalog_path: Path | None) -> str:
+    """``<catalog file stem>-<hash of its action names>``: a catalog whose actions change is another catalog,
+    even under the same file name."""
+    from nexttouch.catalog import load_catalog
+
+    names = load_catalog(catalog_path).names
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", catalog_path.stem) if catalog_path else "catalog"
+    return f"{stem}-{hashlib.sha256(','.join(names).encode()).hexdigest()[:8]}"
+
+
+def default_model_name(catalog_path: Path | None) -> str:
+    """The registered model a catalog's models go to unless NEXTTOUCH_MODEL_NAME names one."""
+    return f"nexttouch-{catalog_key(catalog_path)}"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with explicit overrides (CLI options, tests) on top."""
+    """Settings from the profile file and the environment, with explicit overrides (CLI options, tests) on top."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)
+
+
+def profile_path(project_dir: Path | str | None) -> Path:
+    """The profile file of a project directory (the working directory when None)."""
+    return Path(project_dir if project_dir is not None else ".").resolve() / PROFILE_FILE
+
+
+def read_profile(path: Path) -> dict[str, Any]:
+    """The settings in a profile file ({} when there is none); raises ProfileError for what it must not hold."""
+    if not path.is_file():
+        return {}
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"{path}: {exc}") from exc
+    for name, value in values.items():
+        env = f"{ENV_PREFIX}{name.upper()}"
+        if name not in Settings.model_fields:
+            raise ProfileError(f"{path}: unknown setting {name!r} (see docs/configuration.md)")
+        if name == "project_dir":
+            raise ProfileError(f"{path}: project_dir cannot be set in the file that lives in the project directory")
+        if name in SECRET_FIELDS:
+            raise ProfileError(f"{path}: {name} is a secret: set {env} in the environment, not in a file")
+        if name in URL_FIELDS and isinstance(value, str) and masked(value) != value:
+            raise ProfileError(
+                f"{path}: {name} holds a password: set {env} in the environment (for PostgreSQL, "
+                "PGPASSWORD or ~/.pgpass also work) and keep the URL in the file without it"
+            )
+    return values
+
+
+def masked(value: str) -> str:
+    """``value`` with any password in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(lambda m: (m["keep"] or m["opt"]) + "***", value)
+
+
+def shown(name: str, value: object) -> str:
+    """A setting's value as a TOML value, secrets and passwords masked; None for an unset one."""
+    if value is None:
+        return "none"
+    if isinstance(value, SecretStr):
+        return '"***"' if value.get_secret_value() else '""'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value.resolve()) if isinstance(value, Path) else str(value)
+    return json.dumps(masked(text) if name in URL_FIELDS else text)
+
+
+def sources(overrides: dict[str, object]) -> dict[str, str]:
+    """Where each setting's effective value comes from: cli, env, file or default (as ``load_settings`` reads)."""
+    env = {k.upper() for k in os.environ}
+    project = overrides.get("project_dir") or os.environ.get(f"{ENV_PREFIX}PROJECT_DIR")
+    in_file = read_profile(profile_path(project))  # type: ignore[arg-type]
+    found = {}
+    for name in Settings.model_fields:
+        if overrides.get(name) is not None:
+            found[name] = "cli"
+        elif f"{ENV_PREFIX}{name.upper()}" in env:
+            found[name] = "env"
+        else:
+            found[name] = "file" if name in in_file else "default"
+    return found
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """The profile file, below the environment: its project directory is the one the sources above chose."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        return read_profile(profile_path(self.current_state.get("project_dir")))

@@ -24,17 +24,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from nexttouch.api import EARLIEST, LATEST, EventsRequest, EventsResponse
+from nexttouch.locks import redis_client, redis_lock
 from nexttouch.schemas import CUSTOMER_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS, TOUCH_TYPES
 from nexttouch.touches import CONTACT_STATE, codes, contact_state_masks
 from serving import deadline
 from serving.identity import API_SYSTEM
 
 PUSH_SOURCE = "contact_push"
+SHARED_LOCK_TTL_S = 30.0
+SHARED_LOCK_WAIT_S = 30.0  # then the update fails and is retried like one the store refused
 STATE_VIEW = "contact_state"
 
 log = logging.getLogger("nexttouch.serving.contact_state")
@@ -62,7 +66,10 @@ class ContactUpdater:
         self.timeout_s = timeout_s
         self.refs = [f"{STATE_VIEW}:{c}" for c in CONTACT_STATE]
         # One update at a time: read-modify-write of a customer's state must not interleave. Within the
-        # process one pusher thread; across the workers (processes) the ``flock`` on ``lock`` around it.
+        # process one pusher thread; across processes a lock around it: in Redis when the online store is
+        # Redis (every replica on every host shares it), else the ``flock`` on ``lock`` (one host).
+        redis = _redis_of(store)  # one client (and connection pool) for every update
+        self._state_lock = lambda: _locked(redis, store, lock)
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
         self._pending: list[_Waiting] = []  # events whose online update has not been made yet
         self._pending_lock = threading.Lock()
@@ -180,7 +187,7 @@ class ContactUpdater:
         return failed[::-1], error  # type: ignore[return-value]  (set whenever ``failed`` is not empty)
 
     def _push_locked(self, frame: pd.DataFrame) -> None:
-        with exclusive(self.lock):
+        with self._state_lock():
             self._push(frame)
 
     def _retry_loop(self, every_s: float) -> None:
@@ -254,6 +261,31 @@ def _made_late(update: Future) -> None:
 def lock_path(data_dir: Path) -> Path:
     """The file every writer of a host's contact state locks: the service's workers and an online store load."""
     return data_dir / "contact_state.lock"
+
+
+def state_lock(store: object, path: Path | None, wait_s: float = SHARED_LOCK_WAIT_S, renew: bool = False) -> Any:
+    """The lock every writer of contact state takes (the service's updates, an online store load): in the
+    store's Redis when the online store is Redis (every replica on every host shares it), else the ``flock``
+    on ``path`` (one host). ``renew`` keeps a Redis lock for a block longer than its expiry."""
+    return _locked(_redis_of(store), store, path, wait_s, renew)
+
+
+def _locked(
+    client: Any, store: object, path: Path | None, wait_s: float = SHARED_LOCK_WAIT_S, renew: bool = False
+) -> Any:
+    if client is None:
+        return exclusive(path)
+    # The expiry frees the lock of a replica that died holding it; an update takes milliseconds.
+    name = f"nexttouch:{getattr(store, 'project', '')}:contact_state"
+    return redis_lock(client, name, ttl_s=SHARED_LOCK_TTL_S, wait_s=wait_s, renew=renew)
+
+
+def _redis_of(store: object) -> object | None:
+    """A Redis client for the store's own Redis when ``store`` is a Feast store with a Redis online store."""
+    online = getattr(getattr(store, "config", None), "online_store", None)
+    if getattr(online, "type", None) != "redis":
+        return None
+    return redis_client(online.connection_string)  # type: ignore[union-attr]
 
 
 @contextmanager

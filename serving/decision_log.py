@@ -220,9 +220,10 @@ class DecisionLog:
 
     # -- operations ------------------------------------------------------------------------------
 
-    def submit(self, op: Callable[[Tx], T]) -> Future[T]:
+    def submit(self, op: Callable[[Tx], T], request_deadline: float | None = None) -> Future[T]:
+        """``op`` in the next group commit, given up at ``request_deadline`` (default: the current request's)."""
         future: Future[T] = Future()
-        request = deadline.current()
+        request = request_deadline if request_deadline is not None else deadline.current()
         due = request - self.margin_s if request is not None else time.monotonic() + self.wait_s
         self._queue.put((op, future, due))
         return future
@@ -231,8 +232,8 @@ class DecisionLog:
         """Run ``op`` in the next transaction and return once it is committed."""
         return self.submit(op).result()
 
-    async def arun(self, op: Callable[[Tx], T]) -> T:
-        return await asyncio.wrap_future(self.submit(op))
+    async def arun(self, op: Callable[[Tx], T], request_deadline: float | None = None) -> T:
+        return await asyncio.wrap_future(self.submit(op, request_deadline))
 
     def record(self, answer: DecideResponse, context: dict[str, str]) -> None:
         row = decision_row(answer, context)

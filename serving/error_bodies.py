@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from http import HTTPStatus
 from typing import Any
 
 from serving.auth import OPEN, OPEN_PREFIX
+
+# pydantic names the model it validates ("1 validation error for DecideRequestIODescriptor", "instance of
+# DecideRequest"): internal class names, which the documented body does not carry.
+VALIDATION = re.compile(r"(\d+) validation errors? for \w+")
+MODEL_TYPE = re.compile(r"a valid dictionary or instance of \w+")
 
 
 def problems(errors: list[Any]) -> str:
@@ -29,7 +35,8 @@ def problems(errors: list[Any]) -> str:
             parts.append(str(e))
             continue
         where = ".".join(str(x) for x in e.get("loc", ()))
-        parts.append(f"{where}: {e.get('msg', '')}" if where else str(e.get("msg", "")))
+        msg = MODEL_TYPE.sub("a JSON object", str(e.get("msg", "")))
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
 
 
@@ -46,7 +53,10 @@ def error_body(raw: bytes, status: int) -> bytes:
         error = error if error is not None else data.get("detail")
     else:
         error, detail = data, None
-    body: dict[str, str] = {"error": str(error) if error else HTTPStatus(status).phrase}
+    error = str(error) if error else HTTPStatus(status).phrase
+    if (count := VALIDATION.fullmatch(error)) is not None:
+        error = f"invalid request: {count[1]} problem{'s' if count[1] != '1' else ''}"
+    body: dict[str, str] = {"error": error}
     if isinstance(detail, list):
         body["detail"] = problems(detail)
     elif detail is not None:

@@ -5,6 +5,8 @@ The model is a tiny LightGBM fitted here, the feature store a dict, the log a re
 """
 
 import asyncio
+import json
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,9 +20,9 @@ from nexttouch.catalog import Catalog
 from nexttouch.engine import DecisionEngine
 from nexttouch.engine.choice import explore_probabilities
 from nexttouch.model import DecisionModel
-from serving import capacity
+from serving import capacity, deadline
 from serving.decision_log import DecisionLog
-from serving.decisions import Decisions
+from serving.decisions import Decisions, LogUnavailable
 
 
 class Store:
@@ -244,12 +246,14 @@ def test_batch_grants_capacity_to_the_most_valuable_and_falls_back_for_unknowns(
     assert len(_logged(log)) == 6
 
 
-def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, tmp_path: Path) -> None:
-    """Every contact rule and time zone: a batch answers each customer as /decide answers them alone."""
+MIXED_AT = datetime(2026, 11, 2, 20, 30, tzinfo=UTC)  # night in Europe, office hours in America
+
+
+def _mixed_rows(at: datetime = MIXED_AT) -> dict[str, dict]:
+    """80 customers that between them break every contact rule, in several time zones (one unknown)."""
     rng = np.random.default_rng(9)
-    at = datetime(2026, 11, 2, 20, 30, tzinfo=UTC)  # night in Europe, office hours in America
     zones = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "Mars/Olympus", None]
-    rows = {
+    return {
         f"C{i}": {
             "tech_in_30d": float(rng.integers(0, 30)),
             "push_opt_in": float(rng.integers(0, 2)),
@@ -263,6 +267,11 @@ def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, t
         }
         for i in range(80)
     }
+
+
+def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, tmp_path: Path) -> None:
+    """Every contact rule and time zone: a batch answers each customer as /decide answers them alone."""
+    at, rows = MIXED_AT, _mixed_rows()
     ids = list(rows)
     batch = decide(_decisions(catalog, model, rows, DecisionLog(tmp_path / "a.db")), *ids, at=at)
     alone_decisions = _decisions(catalog, model, rows, DecisionLog(tmp_path / "b.db"))
@@ -272,6 +281,61 @@ def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, t
     for b, s in zip(batch, single, strict=True):  # every field but the decision's own id
         assert {**b, "decision_id": ""} == {**s, "decision_id": ""}
     assert len({b["decision_id"] for b in batch}) == 80
+
+
+def test_concurrent_requests_are_decided_together_as_each_alone(
+    catalog: Catalog, model: DecisionModel, tmp_path: Path
+) -> None:
+    """Single requests that arrive while others are read and scored share one draft and one log
+    operation; each still gets the answer it gets alone, and the log keeps each request's context."""
+    at, rows = MIXED_AT, _mixed_rows()
+    refs = [*rows, "nobody", {"source": {"system": "app", "key": "no-such-key"}}]
+    together = _decisions(catalog, model, rows, DecisionLog(tmp_path / "a.db"))
+    groups: list[int] = []
+    draft = together.engine.draft
+    together.engine.draft = lambda cids, *a, **k: groups.append(len(cids)) or draft(cids, *a, **k)  # type: ignore[method-assign]
+
+    async def concurrently() -> list[dict]:
+        customers = [CustomerRef(customer_id=r) if isinstance(r, str) else CustomerRef(**r) for r in refs]
+        calls = [together.decide([c], at, {"request": str(i)}) for i, c in enumerate(customers)]
+        return [a for (a,) in await asyncio.gather(*calls)]
+
+    answers = asyncio.run(concurrently())
+    assert sum(groups) == len(refs) and len(groups) < len(refs) and max(groups) > 1, groups
+    alone_decisions = _decisions(catalog, model, rows, DecisionLog(tmp_path / "b.db"))
+    alone = [decide(alone_decisions, r, at=at)[0] for r in refs]
+    for a, b in zip(answers, alone, strict=True):  # every field but the decision's own id
+        assert {**a, "decision_id": ""} == {**b, "decision_id": ""}
+    assert answers[-2]["fallback"] and answers[-1]["fallback"]
+    contexts = dict(together.log.run(lambda tx: tx.execute("SELECT decision_id, context FROM decisions").fetchall()))
+    assert [json.loads(contexts[a["decision_id"]]) for a in answers] == [{"request": str(i)} for i in range(len(refs))]
+
+
+def test_a_group_whose_log_cannot_commit_answers_every_request_unavailable(
+    catalog: Catalog, model: DecisionModel, tmp_path: Path
+) -> None:
+    """Another process holds the log's write lock past the requests' deadlines: every request of the group
+    is refused (a 503), none of their decisions is committed later."""
+    path = tmp_path / "d.db"
+    log = DecisionLog(path, margin_s=0.5)
+    decisions = _decisions(catalog, model, {"C1": ACTIVE, "C2": ACTIVE}, log)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+
+    async def one(customer: str) -> list[dict]:
+        deadline.start(1.5)  # as the request timeout sets it, in each request's own context
+        return await decisions.decide([CustomerRef(customer_id=customer)], NOON)
+
+    async def concurrently() -> list[object]:
+        return await asyncio.gather(*(one(c) for c in ("C1", "C2", "C1")), return_exceptions=True)
+
+    try:
+        assert all(isinstance(r, LogUnavailable) for r in asyncio.run(concurrently()))
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert _logged(log) == []
+    log.close()
 
 
 def test_feedback_changes_the_customers_next_decision_at_once(catalog: Catalog, model: DecisionModel, log) -> None:

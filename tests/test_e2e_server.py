@@ -222,7 +222,18 @@ def test_bentoml_build_makes_a_bento(tmp_path: Path) -> None:
     assert (bento / "src" / "serving" / "service.py").exists() and (
         bento / "src" / "nexttouch" / "catalog.yaml"
     ).exists()
+    assert (bento / "src" / "nexttouch" / "engine" / "engine.py").exists()  # subpackages too
     assert not (bento / "src" / "tests").exists() and not (bento / "src" / "data").exists()
+
+    def pins(path: Path) -> set[str]:  # BentoML rewrites the markers' spelling: compare name==version
+        return {line.split(";")[0].strip() for line in path.read_text().splitlines() if line.strip()}
+
+    assert pins(root / "serving" / "requirements.txt") <= pins(bento / "env" / "python" / "requirements.txt")
+    # Built from serving/ (where the bentofile is), the shared packages are outside the context: it stops.
+    wrong = subprocess.run(
+        [bentoml, "build"], cwd=root / "serving", env=env, capture_output=True, text=True, timeout=180
+    )
+    assert wrong.returncode != 0 and "serving/requirements.txt not found" in wrong.stderr
     spec = yaml.safe_load((bento / "bento.yaml").read_text())
     assert spec["service"] == "serving.service:NextTouch"
     assert {"/decide", "/decide/batch", "/feedback", "/events"} <= {api["route"] for api in spec["schema"]["routes"]}

@@ -84,7 +84,8 @@ def test_model_endpoint_names_champion_catalog_and_feature_service(client: TestC
     r = client.get("/model")
     assert r.status_code == 200, r.text
     info = r.json()
-    assert (info["model_name"], info["model_version"], info["champion_alias"]) == ("nexttouch", "1", "champion")
+    assert (info["model_name"], info["model_version"], info["champion_alias"]) == (built.model_name, "1", "champion")
+    assert built.model_name.startswith("nexttouch-catalog-")  # one registered model per catalog
     assert info["feature_service"] == built.feature_service
     assert [a["name"] for a in info["catalog"]] == ["none", "push", "event_invite", "advisor_call"]
     assert info["catalog"][3]["capacity"] == {"limit": 40, "period": "day", "per": "region"}
@@ -182,9 +183,13 @@ def test_malformed_bodies_get_a_4xx_that_names_the_problem(client: TestClient, b
 def test_error_bodies_are_the_documented_object(client: TestClient) -> None:
     """Every refusal is {"error": str, "detail": str}, as docs.json says (BentoML's own bodies are lists)."""
     documented = client.get("/docs.json").json()["components"]["schemas"]
-    assert documented["InvalidArgument"]["properties"]["detail"]["type"] == "string"
+    assert documented["Error"]["properties"]["detail"]["type"] == "string"
     invalid = client.post("/decide", json={"customer_id": "C1", "colour": "red"})
-    assert invalid.status_code == 400 and isinstance(invalid.json()["error"], str)
+    assert invalid.status_code == 400 and invalid.json()["error"] == "invalid request: 1 problem"
+    for body in ({"customer_id": "C1", "colour": "red"}, [1]):  # no internal class name in any refusal
+        for path in ("/decide", "/decide/batch", "/feedback", "/events"):
+            r = client.post(path, json=body)
+            assert r.status_code == 400 and "IODescriptor" not in r.text and "Request" not in r.text, (path, r.text)
     assert "colour" in invalid.json()["detail"] and invalid.headers["content-type"] == "application/json"
     unknown = client.post("/feedback", json={"decision_id": "no-such-decision", "outcome": 1})
     assert (unknown.status_code, unknown.json()) == (404, {"error": "no decision 'no-such-decision'"})

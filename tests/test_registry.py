@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,8 +64,16 @@ def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
     assert tags["gate_reason"] == verdict.reason
     description = client.get_model_version(project.model_name, registered.version).description
     assert description.startswith("Gate refused") and verdict.reason in description
+    # The numbers behind the verdict, as a table the version page shows.
+    assert f"| vs best single action | {pair.text()} per decision" in description
+    test = f"| test period | {int(ev.metrics['test_rows']):,} decisions, AUC {ev.metrics['test_auc']:.3f}"
+    assert test in description
+    assert f"({registered.run_id}) |" in description
+    assert "nexttouch champion-history" in client.get_registered_model(project.model_name).description
     run = mlflow.get_run(registered.run_id)  # every run is registered, with the verdict's numbers
-    assert run.data.tags["gate"] == "refused" and run.data.metrics["gate_vs_best_single_diff"] == pair.diff
+    assert run.data.tags["gate"] == "refused" and run.data.metrics["paired/new_vs_best_single/diff"] == pair.diff
+    assert run.data.params["gate_tolerance"] == str(project.gate_tolerance)
+    assert not any(k.startswith("gate") for k in run.data.metrics)  # the paired numbers, not a copy of them
     if verdict.serve == "champion":  # the champion beats the best single action, or already is it
         assert move is None and alias_version(project, "champion") == before
     else:  # the best single action is served in its place, as a model of its own
@@ -72,6 +81,7 @@ def test_gate_keeps_the_champion_against_a_model_trained_on_shuffled_labels(
         served = client.get_model_version(project.model_name, move.champion)
         assert served.tags["policy"] == "best_single_action" and served.run_id == registered.run_id
         assert served.tags["best_single_action"] == ev.best_single
+        assert f"Value per decision of each action: {ev.best_single} " in served.description  # highest first
 
 
 @pytest.mark.slow
@@ -115,6 +125,12 @@ def test_promote_rollback_and_history(
     tags = MlflowClient().get_registered_model(project.model_name).tags
     assert sum(k.startswith("champion_move.") for k in tags) == start + 4
     assert MlflowClient().get_model_version(project.model_name, v2).tags["promotion_reason"] == "rollback"
+    # ... and on the registered model's page: its description ends with the history, newest first.
+    about = MlflowClient().get_registered_model(project.model_name).description
+    assert about.count("### Champion history") == 1 and "nexttouch champion-history" in about
+    rows = [row for row in about.split("### Champion history")[1].splitlines() if re.match(r"\| \d+ \|", row)]
+    assert len(rows) == start + 4 and f"| rollback | v{first} | v{v2} | test | rollback |" in rows[0]
+    assert f"| promote | v{v2} | v{first} | test | v2 better |" in rows[3]
     lines = [json.loads(line) for line in (project.mlruns_dir / HISTORY_FILE).read_text().splitlines()]
     assert [(x["kind"], x["champion"]) for x in lines[-4:]] == [(m.kind, m.champion) for m in history]
 
@@ -122,8 +138,14 @@ def test_promote_rollback_and_history(
     monkeypatch.setenv("NEXTTOUCH_PROJECT_DIR", str(project.project_dir))
     runner = CliRunner()
     shown = runner.invoke(app, ["champion-history"])
-    assert shown.exit_code == 0 and len(shown.output.strip().splitlines()) == start + 4
-    assert f"rollback v{v2} -> v{first}" in shown.output.splitlines()[-1]
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].startswith(f"{project.model_name}: @champion v{first} since ") and lines[0].endswith("@previous -")
+    moves = [line for line in lines if re.match(r"\s+\d+  \d{4}-", line)]
+    assert len(moves) == start + 4
+    assert f"promote v{v2} (replaced v{first})  by test" in moves[-4]
+    assert f"rollback v{first} (replaced v{v2})" in moves[-1]
+    assert "     why: v2 better" in lines and "     new_dr_low 8; champion_dr 7.5" in lines
     refused = runner.invoke(app, ["rollback"])
     assert refused.exit_code == 1 and "nothing to roll back to" in refused.output
     assert alias_version(project, "champion") == first

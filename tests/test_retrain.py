@@ -54,7 +54,7 @@ def test_a_nightly_run_logs_every_step_and_a_second_run_does_nothing(
     assert marker["status"] == "done" and marker["version"] is not None
     run = mlflow.get_run(marker["run_id"])
     assert run.info.status == "FINISHED"
-    assert {f"step_{s}_s" for s in [*STEPS, "register", "gate"]} <= set(run.data.metrics)
+    assert {f"step_seconds/{s}" for s in [*STEPS, "register", "gate"]} <= set(run.data.metrics)
     assert run.data.tags["day"] == DAY.isoformat() and run.data.tags["input_fingerprint"] == marker["fingerprint"]
     assert run.data.tags["code_version"] and run.data.tags["feature_service"] == project.feature_service
     assert run.data.tags["gate"] in ("passed", "refused")

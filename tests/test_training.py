@@ -69,6 +69,38 @@ def test_attributed_labels_match_the_simulated_outcomes(catalog: Catalog) -> Non
         assert len(one) > 50 and (one["outcome"] == one["outcome_true"]).all(), action
 
 
+def test_metrics_are_named_by_section_without_copies() -> None:
+    from training.registry import grouped
+
+    flat = {
+        "valid_auc": 0.7,
+        "best_iteration": 40.0,
+        "train_rows": 900.0,
+        "test_auc": 0.6,
+        "test_qini_event_invite": 0.1,
+        "policy_best_single_dr_low": 7.0,
+        "policy_best_single_ips_high": 9.0,  # in policy_values.csv
+        "policy_new_true": 8.0,
+        "ope_dr_error_new": 0.2,  # DR minus true: both are there
+        "paired_new_vs_best_single_differ": 0.3,
+        "share_of_oracle_margin_new": 0.5,
+        "single_value_push": 2.0,
+        "test_ece": float("nan"),
+    }
+    assert grouped(flat) == {
+        "valid/auc": 0.7,
+        "valid/best_iteration": 40.0,
+        "data/train_rows": 900.0,
+        "test/auc": 0.6,
+        "test_by_action/event_invite/qini": 0.1,
+        "policy_value/best_single/dr_low": 7.0,
+        "policy_value/new/true": 8.0,
+        "paired/new_vs_best_single/differ": 0.3,
+        "oracle_share/margin_new": 0.5,
+        "single_action_value/push": 2.0,
+    }
+
+
 @pytest.mark.slow
 def test_run_metrics_and_champion_alias(built: Settings) -> None:
     configure_mlflow(built)
@@ -79,9 +111,9 @@ def test_run_metrics_and_champion_alias(built: Settings) -> None:
     champion = client.get_model_version_by_alias(built.model_name, "champion")
     run = client.get_run(champion.run_id)
     metrics = run.data.metrics
-    assert {"valid_auc", "valid_logloss", "best_iteration", "train_rows"} <= set(metrics)
-    assert 0.5 < metrics["valid_auc"] <= 1.0
-    assert metrics["valid_logloss"] > 0
+    assert {"valid/auc", "valid/logloss", "valid/best_iteration", "data/train_rows"} <= set(metrics)
+    assert 0.5 < metrics["valid/auc"] <= 1.0
+    assert metrics["valid/logloss"] > 0
     assert run.data.tags["feature_service"] == built.feature_service
     assert run.data.tags["catalog"] == "none,push,event_invite,advisor_call"
     assert run.info.artifact_uri.startswith((built.mlruns_dir / "artifacts").as_uri())
@@ -95,27 +127,44 @@ def test_every_run_logs_its_evaluation(built: Settings, catalog: Catalog) -> Non
     run = client.get_run(client.get_model_version_by_alias(built.model_name, "champion").run_id)
     m, catalog_names = run.data.metrics, catalog.names
     for action in ("none", "push", "event_invite", "advisor_call"):
-        assert 0.5 < m[f"test_auc_{action}"] <= 1 and 0 <= m[f"test_ece_{action}"] < 0.2
+        assert 0.5 < m[f"test_by_action/{action}/auc"] <= 1 and 0 <= m[f"test_by_action/{action}/ece"] < 0.2
     for policy in ("new", "logging", "best_single", "rules", "random", "oracle", "ceiling"):
-        assert m[f"policy_{policy}_dr_low"] <= m[f"policy_{policy}_dr"] <= m[f"policy_{policy}_dr_high"]
-        assert f"policy_{policy}_true" in m
-    assert m["policy_oracle_true"] >= m["policy_new_true"] > m["policy_random_true"]
-    assert "share_of_oracle_margin_new" in m and "share_of_oracle_margin_ceiling" in m
-    assert {"paired_new_vs_best_single_diff", "gate_vs_best_single_low", "gate_tolerance"} <= set(m)
+        p = f"policy_value/{policy}"
+        assert m[f"{p}/dr_low"] <= m[f"{p}/dr"] <= m[f"{p}/dr_high"] and f"{p}/true" in m
+    assert m["policy_value/oracle/true"] >= m["policy_value/new/true"] > m["policy_value/random/true"]
+    assert "oracle_share/margin_new" in m and "oracle_share/margin_ceiling" in m
+    assert "paired/new_vs_best_single/diff" in m and run.data.params["gate_tolerance"] == str(built.gate_tolerance)
+    # Every metric sits in a section of the UI, none is a copy of another (the gate's numbers, DR - true).
+    assert all("/" in k for k in m) and not any(k.startswith(("gate", "ope_")) or "ips_low" in k for k in m)
     assert run.data.tags["gate"] in ("passed", "refused") and run.data.tags["best_single_action"] in catalog_names
     files = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {
         f"evaluation/{name}" for name in ("report.md", "calibration.png", "uplift.png", "policy_value.png")
     } <= files
     assert "calibration" in run.data.params and run.data.params["monotone_constraints"]
-    # Readable in the UI: a name, the verdict and the report as the description, a learning curve.
+    # Readable in the UI: a name, the verdict and the report as the description with its figures, a learning curve.
     assert run.info.run_name.startswith("train 20")
     note = run.data.tags["mlflow.note.content"]
-    assert note.startswith("**Gate ") and "## Policy value" in note and "![" not in note
-    curve = client.get_metric_history(run.info.run_id, "learning_valid_logloss")
-    assert [p.step for p in curve] == list(range(1, len(curve) + 1)) and len(curve) >= m["best_iteration"]
-    assert min(p.value for p in curve) < curve[0].value
-    assert not any(k.startswith("policy_true_new") for k in m)
+    assert note.startswith("**Gate ") and "## Policy value" in note and "# Decision model evaluation" not in note
+    figure = f"![calibration](get-artifact?path=evaluation%2Fcalibration.png&run_uuid={run.info.run_id})"
+    assert figure in note.splitlines()
+    for period in ("train", "valid"):
+        curve = client.get_metric_history(run.info.run_id, f"learning_curve/{period}_logloss")
+        assert [p.step for p in curve] == list(range(1, len(curve) + 1)) and len(curve) >= m["valid/best_iteration"]
+        assert min(p.value for p in curve) < curve[0].value
+
+
+@pytest.mark.slow
+def test_the_experiment_opens_as_model_training_and_says_what_it_holds(built: Settings, catalog: Catalog) -> None:
+    configure_mlflow(built)
+    client = MlflowClient()
+    run = client.get_run(client.get_model_version_by_alias(built.model_name, "champion").run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "Next best action: catalog.yaml (none, push, event_invite, advisor_call)"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    description = experiment.tags["mlflow.note.content"]
+    assert f"`{built.model_name}`" in description and "none, push, event_invite, advisor_call" in description
+    assert f"#/experiments/{experiment.experiment_id}?workflowType=machine_learning" in description
 
 
 @pytest.mark.slow

@@ -432,7 +432,9 @@ def log_evaluation(evaluation: Evaluation) -> None:
     """Log metrics and artifact files to the active MLflow run (call inside ``mlflow.start_run``)."""
     import mlflow
 
-    mlflow.log_metrics({k: v for k, v in evaluation.metrics.items() if np.isfinite(v)})
+    from training.registry import grouped
+
+    mlflow.log_metrics(grouped(evaluation.metrics))
     mlflow.set_tag("best_single_action", evaluation.best_single)
     for path in evaluation.artifacts:
         mlflow.log_artifact(str(path), artifact_path="evaluation")

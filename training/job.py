@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import tempfile
 import time
@@ -15,22 +16,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
-import numpy as np
 import pandas as pd
+from mlflow.entities import RunInfo
 
 from nexttouch.catalog import Catalog
 from nexttouch.registry_io import load_registered
+from nexttouch.schemas import DECIDED_AT
 from nexttouch.settings import Settings
 from training.dataset import label_decisions, training_set
 from training.evaluate import Evaluation, evaluate, log_evaluation
 from training.gate import Verdict, decide
 from training.promotion import Move, actor, alias_version, promote
 from training.registry import (
+    NOTE,
     Registered,
     check_tracking,
     data_tags,
+    grouped,
     log_learning_curve,
     log_model_version,
     log_training_set,
@@ -98,8 +103,8 @@ def evaluate_register_gate(
     assert run is not None, "call inside an MLflow run"
     mlflow.set_tags(data_tags(settings, data, catalog))
     mlflow.log_params(result.params)
-    mlflow.log_metrics(result.metrics)
-    log_learning_curve(result.curve)
+    mlflow.log_metrics(grouped(result.metrics))
+    log_learning_curve(result.curves)
     log_training_set(settings, data)
     champion_version = alias_version(settings, settings.champion_alias)
     with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
@@ -124,9 +129,10 @@ def evaluate_register_gate(
         if verdict.serve != "champion" and now != champion_version:  # e.g. a rollback while this run trained
             stale = f"champion changed during the run (v{champion_version} -> v{now}): not compared"
             verdict = Verdict(False, stale, "champion", verdict.numbers)
-        record_verdict(settings, version, verdict, champion_version)
+        record_verdict(settings, version, verdict, champion_version, version_facts(result, ev, data, run.info))
         # The run's description (the overview page): the verdict first, then the evaluation's page.
-        mlflow.set_tag("mlflow.note.content", f"**Gate {verdict_line(verdict, version)}**\n\n{_text_only(report)}")
+        overview = _with_artifact_images(report, run.info.run_id)
+        mlflow.set_tag(NOTE, f"**Gate {verdict_line(verdict, version)}**\n\n{overview}")
     move = None
     if verdict.serve == "candidate":
         with step("promote"):
@@ -164,13 +170,17 @@ def register_best_single(
     client.set_model_version_tag(settings.model_name, version, "policy", "best_single_action")
     client.set_model_version_tag(settings.model_name, version, "best_single_action", ev.best_single)
     why = f"Best single action ({ev.best_single} where allowed), served instead of v{refused}: {verdict.reason}."
-    client.update_model_version(settings.model_name, version, why)
+    values = ", ".join(f"{a} {v:.3f}" for a, v in sorted(ev.single_values.items(), key=lambda kv: -kv[1]))
+    client.update_model_version(settings.model_name, version, f"{why}\n\nValue per decision of each action: {values}.")
     mlflow.set_tag("served_version", version)
     return version
 
 
-def record_verdict(settings: Settings, version: str, verdict: Verdict, champion_version: str | None) -> None:
-    """The verdict on the run and on the registered version: tags, metrics, and the version's description."""
+def record_verdict(
+    settings: Settings, version: str, verdict: Verdict, champion_version: str | None, facts: str = ""
+) -> None:
+    """The verdict on the run and on the registered version: tags, and the version's description (the
+    verdict, then ``facts``: the numbers it rests on)."""
     tags = {
         "gate": "passed" if verdict.promote else "refused",
         "gate_reason": verdict.reason,
@@ -181,10 +191,31 @@ def record_verdict(settings: Settings, version: str, verdict: Verdict, champion_
     for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, version, key, value)
     mlflow.set_tags(tags)
-    mlflow.log_metrics({f"gate_{k}": v for k, v in verdict.numbers.items() if np.isfinite(v)})
+    # The gate's other numbers are the paired comparisons, logged with the evaluation (paired/...).
+    mlflow.log_param("gate_tolerance", verdict.numbers.get("tolerance", settings.gate_tolerance))
     served = {"candidate": "promoted to champion", "champion": f"champion kept (v{champion_version})"}
     outcome = served.get(verdict.serve, "the best single action is served instead")
-    client.update_model_version(settings.model_name, version, f"Gate {tags['gate']}, {outcome}: {verdict.reason}.")
+    text = f"Gate {tags['gate']}, {outcome}: {verdict.reason}."
+    client.update_model_version(settings.model_name, version, f"{text}\n\n{facts}".strip())
+
+
+def version_facts(result: TrainResult, ev: Evaluation, data: pd.DataFrame, run: RunInfo) -> str:
+    """The numbers behind a version, for its description: quality on the test period, the paired
+    comparisons the gate read, the data it learnt from and the run that made it."""
+    m = ev.metrics
+    rows = [
+        ("test period", f"{int(m['test_rows']):,} decisions, AUC {m['test_auc']:.3f}, logloss {m['test_logloss']:.4f}"),
+        ("trained on", f"{int(result.metrics['train_rows']):,} decisions ({len(data):,} with validation and test)"),
+        ("data window", f"{data[DECIDED_AT].min():%Y-%m-%d} .. {data[DECIDED_AT].max():%Y-%m-%d}"),
+    ]
+    names = {"new_vs_best_single": "vs best single action", "new_vs_champion": "vs champion"}
+    names["champion_vs_best_single"] = "champion vs best single action"
+    for key, pair in ev.paired.items():
+        rows.append((names.get(key, key), f"{pair.text()} per decision, differs on {pair.differ:.0%}"))
+    rows.append(("best single action", ev.best_single))
+    rows.append(("run", f"{run.run_name} ({run.run_id})"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"| | |\n|---|---|\n{table}"
 
 
 def verdict_line(verdict: Verdict, version: str) -> str:
@@ -196,9 +227,20 @@ def verdict_line(verdict: Verdict, version: str) -> str:
     return f"{'passed' if verdict.promote else 'refused'} ({serves[verdict.serve]}): {verdict.reason}"
 
 
-def _text_only(markdown: str) -> str:
-    """The report without its image links (the images are run artifacts; the description cannot show them)."""
-    return "\n".join(line for line in markdown.splitlines() if not line.startswith("![")).strip() + "\n"
+def _with_artifact_images(markdown: str, run_id: str) -> str:
+    """The report for the run's description, under the run's name instead of its own title: its figures
+    point at the run's artifacts through the tracking server's ``get-artifact`` route, relative to the
+    UI's address, so the overview shows them."""
+
+    def image(line: str) -> str:
+        found = re.fullmatch(r"!\[(.*)\]\(([^/)]+\.png)\)", line)
+        if found is None:
+            return line
+        path = quote(f"evaluation/{found[2]}", safe="")
+        return f"![{found[1]}](get-artifact?path={path}&run_uuid={run_id})"
+
+    lines = [image(line) for line in markdown.splitlines() if not line.startswith("# ")]
+    return "\n".join(lines).strip() + "\n"
 
 
 def _evidence(verdict: Verdict, ev: Evaluation) -> dict[str, float]:
@@ -262,7 +304,8 @@ class StepTimer:
             log.info("step %s %s in %.2fs", name, outcome, self.seconds[name])
 
     def metrics(self) -> dict[str, float]:
-        return {f"step_{k}_s": round(v, 3) for k, v in self.seconds.items()}
+        """Seconds per step, as MLflow metrics of one section."""
+        return {f"step_seconds/{k}": round(v, 3) for k, v in self.seconds.items()}
 
 
 def git_commit() -> str:

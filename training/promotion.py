@@ -31,6 +31,7 @@ from nexttouch.tracking import configure_mlflow
 PREVIOUS = "previous"
 MOVE_TAG = "champion_move."
 HISTORY_FILE = "champion-history.jsonl"
+HISTORY_HEADING = "### Champion history"  # the section of the registered model's description
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,27 @@ def _move(
         raise
     for key, value in {"champion_since": at, "promoted_by": by, "promotion_reason": why}.items():
         client.set_model_version_tag(name, champion, key, value)
+    describe_history(client, name, champion_history(settings))
     with (settings.mlruns_dir / HISTORY_FILE).open("a", encoding="utf-8") as out:
         out.write(json.dumps({"model": name, **asdict(move)}) + "\n")
     return move
+
+
+def describe_history(client: MlflowClient, name: str, moves: list[Move]) -> None:
+    """The champion history, newest first, as a table at the end of the registered model's description:
+    the model's page shows it, where the tags hold one JSON document per move."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = [
+        f"| {m.seq} | {m.at[:16].replace('T', ' ')} UTC | {m.kind} | v{m.champion} "
+        f"| {'v' + m.replaced if m.replaced else '-'} | {cell(m.by)} | {cell(m.why)} |"
+        for m in reversed(moves)
+    ]
+    table = "| # | when | move | champion | replaced | by | why |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    about = (client.get_registered_model(name).description or "").split(HISTORY_HEADING)[0].strip()
+    client.update_registered_model(name, f"{about}\n\n{HISTORY_HEADING}\n\n{table}".strip())
 
 
 def _point(client: MlflowClient, name: str, alias: str, version: str | None) -> None:

@@ -7,8 +7,8 @@ set-up helper for tests and tools, makes a first version champion without a gate
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import sqlite3
 import tempfile
 import time
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
@@ -28,7 +29,7 @@ from mlflow.tracking.fluent import ActiveRun
 from nexttouch.catalog import Catalog, load_catalog
 from nexttouch.model import DecisionModel
 from nexttouch.schemas import DECIDED_AT, OUTCOME
-from nexttouch.settings import Settings
+from nexttouch.settings import Settings, default_model_name
 from nexttouch.tracking import configure_mlflow
 from training import promotion
 from training.pyfunc import DecisionPyfunc
@@ -45,22 +46,55 @@ def _requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn")]
 
 
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges); ours hold model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+NOTE = "mlflow.note.content"  # what the UI shows as the description of an experiment, run or version
+
+
 def experiment_name(settings: Settings, catalog: Catalog | None = None) -> str:
-    """``<model name>/<catalog file stem>-<hash of the action names>``: runs of one catalog together,
-    and a catalog whose actions change gets a new experiment even under the same file name."""
+    """``Next best action: catalog.yaml (none, push, ...)``: one experiment per catalog and registered model.
+
+    The catalog file names the experiment when the model has its per-catalog default name; a model named
+    by NEXTTOUCH_MODEL_NAME names it instead.
+    """
     catalog = catalog or load_catalog(settings.catalog_path)
-    stem = settings.catalog_path.stem if settings.catalog_path else "catalog"
-    digest = hashlib.sha256(",".join(catalog.names).encode()).hexdigest()[:8]
-    return f"{settings.model_name}/{stem}-{digest}"
+    if settings.model_name == default_model_name(settings.catalog_path):
+        label = settings.catalog_path.name if settings.catalog_path else "catalog.yaml"
+    else:
+        label = settings.model_name
+    return f"Next best action: {label} ({', '.join(catalog.names)})"
 
 
-def experiment_id(settings: Settings, name: str) -> str:
-    """The experiment, created with its artifacts under mlruns/ on first use."""
+def experiment_description(settings: Settings, catalog: Catalog, experiment: str) -> str:
+    """What the experiment holds and where to look, as the UI shows it above the runs."""
+    source = f"`{settings.catalog_path}`" if settings.catalog_path else "shipped with nexttouch"
+    return (
+        f"Decision models of **nexttouch** for the action catalog {source}: {', '.join(catalog.names)}.\n\n"
+        "Each run trains one LightGBM model on the labelled decisions, evaluates it on the latest decisions "
+        "against the champion and the best single action, and registers it as "
+        f"`{settings.model_name}`; the gate decides whether it becomes `@{settings.champion_alias}`, which "
+        "the service follows. Runs are named for what made them: `nightly <day>` (the nightly job), "
+        "`train <time>` (`nexttouch train`), `demo`.\n\n"
+        "A run's **Overview** holds the gate's verdict and the evaluation report with its figures, "
+        "**Model metrics** the learning curve and every number by section, **Artifacts** the model and the "
+        "report's files. "
+        f"[Runs in the model-training view](#/experiments/{experiment}?workflowType=machine_learning) · "
+        f"[registered model](#/models/{settings.model_name})"
+    )
+
+
+def experiment_id(settings: Settings, name: str, catalog: Catalog | None = None) -> str:
+    """The experiment, created on first use with its artifacts under mlruns/, tagged for model training
+    and, given the catalog, described."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{name}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+    created = client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{slug}", tags=EXPERIMENT_KIND)
+    if catalog is not None:
+        client.set_experiment_tag(created, NOTE, experiment_description(settings, catalog, created))
+    return created
 
 
 class TrackingUnavailable(RuntimeError):
@@ -91,22 +125,58 @@ def start_run(
     """A run in the catalog's experiment (use as a context manager), named for what it is
     (``nightly 2026-12-04``, ``train 2026-12-04 21:00``)."""
     configure_mlflow(settings)
-    exp = experiment_id(settings, experiment_name(settings, catalog))
+    catalog = catalog or load_catalog(settings.catalog_path)
+    exp = experiment_id(settings, experiment_name(settings, catalog), catalog)
     return mlflow.start_run(experiment_id=exp, tags=tags, run_name=run_name)
 
 
-def log_learning_curve(curve: list[float], key: str = "learning_valid_logloss") -> None:
-    """The booster's validation loss per boosting round, one metric with a step per round (a chart in the UI)."""
+LEARNING_CURVE = "learning_curve"
+# Off-policy estimates kept as metrics; the IPS and SNIPS intervals are in evaluation/policy_values.csv.
+POLICY_STATS = ("dr_low", "dr_high", "dr", "ips", "snips", "true")
+_GROUPS = (  # (pattern of a flat metric name, its name in MLflow: the part before "/" is the UI's section)
+    (r"(train|valid|test)_rows", r"data/\1_rows"),
+    (r"best_iteration", r"valid/best_iteration"),
+    (r"valid_(.+)", r"valid/\1"),
+    (r"test_(auc|logloss|ece)", r"test/\1"),
+    (r"test_(auc|logloss|ece|qini|auuc)_(.+)", r"test_by_action/\2/\1"),
+    (rf"policy_(.+)_({'|'.join(POLICY_STATS)})", r"policy_value/\1/\2"),
+    (r"paired_(.+)_(diff|low|high|differ)", r"paired/\1/\2"),
+    (r"share_of_oracle_margin_(.+)", r"oracle_share/margin_\1"),
+    (r"new_share_of_oracle_gain", r"oracle_share/gain_new"),
+    (r"single_value_(.+)", r"single_action_value/\1"),
+)
+
+
+def log_learning_curve(curves: dict[str, list[float]]) -> None:
+    """LightGBM's log loss per boosting round on each period, one metric per period with a step per round
+    (``learning_curve/valid_logloss``): the UI draws them as curves over the rounds."""
     from mlflow.entities import Metric
 
     run = mlflow.active_run()
-    if run is None or not curve:
+    if run is None:
         return
     now = int(time.time() * 1000)
-    points = [Metric(key, float(v), now, step) for step, v in enumerate(curve, start=1)]
+    points = [
+        Metric(f"{LEARNING_CURVE}/{period}_logloss", float(v), now, step)
+        for period, curve in curves.items()
+        for step, v in enumerate(curve, start=1)
+    ]
     client = MlflowClient()
     for lo in range(0, len(points), 1000):  # the tracking store's batch limit
         client.log_batch(run.info.run_id, metrics=points[lo : lo + 1000])
+
+
+def grouped(metrics: dict[str, float]) -> dict[str, float]:
+    """The run's metrics under MLflow names grouped by section (``test/auc``, ``policy_value/new/dr``),
+    finite values only. A flat name of no group is left out: the rest derive from these (``ope_dr_error``
+    is DR minus the true value) or repeat them (the gate's numbers are the paired comparisons)."""
+    out = {}
+    for key, value in metrics.items():
+        for pattern, name in _GROUPS:
+            if re.fullmatch(pattern, key) and np.isfinite(value):
+                out[re.sub(f"^{pattern}$", name, key)] = float(value)
+                break
+    return out
 
 
 def data_tags(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> dict[str, str]:
@@ -145,7 +215,26 @@ def log_model_version(
             pip_requirements=_requirements(),
             registered_model_name=settings.model_name,
         )
+    client = MlflowClient()
+    history = (client.get_registered_model(settings.model_name).description or "").partition(promotion.HISTORY_HEADING)
+    about = model_description(settings) + (f"\n\n{history[1]}{history[2]}" if history[1] else "")
+    client.update_registered_model(settings.model_name, about)  # the champion history section kept
     return str(info.registered_model_version)
+
+
+def model_description(settings: Settings) -> str:
+    """The registered model's description: what it is, its aliases and where its history is."""
+    catalog = load_catalog(settings.catalog_path)
+    source = f"`{settings.catalog_path}`" if settings.catalog_path else "shipped with nexttouch"
+    return (
+        f"The nexttouch decision model for the action catalog {source} ({', '.join(catalog.names)}): "
+        "encoders, one LightGBM booster over every action and the calibration, as one MLflow model that "
+        "gives P(success) of each action.\n\n"
+        f"Every training run registers a version. The gate moves `@{settings.champion_alias}`, which the "
+        "service loads and follows, and `@previous` (what `nexttouch rollback` restores); each version's "
+        "description holds the gate's verdict and the numbers behind it. `nexttouch champion-history` "
+        f"lists every move of `@{settings.champion_alias}`: when, which version, who and why."
+    )
 
 
 def log_and_register(

@@ -58,7 +58,8 @@ class TrainResult:
     train: pd.DataFrame = field(repr=False)
     valid: pd.DataFrame = field(repr=False)
     test: pd.DataFrame = field(repr=False)  # the out-of-time evaluation period
-    curve: list[float] = field(default_factory=list, repr=False)  # validation log loss per boosting round
+    # log loss per boosting round on the training and the validation period (the learning curve)
+    curves: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
 
 def split_by_time(
@@ -107,7 +108,7 @@ def fit(
     x_train, y_train = template.design(train, train[ACTION].to_numpy()), train[OUTCOME].to_numpy()
     x_valid, y_valid = template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME].to_numpy()
 
-    curve: list[float] = []  # filled by the local trainer only
+    curves: dict[str, list[float]] = {}  # filled by the local trainer only
     if dask_scheduler:
         from training.distributed import fit_booster_on_dask
 
@@ -115,7 +116,7 @@ def fit(
             dask_scheduler, params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds
         )
     else:
-        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds, curve)
+        booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds, curves)
 
     raw_valid = booster.predict(x_valid)
     calib = Calibration.fit(calibration, raw_valid, y_valid, valid[ACTION].to_numpy(), catalog.names)
@@ -141,7 +142,7 @@ def fit(
         "structure": "shared",
         "trainer": "dask" if dask_scheduler else "local",
     }
-    return TrainResult(model, metrics, run_params, train, valid, test, curve)
+    return TrainResult(model, metrics, run_params, train, valid, test, curves)
 
 
 def fit_booster(
@@ -153,23 +154,26 @@ def fit_booster(
     names: list[str],
     cat_idx: list[int],
     rounds: int,
-    curve: list[float] | None = None,
+    curves: dict[str, list[float]] | None = None,
 ) -> lgb.Booster:
-    """Local LightGBM with early stopping on the validation period; ``curve`` receives the validation
-    log loss of every round (the learning curve)."""
+    """Local LightGBM with early stopping on the validation period. ``curves`` receives the log loss of
+    every round on both periods (the learning curve); only then is the training period scored each round.
+    """
     dtrain = lgb.Dataset(x_train, y_train, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
     dvalid = lgb.Dataset(x_valid, y_valid, reference=dtrain)
     history: dict[str, dict[str, list[float]]] = {}
+    # LightGBM's early stopping skips the training set when it is among the validation sets.
+    sets, set_names = ([dtrain, dvalid], ["train", "valid"]) if curves is not None else ([dvalid], ["valid"])
     booster = lgb.train(
         {**params, "metric": "binary_logloss"},
         dtrain,
         num_boost_round=rounds,
-        valid_sets=[dvalid],
-        valid_names=["valid"],
+        valid_sets=sets,
+        valid_names=set_names,
         callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False), lgb.record_evaluation(history)],
     )
-    if curve is not None:
-        curve.extend(history.get("valid", {}).get("binary_logloss", []))
+    if curves is not None:
+        curves.update({name: list(history.get(name, {}).get("binary_logloss", [])) for name in set_names})
     return booster
 
 

@@ -4,7 +4,7 @@
 all decide through these modules; nothing else writes a rule, a choice or a reason text.
 """
 
-from nexttouch.columns import Features, from_frame, from_row
+from nexttouch.columns import Features, from_frame, from_row, from_rows
 from nexttouch.engine.answer import FallbackCause
 from nexttouch.engine.engine import DecisionEngine, Draft, TakeCapacity, unlimited
 
@@ -16,5 +16,6 @@ __all__ = [
     "TakeCapacity",
     "from_frame",
     "from_row",
+    "from_rows",
     "unlimited",
 ]

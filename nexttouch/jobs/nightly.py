@@ -4,7 +4,8 @@ collect (the service's decision log into the inbox) -> ingest -> validate -> fea
 label -> training set -> train -> evaluate -> register -> gate -> promote, each step logged with its time
 (and the times logged to the run).
 
-- One at a time: an exclusive ``flock`` on ``data/retrain.lock``; a second run exits at once.
+- One at a time: a lock every host sees in the production profile (PostgreSQL or Redis), an exclusive
+  ``flock`` on ``data/retrain.lock`` in the embedded default; a second run exits at once.
 - Idempotent per day: ``data/retrain/<day>.json`` records the input fingerprint (every input file's
   bytes and the catalog) of the day's finished run; the same day with the same inputs does nothing.
 - All or nothing for the champion: only the last step moves it. When ingest or validation fails,
@@ -13,14 +14,13 @@ label -> training set -> train -> evaluate -> register -> gate -> promote, each 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from features.pipeline import build_offline, feast_apply
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import TABLES, TableReport, ingest
 from nexttouch.jobs.online import load_online
+from nexttouch.locks import Locked, file_lock, postgres_lock, redis_client, redis_lock
 from nexttouch.settings import Settings
 from training.job import StepTimer, TrainReport, git_commit, train_and_gate
 from training.promotion import actor
@@ -77,22 +78,37 @@ def exclusive(path: Path) -> Iterator[None]:
 
     The kernel drops the lock when the process dies, so a killed run never blocks the next one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
+    with _refused_when_held(file_lock(path)):
+        yield
+
+
+@contextmanager
+def retrain_lock(settings: Settings) -> Iterator[None]:
+    """One retrain at a time wherever it runs: in the shared store of the production profile (PostgreSQL when
+    the decision log is there, else Redis when the online store is), else an ``flock`` in data/.
+
+    Like the flock, neither outlives its holder: PostgreSQL drops a session's advisory lock when the session
+    ends; the Redis lock expires a minute after its holder stopped renewing it.
+    """
+    if settings.decision_log_url and settings.decision_log_url.startswith(("postgresql://", "postgres://")):
+        lock = postgres_lock(settings.decision_log_url, f"retrain {settings.model_name}")
+    elif settings.online_store == "redis":
+        client = redis_client(settings.redis_url)
+        lock = redis_lock(client, f"nexttouch:retrain:{settings.model_name}", ttl_s=60, renew=True)
+    else:
+        lock = file_lock(lock_path(settings))
+    with _refused_when_held(lock):
+        yield
+
+
+@contextmanager
+def _refused_when_held(lock: AbstractContextManager[None]) -> Iterator[None]:
+    with ExitStack() as held:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown process"
-            raise RetrainLocked(f"another retrain is running ({holder}); lock {path}") from None
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            held.enter_context(lock)
+        except Locked as exc:
+            raise RetrainLocked(f"another retrain is running ({exc.who}); {exc.what}") from None
+        yield
 
 
 def input_files(sources: list[Path]) -> list[Path]:
@@ -127,7 +143,7 @@ def retrain(
     as_of = datetime.combine(day, time(), tzinfo=UTC)  # features: snapshots up to the day's midnight
     until = min(datetime.now(UTC), as_of + timedelta(days=1))  # data: nothing later than the day itself
     by = by or actor("nexttouch retrain")
-    with exclusive(lock_path(settings)):
+    with retrain_lock(settings):
         if collect is not None:
             try:
                 collect()

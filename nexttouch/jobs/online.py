@@ -21,13 +21,16 @@ from nexttouch.feature_store import open_store
 from nexttouch.schemas import CUSTOMER_ID, EVENT_TIMESTAMP
 from nexttouch.settings import Settings
 from nexttouch.touches import CONTACT_STATE
-from serving.contact_state import STATE_VIEW, exclusive, fold, lock_path
+from serving.contact_state import STATE_VIEW, fold, lock_path, state_lock
 from serving.decision_log import DecisionLog
 from serving.event_log import EventLog
 from serving.identity import IdentityMap
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+
+REBUILD_LOCK_WAIT_S = 120.0  # the service holds the lock for milliseconds at a time
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,10 @@ class OnlineLoad:
 
 def load_online(settings: Settings, end: datetime) -> OnlineLoad:
     """Materialize every customer's latest snapshot up to ``end``, then fold in the event log."""
-    with exclusive(lock_path(settings.data_dir)):
+    store = open_store(settings)
+    with state_lock(store, lock_path(settings.data_dir), wait_s=REBUILD_LOCK_WAIT_S, renew=True):
         rows = materialize(settings, end)
-        return OnlineLoad(rows, fold_in_event_log(settings, end))
+        return OnlineLoad(rows, fold_in_event_log(settings, end, store))
 
 
 def has_event_log(settings: Settings) -> bool:
