@@ -23,6 +23,7 @@ from nexttouch.parquet import write_parquet
 from nexttouch.schemas import (
     CUSTOMER_ID,
     CUSTOMERS_COLUMNS,
+    DECIDED_AT,
     DECISION_ID,
     EVENT_TIMESTAMP,
     EVENTS_COLUMNS,
@@ -39,6 +40,106 @@ EVENT_COLUMNS = ["occurred_at", "touch_type", "amount", DECISION_ID]  # what the
 _ARROW_STRINGS = {pa.string(): pd.ArrowDtype(pa.string()), pa.large_string(): pd.ArrowDtype(pa.large_string())}
 
 
+SNAPSHOT_TTL = timedelta(days=30)  # the touch-history views' ttl (features/feature_views.py)
+SNAPSHOT_ROWS = 5_000_000  # the most snapshot rows a spacing is chosen for (rows = customers x days / spacing)
+MAX_EVERY_DAYS = 7
+
+
+@dataclass(frozen=True)
+class SnapshotWindow:
+    """Feature snapshots at every ``every_days``-th day boundary of the ``days`` before ``end``."""
+
+    end: datetime
+    days: int
+    every_days: int
+    chosen: tuple[str, ...] = ()  # which of end, days, every_days were chosen from the data
+
+    @property
+    def first(self) -> datetime:
+        return _aware(self.snapshots()[0])
+
+    def snapshots(self) -> np.ndarray:
+        """The snapshot times, datetime64[us] (UTC, naive), earliest first."""
+        t0 = np.datetime64(pd.Timestamp(self.end).tz_convert(None), "us") - np.timedelta64(self.days, "D")
+        return t0 + snapshot_days(self.days, self.every_days).astype("timedelta64[D]")
+
+
+@dataclass(frozen=True)
+class Uncovered:
+    """Decisions no snapshot covers: none at or before them within ``SNAPSHOT_TTL``."""
+
+    decisions: int
+    of: int
+    first: datetime | None
+    last: datetime | None
+
+
+def _times(path: Path, column: str) -> np.ndarray:
+    """A time column of an ingested table as datetime64[us] (UTC, naive); empty when the table is missing."""
+    if not path.exists():
+        return np.array([], "datetime64[us]")
+    times = pq.read_table(path, columns=[column]).column(column)
+    return pc.cast(times, pa.timestamp("us", "UTC")).to_numpy().astype("datetime64[us]")
+
+
+def _aware(t: np.datetime64) -> datetime:
+    return pd.Timestamp(t).tz_localize(UTC).to_pydatetime()
+
+
+def snapshot_window(
+    settings: Settings,
+    today: datetime,
+    end: datetime | None = None,
+    days: int | None = None,
+    every_days: int | None = None,
+) -> SnapshotWindow:
+    """The snapshots to build, each part not given chosen from the ingested data.
+
+    ``end``: the day boundary after the latest touch or decision, at most ``today``. ``days``: back to
+    the day of the first decision, plus one spacing, so that the first snapshot is not after it (a
+    decision sees the latest snapshot before it, within ``SNAPSHOT_TTL``); ``settings.days`` when no
+    decision is loaded. ``every_days``: daily, or the smallest spacing that keeps the rows under
+    ``SNAPSHOT_ROWS`` (at most weekly, far inside the TTL).
+    """
+    chosen = []
+    decided = _times(settings.raw_dir / "decisions.parquet", DECIDED_AT)
+    if end is None:
+        latest = [t.max() for t in (decided, _times(settings.raw_dir / "events.parquet", "occurred_at")) if len(t)]
+        end = today
+        if latest:
+            after = _aware(max(latest)).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+            end = min(after, today)
+        chosen.append("end")
+    customers = pq.read_metadata(settings.raw_dir / "customers.parquet").num_rows
+    every = every_days or 1
+    if days is None:
+        days = settings.days
+        if len(decided):
+            span = (pd.Timestamp(end) - pd.Timestamp(_aware(decided.min()))).total_seconds() / SECONDS_PER_DAY
+            days = int(np.ceil(max(span, 0)))
+        chosen.append("days")
+    if every_days is None:
+        while every < MAX_EVERY_DAYS and customers * (days + every) / every > SNAPSHOT_ROWS:
+            every += 1
+        chosen.append("every_days")
+    if "days" in chosen:
+        days = max(days + every, 15)  # one spacing more: the first snapshot at or before the first decision
+    return SnapshotWindow(end, days, every, tuple(chosen))
+
+
+def uncovered(settings: Settings, window: SnapshotWindow) -> Uncovered:
+    """The ingested decisions that would find no snapshot within ``SNAPSHOT_TTL`` before them."""
+    decided = _times(settings.raw_dir / "decisions.parquet", DECIDED_AT)
+    snaps = window.snapshots()
+    at = np.searchsorted(snaps, decided, side="right") - 1
+    before = snaps[np.maximum(at, 0)]
+    ttl = np.timedelta64(int(SNAPSHOT_TTL.total_seconds()), "s")
+    bad = (at < 0) | (decided - before > ttl)
+    if not bad.any():
+        return Uncovered(0, len(decided), None, None)
+    return Uncovered(int(bad.sum()), len(decided), _aware(decided[bad].min()), _aware(decided[bad].max()))
+
+
 @dataclass(frozen=True)
 class FeatureBuild:
     customers: int
@@ -47,7 +148,9 @@ class FeatureBuild:
     end: datetime
 
 
-def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200_000) -> FeatureBuild:
+def build_offline(
+    settings: Settings, end: datetime, days: int, batch: int = 200_000, every_days: int | None = None
+) -> FeatureBuild:
     """Write the feature parquet files that the Feast sources read, from the ingested tables.
 
     Events in data/raw/ are validated and already carry the resolved ``customer_id``. They stay in
@@ -64,7 +167,8 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
     ids = pa.array(customers[CUSTOMER_ID].astype(str).to_numpy(), pa.string())
     position = pc.index_in(pc.cast(events.column(CUSTOMER_ID), pa.string()), value_set=ids)
     events = events.drop_columns([CUSTOMER_ID]).append_column("pos", position)
-    priors = _population_priors(events, end, days, settings.snapshot_every_days)
+    every = every_days or settings.snapshot_every_days
+    priors = _population_priors(events, end, days, every)
 
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +181,6 @@ def build_offline(settings: Settings, end: datetime, days: int, batch: int = 200
             part = events.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, lo + len(people))))
             frame = part.to_pandas(types_mapper=_ARROW_STRINGS.get)
             frame[CUSTOMER_ID] = people[CUSTOMER_ID].to_numpy()[frame.pop("pos").to_numpy() - lo]
-            every = settings.snapshot_every_days
             touch = build_touch_features(frame, people, end, days, every_days=every, priors=priors)
             table = pa.Table.from_pandas(_microseconds(touch), preserve_index=False)
             writer = writer or pq.ParquetWriter(tmp, table.schema)

@@ -11,7 +11,7 @@ import os
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -47,15 +47,74 @@ def _settings(project_dir: Path | None, catalog: Path | None, **more: object) ->
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for ours in ("nexttouch", "features", "training", "serving"):
         logging.getLogger(ours).setLevel(logging.INFO)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _quiet_libraries()
     switch_off()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # job logs, not progress bars
     return load_settings(project_dir=project_dir, catalog_path=catalog, **more)
 
 
+_OURS = warnings.showwarning
+
+
+def _quiet_libraries() -> None:
+    """Keep notices meant for the libraries' developers out of a user's terminal.
+
+    Feast sets the DeprecationWarning filter to "once" when it is imported, after any filter set here, so
+    deprecations raised inside installed packages are dropped where warnings are shown instead.
+    """
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        deprecated = issubclass(category, DeprecationWarning | PendingDeprecationWarning | FutureWarning)
+        if deprecated and f"{os.sep}site-packages{os.sep}" in filename:
+            return
+        _OURS(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    # MLflow's hint about integer columns: the model's signature is built from the training set on purpose.
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+    logging.getLogger("mlflow.pyfunc").addFilter(
+        lambda record: not record.getMessage().startswith("Passing a Python object as `python_model`")
+    )
+
+
 def _today() -> datetime:
     now = datetime.now(UTC)
     return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="The new project's directory (created if missing).")],
+) -> None:
+    """Start a project for a brand: the Feast repo, data/landing/, mlruns/, models/ and an API key file."""
+    from nexttouch.jobs.project import init_project
+
+    s = _settings(directory, None)
+    for line in init_project(s):
+        typer.echo(f"  {line}")
+    d = _shown(s.project_dir)
+    typer.echo(
+        "next, with your tables in data/landing/ (columns: docs/data.md):\n"
+        f"  nexttouch ingest --project-dir {d}\n"
+        f"  nexttouch features --project-dir {d}\n"
+        f"  nexttouch train --project-dir {d}\n"
+        f"  nexttouch serve --project-dir {d}"
+    )
+
+
+def _shown(path: Path) -> str:
+    """A path as the user typed it would work: relative when below the working directory."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path.resolve())
 
 
 @app.command()
@@ -111,24 +170,88 @@ def ingest(
 @app.command()
 def features(
     project_dir: ProjectOpt = None,
-    days: Annotated[int | None, typer.Option(help="Days of history to featurise.")] = None,
-    end: Annotated[datetime | None, typer.Option(help="Last snapshot, UTC (default: today 00:00).")] = None,
-    every_days: Annotated[
-        int | None, typer.Option(help="Days between feature snapshots (1 = daily; 7 for millions of customers).")
+    end: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Last snapshot, UTC. Default: the day boundary after the latest ingested touch or decision, "
+            "at most today 00:00.",
+            show_default=False,
+        ),
     ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days of snapshots before --end. Default: back to the first ingested decision (NEXTTOUCH_DAYS "
+            "when there are none).",
+            show_default=False,
+        ),
+    ] = None,
+    every_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days between snapshots, 1-7. Default: 1, or the smallest spacing that keeps customers x days / "
+            "spacing under 5M rows.",
+            show_default=False,
+        ),
+    ] = None,
+    online_only: Annotated[
+        bool,
+        typer.Option(help="Only reload the online store from the snapshots already built."),
+    ] = False,
 ) -> None:
-    """Build feature snapshots, `feast apply` the repo and materialize the online store."""
-    from features.pipeline import build_offline, feast_apply, materialize
+    """Build feature snapshots, `feast apply` the repo and load the online store.
+
+    Every decision to train on needs a snapshot at most 30 days before it (the views' time-to-live): the
+    command refuses snapshots that leave ingested decisions uncovered. The online store keeps every touch
+    the service has accepted (POST /events): they are folded in after each load.
+    """
+    from features.pipeline import build_offline, feast_apply, snapshot_window, uncovered
+    from nexttouch.jobs.online import load_online
 
     s = _settings(project_dir, None, days=days, snapshot_every_days=every_days)
-    as_of = end.replace(tzinfo=UTC) if end else _today()
-    build = build_offline(s, as_of, s.days)
+    if not (s.raw_dir / "customers.parquet").exists():
+        typer.echo(f"features: nothing ingested in {s.raw_dir}: run `nexttouch ingest` first", err=True)
+        raise typer.Exit(2)
+    if not online_only:
+        given = s.model_fields_set  # options and NEXTTOUCH_DAYS / NEXTTOUCH_SNAPSHOT_EVERY_DAYS
+        window = snapshot_window(
+            s,
+            _today(),
+            end.replace(tzinfo=UTC) if end else None,
+            s.days if "days" in given else None,
+            s.snapshot_every_days if "snapshot_every_days" in given else None,
+        )
+        gap = uncovered(s, window)
+        if gap.decisions:
+            typer.echo(
+                f"features refused: {gap.decisions:,} of {gap.of:,} decisions ({gap.first:%Y-%m-%d} .. "
+                f"{gap.last:%Y-%m-%d}) have no snapshot in the 30 days before them "
+                f"(snapshots {window.first:%Y-%m-%d} .. {window.end:%Y-%m-%d}, every {_days(window.every_days)}). "
+                "Leave out --end/--days/--every-days to have them chosen from the data, or cover the "
+                "decisions with a later --end and more --days.",
+                err=True,
+            )
+            raise typer.Exit(2)
+        chosen = f" (chosen from the data: {', '.join(window.chosen)})" if window.chosen else ""
+        typer.echo(
+            f"snapshots: {window.first:%Y-%m-%d} .. {window.end:%Y-%m-%d}, every {_days(window.every_days)}"
+            f"{chosen}; they cover all {gap.of:,} decisions"
+        )
+        build = build_offline(s, window.end, window.days, every_days=window.every_days)
+        typer.echo(
+            f"features: {build.rows:,} snapshot rows for {build.customers:,} customers ({build.events:,} touch events)"
+        )
+        feast_apply(s)
+        typer.echo(f"feast: applied {s.feature_repo}")
+    loaded = load_online(s, datetime.now(UTC))
     typer.echo(
-        f"features: {build.rows:,} snapshot rows for {build.customers:,} customers ({build.events:,} touch events)"
+        f"online store loaded: {max(loaded.rows.values(), default=0):,} customers; "
+        f"{loaded.folded:,} customers' contact state moved by touches posted to the service"
     )
-    feast_apply(s)
-    materialize(s, datetime.now(UTC))
-    typer.echo(f"feast: applied {s.feature_repo} and materialized the online store")
+
+
+def _days(n: int) -> str:
+    return "day" if n == 1 else f"{n} days"
 
 
 @app.command()
@@ -157,7 +280,15 @@ def plan(
     catalog: CatalogOpt = None,
     at: Annotated[datetime | None, typer.Option(help="When contacts go out, UTC (quiet hours; default now).")] = None,
     out: Annotated[Path | None, typer.Option(help="Plan file, .parquet or .csv (default data/plans/).")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Exploration share (default: settings epsilon).")] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of customers given a random eligible action, logged with its propensity so that "
+            "training on the outcomes stays unbiased (default: NEXTTOUCH_EPSILON, 0.05). A plan to send out "
+            "explores; a plan to evaluate or compare needs --epsilon 0.",
+            show_default=False,
+        ),
+    ] = None,
     take_capacity: Annotated[
         bool, typer.Option(help="Take the plan's scarce slots in the service's capacity ledger.")
     ] = False,
@@ -170,6 +301,11 @@ def plan(
     summary = run_plan(s, load_catalog(s.catalog_path), when, out, epsilon, take_capacity)
     counts = ", ".join(f"{a} {c:,}" for a, c in summary.counts.items())
     typer.echo(f"planned {summary.customers:,} customers ({counts}); expected net value {summary.total_value:,.0f}")
+    if summary.explored:
+        typer.echo(
+            f"{summary.explored:,} customers explored at random (epsilon {summary.epsilon:g}); "
+            "to evaluate or compare plans, plan with --epsilon 0"
+        )
     if summary.fell_back:
         typer.echo(f"{summary.fell_back:,} customers fell back: the service took their slots while the plan ran")
     typer.echo(f"plan written to {summary.path}")

@@ -19,10 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +41,7 @@ SHARED_LOCK_TTL_S = 30.0
 SHARED_LOCK_WAIT_S = 30.0  # then the update fails and is retried like one the store refused
 STATE_VIEW = "contact_state"
 
-log = logging.getLogger("nexttouch.serving")
+log = logging.getLogger("nexttouch.serving.contact_state")
 
 
 class ContactUpdater:
@@ -54,6 +56,9 @@ class ContactUpdater:
         retry_s: float = 5.0,
         lock: Path | None = None,
     ) -> None:
+        # BentoML's server logs WARNING and above: the line that says a deferred update was made is INFO.
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
         self.store = store
         self.lock = lock
         self.keep = keep
@@ -63,10 +68,10 @@ class ContactUpdater:
         # One update at a time: read-modify-write of a customer's state must not interleave. Within the
         # process one pusher thread; across processes a lock around it: in Redis when the online store is
         # Redis (every replica on every host shares it), else the ``flock`` on ``lock`` (one host).
-        self._redis = _redis_of(store)
-        self._lock_name = f"nexttouch:{getattr(store, 'project', '')}:contact_state"
+        redis = _redis_of(store)  # one client (and connection pool) for every update
+        self._state_lock = lambda: _locked(redis, store, lock)
         self._pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-push")
-        self._pending: list[pd.DataFrame] = []  # events whose online update has not been made yet
+        self._pending: list[_Waiting] = []  # events whose online update has not been made yet
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._retry_loop, args=(retry_s,), name="contact-retry", daemon=True).start()
@@ -75,7 +80,7 @@ class ContactUpdater:
     def pending(self) -> int:
         """Touches (one per customer, tier and direction) still waiting for their online update."""
         with self._pending_lock:
-            return sum(len(f) for f in self._pending)
+            return sum(len(w.touches) for w in self._pending)
 
     def close(self) -> None:
         self._stop.set()
@@ -115,6 +120,8 @@ class ContactUpdater:
                 deferred = True
                 EVENTS_DEFERRED.inc(len(known))
                 log.warning("online contact update deferred (%s): %d events kept", type(exc).__name__, len(known))
+                # Still running (only the wait ran out): it may yet succeed, and then says so.
+                update.add_done_callback(_made_late)
         return EventsResponse(
             accepted=len(new),
             duplicates=len(events) - len(new),
@@ -130,24 +137,26 @@ class ContactUpdater:
             return self.timeout_s
         return max(0.0, min(self.timeout_s, due - time.monotonic() - 0.5))
 
-    def _update(self, events: pd.DataFrame | None) -> None:
+    def _update(self, events: pd.DataFrame | None) -> int:
         """Push ``events`` with every deferred one; raises when ``events`` (or, for a retry, any deferred
-        touch) could not be pushed, keeping them for the next try.
+        touch) could not be pushed, keeping them for the next try. Returns how many of ``events`` were pushed.
 
         Runs on the one pusher thread only. The deferred touches stay in ``_pending`` while they are
         pushed, so ``pending`` never reads 0 in the middle of a retry that is about to fail.
         """
+        own = None
         with self._pending_lock:
             if events is not None:
                 events = _pushable(events)
                 if len(events):
-                    self._pending.append(events)
+                    own = _Waiting(events, len(events))
+                    self._pending.append(own)
             batch = list(self._pending)
         if not batch:
-            return
+            return 0
         try:
-            self._push_locked(pd.concat(batch, ignore_index=True))
-            failed: list[pd.DataFrame] = []
+            self._push_locked(pd.concat([w.touches for w in batch], ignore_index=True))
+            failed: list[_Waiting] = []
         except Exception as exc:
             if len(batch) == 1:
                 failed, error = batch, exc
@@ -155,33 +164,30 @@ class ContactUpdater:
                 failed, error = self._push_each(batch)
         # Only the newest touch per customer, tier and direction matters online: bounded by known customers.
         with self._pending_lock:
-            self._pending = [_newest(pd.concat(failed, ignore_index=True))] if failed else []
-        if failed and (events is None or any(f is events for f in failed)):
+            self._pending = [_Waiting.merged(failed)] if failed else []
+        made = [w for w in batch if w is not own and not any(w is f for f in failed)]
+        if made:  # deferred by earlier answers: the counter and this line say they are online now
+            _count_made(sum(w.events for w in made), len(made))
+        if failed and (events is None or any(f is own for f in failed)):
             raise error
-        if events is None or len(batch) > len(failed) + 1:
-            log.info("deferred online contact updates made (%d frames)", len(batch) - len(failed))
+        return own.events if own is not None else 0
 
-    def _push_each(self, batch: list[pd.DataFrame]) -> tuple[list[pd.DataFrame], Exception]:
+    def _push_each(self, batch: list[_Waiting]) -> tuple[list[_Waiting], Exception]:
         """Newest frame first; when that fails too the store is down: the rest is not tried."""
-        failed: list[pd.DataFrame] = []
+        failed: list[_Waiting] = []
         error: Exception | None = None
-        for i, frame in enumerate(reversed(batch)):
+        for i, waiting in enumerate(reversed(batch)):
             try:
-                self._push_locked(frame)
+                self._push_locked(waiting.touches)
             except Exception as exc:
                 error = exc
                 if i == 0:
                     return batch, exc
-                failed.append(frame)
+                failed.append(waiting)
         return failed[::-1], error  # type: ignore[return-value]  (set whenever ``failed`` is not empty)
 
     def _push_locked(self, frame: pd.DataFrame) -> None:
-        if self._redis is None:
-            with _exclusive(self.lock):
-                self._push(frame)
-            return
-        # The expiry frees the lock of a replica that died holding it; an update takes milliseconds.
-        with redis_lock(self._redis, self._lock_name, ttl_s=SHARED_LOCK_TTL_S, wait_s=SHARED_LOCK_WAIT_S):
+        with self._state_lock():
             self._push(frame)
 
     def _retry_loop(self, every_s: float) -> None:
@@ -193,18 +199,27 @@ class ContactUpdater:
                     log.warning("deferred online contact update failed again: %s", type(exc).__name__)
 
     def _push(self, events: pd.DataFrame) -> None:
-        masks = contact_state_masks(codes(events["tier"], TIERS), codes(events["direction"], DIRECTIONS))
-        latest = {col: events.loc[mask].groupby(CUSTOMER_ID)["occurred_at"].max() for col, mask in masks.items()}
         customers = sorted(events[CUSTOMER_ID].unique())
         current = self.store.get_online_features(
             features=self.refs, entity_rows=[{CUSTOMER_ID: c} for c in customers]
         ).to_dict()
-        state = pd.DataFrame(current).set_index(CUSTOMER_ID).reindex(customers)
-        for col, newest in latest.items():
-            old = pd.to_datetime(state[col], utc=True)
-            state[col] = pd.concat([old, newest.reindex(customers)], axis=1).max(axis=1)
+        state = fold(pd.DataFrame(current).set_index(CUSTOMER_ID).reindex(customers), events)
         state[EVENT_TIMESTAMP] = pd.Timestamp.now(tz="UTC")
         self.store.push(PUSH_SOURCE, state.reset_index())
+
+
+def fold(state: pd.DataFrame, touches: pd.DataFrame) -> pd.DataFrame:
+    """``state`` (contact-state columns, indexed by customer id) with ``touches`` folded in: each column the
+    later of its time and the latest touch that moves it. ``touches``: customer id, tier, direction, occurred_at.
+
+    The service's updates and a rebuilt online store (``nexttouch.jobs.online``) merge the same way.
+    """
+    masks = contact_state_masks(codes(touches["tier"], TIERS), codes(touches["direction"], DIRECTIONS))
+    out = state.copy()
+    for col, mask in masks.items():
+        newest = touches.loc[mask].groupby(CUSTOMER_ID)["occurred_at"].max().reindex(out.index)
+        out[col] = pd.concat([pd.to_datetime(out[col], utc=True), newest], axis=1).max(axis=1)
+    return out
 
 
 def _pushable(events: pd.DataFrame) -> pd.DataFrame:
@@ -216,8 +231,53 @@ def _pushable(events: pd.DataFrame) -> pd.DataFrame:
     return events.loc[ok]
 
 
-def _newest(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
+@dataclass(frozen=True)
+class _Waiting:
+    """Touches waiting for their online update, and how many posted events they stand for."""
+
+    touches: pd.DataFrame
+    events: int
+
+    @classmethod
+    def merged(cls, waiting: list[_Waiting]) -> _Waiting:
+        frame = pd.concat([w.touches for w in waiting], ignore_index=True)
+        newest = frame.groupby([CUSTOMER_ID, "tier", "direction"], as_index=False)["occurred_at"].max()
+        return cls(newest, sum(w.events for w in waiting))
+
+
+def _count_made(events: int, updates: int) -> None:
+    from serving.metrics import EVENTS_DEFERRED_MADE
+
+    EVENTS_DEFERRED_MADE.inc(events)
+    log.info("deferred online contact update made: %d events (%d deferred updates)", events, updates)
+
+
+def _made_late(update: Future) -> None:
+    """An update whose answer said deferred finished after all: count it when it got through."""
+    if not update.cancelled() and update.exception() is None and update.result():
+        _count_made(update.result(), 1)
+
+
+def lock_path(data_dir: Path) -> Path:
+    """The file every writer of a host's contact state locks: the service's workers and an online store load."""
+    return data_dir / "contact_state.lock"
+
+
+def state_lock(store: object, path: Path | None, wait_s: float = SHARED_LOCK_WAIT_S, renew: bool = False) -> Any:
+    """The lock every writer of contact state takes (the service's updates, an online store load): in the
+    store's Redis when the online store is Redis (every replica on every host shares it), else the ``flock``
+    on ``path`` (one host). ``renew`` keeps a Redis lock for a block longer than its expiry."""
+    return _locked(_redis_of(store), store, path, wait_s, renew)
+
+
+def _locked(
+    client: Any, store: object, path: Path | None, wait_s: float = SHARED_LOCK_WAIT_S, renew: bool = False
+) -> Any:
+    if client is None:
+        return exclusive(path)
+    # The expiry frees the lock of a replica that died holding it; an update takes milliseconds.
+    name = f"nexttouch:{getattr(store, 'project', '')}:contact_state"
+    return redis_lock(client, name, ttl_s=SHARED_LOCK_TTL_S, wait_s=wait_s, renew=renew)
 
 
 def _redis_of(store: object) -> object | None:
@@ -229,7 +289,7 @@ def _redis_of(store: object) -> object | None:
 
 
 @contextmanager
-def _exclusive(path: Path | None) -> Iterator[None]:
+def exclusive(path: Path | None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (blocking): the workers of one host update contact state in turn."""
     if path is None:
         yield

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nexttouch.api import EARLIEST, LATEST
 from nexttouch.parquet import write_parquet
 from nexttouch.schemas import DECISION_ID
 from serving.decision_log import DecisionLog, Tx, report_skipped, storable_times
@@ -118,6 +119,29 @@ class EventLog:
             return kept
 
         return self.log.run(op)
+
+    def latest_touches(self) -> pd.DataFrame:
+        """The latest time of every key's touches per tier and direction, over every event ever kept (exported
+        or not): what a rebuilt online store folds in.
+
+        Times are ISO text in UTC, so the binary text order is the time order (a time without microseconds
+        sorts before the same second with them); times no stage can hold are left out before the maximum.
+        """
+        bounds = (EARLIEST.astimezone(UTC).isoformat(), LATEST.astimezone(UTC).isoformat())
+
+        def op(tx: Tx) -> list[tuple]:
+            at = 'occurred_at COLLATE "C"' if tx.postgres else "occurred_at"
+            query = (
+                f"SELECT source_system, source_key, tier, direction, max({at}) FROM touch_events "
+                f"WHERE {at} >= ? AND {at} < ? GROUP BY source_system, source_key, tier, direction"
+            )
+            return tx.execute(query, bounds).fetchall()
+
+        frame = pd.DataFrame(
+            self.log.run(op), columns=["source_system", "source_key", "tier", "direction", "occurred_at"]
+        )
+        frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True, format="ISO8601")
+        return frame
 
     def pending(self) -> int:
         return self.log.run(lambda tx: tx.execute(_PENDING.format("count(*)")).fetchone()[0])

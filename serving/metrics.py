@@ -20,6 +20,10 @@ EVENTS_DEFERRED = Counter(
     "nexttouch_events_online_deferred",
     "Events kept in the inbox whose online contact update was deferred (online store slow or down).",
 )
+EVENTS_DEFERRED_MADE = Counter(
+    "nexttouch_events_online_deferred_made",
+    "Events whose deferred online contact update was made later (the rest of nexttouch_events_online_deferred waits).",
+)
 CHAMPION_SWAPS = Counter("nexttouch_champion_swaps", "Champion models swapped in without a restart.")
 LATENCY = Histogram(
     "nexttouch_decide_seconds",

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("feast", "mlflow", "bentoml", "lightgbm", "pandas")
 
@@ -28,3 +29,33 @@ def test_version() -> None:
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("nexttouch 0.")
+
+
+def test_init_makes_a_project_the_other_commands_can_use(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nexttouch.cli import app
+
+    project = tmp_path / "brand"
+    first = CliRunner().invoke(app, ["init", str(project)])
+    assert first.exit_code == 0, first.output
+    for path in ("features/feature_store.yaml", "features/feature_views.py", "features/.feastignore"):
+        assert (project / path).is_file(), path
+    assert (project / "data" / "landing").is_dir() and (project / "mlruns").is_dir()
+    key_file = project / "data" / "api_key"
+    key = key_file.read_text().strip()
+    assert key and key not in first.output and (key_file.stat().st_mode & 0o777) == 0o600
+    assert f"nexttouch ingest --project-dir {project}" in first.output
+    again = CliRunner().invoke(app, ["init", str(project)])  # refreshes the Feast repo, keeps the key
+    assert again.exit_code == 0 and key_file.read_text().strip() == key
+
+
+def test_features_before_ingest_says_what_to_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nexttouch.cli import app
+
+    assert CliRunner().invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    result = CliRunner().invoke(app, ["features", "--project-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "nothing ingested" in result.output and "run `nexttouch ingest` first" in result.output

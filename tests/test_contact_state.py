@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from nexttouch.api import EventsRequest
 from serving.contact_state import ContactUpdater
@@ -126,3 +128,71 @@ def test_a_kept_event_id_is_neither_kept_nor_applied_again() -> None:
     assert (first.accepted, first.duplicates, first.customers_updated) == (2, 1, 2)
     assert (retry.accepted, retry.duplicates, retry.customers_updated) == (0, 2, 0)
     assert sorted(store.pushed) == ["C1", "C2"]
+
+
+def _made() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("nexttouch_events_online_deferred_made_total") or 0.0
+
+
+def test_a_deferred_update_that_gets_through_late_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    class Slow(Recording):
+        def push(self, source: str, frame: pd.DataFrame) -> None:
+            time.sleep(0.3)  # the answer stops waiting after 0.05 s; the update itself goes on
+            super().push(source, frame)
+
+    store, before = Slow(), _made()
+    updater = ContactUpdater(store, lambda _e: None, lambda _s, key: key, timeout_s=0.05, retry_s=60)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    try:
+        with caplog.at_level(logging.INFO, logger="nexttouch.serving"):
+            answer = updater.apply(_request(("e-1", "C1", hour_ago), ("e-2", "C2", hour_ago)))
+            assert answer.online_update_deferred is True and _made() == before
+            deadline = time.monotonic() + 5
+            while _made() == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        updater.close()
+    assert _made() == before + 2 and sorted(store.pushed) == ["C1", "C2"]
+    made = [r for r in caplog.records if "deferred online contact update made" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in made] == [
+        ("INFO", "deferred online contact update made: 2 events (1 deferred updates)")
+    ]
+
+
+def test_a_deferred_update_made_by_the_retry_is_counted_once() -> None:
+    class Down(Recording):
+        up = False
+
+        def push(self, source: str, frame: pd.DataFrame) -> None:
+            if not self.up:
+                raise ConnectionError("Connection refused")
+            super().push(source, frame)
+
+    store, before = Down(), _made()
+    updater = ContactUpdater(store, lambda _e: None, lambda _s, key: key, timeout_s=1.0, retry_s=0.05)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    try:
+        for i in range(3):  # three answers say deferred; the waiting touches merge into one per customer
+            assert updater.apply(_request((f"e-{i}", "C1", hour_ago))).online_update_deferred is True
+        assert updater.pending == 1 and _made() == before
+        store.up = True
+        deadline = time.monotonic() + 5
+        while updater.pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # more retry rounds: nothing is counted twice
+    finally:
+        updater.close()
+    assert updater.pending == 0 and store.pushed == ["C1"] and _made() == before + 3
+
+
+def test_the_made_later_line_reaches_a_server_that_logs_warnings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import contact_state
+
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)  # as BentoML's server configures it
+    monkeypatch.setattr(contact_state.log, "level", logging.NOTSET)
+    logging.getLogger().manager._clear_cache()  # levels set as attributes: forget cached answers
+    updater = ContactUpdater(Recording(), lambda _e: None, lambda _s, key: key, retry_s=60)
+    updater.close()
+    assert contact_state.log.isEnabledFor(logging.INFO)

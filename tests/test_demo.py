@@ -20,13 +20,20 @@ def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = result.output
-    for step in ("1/4 simulate", "2/4 touch history", "3/4 point-in-time training set", "4/4 bentoml serve"):
+    for step in ("[1/4] Simulate", "[2/4] Touch history", "[3/4] Training set", "[4/4] Serve it"):
         assert step in out
+    assert len(re.findall(r"^      done in \d+\.\ds$", out, re.M)) == 3 and "ready (it answers /readyz) in " in out
     assert re.search(r"events +[\d,]+ rows: [\d,]+ loaded, 0 already loaded, 0 rejected", out)
-    assert re.search(r"200 decisions: ", out)
-    assert "C9999999 -> " in out and "cold start" in out
+    assert re.search(r"200 decisions in [\d.]+s by v\d+: .* \(\d+ of them explored\)", out)
+    assert "C9999999 -> " in out and re.search(r"C9999999 +none \(fallback\) +1\.000( +-){4}$", out, re.M)
+    assert "- : not eligible" in out and "*: drawn at random by exploration" in out
     assert "malformed body -> HTTP 400" in out
-    assert f"http://127.0.0.1:{port}/            the service's OpenAPI page" in out and "make ui" in out
+    assert f"http://127.0.0.1:{port}/   the service's OpenAPI page" in out and "make ui" in out
+    # One output style: job logs and library notices (MLflow, SQLAlchemy, ibis) go to the demo's log file.
+    for noise in (" INFO ", " WARNING ", "Warning:", "Successfully registered model", "Created version"):
+        assert noise not in out, noise
+    log = (tmp_path / "data" / "logs" / "demo.log").read_text()
+    assert "training.job: step train done in" in log and "Successfully registered model" in log
     assert (tmp_path / "mlruns" / "mlflow.db").exists() and (tmp_path / "data" / "raw" / "events.parquet").exists()
     # What the demo says about the champion is what the service then decides with.
     said = re.search(r"v(\d+) passed the gate and is @champion|the service decides with v(\d+)", out)

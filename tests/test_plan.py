@@ -181,6 +181,10 @@ def test_plan_command_on_the_built_project(built: Settings, tmp_path: Path) -> N
     customers = pd.read_parquet(built.raw_dir / "customers.parquet")
     assert sorted(table["customer_id"]) == sorted(customers["customer_id"])
     assert f"planned {len(customers):,} customers" in result.output
+    explored = int(table["explored"].sum())
+    assert explored > 0 and (
+        f"{explored:,} customers explored at random (epsilon 0.05); to evaluate or compare plans, plan with --epsilon 0"
+    ) in " ".join(result.output.split())
     assert table["decision_id"].is_unique and table["decision_id"].str.startswith("plan-20261101T170000-").all()
     assert (pd.to_datetime(table["decided_at"]) == pd.Timestamp(END.replace(hour=17))).all()
     assert table["model_version"].nunique() == 1

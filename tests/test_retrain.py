@@ -164,11 +164,18 @@ def test_the_nightly_run_collects_the_services_decision_log(
         "amount": None,
         "decision_id": "service-decision-1",
     }
-    EventLog(log).keep(pd.DataFrame([event]))
+    # After the day's snapshot (midnight): only the event log, folded into the rebuilt online store, keeps it.
+    sent_at = datetime.combine(DAY, time(6), tzinfo=UTC)
+    sent = {**event, "event_id": "service-event-2", "occurred_at": sent_at, "touch_type": "push_sent"}
+    EventLog(log).keep(pd.DataFrame([event, {**sent, "direction": "out", "decision_id": None}]))
     log.close()
 
     out = _cli(project, monkeypatch)
     assert out.exit_code == 0, out.output
+    from serving.online_features import OnlineFeatures
+
+    row = OnlineFeatures(project).read(customer, sent_at + timedelta(hours=1))
+    assert row is not None and row["days_since_contact"] == pytest.approx(1 / 24, abs=1e-6)
     decisions = pd.read_parquet(project.raw_dir / "decisions.parquet").set_index("decision_id")
     row = decisions.loc["service-decision-1"]
     assert (row["customer_id"], row["action"], row["propensity"], row["outcome"]) == (customer, "push", 0.95, 1.0)

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import mlflow
 
-from features.pipeline import build_offline, feast_apply, materialize
+from features.pipeline import build_offline, feast_apply
 from nexttouch.catalog import Catalog
 from nexttouch.ingest import TABLES, TableReport, ingest
+from nexttouch.jobs.online import load_online
 from nexttouch.locks import Locked, file_lock, postgres_lock, redis_client, redis_lock
 from nexttouch.settings import Settings
 from training.job import StepTimer, TrainReport, git_commit, train_and_gate
@@ -203,7 +204,7 @@ def _steps(
         build_offline(settings, as_of, settings.days)
         feast_apply(settings)
     with step("materialize"):
-        materialize(settings, until)
+        load_online(settings, until)
     report.train = train_and_gate(settings, catalog, until, by, step)
 
 

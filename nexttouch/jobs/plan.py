@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from features.online_load import read_latest
 from features.pipeline import CUSTOMER_PROFILE, TOUCH_HISTORY
 from nexttouch.catalog import Catalog
+from nexttouch.jobs.online import posted_contact_state
 from nexttouch.parquet import write_parquet
 from nexttouch.plan import Plan, capacity_slots, demote, plan_actions, plan_frame, predict
 from nexttouch.schemas import ACTION, CUSTOMER_ID, EVENT_TIMESTAMP, REQUEST_AT
@@ -31,14 +32,16 @@ class PlanSummary:
     counts: dict[str, int]
     path: Path
     fell_back: int = 0  # customers who lost a slot the service took meanwhile (with take_capacity)
+    explored: int = 0  # customers given a random eligible action (their propensity is in the plan)
+    epsilon: float = 0.0
 
 
 def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
     """Every customer's latest offline feature row at ``now`` plus recency at ``now``: what the online store holds.
 
-    ``features.online_load.read_latest`` is the function that loads the online store, so these are
-    the rows ``get_online_features`` would return (as of the nightly build; contact touches pushed
-    to the online store since then are not in the files). Reading parquet in bulk is ~100x faster
+    ``features.online_load.read_latest`` is the function that loads the online store, and the touches
+    posted to the service since the build are folded in as every load does (``nexttouch.jobs.online``),
+    so these are the rows ``get_online_features`` would return. Reading parquet in bulk is ~100x faster
     than millions of online lookups. Recency comes from the same function as the on-demand view.
     """
 
@@ -48,6 +51,12 @@ def latest_features(settings: Settings, now: datetime) -> pd.DataFrame:
         return read_latest(path, [CUSTOMER_ID], EVENT_TIMESTAMP, columns, now).drop(columns=[EVENT_TIMESTAMP])
 
     frame = latest(CUSTOMER_PROFILE).merge(latest(TOUCH_HISTORY), on=CUSTOMER_ID, how="left")
+    posted = posted_contact_state(settings, frame.set_index(CUSTOMER_ID)[CONTACT_STATE])
+    if len(posted):  # a customer contacted since the build is not planned as if they were not
+        rows = frame[CUSTOMER_ID].isin(posted.index).to_numpy()
+        moved = posted.reindex(frame.loc[rows, CUSTOMER_ID]).to_numpy()
+        frame[CONTACT_STATE] = frame[CONTACT_STATE].apply(pd.to_datetime, utc=True)
+        frame.loc[rows, CONTACT_STATE] = moved
     state = frame[CONTACT_STATE].assign(**{REQUEST_AT: pd.Timestamp(now)})
     return pd.concat([frame, recency_frame(state)], axis=1)
 
@@ -132,12 +141,13 @@ def run_plan(
     champion = load_champion(settings)
     model = champion.model
     p = predict(model, frame, catalog.names)
+    epsilon = settings.epsilon if epsilon is None else epsilon
     plan = plan_actions(
         catalog,
         frame,
         p,
         now,
-        epsilon=settings.epsilon if epsilon is None else epsilon,
+        epsilon=epsilon,
         # reproducible for a given plan time, different every night (explorers are not the same people)
         seed=int(np.random.SeedSequence([settings.seed, int(now.timestamp())]).generate_state(1)[0]),
         default_time_zone=settings.default_time_zone,
@@ -148,7 +158,9 @@ def run_plan(
     path = out or settings.data_dir / "plans" / f"plan-{now:%Y%m%dT%H%M}.parquet"
     write_plan(table, path)
     counts = table[ACTION].value_counts().reindex(catalog.names, fill_value=0)
-    return PlanSummary(len(table), plan.total_value(), {a: int(c) for a, c in counts.items()}, path, fell_back)
+    explored = int(plan.explored.sum())
+    by_action = {a: int(c) for a, c in counts.items()}
+    return PlanSummary(len(table), plan.total_value(), by_action, path, fell_back, explored, epsilon)
 
 
 def _period(catalog: Catalog, j: int, now: datetime) -> str:
