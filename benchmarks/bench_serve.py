@@ -45,10 +45,16 @@ class Result:
     seconds: float
     latencies: np.ndarray  # seconds
     rows_per_request: int = 1
+    cpu_s: float = float("nan")  # the server tree's CPU seconds during the case
 
     @property
     def rate(self) -> float:
         return self.requests * self.rows_per_request / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU milliseconds per request."""
+        return 1000 * self.cpu_s / self.requests if self.requests else float("nan")
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if len(self.latencies) else float("nan")
@@ -182,6 +188,18 @@ async def open_loop(
     return n, errors, elapsed, np.array(latencies)
 
 
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far: what the server spent, whatever
+    else the (shared) machine was doing."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def tree_rss_mib(pid: int) -> float:
     root = psutil.Process(pid)
     total = 0
@@ -288,11 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
 
-        def run(case: str, coro: object, per: int = 1) -> Result:
+        def run(case: str, coro: object, pid: int, per: int = 1) -> Result:
+            cpu = tree_cpu_s(pid)
             n, errors, seconds, lat = asyncio.run(coro)  # type: ignore[arg-type]
-            results[case] = Result(case, n, errors, seconds, lat, per)
-            r = results[case]
-            print(f"{case}: {r.rate:,.0f}/s p50 {r.pct(50):.2f} ms p99 {r.pct(99):.2f} ms errors {errors}", flush=True)
+            results[case] = r = Result(case, n, errors, seconds, lat, per, tree_cpu_s(pid) - cpu)
+            print(
+                f"{case}: {r.rate:,.0f}/s p50 {r.pct(50):.2f} ms p99 {r.pct(99):.2f} ms errors {errors} "
+                f"server CPU {r.cpu_ms:.2f} ms/request",
+                flush=True,
+            )
             return r
 
         # The no-op baseline first, then the real service, each alone on the machine.
@@ -304,10 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(
                 "no-op BentoML endpoint, closed loop",
                 closed_loop(settings.port, noop, args.connections, args.seconds, proc.pid),
+                proc.pid,
             )
             run(
                 f"no-op, open loop {args.rate:g}/s",
                 open_loop(settings.port, noop, args.rate, args.seconds, 32, proc.pid),
+                proc.pid,
             )
         finally:
             server.stop(proc)
@@ -333,15 +357,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             asyncio.run(closed_loop(settings.port, decide, args.connections, 3))  # warm-up
             rss_before = tree_rss_mib(proc.pid)
-            run("/decide, closed loop", closed_loop(settings.port, decide, args.connections, args.seconds, proc.pid))
+            closed = closed_loop(settings.port, decide, args.connections, args.seconds, proc.pid)
+            run("/decide, closed loop", closed, proc.pid)
             run(
                 f"/decide, open loop {args.rate:g}/s",
                 open_loop(settings.port, decide, args.rate, args.seconds, 32, proc.pid),
+                proc.pid,
             )
             run(
                 f"/decide/batch ({args.batch} customers), closed loop",
                 # two per worker: one is decided while the other's read and commit wait
                 closed_loop(settings.port, batches, 2 * args.workers, args.seconds, proc.pid),
+                proc.pid,
                 per=args.batch,
             )
             soak = None
@@ -350,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 soak = run(
                     f"soak: /decide open loop {args.rate:g}/s for {args.soak_minutes:g} min",
                     open_loop(settings.port, decide, args.rate, args.soak_minutes * 60, 32, proc.pid),
+                    proc.pid,
                 )
                 rss_end = tree_rss_mib(proc.pid)
         finally:
