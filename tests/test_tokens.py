@@ -87,10 +87,14 @@ def test_tokens_signed_by_the_ciam_give_their_subject(ciam: Ciam, checker: IdTok
     assert checker.subject(several) == "app-0003"
 
 
-NOW = int(time.time())
+def now() -> int:
+    """The clock when a token is signed (not at import: a long test run would age the tokens)."""
+    return int(time.time())
+
+
 FORGED: list[tuple[str, Callable[[Ciam, Ciam], str], str]] = [
-    ("expired", lambda c, s: c.token("a", iat=NOW - 900, exp=NOW - 120), "expired (exp is past"),
-    ("not yet valid", lambda c, s: c.token("a", iat=NOW + 600, exp=NOW + 900), "not valid yet"),
+    ("expired", lambda c, s: c.token("a", iat=now() - 900, exp=now() - 120), "expired (exp is past"),
+    ("not yet valid", lambda c, s: c.token("a", iat=now() + 600, exp=now() + 900), "not valid yet"),
     ("foreign issuer", lambda c, s: c.token("a", iss="https://login.other.example/"), "issued by another issuer"),
     ("foreign audience", lambda c, s: c.token("a", aud="other-app"), "issued for another audience"),
     ("other client", lambda c, s: c.token("a", aud=[AUDIENCE, "x"], azp="x"), "issued to another client (azp)"),
@@ -127,7 +131,7 @@ def test_bad_expired_and_foreign_tokens_are_refused_with_the_reason(
 
 def test_leeway_allows_small_clock_skew_only(ciam: Ciam, tmp_path: Path) -> None:
     keys = KeySet(str(ciam.write_jwks(tmp_path / "jwks.json")))
-    just_expired = ciam.token("a", iat=NOW - 300, exp=int(time.time()) - 10)
+    just_expired = ciam.token("a", iat=now() - 300, exp=now() - 10)
     assert IdTokens(ISSUER, AUDIENCE, keys, 30, "ciam").subject(just_expired) == "a"
     with pytest.raises(TokenRefused, match="leeway of 5 s"):
         IdTokens(ISSUER, AUDIENCE, keys, 5, "ciam").subject(just_expired)
@@ -319,7 +323,7 @@ def test_the_subject_resolves_under_the_ciams_source_system(ciam: Ciam, checker:
     assert decisions.customer_id(CustomerRef(id_token=ciam.token("app-0001"))) == "C0000001"
     assert decisions.customer_id(CustomerRef(id_token=ciam.token("app-0002"))) is None  # a key of another system
     with pytest.raises(TokenRefused, match="expired"):  # refused before any lookup: never a cold start
-        decisions.customer_id(CustomerRef(id_token=ciam.token("app-0001", iat=NOW - 900, exp=NOW - 300)))
+        decisions.customer_id(CustomerRef(id_token=ciam.token("app-0001", iat=now() - 900, exp=now() - 300)))
 
 
 def test_tokens_not_configured_or_unmapped_say_so(ciam: Ciam, checker: IdTokens) -> None:
