@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from nexttouch.settings import Settings
 from nexttouch.telemetry import TELEMETRY_OFF
 from nexttouch.touches import SECONDS_PER_DAY, TYPE_NAMES
 
+log = logging.getLogger(__name__)
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
 EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
@@ -155,9 +157,10 @@ def build_offline(
 ) -> FeatureBuild:
     """Write the feature parquet files that the Feast sources read, from the ingested tables.
 
-    Events in data/raw/ are validated and already carry the resolved ``customer_id``. They stay in
-    arrow; ``batch`` customers at a time become pandas for ``build_touch_features`` and their
-    snapshot rows are appended to the parquet file, so 1M customers (~50M events) fit in memory.
+    Events in data/raw/ (none for a brand without touch events) are validated and already carry the
+    resolved ``customer_id``. They stay in arrow; ``batch`` customers at a time become pandas for
+    ``build_touch_features`` and their snapshot rows are appended to the parquet file, so 1M
+    customers (~50M events) fit in memory.
     Each customer's last snapshot is also kept in a file of its own for the online load
     (``features.online_load.write_latest_file``).
     """
@@ -206,6 +209,7 @@ def build_offline(
 def _ingested_events(path: Path) -> pa.Table:
     """The ingested touch events the features read; none (an empty table) for a brand without events."""
     if not path.exists():
+        log.info("no touch events ingested: the touch-history features are zero, the profile is all there is")
         fields = [
             pa.field("occurred_at", pa.timestamp("us", "UTC")),
             pa.field("touch_type", pa.large_string()),
