@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -27,12 +28,15 @@ from nexttouch.schemas import (
     DECISION_ID,
     EVENT_TIMESTAMP,
     EVENTS_COLUMNS,
+    SIGNUP_AT,
     check_columns,
+    utc_times,
 )
 from nexttouch.settings import Settings
 from nexttouch.telemetry import TELEMETRY_OFF
 from nexttouch.touches import SECONDS_PER_DAY, TYPE_NAMES
 
+log = logging.getLogger(__name__)
 TOUCH_HISTORY = "touch_history"
 CUSTOMER_PROFILE = "customer_profile"
 EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
@@ -153,15 +157,14 @@ def build_offline(
 ) -> FeatureBuild:
     """Write the feature parquet files that the Feast sources read, from the ingested tables.
 
-    Events in data/raw/ are validated and already carry the resolved ``customer_id``. They stay in
-    arrow; ``batch`` customers at a time become pandas for ``build_touch_features`` and their
-    snapshot rows are appended to the parquet file, so 1M customers (~50M events) fit in memory.
+    Events in data/raw/ (none for a brand without touch events) are validated and already carry the
+    resolved ``customer_id``. They stay in arrow; ``batch`` customers at a time become pandas for
+    ``build_touch_features`` and their snapshot rows are appended to the parquet file, so 1M
+    customers (~50M events) fit in memory.
     Each customer's last snapshot is also kept in a file of its own for the online load
     (``features.online_load.write_latest_file``).
     """
-    path = settings.raw_dir / "events.parquet"
-    check_columns(pq.read_schema(path).empty_table().to_pandas(), {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events")
-    events = pq.read_table(path, columns=[*EVENT_COLUMNS, CUSTOMER_ID])
+    events = _ingested_events(settings.raw_dir / "events.parquet")
     customers = pd.read_parquet(settings.raw_dir / "customers.parquet")
     check_columns(customers, CUSTOMERS_COLUMNS, "customers")
     ids = pa.array(customers[CUSTOMER_ID].astype(str).to_numpy(), pa.string())
@@ -195,9 +198,28 @@ def build_offline(
     tmp.replace(out / f"{TOUCH_HISTORY}.parquet")
     if latest:
         write_latest_file(out / f"{TOUCH_HISTORY}.parquet", pa.concat_tables(latest), [CUSTOMER_ID], EVENT_TIMESTAMP)
-    profile = customers.drop(columns=["signup_at"]).assign(**{EVENT_TIMESTAMP: customers["signup_at"]})
+    # A profile row is valid from sign-up; without a sign-up date, from always (no decision misses it).
+    always = pd.Series(pd.Timestamp(EPOCH), customers.index, dtype="datetime64[us, UTC]")
+    since = utc_times(customers[SIGNUP_AT]).astype(always.dtype).fillna(always) if SIGNUP_AT in customers else always
+    profile = customers.drop(columns=[SIGNUP_AT], errors="ignore").assign(**{EVENT_TIMESTAMP: since})
     write_parquet(profile, out / f"{CUSTOMER_PROFILE}.parquet")
     return FeatureBuild(len(customers), events.num_rows, rows, end)
+
+
+def _ingested_events(path: Path) -> pa.Table:
+    """The ingested touch events the features read; none (an empty table) for a brand without events."""
+    if not path.exists():
+        log.info("no touch events ingested: the touch-history features are zero, the profile is all there is")
+        fields = [
+            pa.field("occurred_at", pa.timestamp("us", "UTC")),
+            pa.field("touch_type", pa.large_string()),
+            pa.field("amount", pa.float64()),
+            pa.field(DECISION_ID, pa.large_string()),
+            pa.field(CUSTOMER_ID, pa.large_string()),
+        ]
+        return pa.schema(fields).empty_table()
+    check_columns(pq.read_schema(path).empty_table().to_pandas(), {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events")
+    return pq.read_table(path, columns=[*EVENT_COLUMNS, CUSTOMER_ID])
 
 
 def _population_priors(events: pa.Table, end: datetime, days: int, every_days: int) -> np.ndarray:

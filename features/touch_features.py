@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, TIERS, utc_times
+from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, SIGNUP_AT, TIERS, utc_times
 from nexttouch.touches import CONTACT_STATE, SECONDS_PER_DAY, TYPE_NAMES, codes, contact_state_masks, tier_and_direction
 
 WINDOWS = (7, 30, 90)
@@ -96,7 +96,12 @@ def build_touch_features(
     window = seconds >= 0  # the rolling windows and contact state start at the first day
 
     stamps = t0 + pd.to_timedelta(snaps, unit="D")
-    signup = utc_times(customers["signup_at"]).dt.as_unit("ns").array.asi8.view("M8[ns]")
+    # Without a sign-up date there is no tenure (null), not one made up from the decision date.
+    signup = (
+        utc_times(customers[SIGNUP_AT]).dt.as_unit("ns").array.asi8.view("M8[ns]")
+        if SIGNUP_AT in customers
+        else np.full(len(customers), np.datetime64("NaT", "ns"))
+    )
     columns = [CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]
     frames = []
     for lo in range(0, len(ids), chunk):
@@ -108,9 +113,16 @@ def build_touch_features(
         cols[CUSTOMER_ID] = np.repeat(ids[lo:hi], len(snaps))
         cols[EVENT_TIMESTAMP] = np.tile(stamps, hi - lo)
         tenure = stamps.tz_convert(None).to_numpy()[None, :] - signup[lo:hi, None]
-        cols["tenure_days"] = (tenure // np.timedelta64(1, "D")).astype(np.int64).ravel()
+        cols["tenure_days"] = _days_or_null(tenure.ravel())
         frames.append(pd.DataFrame({c: cols[c] for c in columns}))  # in order: no reordering copy
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _days_or_null(span: np.ndarray) -> np.ndarray | pd.arrays.IntegerArray:
+    """Whole days of a timedelta64 array; a nullable integer where a span is unknown (NaT)."""
+    unknown = np.isnat(span)
+    days = np.where(unknown, np.timedelta64(0, "ns"), span) // np.timedelta64(1, "D")
+    return pd.arrays.IntegerArray(days, unknown) if unknown.any() else days
 
 
 def snapshot_days(days: int, every_days: int) -> np.ndarray:

@@ -49,6 +49,7 @@ from nexttouch.schemas import (
     DIRECTIONS,
     OUTCOME,
     PROPENSITY,
+    SIGNUP_AT,
     TIERS,
     TOUCH_TYPES,
 )
@@ -64,7 +65,7 @@ KEYS = {
 }
 REQUIRED = {
     "identity": ["source_system", "source_key", CUSTOMER_ID],
-    "customers": [CUSTOMER_ID, "signup_at"],
+    "customers": [CUSTOMER_ID],  # SIGNUP_AT is optional: without it there is no tenure feature
     "events": ["event_id", "occurred_at", "source_system", "source_key", "touch_type"],
     "decisions": [DECISION_ID, CUSTOMER_ID, DECIDED_AT, ACTION, PROPENSITY],
 }
@@ -333,7 +334,7 @@ def _validate_identity(frame, settings, catalog, latest, report) -> tuple[pd.Dat
 def _validate_customers(frame, settings, catalog, latest, report) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = frame.copy(deep=False)
     for col in list(frame.columns):
-        why = _personal_data(frame[col]) if col not in (CUSTOMER_ID, "signup_at", _NOT_UTF8_ROW) else None
+        why = _personal_data(frame[col]) if col not in (CUSTOMER_ID, SIGNUP_AT, _NOT_UTF8_ROW) else None
         if why:
             report.refused_columns[col] = why
             frame = frame.drop(columns=col)
@@ -341,11 +342,12 @@ def _validate_customers(frame, settings, catalog, latest, report) -> tuple[pd.Da
     frame[CUSTOMER_ID] = _ids(frame[CUSTOMER_ID])
     r.missing([CUSTOMER_ID])
     _opaque(frame, [CUSTOMER_ID], r)
-    _timestamp(frame, "signup_at", r, latest)
-    r.flag(frame["signup_at"].isna(), "missing signup_at")
+    if SIGNUP_AT in frame:  # a brand that has the column gives it for every customer
+        _timestamp(frame, SIGNUP_AT, r, latest)
+        r.flag(frame[SIGNUP_AT].isna(), f"missing {SIGNUP_AT}")
     r.flag(_duplicated(frame, CUSTOMER_ID), "duplicate customer_id")
     # Profile columns: numbers stay numbers, anything else is a category (text).
-    for col in frame.columns.difference([CUSTOMER_ID, "signup_at"]):
+    for col in frame.columns.difference([CUSTOMER_ID, SIGNUP_AT]):
         numeric = pd.to_numeric(frame[col], errors="coerce")
         if numeric.notna().sum() == frame[col].notna().sum():
             frame[col] = numeric.astype(float) if (numeric % 1).fillna(0).any() else numeric.astype("Int64")

@@ -17,6 +17,7 @@ DECIDED_AT = "decided_at"
 ACTION = "action"
 PROPENSITY = "propensity"
 OUTCOME = "outcome"
+SIGNUP_AT = "signup_at"  # optional customers column: when given, the features carry the customer's tenure
 
 CLOCK_SKEW = timedelta(minutes=5)  # a timestamp further in the future than this is refused
 TIERS = ("tech", "low", "high")
@@ -59,7 +60,7 @@ EVENTS_COLUMNS = {
     "amount": "f",
     DECISION_ID: "O",
 }
-CUSTOMERS_COLUMNS = {CUSTOMER_ID: "O", "signup_at": "M"}
+CUSTOMERS_COLUMNS = {CUSTOMER_ID: "O"}  # plus SIGNUP_AT ("M") when the brand has it
 IDENTITY_COLUMNS = {"source_system": "O", "source_key": "O", CUSTOMER_ID: "O"}
 DECISIONS_COLUMNS = {
     DECISION_ID: "O",

@@ -187,6 +187,15 @@ def test_an_unusable_file_is_reported_and_loads_nothing(project: Settings, catal
     assert len(kept) == 4 and kept[0].startswith("events-") and kept[0].endswith("events.parquet")
 
 
+def test_customers_need_no_sign_up_date(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
+    source = tmp_path / "profile_only"
+    source.mkdir()
+    _write(source / "customers.csv", "customer_id,region\nC1,north\nC2,south")
+    (report,) = ingest(project, catalog, source, now=NOW)
+    assert (report.loaded, report.rejected, report.failed_files) == (2, {}, {})
+    assert list(pd.read_parquet(project.raw_dir / "customers.parquet").columns) == ["customer_id", "region"]
+
+
 def test_event_parts_such_as_the_service_inbox_load_together(
     project: Settings, catalog: Catalog, landing: Path
 ) -> None:

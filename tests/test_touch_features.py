@@ -63,6 +63,14 @@ def test_windows_count_only_touches_before_the_snapshot() -> None:
     assert quiet["tech_in_90d"] == 0 and pd.isna(quiet["last_low_at"])
 
 
+def test_without_sign_up_dates_tenure_is_unknown_and_the_rest_unchanged() -> None:
+    events = _events([("a", "2026-03-20T10:00:00", "push_sent", np.nan), ("b", "2026-02-01T09:00:00", "purchase", 9.0)])
+    dated = build_touch_features(events, CUSTOMERS, END, days=30)
+    undated = build_touch_features(events, CUSTOMERS.drop(columns="signup_at"), END, days=30)
+    assert undated["tenure_days"].isna().all() and dated["tenure_days"].notna().all()
+    pd.testing.assert_frame_equal(undated.drop(columns="tenure_days"), dated.drop(columns="tenure_days"))
+
+
 def test_chunking_does_not_change_the_result() -> None:
     rng = np.random.default_rng(0)
     ids = [f"c{i}" for i in range(50)]

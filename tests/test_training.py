@@ -70,6 +70,36 @@ def test_attributed_labels_match_the_simulated_outcomes(catalog: Catalog) -> Non
         assert len(one) > 50 and (one["outcome"] == one["outcome_true"]).all(), action
 
 
+def test_features_constant_in_the_training_period_are_not_model_inputs(catalog: Catalog) -> None:
+    """All-zero touch counts and an unknown tenure (a brand without events or sign-up dates) are left
+    out; a column that varies only after the training period has nothing to teach the booster either."""
+    from training.train import fit
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    action = rng.choice(catalog.names, n)
+    region = rng.choice(["north", "south"], n)
+    late = np.where(np.arange(n) < 0.7 * n, 1.0, rng.random(n))
+    frame = pd.DataFrame(
+        {
+            "decision_id": [f"d{i}" for i in range(n)],
+            "customer_id": [f"c{i % 500}" for i in range(n)],
+            "decided_at": pd.date_range(T0, periods=n, freq="h"),
+            "action": action,
+            "propensity": 0.25,
+            "outcome": (rng.random(n) < np.where((action == "push") & (region == "north"), 0.6, 0.1)).astype(float),
+            "region": region,
+            "tech_in_30d": 0,
+            "tenure_days": np.nan,
+            "segment": "all",
+            "varies_late": late,
+        }
+    )
+    result = fit(frame, catalog, rounds=20)
+    assert result.model.inputs == ["region"]
+    assert result.constant == ["tech_in_30d", "tenure_days", "varies_late", "segment"]
+
+
 def test_metrics_are_named_by_section_without_copies() -> None:
     from training.registry import grouped
 

@@ -116,7 +116,12 @@ def label_decisions(
 ) -> tuple[pd.DataFrame, int]:
     """Feedback outcomes plus attributed ones; returns (labelled decisions, open-window count)."""
     open_ = decisions[OUTCOME].isna()
-    if catalog is None or not open_.any():
+    # Without ingested touch events nothing can be attributed: only feedback outcomes label (an
+    # attribution window that closed on no events at all says nothing about success).
+    attributable = catalog is not None and (settings.raw_dir / "events.parquet").exists()
+    if not attributable or not open_.any():
+        if catalog is not None and open_.any():
+            log.info("no touch events ingested: %d decisions without an outcome cannot be attributed", open_.sum())
         return decisions.loc[~open_].reset_index(drop=True), int(open_.sum())
     since = decisions.loc[open_, DECIDED_AT].min() - timedelta(seconds=1)
     events = read_success_events(settings, catalog, since)

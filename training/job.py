@@ -20,11 +20,12 @@ from urllib.parse import quote
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 from mlflow.entities import RunInfo
 
 from nexttouch.catalog import Catalog
 from nexttouch.registry_io import load_registered
-from nexttouch.schemas import DECIDED_AT
+from nexttouch.schemas import DECIDED_AT, SIGNUP_AT
 from nexttouch.settings import Settings
 from training.dataset import label_decisions, training_set
 from training.evaluate import Evaluation, evaluate, log_evaluation
@@ -103,6 +104,10 @@ def evaluate_register_gate(
     assert run is not None, "call inside an MLflow run"
     mlflow.set_tags(data_tags(settings, data, catalog))
     mlflow.log_params(result.params)
+    features = feature_message(settings, result)
+    log.info("model features: %s", features)
+    mlflow.set_tag("features", features)
+    mlflow.log_params({"feature_count": len(result.model.inputs), "constant_features_left_out": len(result.constant)})
     mlflow.log_metrics(grouped(result.metrics))
     log_learning_curve(result.curves)
     log_training_set(settings, data)
@@ -148,6 +153,28 @@ def evaluate_register_gate(
             "%s v%s registered, champion kept (v%s): %s", settings.model_name, version, champion_version, verdict.reason
         )
     return Registered(run.info.run_id, version), ev, verdict, move
+
+
+def feature_message(settings: Settings, result: TrainResult) -> str:
+    """Which features the model reads, for people: the brand's profile columns by name, the touch-history
+    ones counted, and what is missing (no touch events, no sign-up dates) or left out as constant."""
+    customers = settings.raw_dir / "customers.parquet"
+    columns = set(pq.read_schema(customers).names) if customers.exists() else set()
+    events = settings.raw_dir / "events.parquet"
+    has_events = events.exists() and pq.read_metadata(events).num_rows > 0
+    profile = [c for c in result.model.inputs if c in columns]
+    history = [c for c in result.model.inputs if c not in columns]
+    names = ", ".join(profile) or "none"
+    parts = [
+        f"profile features only: {names}" if not history else f"{len(history)} touch-history features; profile: {names}"
+    ]
+    if not has_events:
+        parts.append("no touch events ingested")
+    if customers.exists() and SIGNUP_AT not in columns:
+        parts.append(f"no {SIGNUP_AT} (no tenure)")
+    if result.constant:
+        parts.append(f"{len(result.constant)} features constant in the training period left out")
+    return "; ".join(parts)
 
 
 def register_best_single(

@@ -61,6 +61,7 @@ class TrainResult:
     test: pd.DataFrame = field(repr=False)  # the out-of-time evaluation period
     # log loss per boosting round on the training and the validation period (the learning curve)
     curves: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    constant: list[str] = field(default_factory=list)  # features left out: one value in the training period
 
 
 def split_by_time(
@@ -84,6 +85,15 @@ def feature_columns(data: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]
     return [c for c in features if c not in categorical], categorical
 
 
+def constant_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The ``columns`` with a single value in ``frame`` (missing counts as a value).
+
+    A model learns nothing from them, yet would read them in serving and show them among its inputs:
+    a brand without touch events has every touch-history feature at zero, and no tenure without sign-up dates.
+    """
+    return [c for c in columns if frame[c].nunique(dropna=False) <= 1]
+
+
 def fit(
     train_set: pd.DataFrame,
     catalog: Catalog,
@@ -101,8 +111,11 @@ def fit(
     """
     params = {**PARAMS, **(params or {})}
     numeric, categorical = feature_columns(train_set)
-    template = DecisionModel(booster=None, numeric=numeric, categorical=categorical, actions=catalog.names)  # type: ignore[arg-type]
     train, valid, test = split_by_time(train_set, valid_share, test_share)
+    constant = constant_columns(train, [*numeric, *categorical])
+    numeric = [c for c in numeric if c not in constant]
+    categorical = {c: levels for c, levels in categorical.items() if c not in constant}
+    template = DecisionModel(booster=None, numeric=numeric, categorical=categorical, actions=catalog.names)  # type: ignore[arg-type]
     names = [*template.inputs, ACTION]
     cat_idx = [names.index(c) for c in [*categorical, ACTION]]
     params["monotone_constraints"] = [int(c in MONOTONE_INCREASING) for c in names]
@@ -145,7 +158,7 @@ def fit(
         "structure": "shared",
         "trainer": "dask" if dask_scheduler else "local",
     }
-    return TrainResult(model, metrics, run_params, train, valid, test, curves)
+    return TrainResult(model, metrics, run_params, train, valid, test, curves, constant)
 
 
 def own_affinity_spread(valid: pd.DataFrame, p_logged: np.ndarray, actions: list[str]) -> dict[str, float]:
