@@ -95,8 +95,9 @@ def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, m
     uplift = answer["values"]["push"] - answer["values"]["none"]
     assert answer["uplift"]["push"] == round(uplift, 4) and answer["uplift"]["none"] == 0.0
     assert answer["reasons"][0] == f"push adds the most over no contact: {uplift:+.2f} expected"
-    assert "25 app visits, likes or push opens in the last 30 days (makes opening the push more likely)" in (
-        answer["reasons"]
+    assert (
+        "25 app visits, likes or push opens in the last 30 days (makes opening the push more likely)"
+        in (answer["reasons"])
     )
     # the same reasons for machines, in the same order
     assert [e["text"] for e in answer["explanation"]] == answer["reasons"]

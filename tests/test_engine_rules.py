@@ -38,7 +38,9 @@ def _customer(**over: object) -> dict[str, object]:
 
 
 def test_consent_rules_remove_actions(catalog: Catalog) -> None:
-    assert eligibility(catalog, {"push_opt_in": 1, "call_consent": 0}) == {"advisor_call": "no consent to advisor calls on record"}
+    assert eligibility(catalog, {"push_opt_in": 1, "call_consent": 0}) == {
+        "advisor_call": "no consent to advisor calls on record"
+    }
     assert set(eligibility(catalog, {})) == {"push", "advisor_call"}
 
 
