@@ -121,6 +121,12 @@ def test_no_consent_removes_push_and_none_wins(catalog: Catalog, model: Decision
     assert "push" not in answer["eligible"]
     assert answer["action"] == "none"
     assert "push removed: no push opt-in on record" in answer["reasons"]
+    # none wins because nothing eligible adds value, not because of a "highest" value of its own
+    best = max((a for a in answer["eligible"] if a != "none"), key=answer["uplift"].get)
+    gain = answer["uplift"][best]
+    assert gain <= 0
+    text = f"no contact: no eligible action is expected to add value (best: {best}, {gain:+.2f} over no contact)"
+    assert text in answer["reasons"]
 
 
 def test_unknown_customer_gets_a_flagged_rule_based_answer(catalog: Catalog, model: DecisionModel, log) -> None:
