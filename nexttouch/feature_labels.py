@@ -21,7 +21,6 @@ from nexttouch.schemas import TIERS, TOUCH_TYPES
 from nexttouch.touches import LAST_AT, LAST_CONTACT_AT, NEVER, RECENCY
 
 HISTORY_WINDOW = 90  # days of the response rates, OMO counts and spend
-HALF_LIFE_DAYS = 30  # of the decayed counts
 
 
 def plain(value: object) -> str:
@@ -126,11 +125,13 @@ def _decayed(touch: str, linked: bool) -> Label:
         how = "in answer to a contact" if inbound else "sent by a decision"
     else:
         how = "on their own" if inbound else "outside the decisions"
-    what = f"recent {many} {how}"
-    return Label(
-        lambda v: f"{what}: {plain(float(v))} (one {HALF_LIFE_DAYS} days old counts half)",
-        f"{what} unknown",
-    )
+
+    # a count weighted by age (a touch 30 days old counts half): "about", to one decimal
+    def says(v: float) -> str:
+        n = round(v, 1)
+        return f"no recent {many} {how}" if n == 0 else f"about {plain(n)} recent {many} {how}"
+
+    return Label(says, f"recent {many} {how} unknown")
 
 
 # Consent flags (a contact rule's `requires`): what is given when the flag is 1.

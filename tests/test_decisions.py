@@ -96,7 +96,7 @@ def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, m
     assert answer["uplift"]["push"] == round(uplift, 4) and answer["uplift"]["none"] == 0.0
     assert answer["reasons"][0] == f"push adds the most over no contact: {uplift:+.2f} expected"
     assert (
-        "25 app visits, likes or push opens in the last 30 days (makes opening the push more likely)"
+        "25 app visits, likes or push opens in the last 30 days: raises the chance of opening the push"
         in (answer["reasons"])
     )
     # the same reasons for machines, in the same order

@@ -33,6 +33,8 @@ def test_labels_say_what_an_advisor_reads() -> None:
     assert describe("push_opt_in", 1) == "opted in to pushes"
     assert describe("call_consent", None) == "no consent to advisor calls on record"
     assert describe("region", "north") == "region north"
+    assert describe("store_visit_organic_decayed", 2.438) == "about 2.4 recent store visits on their own"
+    assert describe("push_opened_linked_decayed", 0.04) == "no recent pushes opened in answer to a contact"
     assert [span(d) for d in (1, 13.9, 14, 69, 70, 400, 800)] == [
         "1 day",
         "13 days",

@@ -217,7 +217,8 @@ def test_reasons_are_plain_words_with_a_structured_form(client: TestClient) -> N
     assert drivers and all(e["action"] == body["action"] and e["feature"] in inputs for e in drivers)
     for e in drivers:
         assert "=" not in e["text"] and "log-odds" not in e["text"] and "_" not in e["text"], e["text"]
-        assert e["text"].endswith(("more likely)", "less likely)")) and (e["effect"] > 0) == ("more" in e["text"])
+        fact, effect = e["text"].rsplit(": ", 1)
+        assert fact and effect.startswith("raises the chance of " if e["effect"] > 0 else "lowers the chance of ")
     assert "highest net value" not in " ".join(body["reasons"])
     assert body["uplift"] == {a: round(v - body["values"]["none"], 4) for a, v in body["values"].items()}
 

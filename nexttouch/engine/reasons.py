@@ -108,8 +108,8 @@ def driver(feature: str, value: object, action: Action, contribution: float) -> 
     what = success(action.success_touch, action.name)
     if action.name == NO_ACTION:
         what += " without contact"
-    direction = "more" if contribution > 0 else "less"
-    text = f"{describe(feature, value)} (makes {what} {direction} likely)"
+    direction = "raises" if contribution > 0 else "lowers"
+    text = f"{describe(feature, value)}: {direction} the chance of {what}"
     return _item("driver", action.name, text, feature, machine_value(value), round(contribution, 4))
 
 
