@@ -35,7 +35,11 @@ def plain(value: object) -> str:
 
 
 def missing(value: object) -> bool:
-    return value is None or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
+    """None, NaN or pandas' NA (NaN is the one value unequal to itself; NA's comparison has no truth value)."""
+    try:
+        return value is None or bool(value != value)
+    except TypeError:
+        return True
 
 
 def count(n: float, one: str, many: str) -> str:

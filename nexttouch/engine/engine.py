@@ -351,10 +351,6 @@ class DecisionEngine:
         cells = [draft.features.get(c) for c in inputs]
         removed = rules.removals(catalog, draft.check)
         by_epsilon = (draft.explore_u < choice.epsilon).tolist()
-        # the best other allowed action and its uplift, for a choice of no contact
-        others = np.where(draft.allowed, draft.values, -np.inf)
-        others[:, self._none] = -np.inf
-        runner = others.argmax(axis=1).tolist()
         moved = self._moved_by_own_history(draft)
         for r, i in enumerate(draft.rows.tolist()):
             answer = answers[i]
@@ -373,8 +369,10 @@ class DecisionEngine:
             elif answer["explored"]:
                 why.append(reasons.sampled(name, answer["propensity"]))
             else:
-                other = names[runner[r]]
-                runner_up = (other, uplift[other]) if eligible > 1 else None
+                runner_up = None
+                if name == NO_ACTION and eligible > 1:  # the best contact it passed over
+                    other = max((a for a in answer["eligible"] if a != NO_ACTION), key=uplift.__getitem__)
+                    runner_up = (other, uplift[other])
                 why.append(reasons.choice(name, uplift[name], eligible, runner_up))
             if answer["send_at"] is not None:
                 why.append(reasons.deferred(action, answer["send_at"], str(draft.check.zone[r])))
