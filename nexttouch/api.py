@@ -185,6 +185,31 @@ class DecideBatchRequest(BaseModel):
         return self
 
 
+class Explanation(BaseModel):
+    """One reason for a decision, for machines; ``text`` is the sentence ``reasons`` lists for people."""
+
+    code: str = Field(
+        description="What kind of reason: best_uplift, no_uplift, only_eligible, explored, sampled, own_history, "
+        "deferred, driver, fallback, or the contact rule that removed an action (no_consent, quiet_hours, "
+        "unknown_time_zone, frequency_cap, cool_down, no_capacity)."
+    )
+    action: str = Field(description="The action the reason is about.")
+    feature: str | None = Field(
+        description="The feature it quotes (a driver's input, the count a cap reads), or null.",
+        json_schema_extra={"nullable": True},
+    )
+    value: float | str | None = Field(
+        description="A driver's or rule's feature value; for best_uplift/no_uplift/only_eligible the uplift over "
+        "no contact; for explored/sampled the propensity; null when missing.",
+        json_schema_extra={"nullable": True},
+    )
+    effect: float | None = Field(
+        description="A driver's contribution to the action's log-odds of success (positive: more likely), else null.",
+        json_schema_extra={"nullable": True},
+    )
+    text: str = Field(description="The same reason in plain words.")
+
+
 class DecideResponse(BaseModel):
     decision_id: str
     customer_id: str | None = Field(
@@ -194,10 +219,17 @@ class DecideResponse(BaseModel):
     action: str = Field(description="The chosen action from the catalog.")
     propensity: float = Field(description="Probability that this policy chose this action.")
     explored: bool = Field(description="True when the action was drawn by exploration.")
-    values: dict[str, float] = Field(description="Expected net value of every action: P(success) x value - cost.")
-    p_success: dict[str, float]
-    eligible: list[str]
-    reasons: list[str]
+    uplift: dict[str, float] = Field(
+        description="Expected uplift of every action over doing nothing: values[action] - values['none']."
+    )
+    values: dict[str, float] = Field(
+        description="Expected net value of every action: P(its own success) x value - cost. Not comparable on its "
+        "own: none's success is an app session the customer makes without contact; compare uplift."
+    )
+    p_success: dict[str, float] = Field(description="P(success) of every action, each by its own success touch.")
+    eligible: list[str] = Field(description="The actions the contact rules and capacity allowed.")
+    reasons: list[str] = Field(description="Why, in plain words: removed actions, the choice, the top features.")
+    explanation: list[Explanation] = Field(description="The same reasons, structured for machines, in that order.")
     cold_start: bool = Field(description="True when the customer has no features: a cold-start answer.")
     fallback: bool = Field(
         False, description="True for a rule-based answer: unknown customer or online store slow or down."

@@ -231,7 +231,8 @@ def _candidates(uplift: np.ndarray, slots: list[Slots]) -> tuple[np.ndarray, np.
 def plan_frame(
     catalog: Catalog, frame: pd.DataFrame, plan: Plan, decided_at: datetime | None = None, model_version: str = ""
 ) -> pd.DataFrame:
-    """One row per customer: decision id, action, propensity, values, the uplift behind it and the reasons.
+    """One row per customer: decision id, action, propensity, the uplift over no contact of the chosen action and
+    of every action, the net values it is made of, the uplift over the fallback and the reasons.
 
     Decision ids are ``plan-<decided_at>-<row>``: unique per plan, so outcomes can be sent back for them.
     """
@@ -250,6 +251,11 @@ def plan_frame(
             "fallback": pd.Categorical.from_codes(plan.fallback, catalog.names),
         }
     )
+    # uplift over no contact is what compares across actions: each value counts its own success touch
+    rows, none = np.arange(n), catalog.names.index(NO_ACTION)
+    out["uplift"] = plan.values[rows, plan.action] - plan.values[:, none]
+    for j, a in enumerate(catalog.names):
+        out[f"uplift_{a}"] = plan.values[:, j] - plan.values[:, none]
     for j, a in enumerate(catalog.names):
         out[f"value_{a}"] = plan.values[:, j]
     send = plan.send_at[np.arange(n), plan.action]
@@ -271,7 +277,12 @@ def plan_frame(
 
 def _reason(catalog: Catalog, names: np.ndarray, key: np.ndarray) -> str:
     why, blocked, action, rules = int(key[0]), int(key[1]) - 1, int(key[2]), key[3:]
-    parts = [f"{names[action]}: " + WHY[why].format(scarce=names[blocked] if blocked >= 0 else "")]
+    said = WHY[why].format(scarce=names[blocked] if blocked >= 0 else "")
+    if why == BEST and (rules == Rule.OK).sum() == 1:
+        said = reasons.PLAN_ONLY
+    elif why == BEST and names[action] == NO_ACTION:
+        said = reasons.PLAN_NOTHING
+    parts = [f"{names[action]}: {said}"]
     removed = [f"{names[j]} ({Rule(int(r)).label})" for j, r in enumerate(rules) if r != Rule.OK]
     if removed:
         parts.append("removed: " + ", ".join(removed))

@@ -57,4 +57,4 @@ def test_email_catalog_end_to_end(built: Settings, tmp_path: Path) -> None:
     consented = [a for a in answers if "email_b" in a["eligible"]]
     refused = [a for a in answers if "email_b" not in a["eligible"]]
     assert consented and refused  # email_b needs push_opt_in, like push does
-    assert all("email_b removed: no push_opt_in on record" in a["reasons"] for a in refused)
+    assert all("email_b removed: no push opt-in on record" in a["reasons"] for a in refused)

@@ -92,8 +92,26 @@ def test_active_customer_gets_a_push_with_values_and_reasons(catalog: Catalog, m
             answer["p_success"][action] * a.value_of_success - a.cost, abs=4e-3
         )  # p is rounded to 4 places
     assert answer["values"]["push"] == max(answer["values"].values())
-    assert answer["reasons"][0].startswith("push has the highest net value")
-    assert any(r.startswith("tech_in_30d=25 raised the push score") for r in answer["reasons"])
+    uplift = answer["values"]["push"] - answer["values"]["none"]
+    assert answer["uplift"]["push"] == round(uplift, 4) and answer["uplift"]["none"] == 0.0
+    assert answer["reasons"][0] == f"push adds the most over no contact: {uplift:+.2f} expected"
+    assert (
+        "25 app visits, likes or push opens in the last 30 days: raises the chance of opening the push"
+        in (answer["reasons"])
+    )
+    # the same reasons for machines, in the same order
+    assert [e["text"] for e in answer["explanation"]] == answer["reasons"]
+    best, *drivers = answer["explanation"]
+    assert best == {
+        "code": "best_uplift",
+        "action": "push",
+        "feature": None,
+        "value": answer["uplift"]["push"],
+        "effect": None,
+        "text": answer["reasons"][0],
+    }
+    top = next(e for e in drivers if e["feature"] == "tech_in_30d")
+    assert (top["code"], top["action"], top["value"]) == ("driver", "push", 25.0) and top["effect"] > 0
     assert len(answer["decision_id"]) == 32
     assert _logged(log) == [(answer["decision_id"], "C1", "push", 1.0, 0)]  # logged before it was returned
 
@@ -102,7 +120,13 @@ def test_no_consent_removes_push_and_none_wins(catalog: Catalog, model: Decision
     (answer,) = decide(_decisions(catalog, model, {"C1": {**ACTIVE, "push_opt_in": 0}}, log), "C1", at=NOON)
     assert "push" not in answer["eligible"]
     assert answer["action"] == "none"
-    assert "push removed: no push_opt_in on record" in answer["reasons"]
+    assert "push removed: no push opt-in on record" in answer["reasons"]
+    # none wins because nothing eligible adds value, not because of a "highest" value of its own
+    best = max((a for a in answer["eligible"] if a != "none"), key=answer["uplift"].get)
+    gain = answer["uplift"][best]
+    assert gain <= 0
+    text = f"no contact: no eligible action is expected to add value (best: {best}, {gain:+.2f} over no contact)"
+    assert text in answer["reasons"]
 
 
 def test_unknown_customer_gets_a_flagged_rule_based_answer(catalog: Catalog, model: DecisionModel, log) -> None:
@@ -276,8 +300,9 @@ def test_batch_decides_like_one_by_one(catalog: Catalog, model: DecisionModel, t
     batch = decide(_decisions(catalog, model, rows, DecisionLog(tmp_path / "a.db")), *ids, at=at)
     alone_decisions = _decisions(catalog, model, rows, DecisionLog(tmp_path / "b.db"))
     single = [decide(alone_decisions, c, at=at)[0] for c in ids]
-    kinds = {r.split(" removed: ")[1].split(" ")[0] for a in batch for r in a["reasons"] if " removed: " in r}
-    assert kinds >= {"no", "quiet", "unknown", "frequency", "cool-down:"}, kinds  # every kind of rule occurs
+    kinds = {e["code"] for a in batch for e in a["explanation"]}
+    rules = {"no_consent", "quiet_hours", "unknown_time_zone", "frequency_cap", "cool_down"}
+    assert kinds >= rules | {"driver"}, kinds  # every kind of rule occurs, and features are quoted
     for b, s in zip(batch, single, strict=True):  # every field but the decision's own id
         assert {**b, "decision_id": ""} == {**s, "decision_id": ""}
     assert len({b["decision_id"] for b in batch}) == 80

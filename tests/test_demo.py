@@ -27,6 +27,7 @@ def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     assert re.search(r"200 decisions in [\d.]+s by v\d+: .* \(\d+ of them explored\)", out)
     assert "C9999999 -> " in out and re.search(r"C9999999 +none \(fallback\) +1\.000( +-){4}$", out, re.M)
     assert "- : not eligible" in out and "*: drawn at random by exploration" in out
+    assert "expected uplift over none" in out and "log-odds" not in out
     assert "malformed body -> HTTP 400" in out
     assert f"http://127.0.0.1:{port}/   the service's OpenAPI page" in out and "make ui" in out
     # One output style: job logs and library notices (MLflow, SQLAlchemy, ibis) go to the demo's log file.
@@ -61,3 +62,23 @@ def test_demo_runs_every_stage_and_prints_decisions(tmp_path: Path) -> None:
     finally:
         server.stop(proc)
     assert key not in (tmp_path / "serve.log").read_text()
+
+
+def test_the_decision_table_shows_uplift_over_none_not_raw_values() -> None:
+    from nexttouch.jobs.demo import decision_table
+
+    answer = {
+        "customer_id": "C0000001",
+        "action": "push",
+        "explored": False,
+        "propensity": 0.95,
+        "uplift": {"none": 0.0, "push": 0.68, "event_invite": -3.2, "advisor_call": -7.1},
+        "values": {"none": 10.9, "push": 11.58, "event_invite": 7.7, "advisor_call": 3.8},
+        "eligible": ["none", "push", "event_invite"],
+        "cold_start": False,
+        "fallback": False,
+    }
+    lines = decision_table([answer])
+    assert lines[0].strip() == "expected uplift over none"
+    assert lines[1].split() == ["customer", "action", "propensity", "none", "push", "event_invite", "advisor_call"]
+    assert lines[3].split() == ["C0000001", "push", "0.950", "+0.00", "+0.68", "-3.20", "-"]

@@ -70,6 +70,18 @@ def test_only_one_eligible_action_is_said_plainly(catalog: Catalog, model: Decis
     (answer,) = engine.decide(["C1"], from_row(row), night, ["x"])
     assert answer["eligible"] == ["none"]
     assert "none is the only eligible action" in answer["reasons"]
+    assert "highest net value" not in " ".join(answer["reasons"])
+    (choice,) = [e for e in answer["explanation"] if e["code"] == "only_eligible"]
+    assert (choice["action"], choice["value"]) == ("none", 0.0)
+    removed = {
+        e["action"]: (e["code"], e["feature"], e["value"]) for e in answer["explanation"] if "removed" in e["text"]
+    }
+    assert removed == {
+        "push": ("quiet_hours", "time_zone", "UTC"),
+        "event_invite": ("frequency_cap", "low_out_30d", 5.0),
+        "advisor_call": ("quiet_hours", "time_zone", "UTC"),
+    }
+    assert "event_invite removed: 5 event invitations in the last 30 days (at most 2)" in answer["reasons"]
 
 
 def test_feature_values_read_the_same_in_every_answer() -> None:

@@ -38,7 +38,9 @@ def _customer(**over: object) -> dict[str, object]:
 
 
 def test_consent_rules_remove_actions(catalog: Catalog) -> None:
-    assert eligibility(catalog, {"push_opt_in": 1, "call_consent": 0}) == {"advisor_call": "no call_consent on record"}
+    assert eligibility(catalog, {"push_opt_in": 1, "call_consent": 0}) == {
+        "advisor_call": "no consent to advisor calls on record"
+    }
     assert set(eligibility(catalog, {})) == {"push", "advisor_call"}
 
 
@@ -88,10 +90,12 @@ def test_a_push_blocked_only_by_quiet_hours_waits_for_their_end(catalog: Catalog
 
 def test_frequency_caps_and_cool_downs(catalog: Catalog) -> None:
     capped = eligibility(catalog, _customer(tech_out_7d=3, low_out_30d=1), NOW)
-    assert capped == {"push": "frequency cap: 3 tech touches out in 7 days (max 3)"}
+    assert capped == {"push": "3 pushes in the last 7 days (at most 3)"}
     assert "push" in eligibility(catalog, _customer(tech_out_7d=1, tech_out_30d=8), NOW)
     called = _customer(last_high_at=NOW - timedelta(days=13, hours=12))
-    assert eligibility(catalog, called, NOW) == {"advisor_call": "cool-down: last high touch 13.5 days ago (wait 14)"}
+    assert eligibility(catalog, called, NOW) == {
+        "advisor_call": "cool-down: last advisor call or purchase 13.5 days ago (wait 14 days)"
+    }
     assert eligibility(catalog, _customer(last_high_at=NOW - timedelta(days=14, hours=1)), NOW) == {}
     # without `now`, the recency feature computed at request time decides the cool-down
     assert set(eligibility(catalog, {**_customer(), "days_since_low": 2.0})) == {"event_invite"}

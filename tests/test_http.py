@@ -195,13 +195,50 @@ def test_batch_decides_in_order_logs_all_and_flags_unknowns(client: TestClient, 
     assert [d["fallback"] for d in decisions] == [False] * 40 + [True, True]
     for d in decisions[:40]:
         assert d["action"] in d["eligible"] and 0 < d["propensity"] <= 1
-        assert any(k in x for k in ("highest net value", "exploration", "only eligible action") for x in d["reasons"])
+        choice = {"best_uplift", "no_uplift", "only_eligible", "explored", "sampled"}
+        assert len([e for e in d["explanation"] if e["code"] in choice]) == 1
     ids = [d["decision_id"] for d in decisions]
     with sqlite3.connect(built.decision_log) as db:
         logged = db.execute(
             f"SELECT COUNT(*), SUM(fallback) FROM decisions WHERE decision_id IN ({','.join('?' * len(ids))})", ids
         ).fetchone()
     assert logged == (42, 2)
+
+
+def test_reasons_are_plain_words_with_a_structured_form(client: TestClient) -> None:
+    from nexttouch.feature_labels import LABELS
+
+    inputs = client.get("/model").json()["inputs"]
+    assert inputs and set(inputs) <= set(LABELS)  # every input of the default feature service has a label
+    r = client.post("/decide", json={"customer_id": "C0000003", "at": "2026-11-02T12:00:00Z"})
+    body = r.json()
+    assert body["reasons"] == [e["text"] for e in body["explanation"]]
+    drivers = [e for e in body["explanation"] if e["code"] == "driver"]
+    assert drivers and all(e["action"] == body["action"] and e["feature"] in inputs for e in drivers)
+    for e in drivers:
+        assert "=" not in e["text"] and "log-odds" not in e["text"] and "_" not in e["text"], e["text"]
+        fact, effect = e["text"].rsplit(": ", 1)
+        assert fact and effect.startswith("raises the chance of " if e["effect"] > 0 else "lowers the chance of ")
+    assert "highest net value" not in " ".join(body["reasons"])
+    assert body["uplift"] == {a: round(v - body["values"]["none"], 4) for a, v in body["values"].items()}
+
+
+def test_decide_and_the_batch_say_the_same_in_the_same_numbers(client: TestClient) -> None:
+    """One formatting: a customer decided alone and in a batch reads the same (tenure 1502, not 1.5e+03)."""
+    at = "2026-11-02T12:00:00Z"
+    ids = [f"C{i:07d}" for i in range(1, 31)]
+    alone = [client.post("/decide", json={"customer_id": c, "at": at}).json() for c in ids]
+    batch = client.post("/decide/batch", json={"customers": [{"customer_id": c} for c in ids], "at": at}).json()
+    compared = 0
+    for a, b in zip(alone, batch["decisions"], strict=True):
+        if a["explored"] or b["explored"] or a["action"] != b["action"]:
+            continue  # exploration draws differ between calls
+        assert a["explanation"] == b["explanation"] and a["reasons"] == b["reasons"]
+        assert a["uplift"] == b["uplift"]
+        compared += 1
+    assert compared >= 20
+    numbers = [t for d in alone for t in d["reasons"] if "e+" in t]
+    assert numbers == []
 
 
 def test_batch_json_is_the_response_models_own(client: TestClient) -> None:

@@ -71,6 +71,22 @@ def test_scarce_slot_goes_where_it_adds_most_not_to_who_comes_first(catalog: Cat
     assert reasons[1].startswith("advisor_call: scarce action assigned where it adds most")
 
 
+def test_plan_gives_each_action_s_uplift_over_no_contact(catalog: Catalog) -> None:
+    """Values count each action's own success touch; the plan's comparable numbers are value - value(none)."""
+    frame = _customers(3, np.random.default_rng(0)).assign(region="north", push_opt_in=1, call_consent=1, tech_out_7d=0)
+    frame.loc[2, ["push_opt_in", "call_consent"]] = 0
+    p = np.array([[0.1, 0.30, 0.0, 0.5], [0.5, 0.05, 0.0, 0.1], [0.5, 0.3, 0.0, 0.5]])
+    table = plan_frame(catalog, frame, plan_actions(catalog, frame, p, NOON))
+    values = net_values(catalog, p)
+    for j, name in enumerate(catalog.names):
+        np.testing.assert_allclose(table[f"uplift_{name}"], values[:, j] - values[:, 0], atol=1e-12)
+    assert table["action"].tolist() == ["advisor_call", "none", "none"]
+    np.testing.assert_allclose(table["uplift"], [values[0, 3] - values[0, 0], 0.0, 0.0], atol=1e-12)
+    assert table["uplift_none"].tolist() == [0.0, 0.0, 0.0]
+    assert table["reasons"].tolist()[1] == "none: no eligible action is expected to add value over no contact"
+    assert table["reasons"].tolist()[2].startswith("none: no eligible action is expected")  # the invite is eligible
+
+
 def test_plan_is_optimal_on_small_instances(catalog: Catalog) -> None:
     """Brute force over every assignment: the pruned LP finds the best total value within the limits."""
     scarce = _limits(catalog, advisor_call=1, event_invite=1)  # 2 of ~4 per region enter the LP

@@ -8,7 +8,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from nexttouch.api import DecideResponse
+from nexttouch.api import DecideResponse, Explanation
 from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.engine import reasons
 
@@ -37,10 +37,12 @@ class Answer(TypedDict):
     action: str
     propensity: float
     explored: bool
+    uplift: dict[str, float]
     values: dict[str, float]
     p_success: dict[str, float]
     eligible: list[str]
     reasons: list[str]
+    explanation: list[reasons.Explanation]
     cold_start: bool
     fallback: bool
     model_version: str
@@ -50,22 +52,26 @@ class Answer(TypedDict):
 
 FIELDS = tuple(Answer.__annotations__)
 assert tuple(DecideResponse.model_fields) == FIELDS, "Answer and DecideResponse list the same fields in order"
+assert tuple(Explanation.model_fields) == tuple(reasons.Explanation.__annotations__), "one structured reason"
 
 
 def fallback(
     catalog: Catalog, eligible: list[str], customer_id: str | None, cause: FallbackCause, version: str, now: datetime
 ) -> Answer:
     """No contact with a customer we cannot see: the rule-based answer."""
+    why = reasons.fallback(cause.text)
     return {
         "decision_id": "",
         "customer_id": customer_id,
         "action": NO_ACTION,
         "propensity": 1.0,
         "explored": False,
+        "uplift": {},
         "values": {},
         "p_success": {},
         "eligible": eligible,
-        "reasons": reasons.fallback(cause.text),
+        "reasons": reasons.texts(why),
+        "explanation": why,
         "cold_start": cause.cold_start,
         "fallback": True,
         "model_version": version,

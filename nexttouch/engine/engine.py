@@ -302,7 +302,10 @@ class DecisionEngine:
         if m == 0:
             return []
         names, choice = self.catalog.names, draft.choice
-        values_l = rounded(draft.values, 4).tolist()
+        values = rounded(draft.values, 4)
+        # uplift from the rounded values, so the answer's own numbers subtract exactly as shown
+        uplift_l = rounded(values - values[:, [self._none]], 4).tolist()
+        values_l = values.tolist()
         p_round = rounded(draft.p, 4).tolist()
         allowed_l = draft.allowed.tolist()
         action_l, explored_l = choice.action.tolist(), choice.explored.tolist()
@@ -315,10 +318,12 @@ class DecisionEngine:
                 "action": names[action_l[r]],
                 "propensity": propensity_l[r],
                 "explored": explored_l[r],
+                "uplift": dict(zip(names, uplift_l[r], strict=True)),
                 "values": dict(zip(names, values_l[r], strict=True)),
                 "p_success": dict(zip(names, p_round[r], strict=True)),
                 "eligible": [a for a, ok in zip(names, allowed_l[r], strict=True) if ok],
                 "reasons": [],
+                "explanation": [],
                 "cold_start": False,
                 "fallback": False,
                 "model_version": self.model_version,
@@ -344,31 +349,37 @@ class DecisionEngine:
         top_contrib = np.take_along_axis(contrib, top, axis=1).tolist()
         # The drivers quote 3 inputs per row: read those cells, not every cell as a Python object.
         cells = [draft.features.get(c) for c in inputs]
-        removed = rules.reasons(catalog, draft.check)
+        removed = rules.removals(catalog, draft.check)
         by_epsilon = (draft.explore_u < choice.epsilon).tolist()
-        p_l = draft.p.tolist()
         moved = self._moved_by_own_history(draft)
         for r, i in enumerate(draft.rows.tolist()):
             answer = answers[i]
             j = int(choice.action[r])
-            name = names[j]
-            gone = removed[r] | draft.refused[r] if r in draft.refused else removed[r]
-            why = [reasons.removed(a, text) for a, text in gone.items()]
+            name, action = names[j], catalog.actions[j]
+            uplift = answer["uplift"]
+            why = [reasons.removed(a, rule.code, text, f, v) for a, (rule, text, f, v) in removed[r].items()]
+            for a, text in draft.refused.get(r, {}).items():
+                per = catalog[a].capacity.per  # type: ignore[union-attr]  # only scarce actions are refused
+                why.append(reasons.removed(a, rules.Rule.CAPACITY.code, text, per, None))
             if r in moved:
                 why.append(reasons.own_history(*moved[r]))
+            eligible = len(answer["eligible"])
             if answer["explored"] and by_epsilon[r]:
-                why.append(reasons.explored(name, len(answer["eligible"])))
+                why.append(reasons.explored(name, eligible, answer["propensity"]))
             elif answer["explored"]:
                 why.append(reasons.sampled(name, answer["propensity"]))
             else:
-                why.append(
-                    reasons.best_value(catalog.actions[j], p_l[r][j], answer["values"][name], len(answer["eligible"]))
-                )
+                runner_up = None
+                if name == NO_ACTION and eligible > 1:  # the best contact it passed over
+                    other = max((a for a in answer["eligible"] if a != NO_ACTION), key=uplift.__getitem__)
+                    runner_up = (other, uplift[other])
+                why.append(reasons.choice(name, uplift[name], eligible, runner_up))
             if answer["send_at"] is not None:
-                why.append(reasons.deferred(catalog.actions[j], answer["send_at"], str(draft.check.zone[r])))
+                why.append(reasons.deferred(action, answer["send_at"], str(draft.check.zone[r])))
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
                 if abs(c) < 5e-4:  # nothing to say (a constant policy's features push nothing)
                     continue
                 column = cells[f]
-                why.append(reasons.driver(inputs[f], np.nan if column is None else column[r], name, c))
-            answer["reasons"] = why
+                why.append(reasons.driver(inputs[f], None if column is None else column[r], action, c))
+            answer["explanation"] = why
+            answer["reasons"] = reasons.texts(why)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from nexttouch.catalog import Action, Catalog
 from nexttouch.columns import labels, numbers
+from nexttouch.feature_labels import TIER_LAST, consent, describe
 
 TIME_ZONE = "time_zone"  # profile column: the customer's IANA time zone
 DAY_S = 86_400.0
@@ -37,6 +38,11 @@ class Rule(IntEnum):
     @property
     def label(self) -> str:
         return _LABELS[self]
+
+    @property
+    def code(self) -> str:
+        """The rule's name in an answer's structured reasons: ``frequency_cap``."""
+        return _LABELS[self].replace(" ", "_").replace("-", "_")
 
 
 # Plain ints for the array code: comparing numpy arrays with enum members costs an enum lookup each.
@@ -114,41 +120,55 @@ def check(
     return Check(out, zone, local_minute, counts, days, send_at, eligible)
 
 
+# One removal: (rule, its text, the feature it quotes, that feature's value for the row).
+Removal = tuple[Rule, str, str | None, object]
+
+
 def reasons(catalog: Catalog, c: Check) -> list[dict[str, str]]:
     """Why each removed action was removed, row by row, quoting the row's own numbers."""
-    out: list[dict[str, str]] = [{} for _ in range(len(c.rules))]
-    memo: dict[tuple[int, int, object], str] = {}  # consent and quiet-hour texts depend on the zone only
+    return [{a: text for a, (_rule, text, _f, _v) in row.items()} for row in removals(catalog, c)]
+
+
+def removals(catalog: Catalog, c: Check) -> list[dict[str, Removal]]:
+    """Each removed action's rule, text and the feature value it quotes, row by row."""
+    out: list[dict[str, Removal]] = [{} for _ in range(len(c.rules))]
+    memo: dict[tuple[int, int, object], Removal] = {}  # consent and quiet-hour texts depend on the zone only
     for r, j in zip(*np.nonzero(c.rules), strict=True):
         row, code = int(r), Rule(int(c.rules[r, j]))
         action = catalog.actions[j]
         if code in (Rule.CONSENT, Rule.QUIET, Rule.UNKNOWN_ZONE):
             key = (int(j), int(code), c.zone[row] if code != Rule.CONSENT else None)
-            text = memo.get(key)
-            if text is None:
-                text = memo[key] = _text(action, int(j), code, c, row)
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = _removal(action, int(j), code, c, row)
         else:
-            text = _text(action, int(j), code, c, row)
-        out[r][action.name] = text
+            found = _removal(action, int(j), code, c, row)
+        out[r][action.name] = found
     return out
 
 
-def _text(action: Action, j: int, code: Rule, c: Check, row: int) -> str:
+def _removal(action: Action, j: int, code: Rule, c: Check, row: int) -> Removal:
     if code == Rule.CONSENT:
-        return f"no {action.requires} on record"
+        assert action.requires is not None
+        return code, f"no {consent(action.requires)} on record", action.requires, None
     if code == Rule.UNKNOWN_ZONE:
-        return f"unknown time zone {c.zone[row]!r}: quiet hours cannot be checked"
+        return code, f"unknown time zone {c.zone[row]!r}: quiet hours cannot be checked", TIME_ZONE, c.zone[row]
     if code == Rule.QUIET:
         q = action.quiet_hours
         assert q is not None and c.local_minute is not None
         minute = int(c.local_minute[row])
-        return f"quiet hours {q.start}-{q.end} ({minute // 60:02d}:{minute % 60:02d} in {c.zone[row]})"
+        text = f"quiet hours {q.start}-{q.end} ({minute // 60:02d}:{minute % 60:02d} in {c.zone[row]})"
+        return code, text, TIME_ZONE, c.zone[row]
     if code == Rule.CAP:
         for k, cap in enumerate(action.caps):
             count = c.counts[j, k][row]
             if count >= cap.max:
-                return f"frequency cap: {count:g} {action.tier} touches out in {cap.days} days (max {cap.max})"
+                feature = action.cap_feature(cap)
+                return code, f"{describe(feature, count)} (at most {cap.max})", feature, count
     if code == Rule.COOLDOWN:
-        return f"cool-down: last {action.tier} touch {c.days[j][row]:.1f} days ago (wait {action.cooldown_days:g})"
+        days = c.days[j][row]
+        text = f"cool-down: last {TIER_LAST[action.tier]} {days:.1f} days ago (wait {action.cooldown_days:g} days)"
+        return code, text, action.recency_feature, days
     raise ValueError(f"no reason text for rule {code!r}")
 
 

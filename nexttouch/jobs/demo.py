@@ -279,22 +279,30 @@ def _show_decisions(url: str, key: str, steps: Steps, version: str, customer_ids
 
 def decision_table(answers: list[dict]) -> list[str]:
     """One line per answer: the chosen action (``*``: drawn by exploration), its propensity and every action's
-    value, ``-`` where the action was not eligible; a legend under it."""
-    actions = list(dict.fromkeys(name for a in answers for name in a["values"]))
+    expected uplift over no contact, ``-`` where the action was not eligible; a legend under it.
+
+    Uplift, not the raw values: each value counts its own success touch (none's is an app session the
+    customer makes without contact), so only the difference to none compares across actions.
+    """
+    actions = list(dict.fromkeys(name for a in answers for name in a["uplift"]))
+    width = 13 * len(actions) + len(actions) - 1
+    title = "expected uplift over none"
     head = f"{'customer':<10} {'action':<15} {'propensity':>10}" + "".join(f" {name:>13}" for name in actions)
-    lines = [head, "-" * len(head)]
+    over = f"{'':<37}" + (f" {title:^{width}}" if actions else "")
+    lines = [over.rstrip(), head, "-" * len(head)]
     for a in answers:
         chosen = a["action"] + (" *" if a["explored"] else "")
         if a["cold_start"] or a.get("fallback"):
             chosen += " (fallback)" if a.get("fallback") else " (cold)"
         cells = []
         for name in actions:
-            value = a["values"].get(name)
-            cells.append(f" {value:>13.2f}" if value is not None and name in a["eligible"] else f" {'-':>13}")
+            uplift = a["uplift"].get(name)
+            cells.append(f" {uplift:>+13.2f}" if uplift is not None and name in a["eligible"] else f" {'-':>13}")
         lines.append(f"{a['customer_id'] or '?':<10} {chosen:<15} {a['propensity']:>10.3f}" + "".join(cells))
     lines += [
         "",
-        "value: expected net value, P(success) x value of success - cost;  - : not eligible (the reasons say why);",
-        "*: drawn at random by exploration (the propensity is the chance it had); otherwise the best eligible value.",
+        "uplift: expected value of the action minus that of no contact (the answer's `uplift`; `values` and",
+        "`p_success` hold its parts);  - : not eligible (the reasons say why);",
+        "*: drawn at random by exploration (the propensity is the chance it had); otherwise the largest uplift.",
     ]
     return lines
