@@ -91,7 +91,10 @@ class Calibration:
                 continue
             if method == "sigmoid":
                 lr = LogisticRegression(C=1e4).fit(logit(raw[m]).reshape(-1, 1), y[m])
-                maps[name] = {"a": [max(float(lr.coef_[0, 0]), 0.0)], "b": [float(lr.intercept_[0])]}
+                slope, intercept = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+                if slope <= 0:  # the score ranks no better than chance here: the action's success rate
+                    slope, intercept = 0.0, float(logit(np.clip(y[m].mean(), EPS, 1 - EPS)))
+                maps[name] = {"a": [slope], "b": [intercept]}
             else:
                 iso = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(raw[m], y[m])
                 maps[name] = {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}

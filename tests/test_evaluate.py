@@ -244,6 +244,16 @@ def test_calibration_repairs_a_distorted_score() -> None:
         assert (np.diff(fixed[np.argsort(raw)]) >= -1e-12).all()  # increasing: ranking kept
 
 
+def test_a_score_that_ranks_backwards_calibrates_to_the_actions_success_rate() -> None:
+    """A few validation rows where the score happens to rank outcomes backwards: the map falls back to
+    the action's own success rate, not to a slope of 0 with the intercept fitted beside the slope."""
+    rng = np.random.default_rng(2)
+    raw = rng.uniform(0.05, 0.5, 60)
+    y = (raw < np.quantile(raw, 0.12)).astype(float)  # only the lowest scores succeed
+    cal = Calibration.fit("sigmoid", raw, y, np.full(60, "a"), ["a"])
+    assert cal.apply(raw.reshape(-1, 1), ["a"])[:, 0] == pytest.approx(np.full(60, y.mean()))
+
+
 def test_calibration_survives_save_and_load(trained, tmp_path: Path) -> None:
     model = trained[0].model
     assert model.calibration.method == "sigmoid" and set(model.calibration.maps) == set(model.actions)
