@@ -44,6 +44,7 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 ui: setup ## MLflow UI over mlruns/ on http://127.0.0.1:5000
+	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow's model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 serve: setup ## Run the decision service on 127.0.0.1:3000 (after `make demo`)

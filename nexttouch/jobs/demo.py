@@ -147,7 +147,8 @@ def run_demo(settings: Settings, catalog: Catalog, end: datetime, keep_serving: 
             serving_on = keep_serving if keep_serving is not None else sys.stdin.isatty()
             print(f"\nThe demo took {_since_start():.0f}s. Where to look next:")
             header = f'-H "X-API-Key: $(cat {_shown(settings.api_key_file)})"'
-            print(f"{INDENT}make ui                 MLflow UI over mlruns/ (runs, metrics, registry)")
+            print(f"{INDENT}make ui                 MLflow UI over mlruns/ (runs, metrics, registry); open")
+            print(f"{INDENT}                        http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
             print(f"{INDENT}{url}/   the service's OpenAPI page (spec: {url}/docs.json)")
             if not serving_on:
                 print(f"{INDENT}make serve              the service again (it reads the project's API key file)")
