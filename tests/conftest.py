@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 11, 1, tzinfo=UTC)
 SMALL = {"customers": 400, "days": 120, "seed": 11, "decision_rate": 0.15}
+
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # the PostgreSQL on loopback (trust auth)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A throwaway PostgreSQL database on the loopback server, dropped after the test."""
+    import psycopg
+
+    name = f"nexttouch_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

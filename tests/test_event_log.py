@@ -16,7 +16,6 @@ from serving.contact_state import ContactUpdater
 from serving.decision_log import DecisionLog
 from serving.event_log import COLUMNS, EventLog
 from tests.test_ingest import NOW, landing  # noqa: F401  (identity a-1, a-2 -> customers)
-from tests.test_postgres_log import database  # noqa: F401
 
 ROW = {
     "event_id": "e-1",
@@ -106,7 +105,7 @@ def test_a_crash_before_the_rows_are_marked_loses_nothing_and_loads_nothing_twic
     assert (report.rows, report.loaded, report.rejected) == (2, 2, {})
 
 
-def test_workers_starting_together_create_the_table_once(database: str) -> None:  # noqa: F811
+def test_workers_starting_together_create_the_table_once(database: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     logs = [DecisionLog(database) for _ in range(4)]

@@ -1,35 +1,18 @@
 """The production decision log on the real PostgreSQL at 127.0.0.1:5432, in a throwaway database."""
 
 import json
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import psycopg
-import pytest
 
 from nexttouch.catalog import Catalog
 from serving import capacity
 from serving.decision_log import DecisionLog, Feedback
 from tests.test_capacity import _limited
 from tests.test_decision_log import _answer
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name = f"nexttouch_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_decisions_feedback_and_export_on_postgres(database: str, tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import pytest
 
 from nexttouch.settings import Settings
 from tests.reliability import Service, clone_project
-from tests.test_postgres_log import database  # noqa: F401  (the throwaway database fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -23,7 +22,7 @@ RATE = 8.0
 
 
 @pytest.fixture
-def service(built: Settings, database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:  # noqa: F811
+def service(built: Settings, database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     base = tmp_path_factory.mktemp("reliability-pg")
     settings = clone_project(built, base / "project", decision_log_url=database)
     svc = Service(settings, base / "logs").start()

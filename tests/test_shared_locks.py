@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
 
 from nexttouch.catalog import Catalog
@@ -25,20 +24,7 @@ from serving.server import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 REDIS = "127.0.0.1:6379,db=9"
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name = f"nexttouch_test_locks_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}"
-    finally:
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _child(script: str) -> subprocess.Popen[str]:
