@@ -135,9 +135,9 @@ def _term_when_parent_dies() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def stop_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+def stop_tree(proc: subprocess.Popen[bytes], grace_s: float, kill_wait_s: float = 2.0) -> None:
     """SIGTERM to ``proc`` (BentoML's arbiter stops its workers, which drain); whatever of its tree is
-    still alive after ``grace_s`` is killed."""
+    still alive after ``grace_s`` is killed, and any process of the tree left ``kill_wait_s`` later."""
     tree = _tree(proc.pid)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -149,7 +149,7 @@ def stop_tree(proc: subprocess.Popen[bytes], grace_s: float) -> None:
             tree = list({p.pid: p for p in tree + _tree(proc.pid)}.values())  # workers started since
             proc.kill()
             proc.wait()
-    _kill(tree, wait_s=2.0)
+    _kill(tree, wait_s=kill_wait_s)
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -210,16 +210,7 @@ def start(
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     """Stop a service started by :func:`start`: its supervisor drains and stops the tree; anything of the
     tree still alive after ``timeout_s`` is killed."""
-    tree = _tree(proc.pid)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    _kill(tree, wait_s=5.0)
+    stop_tree(proc, timeout_s, kill_wait_s=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
