@@ -165,7 +165,7 @@ class Decisions:
         """The engine (one model for the whole group, even if a new champion arrives) and its draft."""
         engine = self.engine
         now = at or datetime.now(UTC)
-        features, causes = await self._read(cids, now, many)
+        features, causes = await self._read(cids, now, many, engine.columns)
         if len(cids) <= IN_LOOP:
             return engine, engine.draft(cids, features, now, causes)
         # a big batch's scoring would hold up the event loop
@@ -189,12 +189,13 @@ class Decisions:
         return answers
 
     async def _read(
-        self, cids: list[str | None], now: datetime, many: bool
+        self, cids: list[str | None], now: datetime, many: bool, columns: Sequence[str]
     ) -> tuple[Features, list[FallbackCause | None]]:
         """The customers' features and, per customer, why it falls back (None: the model decides).
 
         A batch request is read as one frame; single requests decided together row by row in one
-        thread hop (for a few customers, cheaper than building a frame), each within the single read's timeout.
+        thread hop (for a few customers, cheaper than building a frame), each within the single read's timeout;
+        ``columns``: what the drafting engine reads of each row.
         """
         loop = asyncio.get_running_loop()
         if many:  # an unresolved source key reads as "": nobody has that id
@@ -219,7 +220,7 @@ class Decisions:
                 else None
                 for c, row in zip(cids, found, strict=True)
             ]
-            return from_rows(found, self.engine.columns), causes
+            return from_rows(found, columns), causes
         frame, known = found
         causes = [
             FallbackCause.UNKNOWN_SOURCE_KEY if c is None else None if k else FallbackCause.UNKNOWN_CUSTOMER
