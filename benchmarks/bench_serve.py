@@ -9,7 +9,8 @@ shares the machine's cores with the server, as any same-host benchmark does). Ca
 
 - closed loop: C connections send back to back for S seconds -> requests/s, p50, p99;
 - open loop at a fixed rate (default 300/s): latency measured from the scheduled send time;
-- /decide/batch of B customers, closed loop on 2 connections per worker -> customers/s;
+- /decide/batch of B customers, closed loop on 2 connections per worker -> customers/s, with and
+  without the reasons (`"explain": false`);
 
 Connections are spread evenly over the workers (see ``connect``), as a load balancer would.
 - soak: open loop for M minutes; RSS of the service process tree before and after.
@@ -342,19 +343,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         proc = server.start(settings, log_dir / "serve.log", api_key=key)
         try:
             decide = [_request("/decide", {"customer_id": c, "at": DAY}, key, settings.port) for c in ids]
-            batches = [
-                _request(
-                    "/decide/batch",
-                    {"customers": [{"customer_id": c} for c in ids[i : i + args.batch]], "at": DAY},
-                    key,
-                    settings.port,
-                )
-                for i in range(0, len(ids) - args.batch + 1, args.batch)
-            ] or [
-                _request(
-                    "/decide/batch", {"customers": [{"customer_id": c} for c in ids[: args.batch]]}, key, settings.port
-                )
+            chunks = [ids[i : i + args.batch] for i in range(0, len(ids) - args.batch + 1, args.batch)] or [
+                ids[: args.batch]
             ]
+
+            def batches(**extra: object) -> list[bytes]:
+                return [
+                    _request(
+                        "/decide/batch",
+                        {"customers": [{"customer_id": c} for c in chunk], "at": DAY, **extra},
+                        key,
+                        settings.port,
+                    )
+                    for chunk in chunks
+                ]
+
             asyncio.run(closed_loop(settings.port, decide, args.connections, 3))  # warm-up
             rss_before = tree_rss_mib(proc.pid)
             closed = closed_loop(settings.port, decide, args.connections, args.seconds, proc.pid)
@@ -364,13 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 open_loop(settings.port, decide, args.rate, args.seconds, 32, proc.pid),
                 proc.pid,
             )
-            run(
-                f"/decide/batch ({args.batch} customers), closed loop",
-                # two per worker: one is decided while the other's read and commit wait
-                closed_loop(settings.port, batches, 2 * args.workers, args.seconds, proc.pid),
-                proc.pid,
-                per=args.batch,
-            )
+            for label, extra in (("", {}), (", without reasons", {"explain": False})):
+                run(
+                    f"/decide/batch ({args.batch} customers{label}), closed loop",
+                    # two per worker: one is decided while the other's read and commit wait
+                    closed_loop(settings.port, batches(**extra), 2 * args.workers, args.seconds, proc.pid),
+                    proc.pid,
+                    per=args.batch,
+                )
             soak = None
             if args.soak_minutes > 0:
                 rss_start = tree_rss_mib(proc.pid)

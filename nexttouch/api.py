@@ -178,6 +178,12 @@ class DecideBatchRequest(BaseModel):
         None, description="When the contact would happen (default: now); within a window around the server's clock."
     )
     context: Context = Field(default_factory=dict)
+    explain: bool = Field(
+        True,
+        description="false: the model's answers come without `reasons` and `explanation` (empty lists; a "
+        "fallback answer still says why), for bulk exports that only need the actions: wording the reasons is a "
+        "large part of a batch's cost.",
+    )
 
     @model_validator(mode="after")
     def _at_in_window(self, info: ValidationInfo) -> DecideBatchRequest:

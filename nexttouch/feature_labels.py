@@ -206,7 +206,7 @@ def describe(feature: str, value: object) -> str:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):  # not the number the label expects: say it as it is
         return f"{feature.replace('_', ' ')}: {plain(value)}"
-    return label.unknown if np.isnan(number) else label.says(number)
+    return label.unknown if number != number else label.says(number)  # NaN
 
 
 def consent(feature: str) -> str:

@@ -102,14 +102,19 @@ class Decisions:
         return ref.customer_id
 
     async def decide(
-        self, refs: Sequence[CustomerRef], at: datetime | None = None, context: dict[str, str] | None = None
+        self,
+        refs: Sequence[CustomerRef],
+        at: datetime | None = None,
+        context: dict[str, str] | None = None,
+        explain: bool = True,
     ) -> list[Answer]:
-        """One answer per customer, in order, each logged durably (with ``context``) before it is returned."""
+        """One answer per customer, in order, each logged durably (with ``context``) before it is returned;
+        with ``explain=False`` the model's answers carry no reasons."""
         cids = [self.customer_id(r) for r in refs]
-        if len(cids) == 1:
+        if len(cids) == 1 and explain:
             return [await self._one(cids[0], at, context or {})]
-        engine, draft = await self._draft(cids, at, many=True)
-        return await self._finish(engine, draft, [context or {}] * len(cids), deadline.current())
+        engine, draft = await self._draft(cids, at, many=len(cids) > 1)
+        return await self._finish(engine, draft, [context or {}] * len(cids), deadline.current(), explain)
 
     # -- single requests, decided together while the service is busy --------------------------------
 
@@ -173,7 +178,12 @@ class Decisions:
         return engine, await loop.run_in_executor(self.reader, engine.draft, cids, features, now, causes)
 
     async def _finish(
-        self, engine: DecisionEngine, draft: Draft, contexts: list[dict[str, str]], due: float | None
+        self,
+        engine: DecisionEngine,
+        draft: Draft,
+        contexts: list[dict[str, str]],
+        due: float | None,
+        explain: bool = True,
     ) -> list[Answer]:
         """Capacity and the log in one transaction, then the reasons and the metrics."""
         try:
@@ -181,9 +191,9 @@ class Decisions:
         except Exception as exc:
             raise LogUnavailable(type(exc).__name__) from exc
         # After the commit: the log's write lock is not held for the reasons.
-        if len(answers) <= IN_LOOP:
+        if explain and len(answers) <= IN_LOOP:
             engine.explain(draft, answers)
-        else:
+        elif explain:
             await asyncio.get_running_loop().run_in_executor(self.reader, engine.explain, draft, answers)
         _count(answers, draft)
         return answers

@@ -210,7 +210,7 @@ class NextTouch:
                 "split the batch"
             )
         try:
-            answers = await self._decide(body.customers, body.at, body.context)
+            answers = await self._decide(body.customers, body.at, body.context, body.explain)
         except TokenRefused as exc:
             return _token_refused(exc, "/decide/batch")
         LATENCY.labels("decide_batch").observe(time.perf_counter() - started)
@@ -290,10 +290,12 @@ class NextTouch:
         """Validation context: the window around the server's clock that request times must fall in."""
         return TimeBounds.now_for(self.settings).context()
 
-    async def _decide(self, refs: Sequence[CustomerRef], at: datetime | None, context: dict[str, str]) -> list[Answer]:
+    async def _decide(
+        self, refs: Sequence[CustomerRef], at: datetime | None, context: dict[str, str], explain: bool = True
+    ) -> list[Answer]:
         assert self.decisions is not None
         try:
-            answers = await self.decisions.decide(refs, at, context)
+            answers = await self.decisions.decide(refs, at, context, explain)
         except UnknownSystem as exc:
             raise InvalidArgument(f"source.system: {exc}") from exc
         except TokenUnusable as exc:

@@ -241,6 +241,29 @@ def test_decide_and_the_batch_say_the_same_in_the_same_numbers(client: TestClien
     assert numbers == []
 
 
+def test_a_batch_without_reasons_decides_the_same(client: TestClient) -> None:
+    """``explain: false`` leaves the model's reasons out and changes nothing else; a fallback still says why."""
+    at = "2026-11-02T12:00:00Z"
+    customers = [{"customer_id": f"C{i:07d}"} for i in range(1, 31)] + [{"customer_id": "nobody"}]
+    full = client.post("/decide/batch", json={"customers": customers, "at": at}).json()["decisions"]
+    bare = client.post("/decide/batch", json={"customers": customers, "at": at, "explain": False}).json()["decisions"]
+    compared = 0
+    for f, b in zip(full[:-1], bare[:-1], strict=True):
+        assert b["reasons"] == [] and b["explanation"] == [] and f["reasons"]
+        if f["explored"] or b["explored"]:
+            continue  # exploration draws differ between calls
+        assert {**b, "decision_id": "", "decided_at": ""} == {
+            **f,
+            "decision_id": "",
+            "decided_at": "",
+            "reasons": [],
+            "explanation": [],
+        }
+        compared += 1
+    assert compared >= 20
+    assert bare[-1]["fallback"] and bare[-1]["reasons"] == full[-1]["reasons"] != []
+
+
 def test_batch_json_is_the_response_models_own(client: TestClient) -> None:
     """The batch's answers are written to JSON as dicts: the same bytes as the documented model would give."""
     from nexttouch.api import DecideBatchResponse

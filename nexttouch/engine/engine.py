@@ -347,17 +347,25 @@ class DecisionEngine:
         contrib = self._contributions(draft)
         top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :TOP_DRIVERS]
         top_contrib = np.take_along_axis(contrib, top, axis=1).tolist()
-        # The drivers quote 3 inputs per row: read those cells, not every cell as a Python object.
-        cells = [draft.features.get(c) for c in inputs]
+        # The drivers quote 3 inputs per row: only those inputs' columns, as Python values (formatting a
+        # Python float is several times cheaper than a numpy scalar)
+        quoted = {int(f) for f in np.unique(top)}
+        cells = [draft.features.get(c) if f in quoted else None for f, c in enumerate(inputs)]
+        cells = [None if c is None else c.tolist() for c in cells]
         removed = rules.removals(catalog, draft.check)
         by_epsilon = (draft.explore_u < choice.epsilon).tolist()
         moved = self._moved_by_own_history(draft)
+        driver = reasons.Drivers()
+        worded = reasons.Memo()
         for r, i in enumerate(draft.rows.tolist()):
             answer = answers[i]
             j = int(choice.action[r])
             name, action = names[j], catalog.actions[j]
             uplift = answer["uplift"]
-            why = [reasons.removed(a, rule.code, text, f, v) for a, (rule, text, f, v) in removed[r].items()]
+            why = [
+                worded(("removed", a, rule, text, f, v), reasons.removed, a, rule.code, text, f, v)
+                for a, (rule, text, f, v) in removed[r].items()
+            ]
             for a, text in draft.refused.get(r, {}).items():
                 per = catalog[a].capacity.per  # type: ignore[union-attr]  # only scarce actions are refused
                 why.append(reasons.removed(a, rules.Rule.CAPACITY.code, text, per, None))
@@ -375,11 +383,16 @@ class DecisionEngine:
                     runner_up = (other, uplift[other])
                 why.append(reasons.choice(name, uplift[name], eligible, runner_up))
             if answer["send_at"] is not None:
-                why.append(reasons.deferred(action, answer["send_at"], str(draft.check.zone[r])))
+                zone = str(draft.check.zone[r])
+                why.append(
+                    worded(
+                        ("deferred", name, answer["send_at"], zone), reasons.deferred, action, answer["send_at"], zone
+                    )
+                )
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
                 if abs(c) < 5e-4:  # nothing to say (a constant policy's features push nothing)
                     continue
                 column = cells[f]
-                why.append(reasons.driver(inputs[f], None if column is None else column[r], action, c))
+                why.append(driver(inputs[f], None if column is None else column[r], action, c))
             answer["explanation"] = why
             answer["reasons"] = reasons.texts(why)
