@@ -13,7 +13,9 @@ shares the machine's cores with the server, as any same-host benchmark does). Ca
   without the reasons (`"explain": false`);
 
 Connections are spread evenly over the workers (see ``connect``), as a load balancer would.
-- soak: open loop for M minutes; RSS of the service process tree before and after.
+- soak: open loop for M minutes; RSS of the service process tree before and after;
+- per-customer learning on (``--learning-sd``): /decide closed loop, and /decide and /feedback
+  alternating in an open loop, so posteriors are read and written.
 
 Prints one table (ratios against the no-op baseline) and the in-process profile of the hot path.
 """
@@ -28,7 +30,7 @@ import json
 import secrets
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,6 +280,53 @@ def profile_hot_path(project: Path, n: int = 2000) -> list[str]:
     return [f"| {k} | {v / n * 1e6:,.0f} |" for k, v in steps.items()]
 
 
+def learning_cases(args: argparse.Namespace, project: Path, ids: list[str], key: str, tmp: str, run: Callable) -> None:
+    """The service with per-customer learning on: /decide reads each customer's posteriors in its log
+    transaction, and /feedback updates one before it answers. The mixed case sends a decision and an
+    outcome of an earlier decision alternately, so posteriors are read and written throughout."""
+    import httpx
+
+    from nexttouch.settings import load_settings
+    from serving import server
+    from tests.conftest import free_port
+
+    settings = load_settings(
+        project_dir=project,
+        port=free_port(),
+        workers=args.workers,
+        at_window_hours=24 * 365,
+        affinity_prior_sd=args.learning_sd,
+    )
+    proc = server.start(settings, Path(tmp) / "learning" / "serve.log", api_key=key)
+    try:
+        decide = [_request("/decide", {"customer_id": c, "at": DAY}, key, settings.port) for c in ids]
+        asyncio.run(closed_loop(settings.port, decide, args.connections, 3))  # warm-up
+        run(
+            "/decide, closed loop, per-customer learning on",
+            closed_loop(settings.port, decide, args.connections, args.seconds, proc.pid),
+            proc.pid,
+        )
+        # One outcome per earlier decision: a repeated outcome would change nothing (idempotent).
+        outcomes = int(args.rate * args.seconds / 2) + 1
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", headers={"X-API-Key": key}) as client:
+            made = [
+                client.post("/decide", json={"customer_id": ids[i % len(ids)], "at": DAY}).json()
+                for i in range(outcomes)
+            ]
+        feedback = [
+            _request("/feedback", {"decision_id": d["decision_id"], "outcome": int(i % 3 == 0)}, key, settings.port)
+            for i, d in enumerate(made)
+        ]
+        mixed = [r for i, f in enumerate(feedback) for r in (decide[(outcomes + i) % len(decide)], f)]
+        run(
+            f"/decide + /feedback, open loop {args.rate:g}/s, per-customer learning on",
+            open_loop(settings.port, mixed, args.rate, args.seconds, 32, proc.pid),
+            proc.pid,
+        )
+    finally:
+        server.stop(proc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project-dir", type=Path, help="an already built project (default: build one)")
@@ -288,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="open-loop requests per second")
     parser.add_argument("--batch", type=int, default=1000, help="customers per /decide/batch call")
     parser.add_argument("--soak-minutes", type=float, default=5.0)
+    parser.add_argument(
+        "--learning-sd", type=float, default=0.3, help="prior sd of the per-customer learning cases (0: skip them)"
+    )
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -386,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rss_end = tree_rss_mib(proc.pid)
         finally:
             server.stop(proc)
+
+        if args.learning_sd > 0:
+            learning_cases(args, project, ids, key, tmp, run)
 
         base_closed = results["no-op BentoML endpoint, closed loop"]
         print(
