@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from nexttouch.columns import times
 from nexttouch.schemas import CUSTOMER_ID
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def _typed(blobs: np.ndarray, value_type: Any) -> np.ndarray:
         if kind is not None and kind != "null_val":
             raw[i] = float(getattr(proto, kind))
     if name == "UNIX_TIMESTAMP":  # whole seconds, as Feast stores them; numpy's type (no Timestamp objects)
-        return pd.to_datetime(raw, unit="s").to_numpy()[codes]
+        return times(raw).tz_localize(None).to_numpy()[codes]
     return raw[codes]
 
 

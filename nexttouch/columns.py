@@ -81,6 +81,21 @@ def seconds(values: pd.Series) -> np.ndarray:
     return np.where(times.isna().to_numpy(), np.nan, ns / 1e9)
 
 
+def times(seconds: np.ndarray) -> pd.DatetimeIndex:
+    """Float Unix seconds (NaN: missing) as UTC times (NaT where missing).
+
+    Only the known values go through ``pd.to_datetime``: given NaN in a float array, pandas 2.x
+    rounds uninitialised memory for them and now and then raises FloatingPointError
+    (pandas-dev/pandas#58419), which would turn a good read into a store error.
+    """
+    values = np.asarray(seconds, dtype=np.float64)
+    known = ~np.isnan(values)
+    out = np.full(values.shape, np.datetime64("NaT"), "datetime64[ns]")
+    if known.any():
+        out[known] = pd.to_datetime(values[known], unit="s").to_numpy()
+    return pd.DatetimeIndex(out).tz_localize(UTC)
+
+
 def numbers(features: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
     """A feature as floats (NaN where missing or not a number); all NaN when the feature is absent."""
     column = features.get(name)

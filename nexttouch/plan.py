@@ -24,7 +24,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from nexttouch.catalog import ALL_BUCKETS, NO_ACTION, Catalog
-from nexttouch.columns import from_frame
+from nexttouch.columns import from_frame, times
 from nexttouch.engine import reasons
 from nexttouch.engine.choice import best, explore, net_values
 from nexttouch.engine.rules import Rule, check
@@ -259,7 +259,7 @@ def plan_frame(
     for j, a in enumerate(catalog.names):
         out[f"value_{a}"] = plan.values[:, j]
     send = plan.send_at[np.arange(n), plan.action]
-    out["send_at"] = pd.to_datetime(send, unit="s", utc=True)  # NaT: now
+    out["send_at"] = times(send)  # NaT: now
     out["uplift_over_fallback"] = plan.values[np.arange(n), plan.action] - plan.values[np.arange(n), plan.fallback]
     per = sorted({s.per for s in capacity_slots(catalog, frame) if s.per})
     for col in per:

@@ -148,3 +148,30 @@ def test_numbers_read_from_their_wire_bytes_are_protobufs() -> None:
     unread = [b for b, ok in zip(blobs, read, strict=True) if not ok]
     assert read.sum() == len(blobs) - 11  # negative ints (10-byte varints), empty, null, string, truncated, trailing
     assert Value(int64_val=-1).SerializeToString() in unread and b"" in unread
+
+
+def test_stored_times_with_missing_ones_never_raise_a_spurious_float_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas 2.x converts a float array's NaN seconds from uninitialised memory (pandas-dev/pandas#58419):
+    with garbage there, ``pd.to_datetime(unit="s")`` raises FloatingPointError now and then, and a batch read
+    became a store error for every customer. Garbage is made certain here."""
+    import numpy as np
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.types import ValueType
+
+    from features.online_read import _typed
+
+    empty = np.empty
+
+    def garbage(shape: object, dtype: object = float, *args: object, **kwargs: object) -> np.ndarray:
+        out = empty(shape, dtype, *args, **kwargs)
+        if np.dtype(dtype).kind == "f":
+            out.fill(1e308)
+        return out
+
+    monkeypatch.setattr(np, "empty", garbage)
+    seconds = np.array([1.7e9, np.nan])
+    with pytest.raises(FloatingPointError):  # the pandas bug itself, made certain
+        pd.to_datetime(seconds, unit="s")
+    blobs = np.array([Value(unix_timestamp_val=1_700_000_000).SerializeToString(), None, b""], dtype=object)
+    got = _typed(blobs, ValueType.UNIX_TIMESTAMP)
+    assert got[0] == np.datetime64("2023-11-14T22:13:20", "ns") and np.isnat(got[1:]).all()
