@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from nexttouch.catalog import Catalog
 from nexttouch.locks import redis_client
 from nexttouch.settings import Settings, load_settings
 from nexttouch.telemetry import TELEMETRY_OFF
-from serving.server import stop_tree
 from tests.conftest import END, POSTGRES, SMALL, free_port
 
 REDIS = "127.0.0.1:6379"
@@ -96,8 +96,21 @@ class MlflowServer:
         raise TimeoutError(f"mlflow server not up after {timeout_s:.0f}s; see {self.directory}/server.log")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_tree(self.proc, 10.0)  # its uvicorn worker too
+        """SIGTERM to the CLI and its uvicorn worker at once (the CLI alone waits for the worker), SIGKILL to
+        whatever is left 10 s later."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.proc.pid)
+            tree = [root, *root.children(recursive=True)]
+            for p in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.terminate()
+            _gone, alive = psutil.wait_procs(tree, timeout=10)
+            for p in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+        self.proc.wait(timeout=10)
 
 
 def forget_redis(redis_url: str, feast_project: str) -> int:
@@ -189,6 +202,7 @@ def _register_champion_of(source: Settings, settings: Settings) -> str:
     from mlflow.models import Model
 
     from nexttouch.registry_io import alias_version, load_version
+    from nexttouch.schemas import OUTCOME
     from training.registry import log_and_register
 
     version = alias_version(source)
@@ -196,7 +210,8 @@ def _register_champion_of(source: Settings, settings: Settings) -> str:
     model = load_version(source, version)
     local = source.models_dir / source.model_name / f"v{version}"
     example = Model.load(str(local)).load_input_example(str(local))
-    return log_and_register(settings, model, {}, {}, example, {"job": "copied champion"}).version
+    labelled = example.assign(**{OUTCOME: 0})  # the run's dataset lineage names its label column
+    return log_and_register(settings, model, {}, {}, labelled, {"job": "copied champion"}).version
 
 
 def replica_host(trainer: Settings, directory: Path, **overrides: object) -> Settings:
