@@ -154,12 +154,14 @@ class Shared:
 
 
 @contextlib.contextmanager
-def deployment(base: Path, catalog: Catalog, redis_db: int, source: Settings | None = None) -> Iterator[Settings]:
+def deployment(
+    base: Path, catalog: Catalog, redis_db: int, source: Settings | None = None, **overrides: object
+) -> Iterator[Settings]:
     """A trainer's project on the shared stores: features applied to the SQL registry and loaded into Redis, a
     champion on the MLflow server. From nothing, the brand is simulated and a model trained and gated on the
     server; from ``source`` (a built project), its ingested data is copied and its champion registered on the
     server as the first version (minutes of training saved). What it made in the shared services is removed
-    afterwards."""
+    afterwards. ``overrides`` are settings of the trainer (e.g. ``customers``) over the tests' small brand."""
     from features.pipeline import build_offline, feast_apply
     from nexttouch.ingest import ingest
     from nexttouch.jobs.online import load_online
@@ -175,7 +177,7 @@ def deployment(base: Path, catalog: Catalog, redis_db: int, source: Settings | N
         try:
             project = base / "trainer"
             _own_feast_project(project, shared.feast_project)
-            settings = shared.settings(project)
+            settings = shared.settings(project, **overrides)
             if source is None:
                 write_brand(settings, catalog, END, settings.landing_dir)
                 ingest(settings, catalog, settings.landing_dir, now=END)
