@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def replicas(trainer: Settings) -> Iterator[tuple[Service, Service]]:
             list(pool.map(Service.start, pair))
         yield pair  # type: ignore[misc]
     finally:
-        for svc in pair:
-            svc.stop()
+        with ThreadPoolExecutor(2) as pool:  # both drain at once
+            list(pool.map(Service.stop, pair))
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,35 @@ def _cooled_down(answer: dict) -> bool:
     return any(r.startswith("event_invite removed: cool-down") for r in answer["reasons"])
 
 
+@contextmanager
+def _load_on_both(replicas: tuple[Service, Service], customers: list[str], seconds: float) -> Iterator[None]:
+    """The soak's mix on both replicas for ``seconds`` while the block runs; no request of it may fail."""
+    results: list[soak.SoakResult] = []
+
+    def drive(svc: Service, seed: int) -> None:
+        results.append(soak.run(svc.url, seconds, RATE, customers, api_key=svc.key, seed=seed))
+
+    loads = [threading.Thread(target=drive, args=(svc, 10 + k)) for k, svc in enumerate(replicas)]
+    for t in loads:
+        t.start()
+    try:
+        yield
+    finally:
+        for t in loads:
+            t.join()
+    assert [r.errors for r in results] == [[], []]
+    assert sum(r.total for r in results) == 2 * int(seconds * RATE)
+
+
 def test_a_touch_posted_to_either_replica_is_seen_by_both_at_once(
     replicas: tuple[Service, Service], customers: list[str]
 ) -> None:
     """An event attended puts event invitations on a week's cool-down: the next decision on either replica says so."""
     a, b = replicas
-    with a.client() as ca, b.client() as cb:
+    watched, others = customers[:100], customers[100:]  # the load's touches never reach the watched customers
+    with a.client() as ca, b.client() as cb, _load_on_both(replicas, others, 4.0):
         fresh = []
-        for cid in customers:  # customers an invitation is open to on both replicas
+        for cid in watched:  # customers an invitation is open to on both replicas
             answers = [c.post("/decide", json={"customer_id": cid}).json() for c in (ca, cb)]
             if all("event_invite" in x["eligible"] for x in answers):
                 fresh.append(cid)
