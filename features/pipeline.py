@@ -251,11 +251,16 @@ def feast_apply(settings: Settings) -> None:
     if result.returncode != 0:
         raise RuntimeError(f"feast apply failed in {settings.feature_repo}:\n{result.stderr[-4000:]}")
     registry = _registry_path(settings)
-    registry.with_name(registry.name + ".owner").write_text(str(registry.resolve()))
+    if registry is not None:
+        registry.with_name(registry.name + ".owner").write_text(str(registry.resolve()))
 
 
-def _registry_path(settings: Settings) -> Path:
-    entry = yaml.safe_load(store_yaml(settings).read_text())["registry"]
+def _registry_path(settings: Settings) -> Path | None:
+    """The registry file of the profile; None for a registry in a database (Feast's SQL registry)."""
+    # Read as Feast reads it: with the environment variables it names expanded.
+    entry = yaml.safe_load(os.path.expandvars(store_yaml(settings).read_text()))["registry"]
+    if isinstance(entry, dict) and entry.get("registry_type", "file") != "file":
+        return None
     path = Path(entry["path"] if isinstance(entry, dict) else entry)
     return path if path.is_absolute() else settings.feature_repo / path
 
@@ -266,9 +271,12 @@ def _forget_foreign_registry(settings: Settings) -> None:
     The registry records the online tables it created (absolute SQLite paths) as its infra, and
     `feast apply` tears down infra that is no longer wanted: applying a copied registry would drop
     the *original* project's online tables. The registry is derived from the repo, so a fresh one
-    loses nothing. The owner file next to it says which directory it was applied in.
+    loses nothing. The owner file next to it says which directory it was applied in. A registry in a
+    database is shared on purpose (replicas, the nightly job) and its online store is Redis: kept.
     """
     registry = _registry_path(settings)
+    if registry is None:
+        return
     owner = registry.with_name(registry.name + ".owner")
     if registry.exists() and (not owner.exists() or owner.read_text() != str(registry.resolve())):
         registry.unlink()

@@ -15,8 +15,25 @@ YAML = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
 
 
 def store_yaml(settings: Settings) -> Path:
-    os.environ["NEXTTOUCH_REDIS_URL"] = settings.redis_url  # expanded by Feast in the Redis yaml
+    """The profile's feature_store yaml, with the variables Feast expands in the Redis one set."""
+    os.environ["NEXTTOUCH_REDIS_URL"] = settings.redis_url
+    os.environ.update(registry_variables(settings))
     return settings.feature_repo / YAML[settings.online_store]
+
+
+def registry_variables(settings: Settings) -> dict[str, str]:
+    """Where the Redis profile's Feast registry lives: Feast's SQL registry in the database of
+    ``feast_registry_url``, else a file in the project's data directory."""
+    url = settings.feast_registry_url
+    if not url:
+        return {
+            "NEXTTOUCH_FEAST_REGISTRY_TYPE": "file",
+            "NEXTTOUCH_FEAST_REGISTRY_PATH": str(settings.data_dir / "feast" / "registry.redis.db"),
+        }
+    # SQLAlchemy takes a bare postgresql:// for psycopg2; nexttouch ships psycopg 3.
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return {"NEXTTOUCH_FEAST_REGISTRY_TYPE": "sql", "NEXTTOUCH_FEAST_REGISTRY_PATH": url}
 
 
 def open_store(settings: Settings) -> FeatureStore:

@@ -24,7 +24,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 PROFILE_FILE = "nexttouch.toml"
 ENV_PREFIX = "NEXTTOUCH_"
 SECRET_FIELDS = frozenset({"api_key"})
-URL_FIELDS = frozenset({"tracking_uri", "redis_url", "decision_log_url", "dask_scheduler", "oidc_jwks"})
+URL_FIELDS = frozenset(
+    {"tracking_uri", "redis_url", "feast_registry_url", "decision_log_url", "dask_scheduler", "oidc_jwks"}
+)
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # user:password@ in a URL, or Redis' `password=` option in host:port,password=...
 _URL_PASSWORD = re.compile(r"(?P<keep>://[^/@:\s]*:)[^/@\s]+(?=@)|(?P<opt>password=)[^,&\s]+")
@@ -63,6 +65,11 @@ class Settings(BaseSettings):
     feature_service: str = Field("nexttouch_v1", description="Feast FeatureService the model uses.")
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store profile.")
     redis_url: str = Field("127.0.0.1:6379", description="Redis host:port[,db=N] for the redis profile.")
+    feast_registry_url: str | None = Field(
+        None,
+        description="postgresql://... for Feast's SQL registry, shared by every replica and the nightly job "
+        "(redis profile only); default: the file data/feast/registry.redis.db.",
+    )
 
     seed: int = 7
     customers: int = Field(5_000, gt=0)
@@ -182,6 +189,13 @@ class Settings(BaseSettings):
     def _model_per_catalog(self) -> Settings:
         if not self.model_name:  # frozen: set once, here
             object.__setattr__(self, "model_name", default_model_name(self.catalog_path))
+        return self
+
+    @model_validator(mode="after")
+    def _shared_registry_with_shared_store(self) -> Settings:
+        if self.feast_registry_url and self.online_store != "redis":
+            # A registry shared by hosts would describe online tables that live in one host's SQLite file.
+            raise ValueError("feast_registry_url needs the redis online store: set NEXTTOUCH_ONLINE_STORE=redis")
         return self
 
     @property

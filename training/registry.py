@@ -84,14 +84,17 @@ def experiment_description(settings: Settings, catalog: Catalog, experiment: str
 
 
 def experiment_id(settings: Settings, name: str, catalog: Catalog | None = None) -> str:
-    """The experiment, created on first use with its artifacts under mlruns/, tagged for model training
-    and, given the catalog, described."""
+    """The experiment, created on first use with its artifacts under mlruns/ (or with a tracking server's),
+    tagged for model training and, given the catalog, described."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
-    created = client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{slug}", tags=EXPERIMENT_KIND)
+    # A tracking server keeps the artifacts itself (proxied, readable from every host); else mlruns/.
+    served = settings.resolved_tracking_uri.startswith(("http://", "https://"))
+    location = None if served else f"{settings.artifact_root}/{slug}"
+    created = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     if catalog is not None:
         client.set_experiment_tag(created, NOTE, experiment_description(settings, catalog, created))
     return created
