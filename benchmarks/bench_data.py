@@ -88,7 +88,7 @@ def case_simulate(project: Path, args: argparse.Namespace) -> list[dict[str, obj
     s = _settings(project, args)
     t = time.perf_counter()
     brand = write_brand(s, load_catalog(), END, s.landing_dir)
-    size = f"{args.customers:,} cust., {len(brand.events):,} events, {len(brand.decisions):,} decisions"
+    size = f"{args.customers:,} cust., {brand.events:,} events, {brand.decisions:,} decisions"
     return [_row("simulate (+ landing parquet)", size, time.perf_counter() - t)]
 
 

@@ -135,15 +135,25 @@ def response_priors(touch: np.ndarray, seconds: np.ndarray, linked: np.ndarray, 
 
     ``touch``: positions in TYPE_NAMES; ``seconds`` and ``bounds``: from the same origin. 0 before any send.
     """
+    return priors_from_counts(response_counts(touch, seconds, linked, bounds))
+
+
+def response_counts(touch: np.ndarray, seconds: np.ndarray, linked: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sends and answers of each of RESPONSES before each boundary: (2, boundaries, responses).
+
+    Counts add up: the counts of the population are the sum of those of any split of its events.
+    """
     before = np.searchsorted(bounds, seconds, side="right")  # the first boundary each event is before
-    priors = np.zeros((len(bounds), len(RESPONSES)))
+    counts = np.zeros((2, len(bounds), len(RESPONSES)), np.int64)
     for r, (sent, answer) in enumerate(RESPONSES.values()):
-        n, hits = (
-            np.bincount(before[mask], minlength=len(bounds) + 1)[: len(bounds)].cumsum()
-            for mask in (touch == TYPE_NAMES.index(sent), (touch == TYPE_NAMES.index(answer)) & linked)
-        )
-        priors[:, r] = _rate(hits.astype(float), n.astype(float))
-    return priors
+        for i, mask in enumerate((touch == TYPE_NAMES.index(sent), (touch == TYPE_NAMES.index(answer)) & linked)):
+            counts[i, :, r] = np.bincount(before[mask], minlength=len(bounds) + 1)[: len(bounds)].cumsum()
+    return counts
+
+
+def priors_from_counts(counts: np.ndarray) -> np.ndarray:
+    """``response_priors`` from (summed) ``response_counts``."""
+    return _rate(counts[1].astype(float), counts[0].astype(float))
 
 
 def _channels(touch: np.ndarray) -> np.ndarray:
