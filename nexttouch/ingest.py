@@ -46,7 +46,7 @@ from nexttouch import personal_data
 from nexttouch.api import ID_PATTERN
 from nexttouch.catalog import Catalog
 from nexttouch.parquet import write_parquet
-from nexttouch.partitions import parquet_bytes, partition_count, read_partition, split
+from nexttouch.partitions import parquet_bytes, partition_count, read_partition, run, split
 from nexttouch.schemas import (
     ACTION,
     CLOCK_SKEW,
@@ -213,20 +213,18 @@ def _ingest_partitions(
         loaded = settings.raw_dir / f"{table}.parquet"
         before = split([loaded], KEYS[table], parts, work / "loaded", memory) if loaded.exists() else None
         loaded_schema = pq.read_schema(loaded) if before else None
-        validate, rejected = _VALIDATORS[table], []
-        for k in range(parts):
-            frame = _from_arrow(read_partition(arrived[k], schema))
-            existing = _from_arrow(read_partition(before[k], loaded_schema)) if before and loaded_schema else None
-            good, bad = validate(frame, settings, catalog, pd.Timestamp(now) + CLOCK_SKEW, report)
-            del frame
-            merged, new, same, conflicts = _merge(existing, good, KEYS[table], table)
-            rejected.extend(r for r in (bad, conflicts) if len(r))
+        tasks = [
+            (settings, catalog, table, arrived[k], schema, before[k] if before else [], loaded_schema, now)
+            for k in range(parts)
+        ]
+        rejected = []
+        for rows, bad, new, same in run(settings, ingest_partition, tasks):
+            rejected.extend(r for r in bad if len(r))
             report.loaded, report.already_loaded = report.loaded + new, report.already_loaded + same
-            if len(merged):
-                rows = pa.Table.from_pandas(_microseconds(merged), preserve_index=False)
+            if rows.num_rows:
                 writer = writer or pq.ParquetWriter(out, rows.schema)
                 writer.write_table(rows.cast(writer.schema))
-            del merged, good, existing
+            del rows
         if writer:
             writer.close()
             writer = None
@@ -241,6 +239,29 @@ def _ingest_partitions(
             writer.close()
         out.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ingest_partition(
+    settings: Settings,
+    catalog: Catalog,
+    table: str,
+    arrived: list[Path],
+    schema: pa.Schema,
+    loaded: list[Path],
+    loaded_schema: pa.Schema | None,
+    now: datetime,
+) -> tuple[pa.Table, list[pd.DataFrame], int, int]:
+    """One key partition validated and merged with its loaded rows: (rows to keep, rejected rows, new, unchanged).
+
+    The one function both engines run on every partition (``nexttouch.partitions.run``).
+    """
+    frame = _from_arrow(read_partition(arrived, schema))
+    existing = _from_arrow(read_partition(loaded, loaded_schema)) if loaded_schema is not None else None
+    good, bad = _VALIDATORS[table](frame, settings, catalog, pd.Timestamp(now) + CLOCK_SKEW, TableReport(table))
+    del frame
+    merged, new, same, conflicts = _merge(existing, good, KEYS[table], table)
+    rows = pa.Table.from_pandas(_microseconds(merged), preserve_index=False)
+    return rows, [bad, conflicts], new, same
 
 
 def _readable(path: Path, table: str, converted: Path) -> Path:

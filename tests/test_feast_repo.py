@@ -178,16 +178,6 @@ def test_a_brands_own_profile_columns_become_model_features(project: Settings, c
     assert model.categorical["favourite_model"] == ["ev", "sedan", "suv"]
 
 
-@pytest.fixture(scope="module")
-def dask_scheduler():
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
-    ) as cluster:
-        yield cluster.scheduler_address
-
-
 @pytest.mark.parametrize("engine", ["embedded", "dask"])
 def test_the_pipelines_partitions_give_the_features_of_all_customers_at_once(
     built: Settings, tmp_path, engine: str, request: pytest.FixtureRequest

@@ -225,13 +225,18 @@ def test_the_cli_prints_counts_per_reason_and_fails_cleanly(project: Settings, l
     assert failed.exit_code == 2 and "ingest failed: no tables" in failed.output
 
 
+@pytest.mark.parametrize("engine", ["embedded", "dask"])
 def test_key_partitions_load_and_reject_what_one_pass_does(
-    project: Settings, catalog: Catalog, landing: Path, tmp_path: Path
+    project: Settings, catalog: Catalog, landing: Path, tmp_path: Path, engine: str, request: pytest.FixtureRequest
 ) -> None:
-    """A tiny memory budget splits every table but customers by key: the same reports, rows and quarantine."""
+    """A tiny memory budget splits every table but customers by key: the same reports, rows and quarantine,
+    with the partitions run here or on a Dask cluster."""
     from nexttouch.ingest import KEYS, TABLES, _partitions
 
-    small = project.model_copy(update={"project_dir": tmp_path / "small", "data_memory_gib": 1e-7})
+    scheduler = request.getfixturevalue("dask_scheduler") if engine == "dask" else None
+    small = project.model_copy(
+        update={"project_dir": tmp_path / "small", "data_memory_gib": 1e-7, "dask_scheduler": scheduler}
+    )
     assert _partitions(small, "events", [landing / "events.csv"]) > 3
     assert _partitions(small, "customers", [landing / "customers.csv"]) == 1
     for rerun in (False, True):
