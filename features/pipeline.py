@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,13 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from features.online_load import latest_rows, materialize_bulk, write_latest_file
+from features.online_load import materialize_bulk, write_latest_file
 from features.touch_features import (
     RESPONSES,
-    build_touch_features,
     priors_from_counts,
     response_counts,
     snapshot_days,
+    touch_feature_columns,
 )
 from nexttouch.feature_store import open_store, store_yaml
 from nexttouch.partitions import partition_count, read_partition, run, split
@@ -304,16 +305,24 @@ def partition_features(
     if people.empty:
         return None
     events = read_partition(event_files, event_schema).to_pandas(types_mapper=_ARROW_STRINGS.get)
-    touch = build_touch_features(events, people, end, days, every_days=every_days, priors=priors)
+    chunks = touch_feature_columns(events, people, end, days, every_days, priors=priors)
+    table = pa.concat_tables([pa.table({name: _arrow(values) for name, values in cols.items()}) for cols in chunks])
     del events
-    table = pa.Table.from_pandas(_microseconds(touch), preserve_index=False)
-    latest = table.take(pa.array(latest_rows(touch, [CUSTOMER_ID], EVENT_TIMESTAMP)))
-    del touch
+    # One row per customer and snapshot, each customer's latest last.
+    snapshots = len(snapshot_days(days, every_days))
+    latest = table.take(pa.array(np.arange(snapshots - 1, table.num_rows, snapshots)))
     # A profile row is valid from sign-up; without a sign-up date, from always (no decision misses it).
     always = pd.Series(pd.Timestamp(EPOCH), people.index, dtype="datetime64[us, UTC]")
     since = utc_times(people[SIGNUP_AT]).astype(always.dtype).fillna(always) if SIGNUP_AT in people else always
     profile = people.drop(columns=[SIGNUP_AT], errors="ignore").assign(**{EVENT_TIMESTAMP: since})
     return table, latest, pa.Table.from_pandas(_microseconds(profile), preserve_index=False)
+
+
+def _arrow(values: Any) -> pa.Array:
+    """A feature column as arrow, times as microseconds in UTC (DuckDB behind Feast cannot cast nanoseconds)."""
+    if isinstance(getattr(values, "dtype", None), pd.DatetimeTZDtype):
+        return pa.array(values).cast(pa.timestamp("us", "UTC"))
+    return pa.array(values)
 
 
 def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:
