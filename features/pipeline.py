@@ -205,8 +205,9 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
     if parts == 1:
         tasks = [(event_files, [customers_path])]
     else:
-        events_parts = split(event_files, [CUSTOMER_ID], parts, work / "events", settings.data_memory_gib)
-        customer_parts = split([customers_path], [CUSTOMER_ID], parts, work / "customers", settings.data_memory_gib)
+        memory = settings.data_memory_gib
+        events_parts = split(event_files, [CUSTOMER_ID], parts, work / "events", memory, ordered=False)
+        customer_parts = split([customers_path], [CUSTOMER_ID], parts, work / "customers", memory, ordered=False)
         tasks = list(zip(events_parts if event_files else [[]] * parts, customer_parts, strict=True))
     try:
         counts = sum(

@@ -81,7 +81,7 @@ TYPE_NAMES = list(TOUCH_TYPES)
 PII_NAMES = re.compile(r"(^|_)(name|first_?name|last_?name|e_?mail|phone|mobile|address|birth_?date)($|_)", re.I)
 REMOVED = "[removed: personal data]"  # what the quarantine shows instead of a value that holds personal data
 API_SYSTEM = "api"  # source system of events the service was sent by customer id (source key = customer id)
-BYTES_PER_INPUT_BYTE = 6  # working memory of validating and merging, per uncompressed byte of input
+BYTES_PER_INPUT_BYTE = 12  # working memory of validating and merging, per uncompressed byte of input
 WHOLE = frozenset({"customers"})  # read whole: which profile columns hold personal data is decided on all rows
 
 

@@ -53,29 +53,37 @@ def split(
     out: Path,
     memory_gib: float,
     columns: Sequence[str] | None = None,
+    ordered: bool = True,
 ) -> list[list[Path]]:
     """The rows of the parquet files ``paths`` in ``parts`` partitions by a hash of ``keys``.
 
-    Returns each partition's files under ``out`` (emptied first). Keys are hashed as trimmed text
-    (an id and the same id with surrounding blanks meet in one partition); a row's ``ORDER`` column
-    says where it came from, so a partition can be put back in input order.
+    Returns each partition's files under ``out`` (emptied first). ``ordered`` (for input as it
+    arrived): keys are hashed as trimmed text (an id and the same id with surrounding blanks meet
+    in one partition) and a row's ``ORDER`` column says where it came from, so a partition can be
+    put back in input order. Otherwise (validated tables) keys are hashed as they are and the rows
+    of a partition come in any order.
     """
     import duckdb
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    key = ", ".join(f"coalesce(trim(CAST({_quoted(k)} AS VARCHAR)), '')" for k in keys)
-    cols = ", ".join(_quoted(c) for c in columns) if columns else "* EXCLUDE (filename, file_row_number)"
     files = ", ".join(f"'{_sql_text(str(p))}'" for p in paths)
-    index = " ".join(f"WHEN '{_sql_text(str(p))}' THEN {i}" for i, p in enumerate(paths))
+    if ordered:
+        key = ", ".join(f"coalesce(trim(CAST({_quoted(k)} AS VARCHAR)), '')" for k in keys)
+        index = " ".join(f"WHEN '{_sql_text(str(p))}' THEN {i}" for i, p in enumerate(paths))
+        cols = ", ".join(_quoted(c) for c in columns) if columns else "* EXCLUDE (filename, file_row_number)"
+        cols += f", (CASE filename {index} END) * {_FILE_ROWS} + file_row_number AS {ORDER}"
+        source = f"read_parquet([{files}], filename = true, file_row_number = true, union_by_name = true)"
+    else:
+        key = ", ".join(_quoted(k) for k in keys)
+        cols = ", ".join(_quoted(c) for c in columns) if columns else "*"
+        source = f"read_parquet([{files}], union_by_name = true)"
     con = duckdb.connect(
         config={"memory_limit": f"{max(256, int(memory_gib * 1024 * 0.6))}MB", "temp_directory": str(out / ".spill")}
     )
     try:
         con.execute(
-            f"COPY (SELECT {cols}, (CASE filename {index} END) * {_FILE_ROWS} + file_row_number AS {ORDER}, "
-            f"CAST(hash({key}) % {parts} AS INTEGER) AS _part "
-            f"FROM read_parquet([{files}], filename = true, file_row_number = true, union_by_name = true)) "
+            f"COPY (SELECT {cols}, CAST(hash({key}) % {parts} AS INTEGER) AS _part FROM {source}) "
             f"TO '{_sql_text(str(out))}' (FORMAT parquet, PARTITION_BY (_part), OVERWRITE_OR_IGNORE)"
         )
     finally:

@@ -71,7 +71,7 @@ RESPONSE_DELAY = (1_800, 2 * 86_400)  # a success touch follows its decision wit
 OFFLINE_SUCCESS = ("event_attended", "store_visit")  # successes that are in-person contact
 CHUNK = 1 << 23  # rows per arrow chunk of a text column
 BLOCK = 1 << 16  # customers simulated from one random stream
-BYTES_PER_CUSTOMER = 12_000  # peak memory of simulating and writing one customer's 180 days (~50 touches)
+BYTES_PER_CUSTOMER = 20_000  # peak memory of simulating and writing one customer's 180 days (~50 touches)
 
 
 @dataclass
