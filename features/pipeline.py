@@ -29,7 +29,7 @@ from features.touch_features import (
     touch_feature_columns,
 )
 from nexttouch.feature_store import open_store, store_yaml
-from nexttouch.partitions import partition_count, read_partition, run, split
+from nexttouch.partitions import partition_count, range_bounds, read_partition, run, split
 from nexttouch.schemas import (
     CUSTOMER_ID,
     CUSTOMERS_COLUMNS,
@@ -205,9 +205,13 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
     if parts == 1:
         tasks = [(event_files, [customers_path])]
     else:
-        memory = settings.data_memory_gib
-        events_parts = split(event_files, [CUSTOMER_ID], parts, work / "events", memory, ordered=False)
-        customer_parts = split([customers_path], [CUSTOMER_ID], parts, work / "customers", memory, ordered=False)
+        # Ranges of customers: the snapshot file comes out in customer order, which point-in-time joins
+        # of it read about twice as fast as the same rows in hash-partition order.
+        memory, bounds = settings.data_memory_gib, range_bounds(customers_path, CUSTOMER_ID, parts)
+        events_parts = split(event_files, [CUSTOMER_ID], parts, work / "events", memory, ordered=False, bounds=bounds)
+        customer_parts = split(
+            [customers_path], [CUSTOMER_ID], parts, work / "customers", memory, ordered=False, bounds=bounds
+        )
         tasks = list(zip(events_parts if event_files else [[]] * parts, customer_parts, strict=True))
     try:
         counts = sum(
@@ -302,9 +306,11 @@ def partition_features(
 
     The one function both engines run on every partition (``nexttouch.partitions.run``).
     """
-    people = read_partition(customer_files, customer_schema).to_pandas()
-    if people.empty:
+    people = read_partition(customer_files, customer_schema)
+    if people.num_rows == 0:
         return None
+    # In customer order (a split partition comes in any): the snapshot file is then sorted by customer.
+    people = people.take(pc.sort_indices(people, sort_keys=[(CUSTOMER_ID, "ascending")])).to_pandas()
     events = read_partition(event_files, event_schema).to_pandas(types_mapper=_ARROW_STRINGS.get)
     chunks = touch_feature_columns(events, people, end, days, every_days, priors=priors)
     table = pa.concat_tables([pa.table({name: _arrow(values) for name, values in cols.items()}) for cols in chunks])

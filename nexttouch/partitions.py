@@ -54,6 +54,7 @@ def split(
     memory_gib: float,
     columns: Sequence[str] | None = None,
     ordered: bool = True,
+    bounds: Sequence[str] | None = None,
 ) -> list[list[Path]]:
     """The rows of the parquet files ``paths`` in ``parts`` partitions by a hash of ``keys``.
 
@@ -61,7 +62,8 @@ def split(
     arrived): keys are hashed as trimmed text (an id and the same id with surrounding blanks meet
     in one partition) and a row's ``ORDER`` column says where it came from, so a partition can be
     put back in input order. Otherwise (validated tables) keys are hashed as they are and the rows
-    of a partition come in any order.
+    of a partition come in any order. With ``bounds`` (``range_bounds`` of the one key) partition i
+    holds the keys from ``bounds[i - 1]`` up to before ``bounds[i]`` instead: partitions in key order.
     """
     import duckdb
 
@@ -78,18 +80,49 @@ def split(
         key = ", ".join(_quoted(k) for k in keys)
         cols = ", ".join(_quoted(c) for c in columns) if columns else "*"
         source = f"read_parquet([{files}], union_by_name = true)"
+    part = f"CAST(hash({key}) % {parts} AS INTEGER)"
+    if bounds is not None:
+        if len(keys) != 1 or len(bounds) != parts - 1:
+            raise ValueError("a range split takes one key and parts - 1 bounds")
+        part = _range_case(_quoted(keys[0]), list(bounds), 0)
     con = duckdb.connect(
         config={"memory_limit": f"{max(256, int(memory_gib * 1024 * 0.6))}MB", "temp_directory": str(out / ".spill")}
     )
     try:
         con.execute(
-            f"COPY (SELECT {cols}, CAST(hash({key}) % {parts} AS INTEGER) AS _part FROM {source}) "
+            f"COPY (SELECT {cols}, {part} AS _part FROM {source}) "
             f"TO '{_sql_text(str(out))}' (FORMAT parquet, PARTITION_BY (_part), OVERWRITE_OR_IGNORE)"
         )
     finally:
         con.close()
     shutil.rmtree(out / ".spill", ignore_errors=True)
     return [sorted((out / f"_part={i}").glob("*.parquet")) for i in range(parts)]
+
+
+def range_bounds(path: Path, key: str, parts: int) -> list[str]:
+    """``parts - 1`` values of ``key`` that cut the parquet file's rows into ``parts`` ranges of about equal size."""
+    import duckdb
+
+    if parts < 2:
+        return []
+    cuts = ", ".join(f"{i / parts!r}" for i in range(1, parts))
+    con = duckdb.connect()
+    try:
+        query = f"SELECT quantile_disc({_quoted(key)}, [{cuts}]) FROM read_parquet('{_sql_text(str(path))}')"
+        (values,) = con.execute(query).fetchone()
+    finally:
+        con.close()
+    return [str(v) for v in values] if values is not None else [""] * (parts - 1)
+
+
+def _range_case(key: str, bounds: list[str], first: int) -> str:
+    """The partition of ``key`` among ``bounds`` (sorted) as a balanced CASE: log2(parts) comparisons a row."""
+    if not bounds:
+        return str(first)
+    mid = len(bounds) // 2
+    below = _range_case(key, bounds[:mid], first)
+    above = _range_case(key, bounds[mid + 1 :], first + mid + 1)
+    return f"(CASE WHEN {key} < '{_sql_text(bounds[mid])}' THEN {below} ELSE {above} END)"
 
 
 def read_partition(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
