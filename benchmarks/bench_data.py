@@ -26,6 +26,12 @@ Usage:
 
     .venv/bin/python -m benchmarks.bench_data --customers 20000            # ~2 min
     .venv/bin/python -m benchmarks.bench_data --customers 1000000          # weekly snapshots
+    .venv/bin/python -m benchmarks.bench_data --customers 10000000         # every step, within the budget
+    .venv/bin/python -m benchmarks.bench_data --customers 200000 --memory-gib 0.8 --dask-workers 2
+
+The data steps keep to ``--memory-gib`` (``settings.data_memory_gib``); each row shows the case's CPU
+seconds, its time per customer and, beside it, the step's figures at 1M customers from before the
+steps were partitioned.
 
 Daily snapshots of 1M customers (180M rows) do not fit in 24 GiB, so above 100,000 customers
 snapshots are weekly unless ``--every-days`` says otherwise.
@@ -34,6 +40,7 @@ snapshots are weekly unless ``--every-days`` says otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +65,11 @@ REDIS_URL = "127.0.0.1:6379,db=15"  # a database of its own, emptied after the c
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _peak_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -65,11 +78,21 @@ BASELINE = "online: plain bulk insert (baseline)"
 
 
 ASOF = "training: bare DuckDB ASOF join (baseline)"
+# The steps at 1M customers when they held every customer in memory (docs/benchmarks.md, "Data steps
+# at 1M customers"): (seconds, peak RSS MiB), printed beside each run's own figures.
+BEFORE_1M = {
+    "simulate": (66.9, 8_898),
+    "ingest": (97.9, 12_797),
+    "features": (128.9, 9_053),
+    ASOF: (5.81, 8_932),
+    "training set": (13.3, 4_911),
+}
 
 
 def _row(case: str, size: str, seconds: float, vs_bulk: bool = False, vs_asof: bool = False) -> dict[str, object]:
     """One table row; ``vs_bulk`` / ``vs_asof`` rows get their time as a multiple of that baseline's."""
     row = {"case": case, "size": size, "seconds": round(seconds, 2), "peak_mib": _peak_mib(), "vs_bulk": vs_bulk}
+    row["cpu_s"] = round(_cpu_seconds(), 1)  # the process's CPU time so far: what a busy machine does not change
     return {**row, "vs_asof": vs_asof}
 
 
@@ -77,7 +100,12 @@ def _settings(project: Path, args: argparse.Namespace, **extra: object):
     from nexttouch.settings import load_settings
 
     return load_settings(
-        project_dir=project, customers=args.customers, days=DAYS, snapshot_every_days=args.every_days, **extra
+        project_dir=project,
+        customers=args.customers,
+        days=DAYS,
+        snapshot_every_days=args.every_days,
+        data_memory_gib=args.memory_gib,
+        **extra,
     )
 
 
@@ -88,7 +116,7 @@ def case_simulate(project: Path, args: argparse.Namespace) -> list[dict[str, obj
     s = _settings(project, args)
     t = time.perf_counter()
     brand = write_brand(s, load_catalog(), END, s.landing_dir)
-    size = f"{args.customers:,} cust., {len(brand.events):,} events, {len(brand.decisions):,} decisions"
+    size = f"{args.customers:,} cust., {brand.events:,} events, {brand.decisions:,} decisions"
     return [_row("simulate (+ landing parquet)", size, time.perf_counter() - t)]
 
 
@@ -406,6 +434,18 @@ def _run(cmd: list[str], env: dict[str, str], max_rss_gib: float) -> tuple[int, 
         return child.returncode, out.read(), err.read()
 
 
+@contextlib.contextmanager
+def _cluster(workers: int) -> Iterator[str | None]:
+    """A local Dask cluster of ``workers`` processes (one thread each) for the cases, or None."""
+    if not workers:
+        yield None
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
@@ -416,6 +456,16 @@ def main() -> None:
         "--workdir", type=Path, help="keep the project here (default: a temporary one); reruns can skip cases"
     )
     parser.add_argument("--max-rss-gib", type=float, default=18.0, help="stop a case whose RSS passes this")
+    parser.add_argument(
+        "--memory-gib", type=float, default=4.0, help="the data steps' memory budget (settings.data_memory_gib)"
+    )
+    parser.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        help="run the data steps' partitions on a local Dask cluster of this many worker processes "
+        "(peak RSS is then the driver's; the workers' is not counted)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -426,7 +476,9 @@ def main() -> None:
 
     env = {**os.environ, **TELEMETRY_OFF, "NEXTTOUCH_REDIS_URL": REDIS_URL}
     results: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="nexttouch-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nexttouch-bench-") as tmp, _cluster(args.dask_workers) as scheduler:
+        if scheduler:
+            env["NEXTTOUCH_DASK_SCHEDULER"] = scheduler
         project = args.workdir or Path(tmp)
         sys.path.insert(0, str(ROOT))
         from nexttouch.jobs.project import copy_feature_repo
@@ -435,7 +487,7 @@ def main() -> None:
         for case in args.cases.split(","):
             cmd = [sys.executable, "-m", "benchmarks.bench_data", "--one", case, "--project", str(project)]
             cmd += ["--customers", str(args.customers), "--every-days", str(args.every_days)]
-            cmd += ["--stock-customers", str(args.stock_customers)]
+            cmd += ["--stock-customers", str(args.stock_customers), "--memory-gib", str(args.memory_gib)]
             t = time.perf_counter()
             code, stdout, stderr = _run(cmd, env, args.max_rss_gib)
             if code != 0:
@@ -445,18 +497,28 @@ def main() -> None:
             results.extend(json.loads(stdout.strip().splitlines()[-1]))
             print(f"{case} done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
+    engine = f"a local Dask cluster of {args.dask_workers} workers" if args.dask_workers else "in process"
     print(
         f"\nnexttouch data benchmarks: {args.customers:,} customers, {DAYS} days, snapshots every "
-        f"{args.every_days} day(s), {os.cpu_count()} cores\n"
+        f"{args.every_days} day(s), {os.cpu_count()} cores, memory budget {args.memory_gib:g} GiB, "
+        f"partitions {engine}\n"
     )
-    print("| case | size | seconds | peak RSS MiB | vs bulk insert | vs ASOF join |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| case | size | seconds | CPU s (process) | peak RSS MiB | µs per customer | 1M before: s | 1M before: MiB "
+        "| vs bulk insert | vs ASOF join |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     bulk = next((r["seconds"] for r in results if r["case"] == BASELINE), None)
     asof = next((r["seconds"] for r in results if r["case"] == ASOF), None)
     for r in results:
         ratio = f"{r['seconds'] / bulk:.1f}x" if r.get("vs_bulk") and bulk else ""
         vs_asof = f"{r['seconds'] / asof:.1f}x" if r.get("vs_asof") and asof else ""
-        print(f"| {r['case']} | {r['size']} | {r['seconds']} | {r['peak_mib']} | {ratio} | {vs_asof} |")
+        per = f"{r['seconds'] * 1e6 / args.customers:.1f}" if isinstance(r["seconds"], float) else ""
+        before = next((ref for name, ref in BEFORE_1M.items() if r["case"].startswith(name)), ("", ""))
+        print(
+            f"| {r['case']} | {r['size']} | {r['seconds']} | {r.get('cpu_s', '')} | {r['peak_mib']} | {per} "
+            f"| {before[0]} | {before[1]} | {ratio} | {vs_asof} |"
+        )
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def case_prepare(project: Path, customers: int, every_days: int) -> dict[str, ob
     ingest(s, load_catalog(), s.landing_dir, now=END)
     build = build_offline(s, END, DAYS)
     feast_apply(s)
-    size = f"{customers:,} customers, {len(brand.events):,} events, {build.rows:,} snapshot rows (every {every_days} d)"
+    size = f"{customers:,} customers, {brand.events:,} events, {build.rows:,} snapshot rows (every {every_days} d)"
     return {"seconds": time.perf_counter() - t, "size": size}
 
 

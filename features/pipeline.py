@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,10 +20,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from features.online_load import latest_rows, materialize_bulk, write_latest_file
-from features.touch_features import RESPONSES, build_touch_features, response_priors, snapshot_days
+from features.online_load import materialize_bulk, write_latest_file
+from features.touch_features import (
+    RESPONSES,
+    priors_from_counts,
+    response_counts,
+    snapshot_days,
+    touch_feature_columns,
+)
 from nexttouch.feature_store import open_store, store_yaml
-from nexttouch.parquet import write_parquet
+from nexttouch.partitions import partition_count, range_bounds, read_partition, run, split
 from nexttouch.schemas import (
     CUSTOMER_ID,
     CUSTOMERS_COLUMNS,
@@ -150,89 +159,177 @@ class FeatureBuild:
     events: int
     rows: int
     end: datetime
+    partitions: int = 1
 
 
-def build_offline(
-    settings: Settings, end: datetime, days: int, batch: int = 200_000, every_days: int | None = None
-) -> FeatureBuild:
+# Working memory of building features, per event and per snapshot row (pandas, numpy bins, output).
+BYTES_PER_EVENT = 160
+BYTES_PER_SNAPSHOT_ROW = 2_400
+_PRIOR_COLUMNS = ["occurred_at", "touch_type", DECISION_ID, CUSTOMER_ID]
+
+
+def build_offline(settings: Settings, end: datetime, days: int, every_days: int | None = None) -> FeatureBuild:
     """Write the feature parquet files that the Feast sources read, from the ingested tables.
 
     Events in data/raw/ (none for a brand without touch events) are validated and already carry the
-    resolved ``customer_id``. They stay in arrow; ``batch`` customers at a time become pandas for
-    ``build_touch_features`` and their snapshot rows are appended to the parquet file, so 1M
-    customers (~50M events) fit in memory.
+    resolved ``customer_id``. Customers and their events are split by a hash of the customer into
+    as many partitions as ``settings.data_memory_gib`` needs (``nexttouch.partitions``); each
+    partition becomes pandas for ``build_touch_features`` and its snapshot rows are appended to the
+    parquet file, so memory does not grow with the number of customers. The partitions run here or
+    on the Dask cluster (``settings.dask_scheduler``), through the same function.
     Each customer's last snapshot is also kept in a file of its own for the online load
     (``features.online_load.write_latest_file``).
     """
-    events = _ingested_events(settings.raw_dir / "events.parquet")
-    customers = pd.read_parquet(settings.raw_dir / "customers.parquet")
-    check_columns(customers, CUSTOMERS_COLUMNS, "customers")
-    ids = pa.array(customers[CUSTOMER_ID].astype(str).to_numpy(), pa.string())
-    position = pc.index_in(pc.cast(events.column(CUSTOMER_ID), pa.string()), value_set=ids)
-    events = events.drop_columns([CUSTOMER_ID]).append_column("pos", position)
+    raw = settings.raw_dir
+    events_path, customers_path = raw / "events.parquet", raw / "customers.parquet"
+    check_columns(pq.read_schema(customers_path).empty_table().to_pandas(), CUSTOMERS_COLUMNS, "customers")
+    if events_path.exists():
+        check_columns(
+            pq.read_schema(events_path).empty_table().to_pandas(), {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events"
+        )
+        event_schema, event_files = _selected(pq.read_schema(events_path), [*EVENT_COLUMNS, CUSTOMER_ID]), [events_path]
+        n_events = pq.read_metadata(events_path).num_rows
+    else:
+        log.info("no touch events ingested: the touch-history features are zero, the profile is all there is")
+        event_schema, event_files, n_events = _NO_EVENTS, [], 0
+    customer_schema = pq.read_schema(customers_path)
+    n_customers = pq.read_metadata(customers_path).num_rows
     every = every_days or settings.snapshot_every_days
-    priors = _population_priors(events, end, days, every)
+    snapshots = len(snapshot_days(days, every))
+    need = n_events * BYTES_PER_EVENT + n_customers * snapshots * BYTES_PER_SNAPSHOT_ROW
+    parts = partition_count(need, settings.data_memory_gib)
 
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{TOUCH_HISTORY}.parquet.tmp"
-    rows, writer, latest = 0, None, []
+    work = out / ".partitions"
+    if parts == 1:
+        tasks = [(event_files, [customers_path])]
+    else:
+        # Ranges of customers: the snapshot file comes out in customer order, which point-in-time joins
+        # of it read about twice as fast as the same rows in hash-partition order.
+        memory, bounds = settings.data_memory_gib, range_bounds(customers_path, CUSTOMER_ID, parts)
+        events_parts = split(event_files, [CUSTOMER_ID], parts, work / "events", memory, ordered=False, bounds=bounds)
+        customer_parts = split(
+            [customers_path], [CUSTOMER_ID], parts, work / "customers", memory, ordered=False, bounds=bounds
+        )
+        tasks = list(zip(events_parts if event_files else [[]] * parts, customer_parts, strict=True))
     try:
-        for lo in range(0, len(customers), batch):
-            people = customers.iloc[lo : lo + batch]
-            pos = events.column("pos")
-            part = events.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, lo + len(people))))
-            frame = part.to_pandas(types_mapper=_ARROW_STRINGS.get)
-            frame[CUSTOMER_ID] = people[CUSTOMER_ID].to_numpy()[frame.pop("pos").to_numpy() - lo]
-            touch = build_touch_features(frame, people, end, days, every_days=every, priors=priors)
-            table = pa.Table.from_pandas(_microseconds(touch), preserve_index=False)
-            writer = writer or pq.ParquetWriter(tmp, table.schema)
-            table = table.cast(writer.schema)
-            writer.write_table(table)
-            latest.append(table.take(pa.array(latest_rows(touch, [CUSTOMER_ID], EVENT_TIMESTAMP))))
-            rows += len(touch)
-            del part, frame, touch, table
+        counts = sum(
+            run(settings, partition_counts, [(e, c, event_schema, customer_schema, end, days, every) for e, c in tasks])
+        )
+        priors = priors_from_counts(counts)
+        args = [(e, c, event_schema, customer_schema, end, days, every, priors) for e, c in tasks]
+        rows = _write_features(out, run(settings, partition_features, args))
     finally:
-        if writer:
+        shutil.rmtree(work, ignore_errors=True)
+    return FeatureBuild(n_customers, n_events, rows, end, parts)
+
+
+def _write_features(out: Path, results: Iterator[tuple[pa.Table, pa.Table, pa.Table] | None]) -> int:
+    """Each partition's snapshot rows and profile rows appended to their files; then the latest rows' file."""
+    paths = {TOUCH_HISTORY: out / f"{TOUCH_HISTORY}.parquet", CUSTOMER_PROFILE: out / f"{CUSTOMER_PROFILE}.parquet"}
+    writers: dict[str, pq.ParquetWriter] = {}
+    rows, latest = 0, []
+    try:
+        for result in results:
+            if result is None:  # a partition without customers
+                continue
+            touch, last, profile = result
+            for name, table in ((TOUCH_HISTORY, touch), (CUSTOMER_PROFILE, profile)):
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(paths[name].with_name(f".{paths[name].name}.tmp"), table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+            latest.append(last.cast(writers[TOUCH_HISTORY].schema))
+            rows += touch.num_rows
+            del result, touch, last, profile
+    finally:
+        for writer in writers.values():
             writer.close()
-    tmp.replace(out / f"{TOUCH_HISTORY}.parquet")
+    for name, path in paths.items():
+        if name in writers:
+            path.with_name(f".{path.name}.tmp").replace(path)
     if latest:
-        write_latest_file(out / f"{TOUCH_HISTORY}.parquet", pa.concat_tables(latest), [CUSTOMER_ID], EVENT_TIMESTAMP)
-    # A profile row is valid from sign-up; without a sign-up date, from always (no decision misses it).
-    always = pd.Series(pd.Timestamp(EPOCH), customers.index, dtype="datetime64[us, UTC]")
-    since = utc_times(customers[SIGNUP_AT]).astype(always.dtype).fillna(always) if SIGNUP_AT in customers else always
-    profile = customers.drop(columns=[SIGNUP_AT], errors="ignore").assign(**{EVENT_TIMESTAMP: since})
-    write_parquet(profile, out / f"{CUSTOMER_PROFILE}.parquet")
-    return FeatureBuild(len(customers), events.num_rows, rows, end)
+        write_latest_file(paths[TOUCH_HISTORY], pa.concat_tables(latest), [CUSTOMER_ID], EVENT_TIMESTAMP)
+    return rows
 
 
-def _ingested_events(path: Path) -> pa.Table:
-    """The ingested touch events the features read; none (an empty table) for a brand without events."""
-    if not path.exists():
-        log.info("no touch events ingested: the touch-history features are zero, the profile is all there is")
-        fields = [
-            pa.field("occurred_at", pa.timestamp("us", "UTC")),
-            pa.field("touch_type", pa.large_string()),
-            pa.field("amount", pa.float64()),
-            pa.field(DECISION_ID, pa.large_string()),
-            pa.field(CUSTOMER_ID, pa.large_string()),
-        ]
-        return pa.schema(fields).empty_table()
-    check_columns(pq.read_schema(path).empty_table().to_pandas(), {**EVENTS_COLUMNS, CUSTOMER_ID: "O"}, "touch events")
-    return pq.read_table(path, columns=[*EVENT_COLUMNS, CUSTOMER_ID])
+_NO_EVENTS = pa.schema(
+    [
+        pa.field("occurred_at", pa.timestamp("us", "UTC")),
+        pa.field("touch_type", pa.large_string()),
+        pa.field("amount", pa.float64()),
+        pa.field(DECISION_ID, pa.large_string()),
+        pa.field(CUSTOMER_ID, pa.large_string()),
+    ]
+)
 
 
-def _population_priors(events: pa.Table, end: datetime, days: int, every_days: int) -> np.ndarray:
-    """``response_priors`` of all known customers' events, computed in arrow and numpy (no pandas copy of 50M rows)."""
+def _selected(schema: pa.Schema, columns: list[str]) -> pa.Schema:
+    return pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+
+
+def partition_counts(
+    event_files: list[Path],
+    customer_files: list[Path],
+    event_schema: pa.Schema,
+    customer_schema: pa.Schema,
+    end: datetime,
+    days: int,
+    every_days: int,
+) -> np.ndarray:
+    """``response_counts`` of one partition's known customers' events (in arrow and numpy: no pandas copy)."""
     counted = pa.array(sorted({t for pair in RESPONSES.values() for t in pair}))  # the rest would only cost memory
-    events = events.filter(pc.and_(pc.is_valid(events.column("pos")), pc.is_in(events.column("touch_type"), counted)))
+    events = read_partition(event_files, _selected(event_schema, _PRIOR_COLUMNS))
+    ids = read_partition(customer_files, _selected(customer_schema, [CUSTOMER_ID])).column(CUSTOMER_ID)
+    known = pc.is_in(pc.cast(events.column(CUSTOMER_ID), pa.string()), value_set=pc.cast(ids, pa.string()))
+    events = events.filter(pc.and_(known, pc.is_in(events.column("touch_type"), counted)))
     touch = pc.fill_null(pc.index_in(events.column("touch_type"), value_set=pa.array(TYPE_NAMES)), -1)
     t0 = np.datetime64(pd.Timestamp(end - timedelta(days=days)).tz_convert(None), "ns")
     occurred = events.column("occurred_at").to_numpy().astype("datetime64[ns]")
     seconds = (occurred - t0) // np.timedelta64(1, "s")
     linked = pc.is_valid(events.column(DECISION_ID)).to_numpy(zero_copy_only=False)
     bounds = snapshot_days(days, every_days) * SECONDS_PER_DAY
-    return response_priors(touch.to_numpy(zero_copy_only=False), seconds, linked, bounds)
+    return response_counts(touch.to_numpy(zero_copy_only=False), seconds, linked, bounds)
+
+
+def partition_features(
+    event_files: list[Path],
+    customer_files: list[Path],
+    event_schema: pa.Schema,
+    customer_schema: pa.Schema,
+    end: datetime,
+    days: int,
+    every_days: int,
+    priors: np.ndarray,
+) -> tuple[pa.Table, pa.Table, pa.Table] | None:
+    """One partition's (touch-history snapshots, each customer's latest of them, profile rows); None if empty.
+
+    The one function both engines run on every partition (``nexttouch.partitions.run``).
+    """
+    people = read_partition(customer_files, customer_schema)
+    if people.num_rows == 0:
+        return None
+    # In customer order (a split partition comes in any): the snapshot file is then sorted by customer.
+    people = people.take(pc.sort_indices(people, sort_keys=[(CUSTOMER_ID, "ascending")])).to_pandas()
+    events = read_partition(event_files, event_schema).to_pandas(types_mapper=_ARROW_STRINGS.get)
+    chunks = touch_feature_columns(events, people, end, days, every_days, priors=priors)
+    table = pa.concat_tables([pa.table({name: _arrow(values) for name, values in cols.items()}) for cols in chunks])
+    del events
+    # One row per customer and snapshot, each customer's latest last.
+    snapshots = len(snapshot_days(days, every_days))
+    latest = table.take(pa.array(np.arange(snapshots - 1, table.num_rows, snapshots)))
+    # A profile row is valid from sign-up; without a sign-up date, from always (no decision misses it).
+    always = pd.Series(pd.Timestamp(EPOCH), people.index, dtype="datetime64[us, UTC]")
+    since = utc_times(people[SIGNUP_AT]).astype(always.dtype).fillna(always) if SIGNUP_AT in people else always
+    profile = people.drop(columns=[SIGNUP_AT], errors="ignore").assign(**{EVENT_TIMESTAMP: since})
+    return table, latest, pa.Table.from_pandas(_microseconds(profile), preserve_index=False)
+
+
+def _arrow(values: Any) -> pa.Array:
+    """A feature column as arrow, times as microseconds in UTC (DuckDB behind Feast cannot cast nanoseconds)."""
+    if isinstance(getattr(values, "dtype", None), pd.DatetimeTZDtype):
+        return pa.array(values).cast(pa.timestamp("us", "UTC"))
+    return pa.array(values)
 
 
 def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:

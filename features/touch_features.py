@@ -10,7 +10,9 @@ Customers are processed in chunks so memory stays bounded for millions of custom
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,12 +71,36 @@ def build_touch_features(
 ) -> pd.DataFrame:
     """Feature rows for every customer at every ``every_days``-th day boundary up to ``end``.
 
-    ``events`` must already carry ``customer_id`` (identity resolved), ``occurred_at``,
+    One row per customer and snapshot: customers in the order of ``customers``, each one's snapshots
+    earliest first. ``events`` must already carry ``customer_id`` (identity resolved), ``occurred_at``,
     ``touch_type`` and ``amount``, and may carry ``decision_id`` (the decision a touch was sent by
     or answers; null or absent: the customer's own touch). A touch type's tier and direction come
     from ``nexttouch.touches``. Events before the first snapshot count for the history features.
     ``priors`` are the population's response rates (``response_priors``); by default those of
     ``events``, so a caller that passes only some customers' events passes the population's.
+    """
+    frames = [
+        pd.DataFrame(cols)  # in order: no reordering copy
+        for cols in touch_feature_columns(events, customers, end, days, every_days, chunk, priors)
+    ]
+    columns = [CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]
+    if not frames:
+        return pd.DataFrame({c: [] for c in columns})
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def touch_feature_columns(
+    events: pd.DataFrame,
+    customers: pd.DataFrame,
+    end: datetime,
+    days: int,
+    every_days: int = 1,
+    chunk: int = 50_000,
+    priors: np.ndarray | None = None,
+) -> Iterator[dict[str, Any]]:
+    """``build_touch_features``' columns, ``chunk`` customers at a time (numpy arrays and datetime indexes).
+
+    Where the features are computed: the frame above and the pipeline's arrow tables are made of these.
     """
     t0 = pd.Timestamp(end - timedelta(days=days))
     snaps = snapshot_days(days, every_days)
@@ -103,7 +129,7 @@ def build_touch_features(
         else np.full(len(customers), np.datetime64("NaT", "ns"))
     )
     columns = [CUSTOMER_ID, EVENT_TIMESTAMP, *TOUCH_FEATURES, *CONTACT_STATE]
-    frames = []
+    naive_stamps = stamps.tz_convert(None).to_numpy()
     for lo in range(0, len(ids), chunk):
         hi = min(lo + chunk, len(ids))
         m = (cust >= lo) & (cust < hi)
@@ -111,11 +137,10 @@ def build_touch_features(
         cols = _chunk_features(cust[w] - lo, seconds[w], channel[w], amount[w], hi - lo, days, snaps, t0)
         cols |= _history_features(cust[m] - lo, seconds[m], touch[m], linked[m], hi - lo, bounds, priors)
         cols[CUSTOMER_ID] = np.repeat(ids[lo:hi], len(snaps))
-        cols[EVENT_TIMESTAMP] = np.tile(stamps, hi - lo)
+        cols[EVENT_TIMESTAMP] = pd.DatetimeIndex(np.tile(naive_stamps, hi - lo)).tz_localize("UTC")
         tenure = stamps.tz_convert(None).to_numpy()[None, :] - signup[lo:hi, None]
         cols["tenure_days"] = _days_or_null(tenure.ravel())
-        frames.append(pd.DataFrame({c: cols[c] for c in columns}))  # in order: no reordering copy
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        yield {c: cols[c] for c in columns}
 
 
 def _days_or_null(span: np.ndarray) -> np.ndarray | pd.arrays.IntegerArray:
@@ -135,15 +160,25 @@ def response_priors(touch: np.ndarray, seconds: np.ndarray, linked: np.ndarray, 
 
     ``touch``: positions in TYPE_NAMES; ``seconds`` and ``bounds``: from the same origin. 0 before any send.
     """
+    return priors_from_counts(response_counts(touch, seconds, linked, bounds))
+
+
+def response_counts(touch: np.ndarray, seconds: np.ndarray, linked: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sends and answers of each of RESPONSES before each boundary: (2, boundaries, responses).
+
+    Counts add up: the counts of the population are the sum of those of any split of its events.
+    """
     before = np.searchsorted(bounds, seconds, side="right")  # the first boundary each event is before
-    priors = np.zeros((len(bounds), len(RESPONSES)))
+    counts = np.zeros((2, len(bounds), len(RESPONSES)), np.int64)
     for r, (sent, answer) in enumerate(RESPONSES.values()):
-        n, hits = (
-            np.bincount(before[mask], minlength=len(bounds) + 1)[: len(bounds)].cumsum()
-            for mask in (touch == TYPE_NAMES.index(sent), (touch == TYPE_NAMES.index(answer)) & linked)
-        )
-        priors[:, r] = _rate(hits.astype(float), n.astype(float))
-    return priors
+        for i, mask in enumerate((touch == TYPE_NAMES.index(sent), (touch == TYPE_NAMES.index(answer)) & linked)):
+            counts[i, :, r] = np.bincount(before[mask], minlength=len(bounds) + 1)[: len(bounds)].cumsum()
+    return counts
+
+
+def priors_from_counts(counts: np.ndarray) -> np.ndarray:
+    """``response_priors`` from (summed) ``response_counts``."""
+    return _rate(counts[1].astype(float), counts[0].astype(float))
 
 
 def _channels(touch: np.ndarray) -> np.ndarray:

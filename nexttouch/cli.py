@@ -132,8 +132,8 @@ def simulate(
     s = _settings(project_dir, catalog, customers=customers, days=days, seed=seed)
     brand = write_brand(s, load_catalog(s.catalog_path), (end.replace(tzinfo=UTC) if end else _today()), s.landing_dir)
     typer.echo(
-        f"simulated {len(brand.customers):,} customers, {len(brand.events):,} touch events, "
-        f"{len(brand.decisions):,} logged decisions -> {s.landing_dir}"
+        f"simulated {brand.customers:,} customers, {brand.events:,} touch events, "
+        f"{brand.decisions:,} logged decisions -> {s.landing_dir}"
     )
 
 

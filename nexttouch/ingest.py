@@ -16,11 +16,17 @@ copied to the quarantine with its reason and reported; the other files still loa
 exits non-zero. CSV is UTF-8 (UTF-16 and UTF-8 with a byte-order mark are read as such); a row
 that is not valid UTF-8 (e.g. latin-1) is quarantined, never loaded as mojibake. Text columns
 stay arrow strings (no Python object per cell) and every check is vectorised: 50M events fit.
+
+A table bigger than the memory budget (``settings.data_memory_gib``) is split by a hash of its key
+(``nexttouch.partitions``), the loaded rows too, and each partition is validated and merged whole by
+the same code: every check across rows (duplicates, a source key's customers, what is already
+loaded) compares rows of one key, so it holds within a partition. Customers are read whole.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import re
 import shutil
@@ -40,6 +46,7 @@ from nexttouch import personal_data
 from nexttouch.api import ID_PATTERN
 from nexttouch.catalog import Catalog
 from nexttouch.parquet import write_parquet
+from nexttouch.partitions import parquet_bytes, partition_count, read_partition, run, split
 from nexttouch.schemas import (
     ACTION,
     CLOCK_SKEW,
@@ -74,6 +81,8 @@ TYPE_NAMES = list(TOUCH_TYPES)
 PII_NAMES = re.compile(r"(^|_)(name|first_?name|last_?name|e_?mail|phone|mobile|address|birth_?date)($|_)", re.I)
 REMOVED = "[removed: personal data]"  # what the quarantine shows instead of a value that holds personal data
 API_SYSTEM = "api"  # source system of events the service was sent by customer id (source key = customer id)
+BYTES_PER_INPUT_BYTE = 12  # working memory of validating and merging, per uncompressed byte of input
+WHOLE = frozenset({"customers"})  # read whole: which profile columns hold personal data is decided on all rows
 
 
 @dataclass
@@ -116,38 +125,162 @@ def ingest(settings: Settings, catalog: Catalog, source: Path, now: datetime | N
         raise IngestError(f"no tables in {source}: expected any of {', '.join(f'{t}.parquet|csv' for t in TABLES)}")
     settings.raw_dir.mkdir(parents=True, exist_ok=True)
     reports = []
-    for table in TABLES:
-        paths = found[table]
-        if not paths:
-            continue
-        report = TableReport(table)
-        frames = []
-        for path in paths:
+    try:
+        for table in TABLES:
+            if found[table]:
+                reports.append(_ingest_table(settings, catalog, table, found[table], now))
+    finally:
+        _load_cached.cache_clear()
+    return reports
+
+
+def _ingest_table(settings: Settings, catalog: Catalog, table: str, paths: list[Path], now: datetime) -> TableReport:
+    report = TableReport(table)
+    parts = _partitions(settings, table, paths)
+    if parts > 1:
+        _ingest_partitions(settings, catalog, table, paths, parts, now, report)
+        return report
+    frames = []
+    for path in paths:
+        try:
+            frames.append(_read(path, table))
+        except IngestError as exc:
+            report.failed_files[path] = str(exc)
+            _quarantine_file(settings, table, path, str(exc))
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True) if frames else None
+    if frame is None:
+        return report
+    del frames
+    report.rows = len(frame)
+    existing = _load(settings, table)
+    validate = _VALIDATORS[table]
+    good, rejected = validate(frame, settings, catalog, pd.Timestamp(now) + CLOCK_SKEW, report)
+    del frame
+    merged, new, same, conflicts = _merge(existing, good, KEYS[table], table)
+    rejected = pd.concat([rejected, conflicts], ignore_index=True) if len(conflicts) else rejected
+    report.loaded, report.already_loaded = new, same
+    _report_rejected(settings, table, paths, report, rejected)
+    if new:
+        _store(settings, table, merged)
+    return report
+
+
+def _report_rejected(
+    settings: Settings, table: str, paths: list[Path], report: TableReport, rejected: pd.DataFrame
+) -> None:
+    report.rejected = rejected["reason"].value_counts().to_dict() if len(rejected) else {}
+    if len(rejected):
+        loaded_paths = [p for p in paths if p not in report.failed_files]
+        report.quarantine = _quarantine(settings, table, loaded_paths, rejected)
+
+
+def _partitions(settings: Settings, table: str, paths: list[Path]) -> int:
+    """How many key partitions ``table`` is validated in: 1 (all at once) unless it outgrows the budget."""
+    if table in WHOLE:
+        return 1
+    loaded = settings.raw_dir / f"{table}.parquet"
+    try:
+        size = sum(parquet_bytes([p]) if p.suffix == ".parquet" else 2 * p.stat().st_size for p in paths)
+        size += parquet_bytes([loaded]) if loaded.exists() else 0
+    except (OSError, pa.ArrowException):  # an unreadable file: reported by the whole-table path
+        return 1
+    return partition_count(size * BYTES_PER_INPUT_BYTE, settings.data_memory_gib)
+
+
+def _ingest_partitions(
+    settings: Settings, catalog: Catalog, table: str, paths: list[Path], parts: int, now: datetime, report: TableReport
+) -> None:
+    """``table`` validated and merged one key partition at a time; the loaded file written as they go."""
+    work = settings.data_dir / "tmp" / f"ingest-{table}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out = settings.raw_dir / f".{table}.parquet.tmp"
+    writer = None
+    try:
+        inputs = []
+        for i, path in enumerate(paths):
             try:
-                frames.append(_read(path, table))
+                inputs.append(_readable(path, table, work / f"input-{i}.parquet"))
             except IngestError as exc:
                 report.failed_files[path] = str(exc)
                 _quarantine_file(settings, table, path, str(exc))
-        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True) if frames else None
-        reports.append(report)
-        if frame is None:
-            continue
-        del frames
-        report.rows = len(frame)
-        existing = _load(settings, table)
-        validate = _VALIDATORS[table]
-        good, rejected = validate(frame, settings, catalog, pd.Timestamp(now) + CLOCK_SKEW, report)
-        del frame
-        merged, new, same, conflicts = _merge(existing, good, KEYS[table], table)
-        rejected = pd.concat([rejected, conflicts], ignore_index=True) if len(conflicts) else rejected
-        report.loaded, report.already_loaded = new, same
-        report.rejected = rejected["reason"].value_counts().to_dict() if len(rejected) else {}
-        if len(rejected):
-            loaded_paths = [p for p in paths if p not in report.failed_files]
-            report.quarantine = _quarantine(settings, table, loaded_paths, rejected)
-        if new:
-            _store(settings, table, merged)
-    return reports
+        if not inputs:
+            return
+        schema = pa.unify_schemas([pq.read_schema(p) for p in inputs], promote_options="permissive")
+        report.rows = sum(pq.read_metadata(p).num_rows for p in inputs)
+        memory = settings.data_memory_gib
+        arrived = split(inputs, KEYS[table], parts, work / "input", memory)
+        loaded = settings.raw_dir / f"{table}.parquet"
+        before = split([loaded], KEYS[table], parts, work / "loaded", memory) if loaded.exists() else None
+        loaded_schema = pq.read_schema(loaded) if before else None
+        tasks = [
+            (settings, catalog, table, arrived[k], schema, before[k] if before else [], loaded_schema, now)
+            for k in range(parts)
+        ]
+        rejected = []
+        for rows, bad, new, same in run(settings, ingest_partition, tasks):
+            rejected.extend(r for r in bad if len(r))
+            report.loaded, report.already_loaded = report.loaded + new, report.already_loaded + same
+            if rows.num_rows:
+                writer = writer or pq.ParquetWriter(out, rows.schema)
+                writer.write_table(rows.cast(writer.schema))
+            del rows
+        if writer:
+            writer.close()
+            writer = None
+        no_rejects = pd.DataFrame({"reason": pd.Series(dtype=object)})
+        _report_rejected(
+            settings, table, paths, report, pd.concat(rejected, ignore_index=True) if rejected else no_rejects
+        )
+        if report.loaded:
+            out.replace(loaded)
+    finally:
+        if writer:
+            writer.close()
+        out.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ingest_partition(
+    settings: Settings,
+    catalog: Catalog,
+    table: str,
+    arrived: list[Path],
+    schema: pa.Schema,
+    loaded: list[Path],
+    loaded_schema: pa.Schema | None,
+    now: datetime,
+) -> tuple[pa.Table, list[pd.DataFrame], int, int]:
+    """One key partition validated and merged with its loaded rows: (rows to keep, rejected rows, new, unchanged).
+
+    The one function both engines run on every partition (``nexttouch.partitions.run``).
+    """
+    frame = _from_arrow(read_partition(arrived, schema))
+    existing = _from_arrow(read_partition(loaded, loaded_schema)) if loaded_schema is not None else None
+    good, bad = _VALIDATORS[table](frame, settings, catalog, pd.Timestamp(now) + CLOCK_SKEW, TableReport(table))
+    del frame
+    merged, new, same, conflicts = _merge(existing, good, KEYS[table], table)
+    rows = pa.Table.from_pandas(_microseconds(merged), preserve_index=False)
+    return rows, [bad, conflicts], new, same
+
+
+def _readable(path: Path, table: str, converted: Path) -> Path:
+    """A parquet file of the input that can be split: ``path`` itself, or a CSV converted (text) to ``converted``."""
+    if path.suffix == ".csv":
+        frame = _read(path, table)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), converted)
+        return converted
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise IngestError(f"cannot read {path.name}: {exc}") from exc
+    _require(schema.empty_table().to_pandas(), REQUIRED[table], table)
+    return path
+
+
+def _microseconds(frame: pd.DataFrame) -> pd.DataFrame:
+    stamps = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    return frame.astype(dict.fromkeys(stamps, "datetime64[us, UTC]"))
 
 
 def _find(source: Path, table: str) -> list[Path]:
@@ -535,7 +668,16 @@ def _rows_equal(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
 
 def _load(settings: Settings, table: str) -> pd.DataFrame | None:
     path = settings.raw_dir / f"{table}.parquet"
-    return _from_arrow(pq.read_table(path)) if path.exists() else None
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return _load_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: Path, mtime_ns: int, size: int) -> pd.DataFrame:
+    """A loaded table, read once per version of its file while an ingest runs (partitions look it up again)."""
+    return _from_arrow(pq.read_table(path))
 
 
 def _store(settings: Settings, table: str, frame: pd.DataFrame) -> None:
@@ -546,7 +688,7 @@ def _quarantine(settings: Settings, table: str, sources: list[Path], rejected: p
     """Rejected rows with their reason; named by the input's content, so a re-run rewrites it."""
     digest = hashlib.sha256()
     for source in sources:
-        digest.update(source.read_bytes())
+        _hash_file(digest, source)
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     path = settings.quarantine_dir / f"{table}-{digest.hexdigest()[:12]}.csv"
     text = pa.Table.from_pandas(rejected.astype("string[pyarrow]"), preserve_index=False)
@@ -557,10 +699,18 @@ def _quarantine(settings: Settings, table: str, sources: list[Path], rejected: p
 
 def _quarantine_file(settings: Settings, table: str, source: Path, reason: str) -> Path:
     """An unusable file as it arrived, beside a note of why, for someone to look at."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    digest = _hash_file(hashlib.sha256(), source).hexdigest()[:12]
     folder = settings.quarantine_dir / "files"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{table}-{digest}-{source.name}"
     shutil.copyfile(source, path)
     path.with_name(path.name + ".reason.txt").write_text(reason + "\n")
     return path
+
+
+def _hash_file(digest: hashlib._Hash, path: Path) -> hashlib._Hash:
+    """``digest`` updated with the file's bytes, read a MiB at a time (inputs can be gigabytes)."""
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest

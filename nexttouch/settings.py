@@ -82,8 +82,16 @@ class Settings(BaseSettings):
     )
     decision_rate: float = Field(0.08, gt=0, le=1, description="Daily chance a customer gets a decision.")
 
+    data_memory_gib: float = Field(
+        4.0,
+        gt=0,
+        description="Memory budget of the data steps (simulate, ingest, features): they work a slice of the "
+        "customers at a time, as many as fit in it, so peak memory does not grow with the number of customers.",
+    )
     dask_scheduler: str | None = Field(
-        None, description="Dask scheduler address (tcp://host:8786): train LightGBM on that cluster; local if unset."
+        None,
+        description="Dask scheduler address (tcp://host:8786): train LightGBM and run the data steps' partitions "
+        "(ingest, features) on that cluster; local if unset.",
     )
     epsilon: float = Field(0.05, ge=0, lt=1, description="Share of decisions chosen at random.")
     affinity_prior_sd: Annotated[float, Field(ge=0, le=5)] | Literal["fitted"] = Field(

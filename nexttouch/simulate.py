@@ -9,11 +9,17 @@ small integer codes until the end and their text columns are built once, with py
 arrow-backed string columns: 1M customers (~50M events) fit in a few GiB instead of tens.
 The organic rates, the state's decay and the response delays are module functions and constants
 because the closed-loop world (nexttouch.world) steps the same brand on from a simulation's end.
+
+Customers are simulated in blocks of ``BLOCK`` customers, each from a random stream of its own
+(seeded by the seed and the block's number) and independent of every other block: a brand of any
+size is written a chunk of whole blocks at a time (``write_brand``), and the tables are the same
+for a seed whatever the chunk size.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from nexttouch.catalog import NO_ACTION, Catalog
@@ -63,6 +70,8 @@ SENT_DELAY = 60  # seconds from a decision to its outbound touch
 RESPONSE_DELAY = (1_800, 2 * 86_400)  # a success touch follows its decision within [30 min, 2 days)
 OFFLINE_SUCCESS = ("event_attended", "store_visit")  # successes that are in-person contact
 CHUNK = 1 << 23  # rows per arrow chunk of a text column
+BLOCK = 1 << 16  # customers simulated from one random stream
+BYTES_PER_CUSTOMER = 20_000  # peak memory of simulating and writing one customer's 180 days (~50 touches)
 
 
 @dataclass
@@ -175,8 +184,9 @@ class SimulatedBrand:
         return np.array(catalog.names, dtype=object)[best]
 
 
-def customer_ids(n: int) -> np.ndarray:
-    return np.char.add("C", np.char.zfill(np.arange(1, n + 1).astype(str), 7)).astype(object)
+def customer_ids(n: int, first: int = 0) -> np.ndarray:
+    """The ids of customers ``first`` to ``first + n - 1``: ``C0000001`` for the first one."""
+    return np.char.add("C", np.char.zfill(np.arange(first + 1, first + n + 1).astype(str), 7)).astype(object)
 
 
 def _strings(chunks: list[pa.Array]) -> pd.Series:
@@ -259,10 +269,56 @@ def simulate(
     seed: int,
     decision_rate: float = 0.08,
     progress: bool = False,
+    block: int = BLOCK,
 ) -> SimulatedBrand:
     """Simulate ``days`` days of an OMO brand ending at ``end`` (UTC). Deterministic for a seed."""
-    rng = np.random.default_rng(seed)
-    n = n_customers
+    chunks = simulate_chunks(catalog, n_customers, days, end, seed, decision_rate, n_customers, progress, block)
+    return _joined(list(chunks))
+
+
+def simulate_chunks(
+    catalog: Catalog,
+    n_customers: int,
+    days: int,
+    end: datetime,
+    seed: int,
+    decision_rate: float = 0.08,
+    chunk: int = BLOCK,
+    progress: bool = False,
+    block: int = BLOCK,
+) -> Iterator[SimulatedBrand]:
+    """The brand ``chunk`` customers at a time (rounded up to whole blocks), customers in order.
+
+    Block ``b`` holds customers ``b * block`` to ``(b + 1) * block - 1`` and draws from
+    ``default_rng([seed, b])`` alone, so the rows do not depend on ``chunk``.
+    """
+    per_chunk = max(1, -(-chunk // block))
+    starts = list(range(0, n_customers, block))
+    bar = tqdm(total=len(starts) * days, desc="simulate", unit="block-day", disable=not progress)
+    with bar:
+        for i in range(0, len(starts), per_chunk):
+            parts = [
+                _simulate_block(
+                    catalog, lo, min(block, n_customers - lo), days, end, seed, lo // block, decision_rate, bar
+                )
+                for lo in starts[i : i + per_chunk]
+            ]
+            yield _joined(parts)
+
+
+def _simulate_block(
+    catalog: Catalog,
+    first: int,
+    n: int,
+    days: int,
+    end: datetime,
+    seed: int,
+    number: int,
+    decision_rate: float,
+    bar: tqdm,
+) -> SimulatedBrand:
+    """Customers ``first`` to ``first + n - 1``, from the random stream of block ``number``."""
+    rng = np.random.default_rng([seed, number])
     start = end - timedelta(days=days)
     t0 = np.int64(int(start.timestamp()))
 
@@ -279,7 +335,7 @@ def simulate(
     lt.call_consent = (rng.random(n) < 0.4 + 0.25 * lt.premium).astype(np.int8)
     truth = GroundTruth(lt)
 
-    ids = pa.array(customer_ids(n), pa.string())
+    ids = pa.array(customer_ids(n, first), pa.string())
     signup_days = rng.exponential(500, n).astype(np.int64) + 1
     region = rng.integers(0, len(REGIONS), n)
     customers = pd.DataFrame(
@@ -295,7 +351,10 @@ def simulate(
     )
     # Each source system knows the customer under its own opaque key: (system, customer) -> key.
     source_keys = pa.concat_arrays(
-        [_hex_keys(f"{system}-", rng.permutation(n) + 4096 * (i + 1)) for i, system in enumerate(SOURCE_SYSTEMS)]
+        [
+            _hex_keys(f"{system}-", first + rng.permutation(n) + 4096 * (i + 1))
+            for i, system in enumerate(SOURCE_SYSTEMS)
+        ]
     )
     identity = pd.DataFrame(
         {
@@ -315,7 +374,9 @@ def simulate(
 
     state = WorldState(online=np.zeros(n), offline=np.zeros(n), fatigue=np.zeros(n))
     ev: dict[str, list[np.ndarray]] = {"cust": [], "time": [], "type": [], "amount": [], "decision": []}
-    dec_cust, dec_time, dec_action, dec_prop, dec_out, dec_truth = [], [], [], [], [], []
+    none = np.zeros(0, np.int64)  # a block may go without decisions
+    dec_cust, dec_time, dec_action, dec_prop, dec_out = [none], [none], [none], [np.zeros(0)], [np.zeros(0)]
+    dec_truth = [(np.zeros((0, k)), np.zeros((0, k), bool))]
     n_decisions = 0
 
     def emit(cust: np.ndarray, times: np.ndarray, touch: str, amount=None, decision=None) -> None:
@@ -326,7 +387,8 @@ def simulate(
         ev["amount"].append(np.full(len(cust), np.nan) if amount is None else amount)
         ev["decision"].append(np.full(len(cust), -1, np.int32) if decision is None else decision.astype(np.int32))
 
-    for day in tqdm(range(days), desc="simulate", unit="day", disable=not progress):
+    for day in range(days):
+        bar.update()
         day0 = t0 + day * DAY
         # Organic behaviour: the OMO loop links online and offline activity. App rates are set so a
         # customer has ~50 touches in 180 days (all sources, decisions included).
@@ -386,8 +448,8 @@ def simulate(
 
         state = state.advance(n_app, n_like, n_visit, attended, contacted)
 
-    events = _events_frame(ids, source_keys, ev, t0, days)
-    decision_ids = _numbered("sim-", np.arange(n_decisions), 9)
+    events = _events_frame(ids, source_keys, ev, t0, days, f"ev-{number}-")
+    decision_ids = _numbered(f"sim-{number}-", np.arange(n_decisions), 9)
     decisions = pd.DataFrame(
         {
             DECISION_ID: decision_ids,
@@ -415,6 +477,7 @@ def _events_frame(
     parts: dict[str, list[np.ndarray]],
     t0: np.int64,
     days: int,
+    prefix: str = "ev-",
 ) -> pd.DataFrame:
     """Touch events as the source systems would send them: their own keys, not customer ids.
 
@@ -437,7 +500,7 @@ def _events_frame(
 
     return pd.DataFrame(
         {
-            "event_id": _numbered("ev-", np.arange(len(when))),
+            "event_id": _numbered(prefix, np.arange(len(when))),
             "occurred_at": pd.to_datetime(when.astype(np.int64) + t0, unit="s", utc=True),
             "source_system": _text(SOURCE_SYSTEMS, system),
             "source_key": _text(source_keys, key_index),
@@ -445,32 +508,105 @@ def _events_frame(
             "tier": _text([t.tier for t in types], code),
             "direction": _text([t.direction for t in types], code),
             "amount": amount,
-            DECISION_ID: _numbered("sim-", decision, 9, missing=decision < 0),
+            DECISION_ID: _numbered(f"sim-{prefix[3:]}", decision, 9, missing=decision < 0),
         }
     )
 
 
-def write_brand(settings: Settings, catalog: Catalog, end: datetime, out: Path) -> SimulatedBrand:
-    """Simulate with the settings' size and seed; write the tables as a brand would deliver them."""
-    brand = simulate(
-        catalog,
-        settings.customers,
-        settings.days,
-        end,
-        settings.seed,
-        decision_rate=settings.decision_rate,
-        progress=True,
+def _joined(parts: list[SimulatedBrand]) -> SimulatedBrand:
+    """Consecutive blocks of customers as one brand; the identity map stays system by system."""
+    if len(parts) == 1:
+        return parts[0]
+    first, last = parts[0], parts[-1]
+
+    def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True)
+
+    systems = len(SOURCE_SYSTEMS)
+    identity = [
+        p.identity.iloc[i * len(p.customers) : (i + 1) * len(p.customers)] for i in range(systems) for p in parts
+    ]
+    latents = Latents(
+        **{f.name: np.concatenate([getattr(p.truth.latents, f.name) for p in parts]) for f in fields(Latents)}
     )
+    state = None
+    if all(p.state is not None for p in parts):
+        state = WorldState(*(np.concatenate([getattr(p.state, f.name) for p in parts]) for f in fields(WorldState)))
+    return SimulatedBrand(
+        cat([p.customers for p in parts]),
+        cat(identity),
+        cat([p.events for p in parts]),
+        cat([p.decisions for p in parts]),
+        GroundTruth(latents),
+        cat([p.decision_truth for p in parts]),
+        first.start,
+        last.end,
+        state,
+    )
+
+
+def _customer_major(n: int) -> np.ndarray:
+    """Row order of a system-by-system identity map of ``n`` customers that lists it customer by customer."""
+    return np.arange(n * len(SOURCE_SYSTEMS)).reshape(len(SOURCE_SYSTEMS), n).T.ravel()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What ``write_brand`` wrote: rows per table."""
+
+    customers: int
+    events: int
+    decisions: int
+    source_systems: int
+    first_customers: tuple[str, ...]  # the ids of the first 200 customers (e.g. to try the service with)
+
+
+def chunk_customers(memory_gib: float) -> int:
+    """Customers simulated at once within a memory budget (whole blocks, at least one)."""
+    return max(BLOCK, int(memory_gib * 2**30 / BYTES_PER_CUSTOMER) // BLOCK * BLOCK)
+
+
+def write_brand(
+    settings: Settings, catalog: Catalog, end: datetime, out: Path, chunk: int | None = None, block: int = BLOCK
+) -> Delivered:
+    """Simulate with the settings' size and seed; write the tables as a brand would deliver them.
+
+    ``chunk`` customers at a time (default: as many as ``settings.data_memory_gib`` holds), each
+    chunk appended to every table's parquet file as row groups: memory does not grow with the brand.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in (
-        ("customers", brand.customers),
-        ("identity", brand.identity),
-        ("events", brand.events),
-        ("decisions", brand.decisions),
-    ):
-        frame.to_parquet(out / f"{name}.parquet", index=False)
     # Only a simulation knows the truth; it is kept apart from what a brand would deliver.
     truth_dir = settings.data_dir / "simulation"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    brand.decision_truth.to_parquet(truth_dir / "decision_truth.parquet", index=False)
-    return brand
+    paths = {name: out / f"{name}.parquet" for name in ("customers", "identity", "events", "decisions")}
+    paths["decision_truth"] = truth_dir / "decision_truth.parquet"
+    chunk = chunk or chunk_customers(settings.data_memory_gib)
+    writers: dict[str, pq.ParquetWriter] = {}
+    events = decisions = 0
+    systems: set[str] = set()
+    first: list[str] = []
+    try:
+        for part in simulate_chunks(
+            catalog, settings.customers, settings.days, end, settings.seed, settings.decision_rate, chunk, True, block
+        ):
+            events, decisions = events + len(part.events), decisions + len(part.decisions)
+            systems |= set(part.events["source_system"].unique())
+            first += part.customers[CUSTOMER_ID].head(200 - len(first)).tolist()
+            for name, frame in (
+                ("customers", part.customers),
+                ("identity", part.identity.iloc[_customer_major(len(part.customers))]),
+                ("events", part.events),
+                ("decisions", part.decisions),
+                ("decision_truth", part.decision_truth),
+            ):
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(paths[name].with_name(f".{paths[name].name}.tmp"), table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+            del part
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for path in paths.values():
+        path.with_name(f".{path.name}.tmp").replace(path)
+    return Delivered(settings.customers, events, decisions, len(systems), tuple(first))

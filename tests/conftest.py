@@ -59,6 +59,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """A real 2-worker Dask cluster in this process (threads), for the data steps' cluster engine."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return load_catalog()
 

@@ -178,19 +178,38 @@ def test_a_brands_own_profile_columns_become_model_features(project: Settings, c
     assert model.categorical["favourite_model"] == ["ev", "sedan", "suv"]
 
 
-def test_the_pipelines_batches_give_the_features_of_all_customers_at_once(built: Settings, tmp_path) -> None:
-    """build_offline featurises customers in batches with the population's priors from arrow: the same rows."""
+@pytest.mark.parametrize("engine", ["embedded", "dask"])
+def test_the_pipelines_partitions_give_the_features_of_all_customers_at_once(
+    built: Settings, tmp_path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    """build_offline featurises customers by partition, with the population's priors summed over them:
+    the same rows as all customers at once, on either engine."""
+    from features.online_load import latest_path
     from features.pipeline import build_offline
     from features.touch_features import build_touch_features
     from tests.conftest import END
 
-    settings = built.model_copy(update={"project_dir": tmp_path})
+    scheduler = request.getfixturevalue("dask_scheduler") if engine == "dask" else None
+    settings = built.model_copy(update={"project_dir": tmp_path, "data_memory_gib": 0.02, "dask_scheduler": scheduler})
     settings.raw_dir.parent.mkdir(parents=True)
     settings.raw_dir.symlink_to(built.raw_dir)
-    build_offline(settings, END, built.days, batch=97)
-    got = pd.read_parquet(settings.offline_dir / "touch_history.parquet")
+    build = build_offline(settings, END, built.days)
+    assert build.partitions > 3
+    key = ["customer_id", "event_timestamp"]
+    written = pd.read_parquet(settings.offline_dir / "touch_history.parquet")
+    got = written.sort_values(key, ignore_index=True)
+    assert written[key].equals(got[key])  # partitions are ranges of customers: the file is in customer order
     events = pd.read_parquet(built.raw_dir / "events.parquet")
     customers = pd.read_parquet(built.raw_dir / "customers.parquet")
     want = build_touch_features(events, customers, END, built.days, every_days=built.snapshot_every_days)
+    want = want.sort_values(key, ignore_index=True)
     assert want["push_open_rate_all"].nunique() > 100
     pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=True)
+    latest = pd.read_parquet(latest_path(settings.offline_dir / "touch_history.parquet"))
+    assert latest["customer_id"].is_unique and len(latest) == len(customers)
+    last = want.groupby("customer_id", as_index=False).tail(1).sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(latest.sort_values(key, ignore_index=True), last.astype(latest.dtypes.to_dict()))
+    profile = pd.read_parquet(settings.offline_dir / "customer_profile.parquet").sort_values("customer_id")
+    assert profile["customer_id"].tolist() == sorted(customers["customer_id"])
+    whole = pd.read_parquet(built.offline_dir / "customer_profile.parquet").sort_values("customer_id")
+    pd.testing.assert_frame_equal(profile.reset_index(drop=True), whole.reset_index(drop=True), check_dtype=False)

@@ -223,3 +223,50 @@ def test_the_cli_prints_counts_per_reason_and_fails_cleanly(project: Settings, l
     (tmp_path / "nothing").mkdir()
     failed = CliRunner().invoke(app, ["ingest", str(tmp_path / "nothing"), "--project-dir", str(project.project_dir)])
     assert failed.exit_code == 2 and "ingest failed: no tables" in failed.output
+
+
+@pytest.mark.parametrize("engine", ["embedded", "dask"])
+def test_key_partitions_load_and_reject_what_one_pass_does(
+    project: Settings, catalog: Catalog, landing: Path, tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    """A tiny memory budget splits every table but customers by key: the same reports, rows and quarantine,
+    with the partitions run here or on a Dask cluster."""
+    from nexttouch.ingest import KEYS, TABLES, _partitions
+
+    scheduler = request.getfixturevalue("dask_scheduler") if engine == "dask" else None
+    small = project.model_copy(
+        update={"project_dir": tmp_path / "small", "data_memory_gib": 1e-7, "dask_scheduler": scheduler}
+    )
+    assert _partitions(small, "events", [landing / "events.csv"]) > 3
+    assert _partitions(small, "customers", [landing / "customers.csv"]) == 1
+    for rerun in (False, True):
+        whole = {r.table: r for r in ingest(project, catalog, landing, now=NOW)}
+        parted = {r.table: r for r in ingest(small, catalog, landing, now=NOW)}
+        for table in TABLES:
+            a, b = whole[table], parted[table]
+            assert (a.rows, a.loaded, a.already_loaded, a.rejected) == (b.rows, b.loaded, b.already_loaded, b.rejected)
+            assert a.refused_columns == b.refused_columns
+            got = pd.read_parquet(small.raw_dir / f"{table}.parquet").sort_values(KEYS[table], ignore_index=True)
+            want = pd.read_parquet(project.raw_dir / f"{table}.parquet").sort_values(KEYS[table], ignore_index=True)
+            pd.testing.assert_frame_equal(got, want)
+            if a.rejected:
+                rows = ["reason", *KEYS[table]]
+                q_a = pd.read_csv(a.quarantine, dtype=str).sort_values(rows, ignore_index=True)
+                q_b = pd.read_csv(b.quarantine, dtype=str).sort_values(rows, ignore_index=True)
+                pd.testing.assert_frame_equal(q_a, q_b)
+        assert all(r.loaded == 0 for r in parted.values()) == rerun
+    later = landing.parent / "later"
+    later.mkdir()
+    _write(
+        later / "decisions.csv",
+        """
+decision_id,customer_id,decided_at,action,propensity,outcome
+d2,C2,2026-10-03T09:00:00Z,event_invite,1,1
+d1,C1,2026-10-03T09:00:00Z,push,0.5,0
+""",
+    )
+    (report,) = ingest(small, catalog, later, now=NOW)
+    assert report.loaded == 1 and report.rejected == {"decision_id already loaded with other values": 1}
+    decisions = pd.read_parquet(small.raw_dir / "decisions.parquet").set_index("decision_id")
+    assert decisions.loc["d2", "outcome"] == 1.0 and decisions.loc["d1", "outcome"] == 1.0
+    assert len(decisions) == len(pd.read_parquet(project.raw_dir / "decisions.parquet"))

@@ -6,7 +6,8 @@ import pytest
 
 from nexttouch.catalog import Catalog
 from nexttouch.schemas import DECISIONS_COLUMNS, EVENTS_COLUMNS, TOUCH_TYPES, check_columns
-from nexttouch.simulate import TIME_ZONES, simulate
+from nexttouch.settings import Settings
+from nexttouch.simulate import TIME_ZONES, simulate, simulate_chunks, write_brand
 from tests.conftest import END
 
 
@@ -74,3 +75,38 @@ def test_ground_truth_values_policies_and_the_oracle(catalog: Catalog) -> None:
     v_logged = brand.true_value(catalog, brand.decisions["action"])
     v_none = brand.true_value(catalog, np.full(len(truth), "none"))
     assert v_oracle > v_logged and v_oracle > v_none
+
+
+def test_chunks_make_the_same_brand_whatever_their_size(catalog: Catalog) -> None:
+    whole = simulate(catalog, 250, 20, END, seed=3, block=100)
+    assert whole.customers["customer_id"].tolist()[-1] == "C0000250"
+    for chunk, parts in ((100, 3), (200, 2), (250, 1)):
+        chunks = list(simulate_chunks(catalog, 250, 20, END, 3, chunk=chunk, block=100))
+        assert len(chunks) == parts
+        for table in ("customers", "events", "decisions", "decision_truth"):
+            joined = pd.concat([getattr(c, table) for c in chunks], ignore_index=True)
+            pd.testing.assert_frame_equal(joined, getattr(whole, table))
+        identity = pd.concat([c.identity for c in chunks]).sort_values(["source_system", "source_key"])
+        expected = whole.identity.sort_values(["source_system", "source_key"])
+        pd.testing.assert_frame_equal(identity.reset_index(drop=True), expected.reset_index(drop=True))
+    # blocks are independent streams: another block size is another brand of the same seed
+    other = simulate(catalog, 250, 20, END, seed=3, block=50)
+    assert not other.events["occurred_at"].equals(whole.events["occurred_at"])
+    assert whole.state is not None and len(whole.state.online) == 250
+
+
+def test_written_brand_does_not_depend_on_the_chunk_size(catalog: Catalog, tmp_path) -> None:
+    from nexttouch.settings import load_settings
+
+    tables = {}
+    for chunk in (100, 300):
+        s: Settings = load_settings(project_dir=tmp_path / str(chunk), customers=230, days=20, seed=5)
+        delivered = write_brand(s, catalog, END, s.landing_dir, chunk=chunk, block=100)
+        assert delivered.customers == 230 and delivered.first_customers[0] == "C0000001"
+        tables[chunk] = {
+            name: pd.read_parquet(s.landing_dir / f"{name}.parquet")
+            for name in ("customers", "identity", "events", "decisions")
+        }
+        assert delivered.events == len(tables[chunk]["events"]) and delivered.source_systems == 4
+    for name, frame in tables[100].items():
+        pd.testing.assert_frame_equal(frame, tables[300][name])

@@ -174,8 +174,8 @@ def _build(settings: Settings, catalog: Catalog, end: datetime, steps: Steps) ->
         steps.doing("simulating the brand's customers and touches")
         brand = write_brand(settings, catalog, end, settings.landing_dir)
         steps.line(
-            f"{len(brand.events):,} touch events from {brand.events['source_system'].nunique()} source systems, "
-            f"{len(brand.decisions):,} logged decisions -> {_shown(settings.landing_dir)}"
+            f"{brand.events:,} touch events from {brand.source_systems} source systems, "
+            f"{brand.decisions:,} logged decisions -> {_shown(settings.landing_dir)}"
         )
         steps.doing("ingesting: validating, resolving identities")
         for line in summary(ingest(settings, catalog, settings.landing_dir)):
@@ -210,7 +210,7 @@ def _build(settings: Settings, catalog: Catalog, end: datetime, steps: Steps) ->
         else:
             steps.line(f"{settings.model_name} v{v} registered, not promoted: {report.verdict.reason}")
             steps.line(f"the service decides with v{champion} (@{settings.champion_alias})")
-    return str(champion), brand.customers["customer_id"].head(200).tolist()
+    return str(champion), list(brand.first_customers)
 
 
 def _since_start() -> float:
