@@ -355,17 +355,12 @@ class DecisionEngine:
         removed = rules.removals(catalog, draft.check)
         by_epsilon = (draft.explore_u < choice.epsilon).tolist()
         moved = self._moved_by_own_history(draft)
-        driver = reasons.Drivers()
-        worded = reasons.Memo()
         for r, i in enumerate(draft.rows.tolist()):
             answer = answers[i]
             j = int(choice.action[r])
             name, action = names[j], catalog.actions[j]
             uplift = answer["uplift"]
-            why = [
-                worded(("removed", a, rule, text, f, v), reasons.removed, a, rule.code, text, f, v)
-                for a, (rule, text, f, v) in removed[r].items()
-            ]
+            why = [reasons.removed(a, rule.code, text, f, v) for a, (rule, text, f, v) in removed[r].items()]
             for a, text in draft.refused.get(r, {}).items():
                 per = catalog[a].capacity.per  # type: ignore[union-attr]  # only scarce actions are refused
                 why.append(reasons.removed(a, rules.Rule.CAPACITY.code, text, per, None))
@@ -383,16 +378,11 @@ class DecisionEngine:
                     runner_up = (other, uplift[other])
                 why.append(reasons.choice(name, uplift[name], eligible, runner_up))
             if answer["send_at"] is not None:
-                zone = str(draft.check.zone[r])
-                why.append(
-                    worded(
-                        ("deferred", name, answer["send_at"], zone), reasons.deferred, action, answer["send_at"], zone
-                    )
-                )
+                why.append(reasons.deferred(action, answer["send_at"], str(draft.check.zone[r])))
             for f, c in zip(top[r].tolist(), top_contrib[r], strict=True):
                 if abs(c) < 5e-4:  # nothing to say (a constant policy's features push nothing)
                     continue
                 column = cells[f]
-                why.append(driver(inputs[f], None if column is None else column[r], action, c))
+                why.append(reasons.driver(inputs[f], None if column is None else column[r], action, c))
             answer["explanation"] = why
             answer["reasons"] = reasons.texts(why)

@@ -7,9 +7,8 @@ are worded by ``nexttouch.feature_labels``, the one place that says what a featu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import TypedDict
 from zoneinfo import ZoneInfo
 
 from nexttouch.catalog import NO_ACTION, Action
@@ -106,51 +105,12 @@ def choice(action: str, uplift: float, eligible: int, runner_up: tuple[str, floa
 
 def driver(feature: str, value: object, action: Action, contribution: float) -> Explanation:
     """A feature that pushed the chosen action's chance of success (its contribution, in log-odds)."""
-    return Drivers()(feature, value, action, contribution)
-
-
-class Drivers:
-    """``driver`` for many answers at once: each action's success and each (feature, value) are worded once
-    (counts, flags and levels repeat across customers)."""
-
-    def __init__(self) -> None:
-        self._what: dict[str, str] = {}
-        self._said: dict[tuple[str, object], tuple[str, float | str | None]] = {}
-
-    def __call__(self, feature: str, value: object, action: Action, contribution: float) -> Explanation:
-        what = self._what.get(action.name)
-        if what is None:
-            what = success(action.success_touch, action.name)
-            if action.name == NO_ACTION:
-                what += " without contact"
-            self._what[action.name] = what
-        key = (feature, value)
-        try:
-            said, shown = self._said[key]
-        except KeyError:
-            said, shown = self._said[key] = describe(feature, value), machine_value(value)
-        except TypeError:  # an unhashable value
-            said, shown = describe(feature, value), machine_value(value)
-        direction = "raises" if contribution > 0 else "lowers"
-        text = f"{said}: {direction} the chance of {what}"
-        return _item("driver", action.name, text, feature, shown, round(contribution, 4))
-
-
-class Memo:
-    """A reason worded once per distinct fact (the same rule and value, the same send time in the same
-    zone): many answers of a batch share them. Each answer gets its own copy."""
-
-    def __init__(self) -> None:
-        self._items: dict[tuple[object, ...], Explanation] = {}
-
-    def __call__(self, key: tuple[object, ...], make: Callable[..., Explanation], *args: Any) -> Explanation:
-        try:
-            item = self._items.get(key)
-        except TypeError:  # an unhashable value
-            return make(*args)
-        if item is None:
-            item = self._items[key] = make(*args)
-        return {**item}  # type: ignore[typeddict-item]
+    what = success(action.success_touch, action.name)
+    if action.name == NO_ACTION:
+        what += " without contact"
+    direction = "raises" if contribution > 0 else "lowers"
+    text = f"{describe(feature, value)}: {direction} the chance of {what}"
+    return _item("driver", action.name, text, feature, machine_value(value), round(contribution, 4))
 
 
 def fallback(cause: str) -> list[Explanation]:
