@@ -148,8 +148,8 @@ def test_running_twice_changes_nothing(project: Settings, catalog: Catalog, land
     assert {r.table: r.already_loaded for r in again} == {"identity": 3, "customers": 2, "events": 3, "decisions": 2}
 
 
-def test_an_outcome_arriving_later_updates_its_decision(project: Settings, catalog: Catalog, landing: Path) -> None:
-    ingest(project, catalog, landing, now=NOW)
+def _later_outcomes(landing: Path) -> Path:
+    """A later delivery: d2's outcome arrives, and d1 again with another outcome than the one loaded."""
     later = landing.parent / "later"
     later.mkdir()
     _write(
@@ -160,6 +160,12 @@ d2,C2,2026-10-03T09:00:00Z,event_invite,1,1
 d1,C1,2026-10-03T09:00:00Z,push,0.5,0
 """,
     )
+    return later
+
+
+def test_an_outcome_arriving_later_updates_its_decision(project: Settings, catalog: Catalog, landing: Path) -> None:
+    ingest(project, catalog, landing, now=NOW)
+    later = _later_outcomes(landing)
     (report,) = ingest(project, catalog, later, now=NOW)
     assert report.loaded == 1
     assert report.rejected == {"decision_id already loaded with other values": 1}  # d1 had outcome 1
@@ -255,16 +261,7 @@ def test_key_partitions_load_and_reject_what_one_pass_does(
                 q_b = pd.read_csv(b.quarantine, dtype=str).sort_values(rows, ignore_index=True)
                 pd.testing.assert_frame_equal(q_a, q_b)
         assert all(r.loaded == 0 for r in parted.values()) == rerun
-    later = landing.parent / "later"
-    later.mkdir()
-    _write(
-        later / "decisions.csv",
-        """
-decision_id,customer_id,decided_at,action,propensity,outcome
-d2,C2,2026-10-03T09:00:00Z,event_invite,1,1
-d1,C1,2026-10-03T09:00:00Z,push,0.5,0
-""",
-    )
+    later = _later_outcomes(landing)
     (report,) = ingest(small, catalog, later, now=NOW)
     assert report.loaded == 1 and report.rejected == {"decision_id already loaded with other values": 1}
     decisions = pd.read_parquet(small.raw_dir / "decisions.parquet").set_index("decision_id")
