@@ -423,7 +423,7 @@ def omo_transitions(world: World, days: int) -> dict[str, float]:
     had app activity in the 14 days before; ``offline_to_online``: days with app activity that had
     in-person contact in the 14 days before.
     """
-    c, t, k, _ = world.events.view()
+    c, t, k, _, _ = world.events.view()
     n, t0 = world.origin.n, world.t0
     first = (t >= t0 - OMO_DAYS * DAY_S) & (t < t0 + days * DAY_S)
     day = (t[first] - t0) // DAY_S + OMO_DAYS  # shifted so the 14 days before the run count as "before"

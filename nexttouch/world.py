@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from nexttouch.catalog import NO_ACTION, Catalog
-from nexttouch.schemas import CUSTOMER_ID, TOUCH_TYPES
+from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, TOUCH_TYPES
 from nexttouch.simulate import (
     ACTION_TOUCH,
     OFFLINE_SUCCESS,
@@ -115,7 +115,10 @@ def binomial_at(u: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 class EventBuffer:
-    """Touch events as compact, growable columns: customer position, unix time, type code, amount."""
+    """Touch events as compact, growable columns: customer position, unix time, type code, amount, and the
+    number of the decision a touch answers or carries out (-1: none), the link the brand's events hold."""
+
+    COLUMNS = ("cust", "time", "type", "amount", "decision")
 
     def __init__(self, capacity: int = 1 << 16) -> None:
         self.size = 0
@@ -123,14 +126,20 @@ class EventBuffer:
         self.time = np.empty(capacity, np.int64)
         self.type = np.empty(capacity, np.int8)
         self.amount = np.empty(capacity, np.float64)
+        self.decision = np.empty(capacity, np.int64)
 
     def add(
-        self, cust: np.ndarray, time: np.ndarray, touch: str | np.ndarray, amount: np.ndarray | None = None
+        self,
+        cust: np.ndarray,
+        time: np.ndarray,
+        touch: str | np.ndarray,
+        amount: np.ndarray | None = None,
+        decision: np.ndarray | None = None,
     ) -> None:
         n = len(cust)
         if self.size + n > len(self.cust):
             grow = max(2 * len(self.cust), self.size + n)
-            for name in ("cust", "time", "type", "amount"):
+            for name in self.COLUMNS:
                 old = getattr(self, name)
                 new = np.empty(grow, old.dtype)
                 new[: self.size] = old[: self.size]
@@ -140,16 +149,17 @@ class EventBuffer:
         self.time[self.size : end] = time
         self.type[self.size : end] = TYPE_CODE[touch] if isinstance(touch, str) else touch
         self.amount[self.size : end] = np.nan if amount is None else amount
+        self.decision[self.size : end] = -1 if decision is None else decision
         self.size = end
 
     def copy(self) -> EventBuffer:
         out = EventBuffer(len(self.cust))
-        out.add(self.cust[: self.size], self.time[: self.size], self.type[: self.size], self.amount[: self.size])
+        out.add(*self.view())
         return out
 
-    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s = self.size
-        return self.cust[:s], self.time[:s], self.type[:s], self.amount[:s]
+        return self.cust[:s], self.time[:s], self.type[:s], self.amount[:s], self.decision[:s]
 
 
 @dataclass
@@ -177,7 +187,8 @@ def burn_in(
     brand = simulate(catalog, customers, days, start, seed, decision_rate=decision_rate)
     assert brand.state is not None
     keys = brand.identity.assign(pos=np.arange(len(brand.identity)) % customers)
-    resolved = brand.events[["source_system", "source_key", "occurred_at", "touch_type", "amount"]].merge(
+    columns = ["source_system", "source_key", "occurred_at", "touch_type", "amount", DECISION_ID]
+    resolved = brand.events[columns].merge(
         keys[["source_system", "source_key", "pos"]], on=["source_system", "source_key"], how="left", sort=False
     )
     events = EventBuffer(max(1 << 16, 2 * len(resolved)))
@@ -186,6 +197,7 @@ def burn_in(
         resolved["occurred_at"].to_numpy(dtype="datetime64[s]").astype(np.int64),
         pd.Index(TYPE_NAMES).get_indexer(resolved["touch_type"].astype(object)).astype(np.int8),
         resolved["amount"].to_numpy(np.float64),
+        pd.factorize(resolved[DECISION_ID].astype(object))[0],  # -1 where no decision is named
     )
     profile = brand.customers.assign(**{CUSTOMER_ID: brand.customers[CUSTOMER_ID].astype(object)})
     return Origin(catalog, profile, brand.truth, brand.state, events, start, seed, decision_rate)
@@ -215,6 +227,7 @@ class World:
         o = self.origin
         self.state = replace(o.state)
         self.events = o.events.copy()
+        self.next_decision = int(self.events.view()[4].max(initial=-1)) + 1  # numbers after the burn-in's
         self.ids = o.customers[CUSTOMER_ID].to_numpy(dtype=object)
         self.position = pd.Index(self.ids)
         zones = o.customers["time_zone"] if "time_zone" in o.customers else pd.Series("UTC", index=o.customers.index)
@@ -285,7 +298,8 @@ class World:
     def respond(
         self, cust: np.ndarray, action: np.ndarray, at: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The customers' true response to the chosen actions, written back as touch events.
+        """The customers' true response to the chosen actions, written back as touch events that name their
+        decision (as the brand's sent and answer touches do; organic activity names none).
 
         Returns (P(success) of every action, success, when the success touch happens or -1).
         """
@@ -295,17 +309,19 @@ class World:
         u, delay = rng.random(o.n)[cust], rng.integers(*RESPONSE_DELAY, o.n)[cust]
         success = u < p_all[np.arange(len(cust)), action]
         success_at = np.where(success, at + delay, -1)
+        decision = self.next_decision + np.arange(len(cust))
+        self.next_decision += len(cust)
         for j, name in enumerate(o.catalog.names):
             m = action == j
             if not m.any():
                 continue
             if name in ACTION_TOUCH:
-                self.events.add(cust[m], at[m] + SENT_DELAY, ACTION_TOUCH[name])
+                self.events.add(cust[m], at[m] + SENT_DELAY, ACTION_TOUCH[name], decision=decision[m])
             if name != NO_ACTION:
                 np.add.at(self._contacted, cust[m], 1)
             won = m & success
             touch = SUCCESS_TOUCH.get(name, "app_session")
-            self.events.add(cust[won], success_at[won], touch)
+            self.events.add(cust[won], success_at[won], touch, decision=decision[won])
             if touch in OFFLINE_SUCCESS:
                 np.add.at(self._attended, cust[won], 1)
         return p_all, success, success_at
@@ -317,7 +333,7 @@ class World:
 
     def history(self, cust: np.ndarray, since: datetime, until: datetime) -> pd.DataFrame:
         """The touch events of ``cust`` in [since, until) as the brand holds them (identity resolved)."""
-        c, t, k, amount = self.events.view()
+        c, t, k, amount, decision = self.events.view()
         wanted = np.zeros(self.origin.n, bool)
         wanted[cust] = True
         m = wanted[c] & (t >= int(since.timestamp())) & (t < int(until.timestamp()))
@@ -330,6 +346,7 @@ class World:
                 "tier": _TIER_OF[code],
                 "direction": _DIRECTION_OF[code],
                 "amount": amount[m],
+                DECISION_ID: np.array([f"d{d}" if d >= 0 else None for d in decision[m].tolist()], dtype=object),
             }
         )
 

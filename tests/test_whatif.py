@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -13,9 +13,10 @@ from nexttouch.catalog import NO_ACTION, Catalog
 from nexttouch.columns import from_frame
 from nexttouch.engine.rules import Rule, check
 from nexttouch.jobs.whatif import START, default_policies, touch_featurizer
+from nexttouch.schemas import CUSTOMER_ID, DECISION_ID
 from nexttouch.simulate import TYPE_CODE
 from nexttouch.touches import CONTACT_STATE, RECENCY_FEATURES
-from nexttouch.whatif import RunResult, compare, run_policy
+from nexttouch.whatif import ConstantPolicy, RunResult, compare, run_policy
 from nexttouch.world import Origin, World, burn_in
 
 HISTORY = 60
@@ -190,12 +191,43 @@ def test_the_closed_loop_world_continues_the_burn_in(origin: Origin) -> None:
     for day in range(DAYS):
         world.begin_day(day)
         world.end_day()
-    _, t, k, _ = world.events.view()
+    _, t, k, _, _ = world.events.view()
     session = k == TYPE_CODE["app_session"]
     t0 = int(START.timestamp())
     before = (session & (t >= t0 - 30 * 86_400) & (t < t0)).sum() / 30
     after = (session & (t >= t0)).sum() / DAYS
     assert after == pytest.approx(before, rel=0.15)  # no contacts: activity decays a little, it does not jump
+
+
+def test_touches_name_their_decision_as_the_brands_events_do(origin: Origin, catalog: Catalog) -> None:
+    """The history features count answers to decisions apart from organic activity: the world's touches
+    must carry that link, from the burn-in and from the closed loop, or the features read zero there."""
+    worlds: list[World] = []
+
+    def make(world: World) -> ConstantPolicy:
+        worlds.append(world)
+        return ConstantPolicy(catalog, "push")
+
+    run(origin, make, epsilon=0.0)
+    world = worlds[0]
+    for since, until in ((START - timedelta(days=HISTORY), START), (START, START + timedelta(days=DAYS))):
+        history = world.history(np.arange(origin.n), since, until)
+        linked = history[DECISION_ID].notna()
+        sent, opened = history["touch_type"] == "push_sent", history["touch_type"] == "push_opened"
+        assert sent.any() and opened.any()
+        assert linked[sent | opened].all()
+        assert not linked[history["touch_type"].isin(["app_like", "purchase"])].any()  # organic only
+        # an opened push answers a push sent to the same customer
+        pushes = set(zip(history.loc[sent, CUSTOMER_ID], history.loc[sent, DECISION_ID], strict=True))
+        assert set(zip(history.loc[opened, CUSTOMER_ID], history.loc[opened, DECISION_ID], strict=True)) <= pushes
+    frame = touch_featurizer(HISTORY)(
+        world.history(np.arange(origin.n), START - timedelta(days=HISTORY), START + timedelta(days=DAYS)),
+        world.profile(np.arange(origin.n)),
+        START + timedelta(days=DAYS),
+        pd.Series(pd.Timestamp(START + timedelta(days=DAYS))).repeat(origin.n).reset_index(drop=True),
+    )
+    assert (frame["push_sent_linked_decayed"] > 0).mean() > 0.5
+    assert frame["push_open_rate_all"].nunique() > 10
 
 
 def test_the_learning_champion_learns_each_customers_outcomes_once(origin: Origin, catalog: Catalog) -> None:
