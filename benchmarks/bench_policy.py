@@ -83,7 +83,7 @@ def main() -> None:
     t = time.perf_counter()
     result = run_whatif(
         settings,
-        load_catalog(),
+        load_catalog(settings.catalog_path),  # NEXTTOUCH_CATALOG_PATH: e.g. the same actions with other rules
         args.customers,
         args.days,
         list(range(1, args.seeds + 1)),
