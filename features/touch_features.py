@@ -38,6 +38,13 @@ PRIOR_WEIGHT = 5.0  # a response rate is shrunk towards the population's as if b
 HALF_LIFE_DAYS = 30.0  # of the decayed counts
 # Touches the customer makes on their own, counted over all history (likes apart from app sessions).
 ORGANIC_COUNTS = ("app_session", "app_like", "store_visit", "purchase")
+# How deep a customer's own activity goes, over all history: (touches, per touches), smoothed by half
+# a touch over one so a short history reads near one half instead of 0 or 1. Likes per app session
+# are the trace of a taste for events; purchases per store visit, of a taste for personal advice.
+ORGANIC_RATIOS = {
+    "app_like_per_session_all": ("app_like", "app_session"),
+    "purchase_per_visit_all": ("purchase", "store_visit"),
+}
 
 TOUCH_FEATURES: dict[str, str] = {
     **{f"{t}_{d}_{w}d": "int" for t, d in _TD for w in WINDOWS},
@@ -53,6 +60,7 @@ TOUCH_FEATURES: dict[str, str] = {
     **{f"{sent}_all": "int" for sent, _ in RESPONSES.values()},
     **{f"{name}_rate_all": "float" for name in RESPONSES},
     **{f"{t}_organic_all": "int" for t in ORGANIC_COUNTS},
+    **{name: "float" for name in ORGANIC_RATIOS},
     # Touches of each type, each weighted by 2^(-age / half-life): touches made on their own and
     # touches that name a decision (sent by one, or answering one) apart.
     **{f"{t}_{kind}_decayed": "float" for t in TYPE_NAMES for kind in ("organic", "linked")},
@@ -225,6 +233,8 @@ def _history_features(
         cols[f"{name}_rate_all"] = ((hits + PRIOR_WEIGHT * priors[:, r]) / (sends + PRIOR_WEIGHT)).ravel()
     for t in ORGANIC_COUNTS:
         cols[f"{t}_organic_all"] = totals((touch == TYPE_NAMES.index(t)) & ~linked).ravel()
+    for name, (num, den) in ORGANIC_RATIOS.items():
+        cols[name] = (cols[f"{num}_organic_all"] + 0.5) / (cols[f"{den}_organic_all"] + 1.0)
 
     rate = np.log(2) / (HALF_LIFE_DAYS * SECONDS_PER_DAY)
     weight = np.exp(-rate * (bounds[before] - seconds))  # each touch's weight at the boundary it is binned at

@@ -122,6 +122,10 @@ def _rate(answered: str, of: str, window: str) -> Label:
     return Label(lambda v: f"{answered} about {share(v)} of the {of} ({window})", f"no {of} to answer ({window})")
 
 
+def _per(what: str, per: str, window: str) -> Label:
+    return Label(lambda v: f"about {plain(float(v))} {what} per {per} ({window})", f"{what} per {per} unknown")
+
+
 def _decayed(touch: str, linked: bool) -> Label:
     _one, many, _success = TOUCH_WORDS[touch]
     inbound = TOUCH_TYPES[touch].direction == "in"
@@ -182,6 +186,8 @@ LABELS: dict[str, Label] = {
     "event_attend_rate_all": _rate("attends", "event invitations", "all history"),
     "call_visit_rate_all": _rate("visits a store after", "advisor calls", "all history"),
     **{f"{t}_organic_all": _all_touches(t) for t in ("app_session", "app_like", "store_visit", "purchase")},
+    "app_like_per_session_all": _per("likes", "app session", "all history"),
+    "purchase_per_visit_all": _per("purchases", "store visit", "all history"),
     **{f"{t}_{kind}_decayed": _decayed(t, kind == "linked") for t in TOUCH_WORDS for kind in ("organic", "linked")},
     **{RECENCY[LAST_AT[t]]: _recency(TIER_LAST[t]) for t in TIERS},
     RECENCY[LAST_CONTACT_AT]: _recency("contact from the brand"),

@@ -135,6 +135,9 @@ def test_history_features_count_every_touch_before_the_snapshot() -> None:
     assert a["call_visit_rate_all"] == pytest.approx((1 + PRIOR_WEIGHT * 1.0) / (1 + PRIOR_WEIGHT))
     assert a["event_attend_rate_all"] == 0.0  # nobody was invited: no prior either
     assert (a["app_like_organic_all"], a["app_session_organic_all"], a["store_visit_organic_all"]) == (1, 1, 1)
+    # depth of their own activity: 1 like per 1 session, 0 purchases per 1 visit (the answer to the call not counted)
+    assert (a["app_like_per_session_all"], a["purchase_per_visit_all"]) == ((1 + 0.5) / (1 + 1), (0 + 0.5) / (1 + 1))
+    assert b["app_like_per_session_all"] == 0.5  # nothing of their own yet: half a touch over one
     assert a["tech_in_90d"] == 2  # the windows forget the like of last June
 
     def decayed(*ages_days: float) -> float:
