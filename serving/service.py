@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -76,6 +76,10 @@ class Conflict(BentoMLException):
 
 class TooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Unavailable(Exception):
+    """Nothing was kept, through no fault of the request: a 503 that says so (``_unavailable``)."""
 
 
 _running: dict[str, NextTouch] = {}  # this worker's service instance, for the plain GET /model route
@@ -192,6 +196,8 @@ class NextTouch:
             (answer,) = await self._decide([body], body.at, body.context)
         except TokenRefused as exc:
             return _token_refused(exc, "/decide")
+        except Unavailable as exc:
+            return _unavailable(exc, "/decide")
         LATENCY.labels("decide").observe(time.perf_counter() - started)
         return DecideResponse.model_validate(answer)
 
@@ -213,11 +219,13 @@ class NextTouch:
             answers = await self._decide(body.customers, body.at, body.context, body.explain)
         except TokenRefused as exc:
             return _token_refused(exc, "/decide/batch")
+        except Unavailable as exc:
+            return _unavailable(exc, "/decide/batch")
         LATENCY.labels("decide_batch").observe(time.perf_counter() - started)
         return Response(to_json({"decisions": answers}), media_type="application/json")
 
-    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
-    async def feedback(self, **request: object) -> FeedbackResponse:
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
+    async def feedback(self, **request: object) -> FeedbackResponse | Response:
         """The outcome of a decision. Repeating it changes nothing; an unknown id is a 404."""
         body = FeedbackRequest.model_validate(request, context=self._bounds())
         record = feedback_op(body.decision_id, float(body.outcome), body.at)
@@ -229,7 +237,10 @@ class NextTouch:
                 affinity.learn(tx, self.catalog, body.decision_id, float(body.outcome), prior_sd)
             return result
 
-        result = await self._logged(op)
+        try:
+            result = await self._logged(op)
+        except Unavailable as exc:
+            return _unavailable(exc, "/feedback")
         if result is Feedback.UNKNOWN:
             raise NotFound(f"no decision {body.decision_id!r}")
         if result is Feedback.CONFLICT:
@@ -238,8 +249,8 @@ class NextTouch:
             raise InvalidArgument(f"at: {result.value} {body.decision_id!r}")
         return FeedbackResponse(decision_id=body.decision_id, status=result.value)
 
-    @bentoml.api(route="/events", input_spec=EventsRequest)
-    def events(self, **request: object) -> EventsResponse:
+    @bentoml.api(route="/events", input_spec=EventsRequest, output_spec=EventsResponse)
+    def events(self, **request: object) -> EventsResponse | Response:
         """Touch events in real time: committed for the nightly job, contact state updated online now."""
         body = EventsRequest.model_validate(request, context=self._bounds())
         try:
@@ -250,7 +261,7 @@ class NextTouch:
             raise
         except Exception as exc:  # the event log could not commit: nothing was kept, say so
             log.error("event log unavailable: %s", type(exc).__name__)
-            raise ServiceUnavailable("the event log is unavailable; no event was kept") from exc
+            return _unavailable(Unavailable("the event log is unavailable; no event was kept"), "/events")
 
     def _learn_from(self, body: EventsRequest) -> None:
         """Decision-linked success touches update their customer's posterior now (per-customer learning on)."""
@@ -302,10 +313,10 @@ class NextTouch:
             raise InvalidArgument(f"id_token: {exc}") from None
         except KeySetUnavailable as exc:
             log.error("ID token not checked: %s", exc)
-            raise ServiceUnavailable("the CIAM's keys cannot be read; the ID token was not checked") from None
+            raise Unavailable("the CIAM's keys cannot be read; the ID token was not checked") from None
         except LogUnavailable as exc:
             log.error("decision log unavailable: %s", exc)
-            raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
+            raise Unavailable("the decision log is unavailable; no decision was made") from exc
         return answers
 
     async def _logged(self, op: Any) -> Any:
@@ -316,7 +327,14 @@ class NextTouch:
             raise
         except Exception as exc:
             log.error("decision log unavailable: %s", type(exc).__name__)
-            raise ServiceUnavailable("the decision log is unavailable; no decision was made") from exc
+            raise Unavailable("the decision log is unavailable; no decision was made") from exc
+
+
+def _unavailable(exc: Unavailable, route: str) -> Response:
+    """A 503 that says what was not kept: BentoML words the body of every 5xx raised as an exception the same."""
+    log.info("POST %s answered 503: %s", route, exc)
+    body = json.dumps({"error": f"{exc}; retry later"})
+    return Response(body, status_code=503, media_type="application/json", headers={"Retry-After": "1"})
 
 
 def _token_refused(exc: TokenRefused, route: str) -> Response:

@@ -138,6 +138,8 @@ def test_tokens_without_a_configured_ciam_or_its_keys_are_refused(client: TestCl
         mp.setattr(_running["service"].decisions, "tokens", unreadable)
         r = client.post("/decide/batch", json={"customers": [{"id_token": ciam.token("app-x")}]})
     assert r.status_code == 503  # the service's fault, not the caller's: never a 401 or a cold start
+    assert r.json() == {"error": "the CIAM's keys cannot be read; the ID token was not checked; retry later"}
+    assert r.headers["retry-after"] == "1"
     r = client.post("/decide", json={"id_token": ciam.token("app-x"), "customer_id": "C0000003"})
     assert r.status_code == 400 and "exactly one of customer_id or source {system, key} or id_token" in r.text
 

@@ -367,9 +367,11 @@ def test_a_request_waiting_on_a_held_log_lock_gets_a_503_and_leaves_no_trace(ser
     with _decisions(service) as db:
         after = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
         kept = db.execute("SELECT count(*) FROM touch_events WHERE event_id = 'lock-held-1'").fetchone()[0]
-    assert decided.status_code == 503, decided.text  # BentoML words every 5xx body the same
+    assert decided.status_code == 503, decided.text
+    assert decided.json()["error"] == "the decision log is unavailable; no decision was made; retry later"
     assert took < service.settings.request_timeout_s
     assert events.status_code == 503, events.text
+    assert events.json()["error"] == "the event log is unavailable; no event was kept; retry later"
     assert (after, kept) == (before, 0)
 
 
