@@ -92,15 +92,40 @@ class TrainingSet:
         groups = [g for g in range(len(offsets) - 1) if offsets[g] < last and offsets[g + 1] > first]
         return file.read_row_groups(groups, columns=columns).slice(first - offsets[groups[0]], last - first)
 
+    @cached_property
+    def _with_nulls(self) -> set[str]:
+        """The integer and boolean columns with a missing value anywhere in the file (parquet statistics)."""
+        meta, schema = pq.read_metadata(self.path), pq.read_schema(self.path)
+        kinds = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)}
+        out = set()
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                column = group.column(c)
+                nulls = column.statistics.null_count if column.statistics is not None else 1
+                if column.path_in_schema in kinds and nulls:
+                    out.add(column.path_in_schema)
+        return out
+
     def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-        """Rows ``start`` up to ``stop`` as the frame ``training_set`` would hold them."""
-        return self.table(start, stop, columns).to_pandas()
+        """Rows ``start`` up to ``stop`` as the frame ``training_set`` would hold them, with the types of
+        the whole set whatever the range: an integer column missing somewhere is float, a boolean one object."""
+        table = self.table(start, stop, columns)
+        for name in self._with_nulls & set(table.column_names):
+            i = table.column_names.index(name)
+            if pa.types.is_integer(table.schema.field(i).type):
+                table = table.set_column(i, name, table.column(i).cast(pa.float64()))
+        frame = table.to_pandas()
+        for name in self._with_nulls & set(table.column_names):
+            if pd.api.types.is_bool_dtype(frame[name].dtype):
+                frame[name] = frame[name].astype(object)
+        return frame
 
     def batches(
-        self, start: int = 0, stop: int | None = None, rows: int = BATCH_ROWS, columns: list[str] | None = None
+        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
     ) -> Iterator[pd.DataFrame]:
-        """Rows ``start`` up to ``stop``, ``rows`` at a time."""
-        stop = len(self) if stop is None else min(stop, len(self))
+        """Rows ``start`` up to ``stop``, ``rows`` (default ``BATCH_ROWS``) at a time."""
+        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
         for lo in range(start, stop, rows):
             yield self.read(lo, min(lo + rows, stop), columns)
 
@@ -126,9 +151,9 @@ class FrameRows:
         return part if columns is None else part[columns]
 
     def batches(
-        self, start: int = 0, stop: int | None = None, rows: int = BATCH_ROWS, columns: list[str] | None = None
+        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
     ) -> Iterator[pd.DataFrame]:
-        stop = len(self) if stop is None else min(stop, len(self))
+        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
         for lo in range(start, stop, rows):
             yield self.read(lo, min(lo + rows, stop), columns)
 

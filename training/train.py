@@ -28,7 +28,8 @@ from nexttouch.engine.affinity import fit_prior_sd
 from nexttouch.logodds import EPS, logit
 from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
-from training.dataset import BATCH_ROWS, FrameRows, Rows, TrainingSet
+from training import dataset
+from training.dataset import FrameRows, Rows, TrainingSet
 
 NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME, DECIDED_AT}
 # Features the score must never decrease in (behavioural guarantee, LightGBM monotone constraints):
@@ -228,7 +229,8 @@ class DesignSequence(lgb.Sequence):
     """
 
     def __init__(self, rows: Rows, template: DecisionModel, batch_size: int | None = None) -> None:
-        self.rows, self.template, self.batch_size = rows, template, batch_size or BATCH_ROWS
+        self.rows, self.template = rows, template
+        self.batch_size = batch_size or dataset.BATCH_ROWS
         self._block: tuple[int, np.ndarray] | None = None  # (first row, design of its batch)
 
     def __len__(self) -> int:
