@@ -61,16 +61,19 @@ def fit_booster_on_dask(
     from distributed import Client
 
     with Client(scheduler) as client:
-        workers = max(len(client.scheduler_info()["workers"]), 1)
+        addresses = sorted(client.scheduler_info()["workers"])
+        workers = max(len(addresses), 1)
         n, width = len(train), len(names)
         rows = max(math.ceil(n / workers), 1)
-        part = dask.delayed(_design)
-        blocks = [
-            da.from_delayed(part(train.rows(lo, lo + rows), template), (min(rows, n - lo), width), float)
-            for lo in range(0, n, rows)
-        ]
-        x = da.concatenate(blocks, axis=0)
-        y = da.from_array(y_train, chunks=(tuple(b.shape[0] for b in blocks),))
+        xs, ys = [], []
+        # Partition i is made on worker i, its labels sent there: LightGBM trains each worker on what it holds.
+        for lo, where in zip(range(0, n, rows), addresses, strict=False):
+            hi = min(lo + rows, n)
+            part = client.submit(_design, train.rows(lo, hi), template, workers=[where], pure=False)
+            label = client.scatter(y_train[lo:hi], workers=[where])
+            xs.append(da.from_delayed(dask.delayed(part), (hi - lo, width), float))
+            ys.append(da.from_delayed(dask.delayed(label), (hi - lo,), y_train.dtype))
+        x, y = da.concatenate(xs, axis=0), da.concatenate(ys, axis=0)
         kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in params.items() if k not in _NOT_ON_DASK}
         model = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
         with warnings.catch_warnings():  # threads are the workers' (n_jobs is always set by the sklearn API)
@@ -84,7 +87,10 @@ def fit_booster_on_dask(
     return cut
 
 
-def _design(rows: Rows, template: DecisionModel) -> np.ndarray:
+def _design_rows(rows: Rows, template: DecisionModel) -> np.ndarray:
     """The model input of ``rows`` (on a worker)."""
     frame = rows.read()
     return template.design(frame, frame[ACTION].to_numpy())
+
+
+_design = _design_rows  # what the tasks run
