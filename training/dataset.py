@@ -325,7 +325,7 @@ def write_training_set(
         for name in features.column_names:
             part = part.append_column(features.schema.field(name), features.column(name))
         path = out / "parts" / f"part-{i:05d}.parquet"
-        pq.write_table(part, path)
+        pq.write_table(part, path, compression="none")  # read once, by the sort
         parts.append(path)
         del features, part
     written = _sorted_by_time(settings, parts, out / TRAINING_SET_FILE, len(labelled), open_window)
