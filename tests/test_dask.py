@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from nexttouch.catalog import Catalog
-from nexttouch.settings import load_settings
+from nexttouch.settings import Settings, load_settings
 from tests.test_evaluate import synthetic_log
 from training.distributed import best_iteration
 from training.train import fit
@@ -54,3 +56,38 @@ def test_best_iteration_is_the_lowest_validation_loss() -> None:
         p = np.clip(booster.predict(x[1000:], num_iteration=k), 1e-12, 1 - 1e-12)
         losses.append(-np.mean(y[1000:] * np.log(p) + (1 - y[1000:]) * np.log(1 - p)))
     assert best == int(np.argmin(losses)) + 1 and best < 80  # overfits after a while: stopped early
+
+
+READ_ON_WORKERS: list[int] = []  # rows each design task read (the local cluster's workers are threads)
+
+
+def _counted_design(rows, template):
+    from training.distributed import _design_rows
+
+    READ_ON_WORKERS.append(len(rows))
+    return _design_rows(rows, template)
+
+
+@pytest.mark.slow
+def test_dask_training_reads_the_training_set_on_disk_on_its_workers(
+    built: Settings, catalog: Catalog, dask_scheduler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker reads and encodes its own range of the training set on disk, in a task of its own;
+    the model is as good as the one trained on the same rows sent from a frame."""
+    import pandas as pd
+
+    from training import dataset, distributed
+
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet")
+    on_disk = dataset.write_training_set(built, decisions, tmp_path / "set", catalog)
+    frame = on_disk.read()
+    READ_ON_WORKERS.clear()
+    monkeypatch.setattr(distributed, "_design", _counted_design)  # the workers are threads of this process
+    one = {"num_threads": 1}
+    streamed = fit(on_disk, catalog, rounds=40, dask_scheduler=dask_scheduler, params=one)
+    assert sorted(READ_ON_WORKERS) == [len(streamed.train) // 2, len(streamed.train) - len(streamed.train) // 2]
+    assert isinstance(streamed.train, dataset.TrainingSet) and streamed.params["trainer"] == "dask"
+    in_memory = fit(frame, catalog, rounds=40, dask_scheduler=dask_scheduler, params=one)
+    # Data-parallel LightGBM sums the workers' histograms in whichever order they answer: close, not bit-equal.
+    assert streamed.metrics["train_rows"] == in_memory.metrics["train_rows"]
+    assert streamed.metrics["valid_logloss_raw"] == pytest.approx(in_memory.metrics["valid_logloss_raw"], rel=0.02)

@@ -228,3 +228,31 @@ def test_registered_model_loads_as_pyfunc_with_the_same_scores(built: Settings) 
     assert list(via_pyfunc.columns) == [f"p_{a}" for a in champion.model.actions]
     assert via_pyfunc.to_numpy() == pytest.approx(raw)
     assert (built.models_dir / built.model_name / f"v{champion.version}").is_dir()
+
+
+def test_constant_features_and_levels_read_a_batch_at_a_time_are_those_of_the_whole_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training import dataset
+    from training.dataset import FrameRows
+    from training.train import constant_columns, feature_columns
+
+    nan = float("nan")
+    frame = pd.DataFrame(
+        {
+            "all_missing": [nan] * 7,
+            "one_value": [2.0] * 7,
+            "missing_then_value": [nan, nan, nan, 1.0, 1.0, 1.0, 1.0],  # each batch constant, the frame not
+            "value_then_other": [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0],
+            "varies_in_a_batch": [1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+            "text_one": ["a"] * 7,
+            "text_missing_later": ["a", "a", "a", None, None, None, "b"],
+            "decided_at": pd.date_range("2026-01-01", periods=7, tz="UTC"),
+        }
+    )
+    columns = [c for c in frame.columns if c != "decided_at"]
+    monkeypatch.setattr(dataset, "BATCH_ROWS", 3)
+    assert constant_columns(FrameRows(frame), columns) == constant_columns(frame, columns)
+    assert constant_columns(frame, columns) == ["all_missing", "one_value", "text_one"]
+    assert feature_columns(FrameRows(frame)) == feature_columns(frame)
+    assert feature_columns(frame)[1] == {"text_one": ["a"], "text_missing_later": ["a", "b"]}

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from nexttouch.catalog import Catalog
@@ -87,3 +88,58 @@ def test_each_decision_gets_the_history_of_the_days_before_it(built: Settings, c
         got, expected = sample[name].to_numpy(float)[has_snapshot], want[name].to_numpy(float)[has_snapshot]
         np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
     assert sample["days_observed"].max() > 90  # not a 90-day window
+
+
+def test_the_training_set_on_disk_reads_as_the_frame_in_any_range(
+    built: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Written from many Feast slices into small row groups, it reads back as the frame: whole, by range, in batches."""
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet")
+    frame = training_set(built, decisions, catalog)
+    monkeypatch.setattr(dataset, "ENTITY_ROWS_PER_QUERY", 997)
+    monkeypatch.setattr(dataset, "ROW_GROUP_ROWS", 500)
+    on_disk = dataset.write_training_set(built, decisions, tmp_path / "set", catalog)
+    assert len(on_disk) == len(frame) > 5_000 and on_disk.open_window == frame.attrs["open_window"]
+    assert pq.read_metadata(on_disk.path).num_row_groups > 10
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["training_set.parquet"]  # parts removed
+    pd.testing.assert_frame_equal(on_disk.read(), frame, check_exact=True)
+    view = on_disk.rows(1_234, 4_321)
+    want = frame.iloc[1_234:4_321].reset_index(drop=True)
+    pd.testing.assert_frame_equal(view.read(), want, check_exact=True)
+    pd.testing.assert_frame_equal(view.read(100, 200), want.iloc[100:200].reset_index(drop=True), check_exact=True)
+    batches = list(view.batches(rows=777, columns=["decision_id", "outcome"]))
+    assert [len(b) for b in batches] == [777, 777, 777, 756]
+    pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), want[["decision_id", "outcome"]])
+    assert len(on_disk.rows(5, 5)) == 0 and on_disk.rows(5, 5).read().columns.tolist() == frame.columns.tolist()
+
+
+def test_a_model_from_the_training_set_on_disk_is_the_model_from_the_frame(
+    built: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """LightGBM reads the training period a batch at a time and makes the same model, calibration and
+    metrics as from the whole frame; the best single action's values summed by batch are the same."""
+    from training.evaluate import fit_single_values
+    from training.train import fit
+
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet")
+    frame = training_set(built, decisions, catalog)
+    monkeypatch.setattr(dataset, "ROW_GROUP_ROWS", 600)
+    on_disk = dataset.write_training_set(built, decisions, tmp_path / "set", catalog)
+    in_memory = fit(frame, catalog, rounds=60)
+    monkeypatch.setattr(dataset, "BATCH_ROWS", 1_000)  # several batches for the Sequence and the sums
+    streamed = fit(on_disk, catalog, rounds=60)
+    assert streamed.model.booster.model_to_string() == in_memory.model.booster.model_to_string()
+    assert streamed.metrics == in_memory.metrics and streamed.constant == in_memory.constant
+    assert streamed.model.categorical == in_memory.model.categorical
+    assert streamed.model.calibration.maps == in_memory.model.calibration.maps
+    pd.testing.assert_frame_equal(streamed.test, in_memory.test.reset_index(drop=True), check_exact=True)
+    assert len(streamed.train) == len(in_memory.train) and isinstance(streamed.train, dataset.TrainingSet)
+    p = in_memory.model.predict_all(in_memory.test)
+    np.testing.assert_array_equal(streamed.model.predict_all(streamed.test), p)
+    fit_rows = on_disk.rows(0, len(streamed.train) + len(streamed.valid))
+    fit_frame = pd.concat([in_memory.train, in_memory.valid], ignore_index=True)
+    np.testing.assert_allclose(
+        fit_single_values(streamed.model, fit_rows, catalog),
+        fit_single_values(in_memory.model, fit_frame, catalog),
+        rtol=1e-12,
+    )

@@ -9,13 +9,19 @@ decision whose window is still open carries no label yet and is left out (not co
 from __future__ import annotations
 
 import logging
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from nexttouch.catalog import Catalog
 from nexttouch.feature_store import open_store
@@ -38,6 +44,121 @@ DEFAULT_ATTRIBUTION_DAYS = 2  # catalogs without the field: the simulated brand 
 TOUCH_TYPE, OCCURRED_AT = "touch_type", "occurred_at"
 ENTITY_ROW = "entity_row"  # position in the entity frame, carried through Feast
 ENTITY_ROWS_PER_QUERY = 250_000  # bounds the memory of one point-in-time join (see _historical_features)
+TRAINING_SET_FILE = "training_set.parquet"
+ROW_GROUP_ROWS = 65_536  # rows of one parquet row group of the training set file
+BATCH_ROWS = 262_144  # rows a reader of the training set holds at once
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A training set on disk (``write_training_set``): one parquet file, rows in (decided_at,
+    decision_id) order, read a range of rows at a time with the types ``training_set`` returns.
+    ``start`` and ``stop`` make it a view of a range of the file's rows (``rows``)."""
+
+    path: Path
+    open_window: int = 0  # decisions left out because their attribution window is still open
+    start: int = 0
+    stop: int | None = None  # None: to the end of the file
+
+    def __len__(self) -> int:
+        end = self._offsets[-1] if self.stop is None else min(self.stop, self._offsets[-1])
+        return max(end - self.start, 0)
+
+    @cached_property
+    def _offsets(self) -> list[int]:
+        meta = pq.read_metadata(self.path)
+        out = [0]
+        for g in range(meta.num_row_groups):
+            out.append(out[-1] + meta.row_group(g).num_rows)
+        return out
+
+    @property
+    def columns(self) -> list[str]:
+        return pq.read_schema(self.path).names
+
+    def rows(self, start: int = 0, stop: int | None = None) -> TrainingSet:
+        """The view of rows ``start`` up to ``stop`` of this one."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        return replace(self, start=self.start + start, stop=self.start + max(stop, start))
+
+    def table(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows ``start`` up to ``stop`` as arrow, reading only the row groups they are in."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        first, last = self.start + min(start, stop), self.start + stop
+        file = pq.ParquetFile(self.path)
+        if first == last:
+            return file.schema_arrow.empty_table().select(columns or file.schema_arrow.names)
+        offsets = self._offsets
+        groups = [g for g in range(len(offsets) - 1) if offsets[g] < last and offsets[g + 1] > first]
+        return file.read_row_groups(groups, columns=columns).slice(first - offsets[groups[0]], last - first)
+
+    @cached_property
+    def _with_nulls(self) -> set[str]:
+        """The integer and boolean columns with a missing value anywhere in the file (parquet statistics)."""
+        meta, schema = pq.read_metadata(self.path), pq.read_schema(self.path)
+        kinds = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)}
+        out = set()
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                column = group.column(c)
+                nulls = column.statistics.null_count if column.statistics is not None else 1
+                if column.path_in_schema in kinds and nulls:
+                    out.add(column.path_in_schema)
+        return out
+
+    def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows ``start`` up to ``stop`` as the frame ``training_set`` would hold them, with the types of
+        the whole set whatever the range: an integer column missing somewhere is float, a boolean one object."""
+        table = self.table(start, stop, columns)
+        for name in self._with_nulls & set(table.column_names):
+            i = table.column_names.index(name)
+            if pa.types.is_integer(table.schema.field(i).type):
+                table = table.set_column(i, name, table.column(i).cast(pa.float64()))
+        frame = table.to_pandas()
+        for name in self._with_nulls & set(table.column_names):
+            if pd.api.types.is_bool_dtype(frame[name].dtype):
+                frame[name] = frame[name].astype(object)
+        return frame
+
+    def batches(
+        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """Rows ``start`` up to ``stop``, ``rows`` (default ``BATCH_ROWS``) at a time."""
+        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
+        for lo in range(start, stop, rows):
+            yield self.read(lo, min(lo + rows, stop), columns)
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """A training set held as a frame, read like a ``TrainingSet`` (rows in the frame's order)."""
+
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.frame.columns)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> FrameRows:
+        return FrameRows(self.frame.iloc[start:stop])
+
+    def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        part = self.frame.iloc[start:stop]
+        return part if columns is None else part[columns]
+
+    def batches(
+        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
+        for lo in range(start, stop, rows):
+            yield self.read(lo, min(lo + rows, stop), columns)
+
+
+Rows = TrainingSet | FrameRows
 
 
 def attribute_outcomes(
@@ -133,11 +254,36 @@ def label_decisions(
 def training_set(
     settings: Settings, decisions: pd.DataFrame, catalog: Catalog | None = None, as_of: datetime | None = None
 ) -> pd.DataFrame:
-    """Features as they were at each ``decided_at`` (Feast ``get_historical_features``).
+    """Features as they were at each ``decided_at`` (Feast ``get_historical_features``), as one frame.
 
     With a ``catalog``, decisions without feedback are labelled by attribution (see the module
     docstring); without one only decisions with an outcome are used. Decisions whose label is not
-    known yet are not training rows; their count is in ``frame.attrs["open_window"]``.
+    known yet are not training rows; their count is in ``frame.attrs["open_window"]``. The rows are
+    those of ``write_training_set``, read whole: for brands whose training set fits in memory.
+    """
+    work = settings.data_dir / "tmp" / f"training-set-{uuid.uuid4().hex[:12]}"
+    try:
+        written = write_training_set(settings, decisions, work, catalog, as_of)
+        out = written.read()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out.attrs["open_window"] = written.open_window
+    return out
+
+
+def write_training_set(
+    settings: Settings,
+    decisions: pd.DataFrame,
+    out: Path,
+    catalog: Catalog | None = None,
+    as_of: datetime | None = None,
+) -> TrainingSet:
+    """The training set written under ``out`` as one parquet file in (decided_at, decision_id) order.
+
+    Labels as ``training_set``. Feast answers ``ENTITY_ROWS_PER_QUERY`` entity rows (a range of
+    customers) at a time and each answer, joined with its decisions, is written as a part; DuckDB then
+    sorts the parts by time within ``settings.data_memory_gib`` (spilling to disk beyond it), so no
+    step holds more than one slice of the rows.
     """
     check_columns(decisions, DECISIONS_COLUMNS, "decisions")
     labelled, open_window = label_decisions(settings, decisions, catalog, as_of)
@@ -145,6 +291,8 @@ def training_set(
         log.info("%d decisions have no outcome yet (attribution window open): left out", open_window)
     if labelled[DECISION_ID].duplicated().any():
         raise ValueError("decisions: decision_id is not unique")
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "parts").mkdir(parents=True)
     # Feast's features depend only on (customer, decision time): one entity row per distinct pair.
     entity_of, first = _entity_rows(labelled[CUSTOMER_ID], labelled[DECIDED_AT])
     entity_df = pd.DataFrame(
@@ -155,30 +303,68 @@ def training_set(
         }
     )
     entity_df[REQUEST_AT] = entity_df[EVENT_TIMESTAMP]  # recency is measured at decision time
-    features = _historical_features(settings, entity_df)
+    left = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME]]
+    left = left.assign(**{DECISION_ID: left[DECISION_ID].astype(object)})  # as the former merge on it left it
+    by_entity = np.argsort(entity_of, kind="stable")  # the decisions of a slice of entity rows, together
+    starts = np.arange(0, max(len(first), 1) + ENTITY_ROWS_PER_QUERY, ENTITY_ROWS_PER_QUERY)  # and the end
+    bounds = np.searchsorted(entity_of[by_entity], starts)
+    parts = []
+    for i, (lo, features) in enumerate(_historical_features(settings, entity_df)):
+        mine = by_entity[bounds[i] : bounds[i + 1]]  # this slice's decisions
+        # The offline store does not keep row order: ENTITY_ROW says which entity row each result row is.
+        asked = min(ENTITY_ROWS_PER_QUERY, max(len(entity_df) - lo, 0))
+        at = np.full(asked, -1, dtype=np.int64)
+        if features.num_rows == asked:
+            at[features.column(ENTITY_ROW).to_numpy() - lo] = np.arange(features.num_rows)
+        if features.num_rows != asked or (at < 0).any():
+            raise RuntimeError(f"Feast returned {features.num_rows} rows for {asked} entity rows")
+        rows = at[entity_of[mine] - lo]
+        features = features.drop_columns([CUSTOMER_ID, REQUEST_AT, ENTITY_ROW]).take(pa.array(rows))
+        features = features.rename_columns([DECIDED_AT if c == EVENT_TIMESTAMP else c for c in features.column_names])
+        part = pa.Table.from_pandas(left.iloc[mine], preserve_index=False)
+        for name in features.column_names:
+            part = part.append_column(features.schema.field(name), features.column(name))
+        path = out / "parts" / f"part-{i:05d}.parquet"
+        pq.write_table(part, path, compression="none")  # read once, by the sort
+        parts.append(path)
+        del features, part
+    written = _sorted_by_time(settings, parts, out / TRAINING_SET_FILE, len(labelled), open_window)
+    shutil.rmtree(out / "parts", ignore_errors=True)
+    return written
 
-    # The offline store does not keep row order: ENTITY_ROW says which entity row each result row is.
-    at = np.full(len(entity_df), -1, dtype=np.int64)
-    at[features.column(ENTITY_ROW).to_numpy()] = np.arange(features.num_rows)
-    if features.num_rows != len(entity_df) or (at < 0).any():
-        raise RuntimeError(f"Feast returned {features.num_rows} rows for {len(entity_df)} entity rows")
-    rows = at[entity_of]  # the result row of each labelled decision
-    # Rows by (decided_at as Feast returns it, decision_id), sorted in arrow: pandas sorts strings slowly.
-    keys = pa.table(
-        {
-            DECIDED_AT: features.column(EVENT_TIMESTAMP).take(pa.array(rows)),
-            DECISION_ID: pa.array(labelled[DECISION_ID].to_numpy(dtype=object)),
-        }
-    )
-    order = pc.sort_indices(keys, sort_keys=[(DECIDED_AT, "ascending"), (DECISION_ID, "ascending")]).to_numpy()
-    left = labelled[[DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME]].iloc[order].reset_index(drop=True)
-    left[DECISION_ID] = left[DECISION_ID].astype(object)  # as the former merge on it left it
-    features = features.drop_columns([CUSTOMER_ID, REQUEST_AT, ENTITY_ROW]).take(pa.array(rows[order]))
-    right = features.to_pandas().rename(columns={EVENT_TIMESTAMP: DECIDED_AT})
-    del features
-    out = pd.concat([left, right], axis=1)
-    out.attrs["open_window"] = open_window
-    return out
+
+def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int, open_window: int) -> TrainingSet:
+    """The parts' rows by (decided_at, decision_id) into one file, with the parts' own (arrow and pandas) types."""
+    import duckdb
+
+    schemas = [pq.read_schema(p) for p in parts]
+    schema = pa.unify_schemas(schemas, promote_options="permissive").with_metadata(schemas[0].metadata)
+    files = ", ".join(f"'{_sql_text(str(p))}'" for p in parts)
+    memory = max(256, int(settings.data_memory_gib * 1024 * 0.6))
+    spill = path.parent / ".spill"
+    con = duckdb.connect(config={"memory_limit": f"{memory}MB", "temp_directory": str(spill)})
+    try:
+        query = (
+            f"SELECT * FROM read_parquet([{files}], union_by_name = true) "
+            f"ORDER BY {_quoted(DECIDED_AT)}, {_quoted(DECISION_ID)}"
+        )
+        reader = con.sql(query).to_arrow_reader(ROW_GROUP_ROWS)
+        with pq.ParquetWriter(path, schema) as writer:
+            for batch in reader:
+                columns = [_typed(batch.column(f.name), f.type) for f in schema]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    written = TrainingSet(path, open_window)
+    if len(written) != rows:
+        raise RuntimeError(f"training set: {len(written)} rows written for {rows} labelled decisions")
+    return written
+
+
+def _typed(column: pa.Array, kind: pa.DataType) -> pa.Array:
+    """A column DuckDB read back, as the parts had it (a column null in every part stays null)."""
+    return pa.nulls(len(column), kind) if pa.types.is_null(kind) else column.cast(kind)
 
 
 def _entity_rows(customer: pd.Series, decided_at: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -195,8 +381,9 @@ def _entity_rows(customer: pd.Series, decided_at: pd.Series) -> tuple[np.ndarray
     return entity_of, order[new]
 
 
-def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> pa.Table:
-    """``get_historical_features`` on the FeatureService, ``ENTITY_ROWS_PER_QUERY`` entity rows at a time.
+def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterator[tuple[int, pa.Table]]:
+    """``get_historical_features`` on the FeatureService, ``ENTITY_ROWS_PER_QUERY`` entity rows at a time:
+    (first entity row, its answer) for each slice in turn.
 
     Feast's point-in-time join is a range join plus a window over every snapshot inside the TTL of
     every entity row; in slices its peak memory stays bounded. It runs on a DuckDB connection of its
@@ -211,13 +398,17 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> pa.Tabl
     con = ibis.duckdb.connect(preserve_insertion_order=False)  # rows are matched by ENTITY_ROW, not order
     ibis.options.default_backend = con
     try:
-        parts = [
-            store.get_historical_features(
-                entity_df=entity_df.iloc[lo : lo + ENTITY_ROWS_PER_QUERY], features=service
-            ).to_arrow()
-            for lo in range(0, max(len(entity_df), 1), ENTITY_ROWS_PER_QUERY)  # an empty frame is asked once
-        ]
+        for lo in range(0, max(len(entity_df), 1), ENTITY_ROWS_PER_QUERY):  # an empty frame is asked once
+            entity = entity_df.iloc[lo : lo + ENTITY_ROWS_PER_QUERY]
+            yield lo, store.get_historical_features(entity_df=entity, features=service).to_arrow()
     finally:
         ibis.options.default_backend = previous
         con.disconnect()
-    return pa.concat_tables(parts, promote_options="default")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")

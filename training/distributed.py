@@ -1,7 +1,7 @@
 """LightGBM on a Dask cluster, for training sets too big for one machine (settings.dask_scheduler).
 
-The training data are split into one partition per worker and trained with
-``lightgbm.DaskLGBMClassifier`` (LightGBM's own distributed data-parallel learner). Early stopping
+The training rows are split into one partition per worker, each read and encoded on its worker,
+and trained with ``lightgbm.DaskLGBMClassifier`` (LightGBM's own distributed data-parallel learner). Early stopping
 is done after training, on the same time-based validation period as the local trainer: the number
 of trees with the lowest validation log loss is kept (workers see only their own partitions, so
 stopping inside distributed training would let them disagree).
@@ -15,6 +15,10 @@ import warnings
 
 import lightgbm as lgb
 import numpy as np
+
+from nexttouch.model import DecisionModel
+from nexttouch.schemas import ACTION
+from training.dataset import Rows
 
 log = logging.getLogger(__name__)
 # Core parameters LightGBM's scikit-learn API takes under its own names; threads are the workers'.
@@ -38,7 +42,8 @@ def best_iteration(booster: lgb.Booster, x_valid: np.ndarray, y_valid: np.ndarra
 def fit_booster_on_dask(
     scheduler: str,
     params: dict[str, object],
-    x_train: np.ndarray,
+    train: Rows,
+    template: DecisionModel,
     y_train: np.ndarray,
     x_valid: np.ndarray,
     y_valid: np.ndarray,
@@ -46,15 +51,29 @@ def fit_booster_on_dask(
     cat_idx: list[int],
     rounds: int,
 ) -> lgb.Booster:
-    """Train on the Dask cluster at ``scheduler``; returns a local booster cut at its best iteration."""
+    """Train on the Dask cluster at ``scheduler``; returns a local booster cut at its best iteration.
+
+    Each worker's partition of the training rows is encoded on that worker: a training set on disk is
+    read there (the project directory must be on storage the workers share), never in this process.
+    """
+    import dask
     import dask.array as da
     from distributed import Client
 
     with Client(scheduler) as client:
-        workers = max(len(client.scheduler_info()["workers"]), 1)
-        rows = max(math.ceil(len(x_train) / workers), 1)
-        x = da.from_array(x_train, chunks=(rows, x_train.shape[1]))
-        y = da.from_array(y_train, chunks=(rows,))
+        addresses = sorted(client.scheduler_info()["workers"])
+        workers = max(len(addresses), 1)
+        n, width = len(train), len(names)
+        rows = max(math.ceil(n / workers), 1)
+        xs, ys = [], []
+        # Partition i is made on worker i, its labels sent there: LightGBM trains each worker on what it holds.
+        for lo, where in zip(range(0, n, rows), addresses, strict=False):
+            hi = min(lo + rows, n)
+            part = client.submit(_design, train.rows(lo, hi), template, workers=[where], pure=False)
+            label = client.scatter(y_train[lo:hi], workers=[where])
+            xs.append(da.from_delayed(dask.delayed(part), (hi - lo, width), float))
+            ys.append(da.from_delayed(dask.delayed(label), (hi - lo,), y_train.dtype))
+        x, y = da.concatenate(xs, axis=0), da.concatenate(ys, axis=0)
         kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in params.items() if k not in _NOT_ON_DASK}
         model = lgb.DaskLGBMClassifier(client=client, n_estimators=rounds, **kwargs)
         with warnings.catch_warnings():  # threads are the workers' (n_jobs is always set by the sklearn API)
@@ -66,3 +85,12 @@ def fit_booster_on_dask(
     cut = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     cut.best_iteration = best
     return cut
+
+
+def _design_rows(rows: Rows, template: DecisionModel) -> np.ndarray:
+    """The model input of ``rows`` (on a worker)."""
+    frame = rows.read()
+    return template.design(frame, frame[ACTION].to_numpy())
+
+
+_design = _design_rows  # what the tasks run

@@ -35,6 +35,7 @@ from nexttouch.model import DecisionModel
 from nexttouch.registry_io import load_registered
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECISION_ID, OUTCOME, PROPENSITY
 from nexttouch.settings import Settings
+from training.dataset import FrameRows, Rows, TrainingSet
 from training.gate import Paired, compare
 from training.ope import LOGGED, PolicyValue, estimate_many, greedy, one_hot, uniform
 
@@ -132,6 +133,24 @@ def single_action_values(
             correction = np.where(hit, (reward - q[np.arange(n), j]) / propensity, 0.0)
             out[j] = float((q[m, j] + correction[m]).mean())
     return out
+
+
+def fit_single_values(model: Scorer, fit_data: pd.DataFrame | Rows, catalog: Catalog) -> np.ndarray:
+    """``single_action_values`` on ``fit_data``; a training set on disk a batch at a time (sums and counts)."""
+    if isinstance(fit_data, pd.DataFrame):
+        return single_action_values(*_logged_terms(model, fit_data, catalog)[:5])
+    k = len(catalog.names)
+    total, count = np.zeros(k), np.zeros(k)
+    for batch in fit_data.batches():
+        mask, logged, propensity, reward, q = _logged_terms(model, batch, catalog)[:5]
+        n = len(batch)
+        for j in range(k):
+            m = mask[:, j]
+            hit = (logged == j) & m
+            correction = np.where(hit, (reward - q[np.arange(n), j]) / propensity, 0.0)
+            total[j] += float((q[m, j] + correction[m]).sum())
+            count[j] += int(m.sum())
+    return np.where(count > 0, total / np.maximum(count, 1), -np.inf)
 
 
 def best_single_policy(values: np.ndarray, mask: np.ndarray, prefer: int) -> np.ndarray:
@@ -263,7 +282,7 @@ def evaluate(
     out_dir: Path | None = None,
     n_boot: int = 200,
     seed: int = 0,
-    fit_data: pd.DataFrame | None = None,
+    fit_data: pd.DataFrame | Rows | None = None,
 ) -> Evaluation:
     """Measure ``model`` on ``data`` (the test period of the training set: features, action,
     propensity, outcome; ``customer_id`` clusters the paired bootstrap when present).
@@ -271,7 +290,8 @@ def evaluate(
     With ``settings``, the registered champion and (simulated brands) the ground truth are found by
     themselves unless passed. The best single action is chosen on ``fit_data`` (the periods the model
     learnt from): chosen on the decisions it is judged on, the luckiest action's estimate would be
-    biased up. With the ground truth, ``fit_data`` also gives the feature ceiling. With ``out_dir``,
+    biased up; a training set on disk is read a batch at a time for it. With the ground truth (a
+    simulated brand), ``fit_data`` also gives the feature ceiling, read whole. With ``out_dir``,
     the plots and a one-page report are written there and listed in ``artifacts``.
     """
     notes: list[str] = []
@@ -291,7 +311,7 @@ def evaluate(
         v = net_values(catalog, scores(champion, data, catalog))
         pis["champion"] = greedy(np.nan_to_num(v, nan=-np.inf), mask, prefer=none)
     if fit_data is not None and len(fit_data):  # chosen on other decisions than it is judged on
-        single = single_action_values(*_logged_terms(model, fit_data, catalog)[:5])
+        single = fit_single_values(model, fit_data, catalog)
     else:
         single = single_action_values(mask, logged, propensity, reward, q)
         notes.append("best single action chosen on the evaluation decisions: its estimate is optimistic")
@@ -306,7 +326,8 @@ def evaluate(
         if all(c in t for c in cols) and not t[cols].isna().any().any():
             true_nv = net_values(catalog, t[cols].to_numpy())
             pis["oracle"] = greedy(true_nv, mask, prefer=none)
-            ceiling = feature_ceiling(model, fit_data, data, truth, catalog) if fit_data is not None else None
+            whole = fit_data.read() if isinstance(fit_data, TrainingSet | FrameRows) else fit_data
+            ceiling = feature_ceiling(model, whole, data, truth, catalog) if whole is not None else None
             if ceiling is not None:
                 pis["ceiling"] = greedy(net_values(catalog, ceiling), mask, prefer=none)
         else:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,17 +27,19 @@ from mlflow.entities import RunInfo
 
 from nexttouch.catalog import Catalog
 from nexttouch.registry_io import load_registered
-from nexttouch.schemas import DECIDED_AT, SIGNUP_AT
+from nexttouch.schemas import SIGNUP_AT
 from nexttouch.settings import Settings
-from training.dataset import label_decisions, training_set
+from training.dataset import TrainingSet, label_decisions, training_set, write_training_set
 from training.evaluate import Evaluation, evaluate, log_evaluation
 from training.gate import Verdict, decide
 from training.promotion import Move, actor, alias_version, promote
 from training.registry import (
     NOTE,
     Registered,
+    TrainingData,
     check_tracking,
     data_tags,
+    decided_at_range,
     grouped,
     log_learning_curve,
     log_model_version,
@@ -83,7 +87,18 @@ def build_training_set(settings: Settings, labelled: pd.DataFrame) -> pd.DataFra
     return training_set(settings, labelled)
 
 
-def train_model(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> TrainResult:
+@contextmanager
+def training_set_on_disk(settings: Settings, labelled: pd.DataFrame) -> Iterator[TrainingSet]:
+    """The training set of ``labelled`` written under the project's data directory (on storage the
+    Dask workers share when there is a cluster) for the length of the ``with`` block."""
+    work = settings.data_dir / "tmp" / f"training-set-{uuid.uuid4().hex[:12]}"
+    try:
+        yield write_training_set(settings, labelled, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def train_model(settings: Settings, data: TrainingData, catalog: Catalog) -> TrainResult:
     """LightGBM locally, or on the Dask cluster when ``settings.dask_scheduler`` names one."""
     return fit(data, catalog, dask_scheduler=settings.dask_scheduler)
 
@@ -91,7 +106,7 @@ def train_model(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> Tra
 def evaluate_register_gate(
     settings: Settings,
     catalog: Catalog,
-    data: pd.DataFrame,
+    data: TrainingData,
     result: TrainResult,
     by: str,
     validated: bool = True,
@@ -114,7 +129,10 @@ def evaluate_register_gate(
     champion_version = alias_version(settings, settings.champion_alias)
     with step("evaluate"), tempfile.TemporaryDirectory() as tmp:
         champion = load_registered(settings) if champion_version else None
-        fit_data = pd.concat([result.train, result.valid], ignore_index=True)
+        if isinstance(result.train, TrainingSet):  # the training and validation periods, in time order
+            fit_data: pd.DataFrame | TrainingSet = result.train.rows(0, len(result.train) + len(result.valid))
+        else:
+            fit_data = pd.concat([result.train, result.valid], ignore_index=True)
         out = Path(tmp) / "evaluation"
         ev = evaluate(result.model, result.test, catalog, settings, champion=champion, out_dir=out, fit_data=fit_data)
         log_evaluation(ev)
@@ -182,7 +200,7 @@ def register_best_single(
     catalog: Catalog,
     result: TrainResult,
     ev: Evaluation,
-    data: pd.DataFrame,
+    data: TrainingData,
     refused: str,
     verdict: Verdict,
 ) -> str:
@@ -226,14 +244,14 @@ def record_verdict(
     client.update_model_version(settings.model_name, version, f"{text}\n\n{facts}".strip())
 
 
-def version_facts(result: TrainResult, ev: Evaluation, data: pd.DataFrame, run: RunInfo) -> str:
+def version_facts(result: TrainResult, ev: Evaluation, data: TrainingData, run: RunInfo) -> str:
     """The numbers behind a version, for its description: quality on the test period, the paired
     comparisons the gate read, the data it learnt from and the run that made it."""
     m = ev.metrics
     rows = [
         ("test period", f"{int(m['test_rows']):,} decisions, AUC {m['test_auc']:.3f}, logloss {m['test_logloss']:.4f}"),
         ("trained on", f"{int(result.metrics['train_rows']):,} decisions ({len(data):,} with validation and test)"),
-        ("data window", f"{data[DECIDED_AT].min():%Y-%m-%d} .. {data[DECIDED_AT].max():%Y-%m-%d}"),
+        ("data window", "{:%Y-%m-%d} .. {:%Y-%m-%d}".format(*decided_at_range(data))),
     ]
     names = {"new_vs_best_single": "vs best single action", "new_vs_champion": "vs champion"}
     names["champion_vs_best_single"] = "champion vs best single action"
@@ -282,13 +300,15 @@ def train_and_gate(
     caller's MLflow run: the steps `nexttouch train` and the nightly job share."""
     with step("label"):
         labelled, open_window = labelled_decisions(settings, catalog, as_of)
-    with step("training_set"):
-        data = build_training_set(settings, labelled)
-    with step("train"):
-        result = train_model(settings, data, catalog)
-    # evaluate, register, gate and promote are steps of their own inside
-    registered, ev, verdict, move = evaluate_register_gate(settings, catalog, data, result, by, step=step)
-    return TrainReport(registered, {**result.metrics, **ev.metrics}, len(data), open_window, verdict, move)
+    with ExitStack() as stack:  # the training set on disk lives until the gate has read it
+        with step("training_set"):
+            data = stack.enter_context(training_set_on_disk(settings, labelled))
+        with step("train"):
+            result = train_model(settings, data, catalog)
+        # evaluate, register, gate and promote are steps of their own inside
+        registered, ev, verdict, move = evaluate_register_gate(settings, catalog, data, result, by, step=step)
+        rows = len(data)
+    return TrainReport(registered, {**result.metrics, **ev.metrics}, rows, open_window, verdict, move)
 
 
 def run_training(

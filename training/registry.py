@@ -22,7 +22,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.digest_utils import MAX_ROWS, get_normalized_md5_digest
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.models import infer_signature
 from mlflow.tracking.fluent import ActiveRun
 
@@ -32,6 +35,7 @@ from nexttouch.schemas import DECIDED_AT, OUTCOME
 from nexttouch.settings import Settings, default_model_name
 from nexttouch.tracking import configure_mlflow
 from training import promotion
+from training.dataset import TrainingSet
 from training.pyfunc import DecisionPyfunc
 
 
@@ -182,32 +186,69 @@ def grouped(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def data_tags(settings: Settings, data: pd.DataFrame, catalog: Catalog) -> dict[str, str]:
+TrainingData = pd.DataFrame | TrainingSet  # a training set in memory, or on disk (read a range at a time)
+
+
+def decided_at_range(data: TrainingData) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first and the last decision time of a training set (one on disk is in time order)."""
+    if isinstance(data, TrainingSet):
+        return data.read(0, 1)[DECIDED_AT].iloc[0], data.read(len(data) - 1)[DECIDED_AT].iloc[0]
+    return data[DECIDED_AT].min(), data[DECIDED_AT].max()
+
+
+def example_rows(data: TrainingData, n: int = 5) -> pd.DataFrame:
+    """The first ``n`` rows of a training set."""
+    return data.read(0, n) if isinstance(data, TrainingSet) else data.head(n)
+
+
+def data_tags(settings: Settings, data: TrainingData, catalog: Catalog) -> dict[str, str]:
     """What the model was trained on: the data window, the feature service, the catalog."""
+    first, last = decided_at_range(data)
     return {
-        "data_window": f"{data[DECIDED_AT].min().isoformat()} .. {data[DECIDED_AT].max().isoformat()}",
+        "data_window": f"{first.isoformat()} .. {last.isoformat()}",
         "feature_service": settings.feature_service,
         "catalog": ",".join(catalog.names),
     }
 
 
-def log_training_set(settings: Settings, data: pd.DataFrame) -> None:
+def log_training_set(settings: Settings, data: TrainingData) -> None:
     """Dataset lineage: the training set as an MLflow dataset (schema, digest, profile, source)."""
     # A plain path string matches two registered source types (MLflow warns): name the type.
     uri = json.dumps({"uri": str(settings.raw_dir / "decisions.parquet")})
     source = get_dataset_source_from_json(uri, source_type="local")
-    dataset = mlflow.data.from_pandas(data, source=source, targets=OUTCOME, name="training_set")
+    if isinstance(data, TrainingSet):
+        dataset: PandasDataset = _DatasetOnDisk(data, source)
+    else:
+        dataset = mlflow.data.from_pandas(data, source=source, targets=OUTCOME, name="training_set")
     mlflow.log_input(dataset, context="training", tags={"feature_service": settings.feature_service})
 
 
+class _DatasetOnDisk(PandasDataset):
+    """A training set on disk as MLflow's pandas dataset: the digest MLflow computes for a frame (it
+    reads the first ``MAX_ROWS`` rows and the row count), the profile of all rows, without reading them."""
+
+    def __init__(self, data: TrainingSet, source: DatasetSource) -> None:
+        head = data.read(0, MAX_ROWS)
+        self._rows = len(data)
+        text = head.columns[head.map(lambda v: type(v) is str).all(0)]
+        kept = head[text.union(head.select_dtypes(include=[np.number]).columns)]
+        parts = [pd.util.hash_pandas_object(kept).values, np.int64(len(data))]
+        digest = get_normalized_md5_digest(parts + [str(c).encode() for c in head.columns])
+        super().__init__(head, source=source, targets=OUTCOME, name="training_set", digest=digest)
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self._rows, "num_elements": self._rows * self._df.shape[1]}
+
+
 def log_model_version(
-    settings: Settings, model: DecisionModel, example: pd.DataFrame, name: str = "decision_model"
+    settings: Settings, model: DecisionModel, example: TrainingData, name: str = "decision_model"
 ) -> str:
     """Log the whole decision model to the active run (signature + input example) as ``name`` and register it."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "decision_model")
         # Numeric features are optional doubles in the signature: Feast returns NaN for gaps.
-        example = example[model.inputs].head(5).astype(dict.fromkeys(model.numeric, "float64"))
+        example = example_rows(example)[model.inputs].astype(dict.fromkeys(model.numeric, "float64"))
         output = DecisionPyfunc().predict_with(model, example)
         info = mlflow.pyfunc.log_model(
             name=name,

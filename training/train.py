@@ -28,6 +28,8 @@ from nexttouch.engine.affinity import fit_prior_sd
 from nexttouch.logodds import EPS, logit
 from nexttouch.model import Calibration, CalibrationMethod, DecisionModel
 from nexttouch.schemas import ACTION, CUSTOMER_ID, DECIDED_AT, DECISION_ID, OUTCOME, PROPENSITY
+from training import dataset
+from training.dataset import FrameRows, Rows, TrainingSet
 
 NOT_FEATURES = {DECISION_ID, CUSTOMER_ID, ACTION, PROPENSITY, OUTCOME, DECIDED_AT}
 # Features the score must never decrease in (behavioural guarantee, LightGBM monotone constraints):
@@ -56,7 +58,7 @@ class TrainResult:
     model: DecisionModel
     metrics: dict[str, float]
     params: dict[str, object]
-    train: pd.DataFrame = field(repr=False)
+    train: pd.DataFrame | TrainingSet = field(repr=False)  # a training set on disk: the view of its training period
     valid: pd.DataFrame = field(repr=False)
     test: pd.DataFrame = field(repr=False)  # the out-of-time evaluation period
     # log loss per boosting round on the training and the validation period (the learning curve)
@@ -74,28 +76,53 @@ def split_by_time(
     return data.iloc[:a], data.iloc[a:b], data.iloc[b:]
 
 
-def feature_columns(data: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
-    """(numeric, categorical -> levels). Raw timestamps are not inputs: their recency features are."""
-    features = [c for c in data.columns if c not in NOT_FEATURES and not pd.api.types.is_datetime64_any_dtype(data[c])]
-    categorical = {
-        c: sorted(data[c].dropna().astype(str).unique().tolist())
-        for c in features
-        if not pd.api.types.is_numeric_dtype(data[c])
-    }
+def feature_columns(data: pd.DataFrame | Rows) -> tuple[list[str], dict[str, list[str]]]:
+    """(numeric, categorical -> levels). Raw timestamps are not inputs: their recency features are.
+
+    A training set on disk is read a batch at a time (the levels are those of all its rows)."""
+    rows = data if isinstance(data, TrainingSet | FrameRows) else FrameRows(data)
+    kinds = rows.read(0, 0)  # the columns' types
+    features = [
+        c for c in kinds.columns if c not in NOT_FEATURES and not pd.api.types.is_datetime64_any_dtype(kinds[c])
+    ]
+    text = [c for c in features if not pd.api.types.is_numeric_dtype(kinds[c])]
+    levels: dict[str, set[str]] = {c: set() for c in text}
+    if text:
+        for batch in rows.batches(columns=text):
+            for c in text:
+                levels[c].update(batch[c].dropna().astype(str).unique().tolist())
+    categorical = {c: sorted(levels[c]) for c in text}
     return [c for c in features if c not in categorical], categorical
 
 
-def constant_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+def constant_columns(frame: pd.DataFrame | Rows, columns: list[str]) -> list[str]:
     """The ``columns`` with a single value in ``frame`` (missing counts as a value).
 
     A model learns nothing from them, yet would read them in serving and show them among its inputs:
     a brand without touch events has every touch-history feature at zero, and no tenure without sign-up dates.
+    A training set on disk is read a batch at a time.
     """
-    return [c for c in columns if frame[c].nunique(dropna=False) <= 1]
+    if isinstance(frame, pd.DataFrame):
+        return [c for c in columns if frame[c].nunique(dropna=False) <= 1]
+    seen: dict[str, list[object]] = {c: [] for c in columns}  # each batch's one value (None: missing)
+    varies: set[str] = set()
+    for batch in frame.batches(columns=columns):
+        for c in columns:
+            if c in varies:
+                continue
+            if batch[c].nunique(dropna=False) > 1:
+                varies.add(c)
+                continue
+            value = batch[c].iloc[0]
+            one = None if pd.isna(value) else value
+            if seen[c] and seen[c][0] != one:
+                varies.add(c)
+            seen[c] = [one]
+    return [c for c in columns if c not in varies]
 
 
 def fit(
-    train_set: pd.DataFrame,
+    train_set: pd.DataFrame | TrainingSet,
     catalog: Catalog,
     valid_share: float = 0.15,
     test_share: float = 0.15,
@@ -106,20 +133,28 @@ def fit(
 ) -> TrainResult:
     """Train on the earliest decisions, early-stop and calibrate on the next, keep the latest for tests.
 
+    ``train_set`` is a frame, or a ``TrainingSet`` on disk: then the training period streams to
+    LightGBM a batch at a time and only the validation and test periods are read into memory.
     ``dask_scheduler`` (an address such as ``tcp://127.0.0.1:8786``) trains on that Dask cluster with
     ``lightgbm.DaskLGBMClassifier``; without one LightGBM trains locally on threads.
     """
     params = {**PARAMS, **(params or {})}
-    numeric, categorical = feature_columns(train_set)
-    train, valid, test = split_by_time(train_set, valid_share, test_share)
-    constant = constant_columns(train, [*numeric, *categorical])
+    if isinstance(train_set, TrainingSet):  # written in (decided_at, decision_id) order
+        rows: Rows = train_set
+    else:
+        rows = FrameRows(train_set.sort_values([DECIDED_AT, DECISION_ID], ignore_index=True))
+    n = len(rows)
+    a, b = int(n * (1 - valid_share - test_share)), int(n * (1 - test_share))
+    numeric, categorical = feature_columns(rows)
+    train, valid, test = rows.rows(0, a), rows.read(a, b), rows.read(b, n)
+    constant = constant_columns(train.frame if isinstance(train, FrameRows) else train, [*numeric, *categorical])
     numeric = [c for c in numeric if c not in constant]
     categorical = {c: levels for c, levels in categorical.items() if c not in constant}
     template = DecisionModel(booster=None, numeric=numeric, categorical=categorical, actions=catalog.names)  # type: ignore[arg-type]
     names = [*template.inputs, ACTION]
     cat_idx = [names.index(c) for c in [*categorical, ACTION]]
     params["monotone_constraints"] = [int(c in MONOTONE_INCREASING) for c in names]
-    x_train, y_train = template.design(train, train[ACTION].to_numpy()), train[OUTCOME].to_numpy()
+    y_train = np.concatenate([b[OUTCOME].to_numpy() for b in train.batches(columns=[OUTCOME])] or [np.zeros(0)])
     x_valid, y_valid = template.design(valid, valid[ACTION].to_numpy()), valid[OUTCOME].to_numpy()
 
     curves: dict[str, list[float]] = {}  # filled by the local trainer only
@@ -127,9 +162,10 @@ def fit(
         from training.distributed import fit_booster_on_dask
 
         booster = fit_booster_on_dask(
-            dask_scheduler, params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds
+            dask_scheduler, params, train, template, y_train, x_valid, y_valid, names, cat_idx, rounds
         )
     else:
+        x_train = DesignSequence(train, template)
         booster = fit_booster(params, x_train, y_train, x_valid, y_valid, names, cat_idx, rounds, curves)
 
     raw_valid = booster.predict(x_valid)
@@ -158,7 +194,60 @@ def fit(
         "structure": "shared",
         "trainer": "dask" if dask_scheduler else "local",
     }
-    return TrainResult(model, metrics, run_params, train, valid, test, curves, constant)
+    kept = train.frame if isinstance(train, FrameRows) else train
+    return TrainResult(model, metrics, run_params, kept, valid, test, curves, constant)
+
+
+class _SequenceDataset(lgb.Dataset):
+    """A Dataset from Sequences that LightGBM builds as it builds one from a matrix.
+
+    From a matrix LightGBM samples the rows for its bins and drops the features that cannot split
+    with all the parameters; from Sequences it does both in Python with the Dataset's own parameters
+    only (no ``seed``, no ``min_data_in_leaf``), which gives other bins, other features and another
+    model. While it is built, this one shows all of them.
+    """
+
+    _building = False
+
+    def construct(self) -> lgb.Dataset:
+        self._building = True
+        try:
+            return super().construct()
+        finally:
+            self._building = False
+
+    def get_params(self) -> dict[str, object]:
+        return dict(self.params or {}) if self._building else super().get_params()
+
+
+class DesignSequence(lgb.Sequence):
+    """The model input of a range of training rows for LightGBM, built a batch of rows at a time.
+
+    LightGBM reads it twice: single rows in ascending order to sample bin boundaries, then slices
+    of ``batch_size`` rows to fill the Dataset. One batch's design matrix is kept, so either way
+    every batch is read and encoded once per pass and the whole matrix never exists.
+    """
+
+    def __init__(self, rows: Rows, template: DecisionModel, batch_size: int | None = None) -> None:
+        self.rows, self.template = rows, template
+        self.batch_size = batch_size or dataset.BATCH_ROWS
+        self._block: tuple[int, np.ndarray] | None = None  # (first row, design of its batch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def design(self, start: int, stop: int) -> np.ndarray:
+        frame = self.rows.read(start, stop)
+        return self.template.design(frame, frame[ACTION].to_numpy())
+
+    def __getitem__(self, idx: int | slice) -> np.ndarray:
+        if isinstance(idx, slice):
+            start, stop, _ = idx.indices(len(self))
+            return self.design(start, stop)
+        lo = idx - idx % self.batch_size
+        if self._block is None or self._block[0] != lo:
+            self._block = (lo, self.design(lo, min(lo + self.batch_size, len(self))))
+        return self._block[1][idx - lo]
 
 
 def own_affinity_spread(valid: pd.DataFrame, p_logged: np.ndarray, actions: list[str]) -> dict[str, float]:
@@ -175,7 +264,7 @@ def own_affinity_spread(valid: pd.DataFrame, p_logged: np.ndarray, actions: list
 
 def fit_booster(
     params: dict[str, object],
-    x_train: np.ndarray,
+    x_train: np.ndarray | lgb.Sequence,
     y_train: np.ndarray,
     x_valid: np.ndarray,
     y_valid: np.ndarray,
@@ -186,8 +275,12 @@ def fit_booster(
 ) -> lgb.Booster:
     """Local LightGBM with early stopping on the validation period. ``curves`` receives the log loss of
     every round on both periods (the learning curve); only then is the training period scored each round.
+    ``x_train`` is a matrix or a ``DesignSequence`` (read a batch at a time); both make the same Dataset.
     """
-    dtrain = lgb.Dataset(x_train, y_train, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
+    if isinstance(x_train, lgb.Sequence):
+        dtrain: lgb.Dataset = _SequenceDataset([x_train], y_train, feature_name=names, categorical_feature=cat_idx)
+    else:
+        dtrain = lgb.Dataset(x_train, y_train, feature_name=names, categorical_feature=cat_idx, free_raw_data=False)
     dvalid = lgb.Dataset(x_valid, y_valid, reference=dtrain)
     history: dict[str, dict[str, list[float]]] = {}
     # LightGBM's early stopping skips the training set when it is among the validation sets.
