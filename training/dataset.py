@@ -49,8 +49,26 @@ ROW_GROUP_ROWS = 65_536  # rows of one parquet row group of the training set fil
 BATCH_ROWS = 262_144  # rows a reader of the training set holds at once
 
 
+class Batched:
+    """Reading rows a batch at a time, for anything with ``len`` and ``read(start, stop, columns)``."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def batches(
+        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """Rows ``start`` up to ``stop``, ``rows`` (default ``BATCH_ROWS``) at a time."""
+        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
+        for lo in range(start, stop, rows):
+            yield self.read(lo, min(lo + rows, stop), columns)
+
+
 @dataclass(frozen=True)
-class TrainingSet:
+class TrainingSet(Batched):
     """A training set on disk (``write_training_set``): one parquet file, rows in (decided_at,
     decision_id) order, read a range of rows at a time with the types ``training_set`` returns.
     ``start`` and ``stop`` make it a view of a range of the file's rows (``rows``)."""
@@ -121,17 +139,9 @@ class TrainingSet:
                 frame[name] = frame[name].astype(object)
         return frame
 
-    def batches(
-        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
-    ) -> Iterator[pd.DataFrame]:
-        """Rows ``start`` up to ``stop``, ``rows`` (default ``BATCH_ROWS``) at a time."""
-        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
-        for lo in range(start, stop, rows):
-            yield self.read(lo, min(lo + rows, stop), columns)
-
 
 @dataclass(frozen=True)
-class FrameRows:
+class FrameRows(Batched):
     """A training set held as a frame, read like a ``TrainingSet`` (rows in the frame's order)."""
 
     frame: pd.DataFrame
@@ -149,13 +159,6 @@ class FrameRows:
     def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
         part = self.frame.iloc[start:stop]
         return part if columns is None else part[columns]
-
-    def batches(
-        self, start: int = 0, stop: int | None = None, rows: int | None = None, columns: list[str] | None = None
-    ) -> Iterator[pd.DataFrame]:
-        stop, rows = len(self) if stop is None else min(stop, len(self)), rows or BATCH_ROWS
-        for lo in range(start, stop, rows):
-            yield self.read(lo, min(lo + rows, stop), columns)
 
 
 Rows = TrainingSet | FrameRows
