@@ -86,23 +86,43 @@ def read_latest(path: Path, keys: list[str], ts_col: str, columns: list[str], en
 
 
 def latest_path(path: Path) -> Path:
-    """Where ``write_latest_file`` keeps the latest rows of the parquet file ``path``."""
+    """Where ``LatestFileWriter`` keeps the latest rows of the parquet file ``path``."""
     return path.with_name(path.name.removesuffix(".parquet") + ".latest.parquet")
 
 
-def write_latest_file(path: Path, latest: pa.Table, keys: list[str], ts_col: str) -> None:
-    """Keep ``latest``, the latest row of each entity of the parquet file ``path``, next to it.
+class LatestFileWriter:
+    """Keeps the latest row of each entity of the parquet file ``path`` in a file next to it.
 
     ``read_latest`` then reads these rows instead of finding them among all of ``path``'s (26M
-    snapshot rows at 1M customers). The file is stamped with ``path``'s size and modification time,
-    the entity keys and the time column: a stamp that does not match (``path`` rewritten since, or
-    another key or time asked for) makes it ignored.
+    snapshot rows at 1M customers). The rows are written a table at a time (the latest rows of every
+    customer are never in memory together); ``close`` stamps the file with ``path``'s size and
+    modification time, the entity keys and the time column, so it is called once ``path`` is
+    written. A stamp that does not match (``path`` rewritten since, or another key or time asked
+    for) makes the file ignored.
     """
-    stamp = json.dumps(_stamp(path, keys, ts_col)).encode()
-    latest = latest.replace_schema_metadata({**(latest.schema.metadata or {}), LATEST_STAMP: stamp})
-    tmp = path.with_name(f".{latest_path(path).name}.tmp")
-    pq.write_table(latest, tmp)
-    tmp.replace(latest_path(path))
+
+    def __init__(self, path: Path, keys: list[str], ts_col: str) -> None:
+        self.path, self.keys, self.ts_col = path, keys, ts_col
+        self._tmp = path.with_name(f".{latest_path(path).name}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, latest: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, latest.schema)
+        self._writer.write_table(latest.cast(self._writer.schema))
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        stamp = json.dumps(_stamp(self.path, self.keys, self.ts_col)).encode()
+        self._writer.add_key_value_metadata({LATEST_STAMP: stamp})  # the file's footer, read by _latest_file
+        self._writer.close()
+        self._tmp.replace(latest_path(self.path))
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def _stamp(path: Path, keys: list[str], ts_col: str) -> dict[str, Any]:
@@ -118,7 +138,7 @@ def _latest_file(path: Path, keys: list[str], ts_col: str, columns: list[str], e
     latest = latest_path(path)
     try:
         file = pq.ParquetFile(latest)
-        stamp = json.loads((file.schema_arrow.metadata or {}).get(LATEST_STAMP, b"null"))
+        stamp = json.loads((file.metadata.metadata or {}).get(LATEST_STAMP, b"null"))
         if stamp != _stamp(path, keys, ts_col) or not set(columns) <= set(file.schema_arrow.names):
             return None
         table = file.read(columns=columns)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from features.online_load import materialize_bulk, write_latest_file
+from features.online_load import LatestFileWriter, materialize_bulk
 from features.touch_features import (
     RESPONSES,
     priors_from_counts,
@@ -178,7 +178,7 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
     parquet file, so memory does not grow with the number of customers. The partitions run here or
     on the Dask cluster (``settings.dask_scheduler``), through the same function.
     Each customer's last snapshot is also kept in a file of its own for the online load
-    (``features.online_load.write_latest_file``).
+    (``features.online_load.LatestFileWriter``).
     """
     raw = settings.raw_dir
     events_path, customers_path = raw / "events.parquet", raw / "customers.parquet"
@@ -226,30 +226,35 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
 
 
 def _write_features(out: Path, results: Iterator[tuple[pa.Table, pa.Table, pa.Table] | None]) -> int:
-    """Each partition's snapshot rows and profile rows appended to their files; then the latest rows' file."""
+    """Each partition's snapshot rows, profile rows and latest rows appended to their files."""
     paths = {TOUCH_HISTORY: out / f"{TOUCH_HISTORY}.parquet", CUSTOMER_PROFILE: out / f"{CUSTOMER_PROFILE}.parquet"}
     writers: dict[str, pq.ParquetWriter] = {}
-    rows, latest = 0, []
+    latest = LatestFileWriter(paths[TOUCH_HISTORY], [CUSTOMER_ID], EVENT_TIMESTAMP)
+    rows = 0
     try:
-        for result in results:
-            if result is None:  # a partition without customers
-                continue
-            touch, last, profile = result
-            for name, table in ((TOUCH_HISTORY, touch), (CUSTOMER_PROFILE, profile)):
-                if name not in writers:
-                    writers[name] = pq.ParquetWriter(paths[name].with_name(f".{paths[name].name}.tmp"), table.schema)
-                writers[name].write_table(table.cast(writers[name].schema))
-            latest.append(last.cast(writers[TOUCH_HISTORY].schema))
-            rows += touch.num_rows
-            del result, touch, last, profile
-    finally:
-        for writer in writers.values():
-            writer.close()
-    for name, path in paths.items():
-        if name in writers:
-            path.with_name(f".{path.name}.tmp").replace(path)
-    if latest:
-        write_latest_file(paths[TOUCH_HISTORY], pa.concat_tables(latest), [CUSTOMER_ID], EVENT_TIMESTAMP)
+        try:
+            for result in results:
+                if result is None:  # a partition without customers
+                    continue
+                touch, last, profile = result
+                for name, table in ((TOUCH_HISTORY, touch), (CUSTOMER_PROFILE, profile)):
+                    if name not in writers:
+                        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
+                        writers[name] = pq.ParquetWriter(tmp, table.schema)
+                    writers[name].write_table(table.cast(writers[name].schema))
+                latest.write(last.cast(writers[TOUCH_HISTORY].schema))
+                rows += touch.num_rows
+                del result, touch, last, profile
+        finally:
+            for writer in writers.values():
+                writer.close()
+        for name, path in paths.items():
+            if name in writers:
+                path.with_name(f".{path.name}.tmp").replace(path)
+    except BaseException:
+        latest.abort()
+        raise
+    latest.close()  # stamped with the snapshot file just written
     return rows
 
 
