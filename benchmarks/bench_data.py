@@ -9,16 +9,17 @@ in order, each reading what the one before wrote:
     features   features.pipeline.build_offline (snapshots every --every-days) + `feast apply`
     online     SQLite: a plain bulk insert of the latest rows (the baseline) and the bulk load
                (features.pipeline.materialize), into an empty store and again over the full one
-               (the nightly case); then the bulk load into Redis (127.0.0.1:6379, db 15). Every
-               load is read back through `get_online_features`.
+               (the nightly case); then the bulk load into Redis (127.0.0.1:6379, db 15; above
+               --redis-customers, default 1M, measured on the first ones and scaled linearly, as
+               Redis holds it all in RAM). Every load is read back through `get_online_features`.
     readers    the SQLite load over a full store again, while another process reads one customer
                at a time as `/decide` does: the readers' latencies during the load
     stock      stock Feast `materialize` into SQLite. Above --stock-customers (default 100,000)
                it is measured on the first --stock-customers customers and scaled linearly:
                the table says so.
     asof       the baseline for `training`: a bare DuckDB ASOF join of the same decisions with
-               the touch-history snapshots, best of 3 (its own process: at 26M snapshot rows
-               it holds ~9 GiB, which would hide the training set's own peak)
+               the snapshots of their customers, best of 3 (its own process: it holds several GiB,
+               which would hide the training set's own peak)
     training   a point-in-time training set for (up to) 1M decisions: Feast
                `get_historical_features` on the DuckDB offline store, a slice of entity rows at
                a time, written as parquet and sorted by time (training.dataset.write_training_set)
@@ -151,29 +152,72 @@ def case_features(project: Path, args: argparse.Namespace) -> list[dict[str, obj
     return [_row("features (build_offline)", size, built), _row("feast apply", "", time.perf_counter() - t)]
 
 
-def _latest(s) -> pd.DataFrame:
-    """The latest touch-history row of each customer (the rows an online load writes)."""
-    from features.online_load import read_latest
+LATEST_COLUMNS = ["customer_id", "event_timestamp"]  # then the touch features and the contact state
+
+
+def _latest_file(s):
+    """The file of each customer's latest touch-history row (the rows an online load writes), which the
+    features case wrote; read a batch at a time: at 10M customers it is ~10M rows of ~70 columns."""
+    import pyarrow.parquet as pq
+
+    from features.online_load import latest_path
+
+    return pq.ParquetFile(latest_path(s.offline_dir / "touch_history.parquet"))
+
+
+def _latest_columns() -> list[str]:
     from features.touch_features import TOUCH_FEATURES
     from nexttouch.touches import CONTACT_STATE
 
-    cols = ["customer_id", "event_timestamp", *TOUCH_FEATURES, *CONTACT_STATE]
-    return read_latest(s.offline_dir / "touch_history.parquet", ["customer_id"], "event_timestamp", cols, END)
+    return [*LATEST_COLUMNS, *TOUCH_FEATURES, *CONTACT_STATE]
 
 
-def _check_online(store, frame: pd.DataFrame, n: int = 200) -> None:
-    """Read ``n`` customers back through Feast and compare with the rows that were loaded."""
+def _sample_ids(s, n: int = 200, among: int | None = None) -> list[str]:
+    """``n`` customers at random (among the first ``among`` of the profile file)."""
     import numpy as np
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(s.offline_dir / "customer_profile.parquet", columns=["customer_id"]).column(0)[:among]
+    picked = np.random.RandomState(0).choice(len(ids), min(n, len(ids)), replace=False)
+    return ids.take(picked).to_pylist()
+
+
+def _check_online(store, s, ids: list[str]) -> None:
+    """Read ``ids`` back through Feast and compare with their latest rows in the offline files."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     from features.touch_features import TOUCH_FEATURES
 
-    sample = frame.sample(min(n, len(frame)), random_state=0)
+    wanted = pa.array(ids)
+    parts = [b.filter(pc.is_in(b.column("customer_id"), value_set=wanted)) for b in _latest_file(s).iter_batches()]
+    sample = pa.Table.from_batches(parts).to_pandas().set_index("customer_id").loc[ids]
     refs = [f"touch_history:{f}" for f in TOUCH_FEATURES]
-    rows = [{"customer_id": c} for c in sample["customer_id"]]
-    got = store.get_online_features(features=refs, entity_rows=rows).to_df()
+    got = store.get_online_features(features=refs, entity_rows=[{"customer_id": c} for c in ids]).to_df()
     for f in TOUCH_FEATURES:
         if not np.allclose(got[f].to_numpy(float), sample[f].to_numpy(float), rtol=1e-6, equal_nan=True):
             raise AssertionError(f"online value of {f} differs from the loaded row")
+
+
+def _bulk_insert(db: Path, s) -> int:
+    """The baseline: the latest rows, one wide row per customer, plain executemany into a plain table,
+    a record batch at a time; returns the rows inserted."""
+    columns, rows = _latest_columns(), 0
+    db.unlink(missing_ok=True)
+    with sqlite3.connect(db) as con:
+        names = ", ".join(f'"{c}"' for c in columns)
+        con.execute(f"CREATE TABLE bulk ({names}, PRIMARY KEY(customer_id))")
+        insert = f"INSERT INTO bulk VALUES ({', '.join('?' * len(columns))})"
+        for batch in _latest_file(s).iter_batches(batch_size=1 << 18, columns=columns):
+            plain = batch.to_pandas()
+            for col in plain.columns:  # times as epoch seconds, as Feast stores them
+                if isinstance(plain[col].dtype, pd.DatetimeTZDtype):
+                    seconds = plain[col].dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype("int64")
+                    plain[col] = pd.Series(seconds, index=plain.index).where(plain[col].notna())
+            con.executemany(insert, plain.astype(object).where(plain.notna(), None).itertuples(index=False, name=None))
+            rows += len(plain)
+    return rows
 
 
 def _empty_sqlite(s) -> None:
@@ -184,28 +228,38 @@ def _empty_sqlite(s) -> None:
                 con.execute(f'DELETE FROM "{table}"')
 
 
-def _stock_materialize(project: Path, args: argparse.Namespace, n: int) -> float:
-    """Seconds of stock `materialize` (all views) for the first ``n`` customers, in a project of its own."""
+def _subset_project(project: Path, args: argparse.Namespace, n: int):
+    """The settings of a project of its own holding the offline files of the first ``n`` customers
+    (made once, filtered a record batch at a time: the snapshot file of 10M customers is ~260M rows)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from features.pipeline import feast_apply, materialize
-    from nexttouch.feature_store import open_store
+    from features.pipeline import feast_apply
     from nexttouch.jobs.project import copy_feature_repo
 
-    sub = project / f"stock-{n}"
-    if not (sub / "features").exists():
-        copy_feature_repo(sub)
+    sub = project / f"subset-{n}"
     s, small = _settings(project, args), _settings(sub, args)
-    small.offline_dir.mkdir(parents=True, exist_ok=True)
-    ids = pq.read_table(s.offline_dir / "customer_profile.parquet", columns=["customer_id"]).column(0)[:n]
-    for name in ("touch_history", "customer_profile"):
-        table = pq.read_table(s.offline_dir / f"{name}.parquet")
-        pq.write_table(
-            table.filter(pc.is_in(table["customer_id"], value_set=ids)), small.offline_dir / f"{name}.parquet"
-        )
-        del table
-    feast_apply(small)
+    done = small.offline_dir / ".complete"
+    if not done.exists():
+        copy_feature_repo(sub)
+        small.offline_dir.mkdir(parents=True, exist_ok=True)
+        ids = pq.read_table(s.offline_dir / "customer_profile.parquet", columns=["customer_id"]).column(0)[:n]
+        for name in ("touch_history", "customer_profile"):
+            source = pq.ParquetFile(s.offline_dir / f"{name}.parquet")
+            with pq.ParquetWriter(small.offline_dir / f"{name}.parquet", source.schema_arrow) as writer:
+                for batch in source.iter_batches(batch_size=1 << 20):
+                    writer.write_batch(batch.filter(pc.is_in(batch.column("customer_id"), value_set=ids)))
+        feast_apply(small)
+        done.touch()
+    return small
+
+
+def _stock_materialize(project: Path, args: argparse.Namespace, n: int) -> float:
+    """Seconds of stock `materialize` (all views) for the first ``n`` customers, in a project of its own."""
+    from features.pipeline import materialize
+    from nexttouch.feature_store import open_store
+
+    small = _subset_project(project, args, n)
     _empty_sqlite(small)
     open_store(small)  # Feast imported before the clock starts
     t = time.perf_counter()
@@ -219,33 +273,17 @@ def case_online(project: Path, args: argparse.Namespace) -> list[dict[str, objec
     from nexttouch.feature_store import open_store
 
     s = _settings(project, args)
-    latest = _latest(s)
-
-    # Baseline: the same rows, one wide row per customer, plain executemany into a plain table.
-    plain = latest.copy()
-    for col in plain.columns:  # times as epoch seconds, as Feast stores them
-        if isinstance(plain[col].dtype, pd.DatetimeTZDtype):
-            seconds = plain[col].dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype("int64")
-            plain[col] = pd.Series(seconds, index=plain.index).where(plain[col].notna())
-    db = project / "bulk.db"
-    db.unlink(missing_ok=True)
+    ids = _sample_ids(s)
     t = time.perf_counter()
-    with sqlite3.connect(db) as con:
-        cols = ", ".join(f'"{c}"' for c in plain.columns)
-        con.execute(f"CREATE TABLE bulk ({cols}, PRIMARY KEY(customer_id))")
-        con.executemany(
-            f"INSERT INTO bulk VALUES ({', '.join('?' * plain.shape[1])})",
-            plain.astype(object).where(plain.notna(), None).itertuples(index=False, name=None),
-        )
-    bulk_s = time.perf_counter() - t
-    rows = [_row(BASELINE, f"{len(latest):,} wide rows, plain SQLite table", bulk_s)]
+    n = _bulk_insert(project / "bulk.db", s)
+    rows = [_row(BASELINE, f"{n:,} wide rows, plain SQLite table", time.perf_counter() - t)]
 
     _empty_sqlite(s)  # a first load (reruns start empty too)
     open_store(s)  # Feast imported and its registry read before the clock starts, as for the baseline
     t = time.perf_counter()
     written = materialize(s, END)
     load_s = time.perf_counter() - t
-    _check_online(open_store(s), latest)
+    _check_online(open_store(s), s, ids)
     n_rows = sum(written.values())
     rows.append(
         _row(
@@ -265,7 +303,7 @@ def case_online(project: Path, args: argparse.Namespace) -> list[dict[str, objec
             vs_bulk=True,
         )
     )
-    _check_online(open_store(s), latest)
+    _check_online(open_store(s), s, ids)
 
     try:
         import redis
@@ -276,24 +314,25 @@ def case_online(project: Path, args: argparse.Namespace) -> list[dict[str, objec
     except Exception as exc:  # no Redis here: the SQLite numbers stand alone
         rows.append(_row("online: nexttouch bulk load, Redis", f"skipped: {exc}"[:60], float("nan")))
         return rows
-    r = s.model_copy(update={"online_store": "redis", "redis_url": REDIS_URL})
+    # Redis holds its data in RAM (~1 KiB per customer): above --redis-customers the load is measured
+    # on the first ones and scaled linearly, as stock materialize is.
+    n = min(args.customers, args.redis_customers)
+    base = _subset_project(project, args, n) if n < args.customers else s
+    r = base.model_copy(update={"online_store": "redis", "redis_url": REDIS_URL})
     feast_apply(r)
     open_store(r)
     try:
         t = time.perf_counter()
         written = materialize(r, END)
         load_s = time.perf_counter() - t
-        _check_online(open_store(r), latest)
+        _check_online(open_store(r), s, _sample_ids(s, among=n))
     finally:
         client.flushdb()
-    rows.append(
-        _row(
-            "online: nexttouch bulk load, Redis",
-            f"{written['touch_history']:,} customers, 3 views, read back ok",
-            load_s,
-            vs_bulk=True,
-        )
-    )
+    size = f"{written['touch_history']:,} customers, 3 views, read back ok"
+    if n < args.customers:
+        size = f"{n:,} cust. measured ({load_s:.0f} s, this RSS), x{args.customers / n:g} linear; " + size
+        load_s *= args.customers / n
+    rows.append(_row("online: nexttouch bulk load, Redis", size, load_s, vs_bulk=True))
     return rows
 
 
@@ -366,9 +405,12 @@ def asof_baseline(s, entity: pd.DataFrame, repeat: int = 3) -> tuple[float, int]
     path = s.offline_dir / "touch_history.parquet"
     con = duckdb.connect()
     con.register("rows", pa.Table.from_pandas(entity[["customer_id", "event_timestamp"]], preserve_index=False))
+    # Only the decisions' customers' snapshots: a bare ASOF join sorts its whole right side (~15 GiB
+    # for the 26M snapshot rows of 1M customers), which 10M customers' would not fit.
     query = (
         f"SELECT e.*, t.* EXCLUDE (customer_id, event_timestamp) FROM rows AS e ASOF LEFT JOIN "
-        f"read_parquet('{path}') AS t ON e.customer_id = t.customer_id AND e.event_timestamp >= t.event_timestamp"
+        f"(SELECT * FROM read_parquet('{path}') WHERE customer_id IN (SELECT customer_id FROM rows)) AS t "
+        "ON e.customer_id = t.customer_id AND e.event_timestamp >= t.event_timestamp"
     )
     best, n = float("inf"), 0
     for _ in range(repeat):
@@ -380,15 +422,25 @@ def asof_baseline(s, entity: pd.DataFrame, repeat: int = 3) -> tuple[float, int]
 
 
 def _training_decisions(s) -> pd.DataFrame:
-    """(Up to) ``TRAINING_ROWS`` decisions, the rows ``DataFrame.sample(random_state=0)`` picks, taken in
-    arrow: the whole decision log as a frame (14M rows at 1M customers) would set the case's peak."""
+    """(Up to) ``TRAINING_ROWS`` decisions, the rows ``DataFrame.sample(random_state=0)`` picks, taken a
+    record batch at a time: the whole decision log (14M rows at 1M customers) would set the case's peak."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(s.raw_dir / "decisions.parquet")
-    if table.num_rows > TRAINING_ROWS:
-        table = table.take(np.random.RandomState(0).choice(table.num_rows, TRAINING_ROWS, replace=False))
-    return table.to_pandas()
+    file = pq.ParquetFile(s.raw_dir / "decisions.parquet")
+    total = file.metadata.num_rows
+    if total <= TRAINING_ROWS:
+        return file.read().to_pandas()
+    picked = np.random.RandomState(0).choice(total, TRAINING_ROWS, replace=False)
+    order = np.argsort(picked)
+    at, parts, offset = picked[order], [], 0
+    for batch in file.iter_batches(batch_size=1 << 20):
+        lo, hi = np.searchsorted(at, [offset, offset + batch.num_rows])
+        parts.append(batch.take(pa.array(at[lo:hi] - offset)))
+        offset += batch.num_rows
+    rows = pa.Table.from_batches(parts, schema=file.schema_arrow)
+    return rows.take(pa.array(np.argsort(order))).to_pandas()  # in the order they were picked
 
 
 def case_asof(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
@@ -490,6 +542,7 @@ def main() -> None:
     parser.add_argument("--cases", default=default, help=f"comma-separated, from {','.join(CASES)}")
     parser.add_argument("--every-days", type=int, help="snapshot spacing (default: 1 up to 100,000 customers, else 7)")
     parser.add_argument("--stock-customers", type=int, default=100_000, help="customers for stock materialize")
+    parser.add_argument("--redis-customers", type=int, default=1_000_000, help="customers for the Redis load")
     parser.add_argument(
         "--workdir", type=Path, help="keep the project here (default: a temporary one); reruns can skip cases"
     )
@@ -526,6 +579,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "benchmarks.bench_data", "--one", case, "--project", str(project)]
             cmd += ["--customers", str(args.customers), "--every-days", str(args.every_days)]
             cmd += ["--stock-customers", str(args.stock_customers), "--memory-gib", str(args.memory_gib)]
+            cmd += ["--redis-customers", str(args.redis_customers)]
             t = time.perf_counter()
             code, stdout, stderr = _run(cmd, env, args.max_rss_gib)
             if code != 0:

@@ -143,3 +143,16 @@ def test_a_model_from_the_training_set_on_disk_is_the_model_from_the_frame(
         fit_single_values(in_memory.model, fit_frame, catalog),
         rtol=1e-12,
     )
+
+
+def test_labels_of_some_customers_are_their_labels_among_all(built: Settings, catalog: Catalog) -> None:
+    """Labelling reads the success touches of the decisions' customers only; the labels and the open
+    windows are those the whole decision log gets (the history is known up to anyone's latest touch)."""
+    decisions = pd.read_parquet(built.raw_dir / "decisions.parquet").assign(outcome=np.nan)
+    some = decisions["customer_id"].isin(decisions["customer_id"].drop_duplicates().sample(frac=0.2, random_state=5))
+    everyone, _ = label_decisions(built, decisions, catalog)
+    few, open_window = label_decisions(built, decisions.loc[some], catalog)
+    expected = everyone.loc[everyone["decision_id"].isin(decisions.loc[some, "decision_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(few, expected, check_exact=True)
+    assert 0 < len(few) < len(everyone) and open_window > 0
+    assert few["outcome"].eq(1.0).any() and few["outcome"].eq(0.0).any()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -225,14 +226,32 @@ def _utc_ns(times: pd.Series) -> pd.Series:
     return pd.to_datetime(times, utc=True).astype("datetime64[ns, UTC]")
 
 
-def read_success_events(settings: Settings, catalog: Catalog, since: datetime) -> pd.DataFrame:
-    """The success touches after ``since`` from the ingested events (filtered in arrow: 50M rows stay on disk)."""
+def _success_touches(catalog: Catalog, since: datetime) -> pads.Expression:
     touches = sorted({t for a in catalog.actions if (t := getattr(a, "success_touch", None))})
+    return (pads.field(TOUCH_TYPE).isin(touches)) & (pads.field(OCCURRED_AT) > pd.Timestamp(since))
+
+
+def read_success_events(
+    settings: Settings, catalog: Catalog, since: datetime, customers: pd.Series | None = None
+) -> pd.DataFrame:
+    """The success touches after ``since`` (of ``customers`` only, if given) from the ingested events,
+    filtered in arrow: the events of 1M customers (50M rows) stay on disk."""
+    wanted = _success_touches(catalog, since)
+    if customers is not None:
+        wanted &= pads.field(CUSTOMER_ID).isin(pa.array(customers.astype(object).unique(), pa.string()))
     table = pads.dataset(settings.raw_dir / "events.parquet").to_table(
-        columns=[CUSTOMER_ID, OCCURRED_AT, TOUCH_TYPE, DECISION_ID],
-        filter=(pads.field(TOUCH_TYPE).isin(touches)) & (pads.field(OCCURRED_AT) > pd.Timestamp(since)),
+        columns=[CUSTOMER_ID, OCCURRED_AT, TOUCH_TYPE, DECISION_ID], filter=wanted
     )
     return table.to_pandas()
+
+
+def latest_success_at(settings: Settings, catalog: Catalog, since: datetime) -> datetime | None:
+    """The time of the latest success touch after ``since``, of any customer (a batch at a time)."""
+    batches = pads.dataset(settings.raw_dir / "events.parquet").to_batches(
+        columns=[OCCURRED_AT], filter=_success_touches(catalog, since)
+    )
+    latest = [m for b in batches if (m := pc.max(b.column(0)).as_py()) is not None]
+    return max(latest, default=None)
 
 
 def label_decisions(
@@ -248,9 +267,9 @@ def label_decisions(
             log.info("no touch events ingested: %d decisions without an outcome cannot be attributed", open_.sum())
         return decisions.loc[~open_].reset_index(drop=True), int(open_.sum())
     since = decisions.loc[open_, DECIDED_AT].min() - timedelta(seconds=1)
-    events = read_success_events(settings, catalog, since)
+    events = read_success_events(settings, catalog, since, decisions.loc[open_, CUSTOMER_ID])
     if as_of is None:  # the touch history is known up to its latest event
-        as_of = events[OCCURRED_AT].max() if len(events) else decisions[DECIDED_AT].max()
+        as_of = latest_success_at(settings, catalog, since) or decisions[DECIDED_AT].max()
     return attribute_outcomes(decisions, events, catalog, as_of)
 
 
@@ -343,7 +362,7 @@ def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int
     schemas = [pq.read_schema(p) for p in parts]
     schema = pa.unify_schemas(schemas, promote_options="permissive").with_metadata(schemas[0].metadata)
     files = ", ".join(f"'{_sql_text(str(p))}'" for p in parts)
-    memory = max(256, int(settings.data_memory_gib * 1024 * 0.6))
+    memory = _duckdb_memory_mb(settings)
     spill = path.parent / ".spill"
     con = duckdb.connect(config={"memory_limit": f"{memory}MB", "temp_directory": str(spill)})
     try:
@@ -363,6 +382,11 @@ def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int
     if len(written) != rows:
         raise RuntimeError(f"training set: {len(written)} rows written for {rows} labelled decisions")
     return written
+
+
+def _duckdb_memory_mb(settings: Settings) -> int:
+    """DuckDB's memory limit in a data step: most of the budget (the step's arrow and pandas need the rest)."""
+    return max(256, int(settings.data_memory_gib * 1024 * 0.6))
 
 
 def _typed(column: pa.Array, kind: pa.DataType) -> pa.Array:
@@ -398,7 +422,10 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterato
     store = open_store(settings)
     service = store.get_feature_service(settings.feature_service)
     previous = ibis.options.default_backend
-    con = ibis.duckdb.connect(preserve_insertion_order=False)  # rows are matched by ENTITY_ROW, not order
+    # Rows are matched by ENTITY_ROW, not order; DuckDB keeps to the data budget, spilling beyond it.
+    spill = settings.data_dir / "tmp" / f"feast-spill-{uuid.uuid4().hex[:12]}"
+    memory = _duckdb_memory_mb(settings)
+    con = ibis.duckdb.connect(preserve_insertion_order=False, memory_limit=f"{memory}MB", temp_directory=str(spill))
     ibis.options.default_backend = con
     try:
         for lo in range(0, max(len(entity_df), 1), ENTITY_ROWS_PER_QUERY):  # an empty frame is asked once
@@ -407,6 +434,7 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterato
     finally:
         ibis.options.default_backend = previous
         con.disconnect()
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _quoted(name: str) -> str:
