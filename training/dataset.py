@@ -425,6 +425,7 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterato
     # Rows are matched by ENTITY_ROW, not order; DuckDB keeps to the data budget, spilling beyond it.
     spill = settings.data_dir / "tmp" / f"feast-spill-{uuid.uuid4().hex[:12]}"
     memory = _duckdb_memory_mb(settings)
+    spill.mkdir(parents=True)
     con = ibis.duckdb.connect(preserve_insertion_order=False, memory_limit=f"{memory}MB", temp_directory=str(spill))
     ibis.options.default_backend = con
     try:
