@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from nexttouch.jobs.project import copy_feature_repo
@@ -17,7 +19,7 @@ from nexttouch.settings import Settings
 from tests.conftest import END
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureStore, FeatureView
 
 pytestmark = pytest.mark.slow
 VIEWS = ("touch_history", "contact_state", "customer_profile")
@@ -158,6 +160,7 @@ def test_the_latest_rows_file_answers_as_a_scan_of_the_snapshots_does(offline: S
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from features import online_load
     from features.online_load import latest_path, read_latest
     from features.touch_features import TOUCH_FEATURES
     from nexttouch.touches import CONTACT_STATE
@@ -176,7 +179,7 @@ def test_the_latest_rows_file_answers_as_a_scan_of_the_snapshots_does(offline: S
     pd.testing.assert_frame_equal(read(), scanned)
     shutil.copy2(latest, latest_path(path))
     with pytest.MonkeyPatch.context() as patch:  # the file is read where it answers, and only there
-        patch.setattr(pq.ParquetFile, "iter_batches", lambda *a, **k: pytest.fail("scanned"))
+        patch.setattr(online_load, "_wanted_rows", lambda *a, **k: pytest.fail("scanned"))
         pd.testing.assert_frame_equal(read(), scanned)
     pd.testing.assert_frame_equal(read(END - timedelta(days=20)), early)  # rows later than the end: a scan
 
@@ -208,3 +211,96 @@ def test_one_customer_and_constant_columns_are_written(offline: Settings) -> Non
     after = _online(offline)
     assert (after[last].iloc[:-1] == profile[last].iloc[0]).all()
     pd.testing.assert_frame_equal(after.drop(columns=[last]), before.drop(columns=[last]))
+
+
+def test_a_load_in_small_chunks_stores_what_the_whole_table_load_stores(
+    offline: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into an empty store and over a full one (holding older rows), byte for byte."""
+    from features import online_load
+    from features.pipeline import materialize
+
+    _empty(offline)
+    whole_written = materialize(offline, END)
+    whole, whole_online = _dump(offline), _online(offline)
+
+    sizes: list[int] = []
+    write = online_load._write_latest
+
+    def spy(store: FeatureStore, view: FeatureView, table: pa.Table, run: Callable[..., object]) -> int:
+        sizes.append(table.num_rows)
+        return write(store, view, table, run)
+
+    monkeypatch.setattr(online_load, "ONLINE_LOAD_ROWS", 7)
+    monkeypatch.setattr(online_load, "_write_latest", spy)
+    _empty(offline)
+    assert materialize(offline, END) == whole_written  # the totals over the chunks
+    assert max(sizes) == 7 and len(sizes) >= 3 * (len(whole_online) - 1) // 7
+    assert _dump(offline) == whole
+    pd.testing.assert_frame_equal(_online(offline), whole_online)
+
+    materialize(offline, END - timedelta(days=20))
+    assert _dump(offline) != whole
+    assert materialize(offline, END) == whole_written
+    assert _dump(offline) == whole
+    pd.testing.assert_frame_equal(_online(offline), whole_online)
+
+
+def test_the_chunked_reader_yields_the_whole_read_rows(offline: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the latest-rows file and from a scan of the full file: the same rows, in chunks of at most N."""
+    from features import online_load
+    from features.online_load import _latest_chunks, _view_columns, latest_path, read_latest
+    from nexttouch.feature_store import open_store
+
+    store = open_store(offline)
+    history, profile = store.get_feature_view("touch_history"), store.get_feature_view("customer_profile")
+    assert latest_path(offline.offline_dir / "touch_history.parquet").exists()
+    assert not latest_path(offline.offline_dir / "customer_profile.parquet").exists()
+    cases = [  # (view, end, from the latest file)
+        (history, END, True),
+        (history, END - timedelta(days=20), False),  # rows later than the end: a scan
+        (profile, END, False),
+    ]
+    for view, end, latest in cases:
+        path = offline.offline_dir / Path(view.batch_source.path).name
+        args = (path, ["customer_id"], view.batch_source.timestamp_field, _view_columns(view), end)
+        whole = read_latest(*args)
+        with monkeypatch.context() as patch:
+            if latest:
+                patch.setattr(online_load, "_wanted_rows", lambda *a, **k: pytest.fail("scanned"))
+            chunks = list(_latest_chunks(*args, rows=7))
+        assert [c.num_rows for c in chunks[:-1]] == [7] * (len(chunks) - 1) and 0 < chunks[-1].num_rows <= 7
+        assert len(chunks) == -(-len(whole) // 7) and len(whole) > 50
+        pd.testing.assert_frame_equal(pa.concat_tables(chunks).to_pandas(), whole)
+
+    path, columns = offline.offline_dir / "customer_profile.parquet", _view_columns(profile)
+    (empty,) = _latest_chunks(path, ["customer_id"], "event_timestamp", columns, END - timedelta(1e4), rows=7)
+    assert empty.num_rows == 0 and empty.column_names == columns  # no rows: one empty table, the schema known
+
+
+def test_the_writer_prepares_one_job_while_one_is_written() -> None:
+    """A job is queued only once the one before it is done, and a job's error is the load's."""
+    import time
+
+    from features.online_load import _BoundedWriter
+
+    done: list[int] = []
+
+    def job(i: int) -> Callable[[], None]:
+        def run() -> None:
+            time.sleep(0.01)
+            done.append(i)
+
+        return run
+
+    with _BoundedWriter() as writer:
+        for i in range(5):
+            writer.submit(job(i))
+            assert done == list(range(i))
+    assert done == list(range(5))
+
+    def boom() -> None:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"), _BoundedWriter() as writer:
+        writer.submit(boom)
