@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, SIGNUP_AT, TIERS, utc_times
 from nexttouch.touches import CONTACT_STATE, SECONDS_PER_DAY, TYPE_NAMES, codes, contact_state_masks, tier_and_direction
@@ -113,12 +115,11 @@ def touch_feature_columns(
     t0 = pd.Timestamp(end - timedelta(days=days))
     snaps = snapshot_days(days, every_days)
     ids = customers[CUSTOMER_ID].to_numpy()
-    pos = pd.Index(ids)
 
-    ev = events.loc[events["occurred_at"] < pd.Timestamp(end)]
-    cust = pos.get_indexer(ev[CUSTOMER_ID])
-    known = cust >= 0  # events of customers missing from the customer table are not featurised
-    ev, cust = ev.loc[known], cust[known]
+    cust = _positions(events[CUSTOMER_ID], ids)
+    # Events of customers missing from the customer table are not featurised; one filtered copy.
+    keep = (events["occurred_at"] < pd.Timestamp(end)).to_numpy(bool) & (cust >= 0)
+    ev, cust = events.loc[keep], cust[keep]
     seconds = ((ev["occurred_at"] - t0) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     touch = codes(ev["touch_type"], TYPE_NAMES)
     linked = ev[DECISION_ID].notna().to_numpy() if DECISION_ID in ev else np.zeros(len(ev), bool)
@@ -149,6 +150,15 @@ def touch_feature_columns(
         tenure = stamps.tz_convert(None).to_numpy()[None, :] - signup[lo:hi, None]
         cols["tenure_days"] = _days_or_null(tenure.ravel())
         yield {c: cols[c] for c in columns}
+
+
+def _positions(values: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Each value's position in ``ids`` (-1 if absent): an arrow hash lookup, no Python object per value."""
+    values, known = pa.array(values, from_pandas=True), pa.array(ids, from_pandas=True)
+    if pa.types.is_null(values.type) or not len(known):  # no events, or no id among them
+        return np.full(len(values), -1, np.int64)
+    found = pc.index_in(values, value_set=known.cast(values.type))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _days_or_null(span: np.ndarray) -> np.ndarray | pd.arrays.IntegerArray:
@@ -266,18 +276,20 @@ def _chunk_features(
 ) -> dict[str, np.ndarray]:
     """The rolling-window features and the contact state of the events from the first day on."""
     day = seconds // 86_400
+    cell = cust * days + day  # (customer, day) as one flat index: numpy's fast path for scatters
     counts = np.zeros((n, days, _K), np.int32)
     for col in range(channel.shape[1]):
         ok = channel[:, col] >= 0
-        np.add.at(counts, (cust[ok], day[ok], channel[ok, col]), 1)
-    spend = np.zeros((n, days))
-    np.add.at(spend, (cust, day), amount)
+        np.add.at(counts.reshape(-1), cell[ok] * _K + channel[ok, col], np.int32(1))
+    spend = np.bincount(cell, weights=amount, minlength=n * days).reshape(n, days)  # summed in event order
 
-    cum = np.concatenate([np.zeros((n, 1, _K), np.int32), counts.cumsum(axis=1, dtype=np.int32)], axis=1)
+    cum = np.zeros((n, days + 1, _K), np.int32)
+    np.cumsum(counts, axis=1, dtype=np.int32, out=cum[:, 1:])
     cum_spend = np.concatenate([np.zeros((n, 1)), spend.cumsum(axis=1)], axis=1)
+    at_snaps = cum[:, snaps]
 
     def window(w: int) -> np.ndarray:  # (n, len(snaps), K): counts over days [s - w, s)
-        return cum[:, snaps] - cum[:, np.maximum(snaps - w, 0)]
+        return at_snaps - cum[:, np.maximum(snaps - w, 0)]
 
     cols: dict[str, np.ndarray] = {}
     for w in WINDOWS:
@@ -305,7 +317,7 @@ def _chunk_features(
     masks = contact_state_masks(tier, np.where(known, channel[:, 0] % len(DIRECTIONS), -1))
     for name, mask in masks.items():
         last = np.full((n, days), -1, np.int64)
-        np.maximum.at(last, (cust[mask], day[mask]), seconds[mask])
+        np.maximum.at(last.reshape(-1), cell[mask], seconds[mask])
         before = np.maximum.accumulate(last, axis=1)[:, snaps - 1].ravel()
         cols[name] = (t0 + pd.to_timedelta(np.maximum(before, 0), unit="s")).where(before >= 0)
     cols["spend_90d"] = (cum_spend[:, snaps] - cum_spend[:, np.maximum(snaps - 90, 0)]).ravel()
