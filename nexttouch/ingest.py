@@ -655,11 +655,11 @@ def _merge(
     if existing is None or existing.empty:
         return good.reset_index(drop=True), len(good), 0, no_rejects
     good = good.reset_index(drop=True)
-    seen = good.set_index(keys).index.isin(existing.set_index(keys).index)
+    seen = _key_in(good, existing, keys)
     fresh, overlap = good.loc[~seen], good.loc[seen]
     if overlap.empty:
         return pd.concat([existing, fresh], ignore_index=True), len(fresh), 0, no_rejects
-    old = existing.set_index(keys).loc[overlap.set_index(keys).index].reset_index()
+    old = _rows_with_keys(existing, overlap, keys)
     cols = [c for c in overlap.columns if c in old.columns]
     same = _rows_equal(overlap[cols].reset_index(drop=True), old[cols].reset_index(drop=True))
     changed = overlap.loc[~same.to_numpy()]
@@ -677,10 +677,28 @@ def _merge(
     else:
         updatable = np.zeros(len(changed), dtype=bool)
     updates, conflicts = changed.loc[updatable], changed.loc[~updatable]
-    kept = existing.loc[~existing.set_index(keys).index.isin(updates.set_index(keys).index)]
+    kept = existing.loc[~_key_in(existing, updates, keys)]
     merged = pd.concat([kept, updates, fresh], ignore_index=True)
     rejected = conflicts.astype("string[pyarrow]").assign(reason=f"{'/'.join(keys)} already loaded with other values")
     return merged, len(fresh) + len(updates), int(same.sum()), rejected
+
+
+def _key_in(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Whether each row's key is among ``other``'s: an arrow hash lookup for one key (pandas' string
+    ``isin`` makes a Python object per value), pandas for several."""
+    if len(keys) > 1:
+        return frame.set_index(keys).index.isin(other.set_index(keys).index)
+    found = pc.is_in(_arrow(frame[keys[0]]), value_set=_arrow(other[keys[0]]))
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+
+def _rows_with_keys(frame: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` (keys unique) with the keys of ``rows``, in their order, key columns first."""
+    if len(keys) > 1:
+        return frame.set_index(keys).loc[rows.set_index(keys).index].reset_index()
+    at = pc.index_in(_arrow(rows[keys[0]]), value_set=_arrow(frame[keys[0]])).to_numpy(zero_copy_only=False)
+    found = frame.iloc[at].reset_index(drop=True)
+    return found[[*keys, *found.columns.drop(keys)]]
 
 
 def _rows_equal(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
