@@ -161,14 +161,24 @@ def _range_case(key: str, bounds: list[str], first: int) -> str:
 
 
 def read_partition(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
-    """A partition's rows (``split`` files, or parquet files read whole), typed as ``schema`` with its metadata."""
+    """A partition's rows (``split`` files, or parquet files read whole), typed as ``schema`` with its metadata.
+
+    Each file is cast on its own: files of one input may disagree on a column's type (an inbox part
+    with whole-number amounts), and a column missing from a file is null in its rows.
+    """
     if not files:
         return schema.empty_table()
-    table = pa.concat_tables([_read_columns(f, schema.names) for f in files], promote_options="default")
-    columns = [name for name in schema.names if name in table.column_names]
-    fields = [schema.field(name) for name in columns]
-    typed = pa.table([table.column(f.name).cast(f.type) for f in fields], schema=pa.schema(fields))
-    return typed.replace_schema_metadata(schema.metadata)
+    table = pa.concat_tables([_typed(_read_columns(f, schema.names), schema) for f in files])
+    return table.replace_schema_metadata(schema.metadata)
+
+
+def _typed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    def column(field: pa.Field) -> pa.ChunkedArray | pa.Array:
+        if field.name in table.column_names:
+            return table.column(field.name).cast(field.type)
+        return pa.nulls(table.num_rows, field.type)
+
+    return pa.table([column(f) for f in schema], schema=pa.schema(list(schema)))
 
 
 def _read_columns(path: Path, columns: list[str]) -> pa.Table:
