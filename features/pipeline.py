@@ -208,7 +208,9 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
         # Ranges of customers: the snapshot file comes out in customer order, which point-in-time joins
         # of it read about twice as fast as the same rows in hash-partition order.
         memory, bounds = settings.data_memory_gib, range_bounds(customers_path, CUSTOMER_ID, parts)
-        events_parts = split(event_files, [CUSTOMER_ID], parts, work / "events", memory, ordered=False, bounds=bounds)
+        events_parts = split(
+            event_files, [CUSTOMER_ID], parts, work / "events", memory, event_schema.names, False, bounds
+        )
         customer_parts = split(
             [customers_path], [CUSTOMER_ID], parts, work / "customers", memory, ordered=False, bounds=bounds
         )

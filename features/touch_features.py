@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nexttouch.schemas import CUSTOMER_ID, DECISION_ID, DIRECTIONS, EVENT_TIMESTAMP, SIGNUP_AT, TIERS, utc_times
 from nexttouch.touches import CONTACT_STATE, SECONDS_PER_DAY, TYPE_NAMES, codes, contact_state_masks, tier_and_direction
@@ -113,12 +115,11 @@ def touch_feature_columns(
     t0 = pd.Timestamp(end - timedelta(days=days))
     snaps = snapshot_days(days, every_days)
     ids = customers[CUSTOMER_ID].to_numpy()
-    pos = pd.Index(ids)
 
-    ev = events.loc[events["occurred_at"] < pd.Timestamp(end)]
-    cust = pos.get_indexer(ev[CUSTOMER_ID])
-    known = cust >= 0  # events of customers missing from the customer table are not featurised
-    ev, cust = ev.loc[known], cust[known]
+    cust = _positions(events[CUSTOMER_ID], ids)
+    # Events of customers missing from the customer table are not featurised; one filtered copy.
+    keep = (events["occurred_at"] < pd.Timestamp(end)).to_numpy(bool) & (cust >= 0)
+    ev, cust = events.loc[keep], cust[keep]
     seconds = ((ev["occurred_at"] - t0) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
     touch = codes(ev["touch_type"], TYPE_NAMES)
     linked = ev[DECISION_ID].notna().to_numpy() if DECISION_ID in ev else np.zeros(len(ev), bool)
@@ -149,6 +150,15 @@ def touch_feature_columns(
         tenure = stamps.tz_convert(None).to_numpy()[None, :] - signup[lo:hi, None]
         cols["tenure_days"] = _days_or_null(tenure.ravel())
         yield {c: cols[c] for c in columns}
+
+
+def _positions(values: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Each value's position in ``ids`` (-1 if absent): an arrow hash lookup, no Python object per value."""
+    values, known = pa.array(values, from_pandas=True), pa.array(ids, from_pandas=True)
+    if pa.types.is_null(values.type) or not len(known):  # no events, or no id among them
+        return np.full(len(values), -1, np.int64)
+    found = pc.index_in(values, value_set=known.cast(values.type))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _days_or_null(span: np.ndarray) -> np.ndarray | pd.arrays.IntegerArray:
@@ -264,20 +274,24 @@ def _chunk_features(
     snaps: np.ndarray,
     t0: pd.Timestamp,
 ) -> dict[str, np.ndarray]:
-    """The rolling-window features and the contact state of the events from the first day on."""
+    """The rolling-window features and the contact state of the events from the first day on.
+
+    The windows read running counts only at snapshots and at ``w`` days before them, so events are
+    counted in the spans between those days (``edges``), not in every day: fewer cells to sum up.
+    """
     day = seconds // 86_400
-    counts = np.zeros((n, days, _K), np.int32)
+    edges = np.unique(np.concatenate([[0], snaps, *(np.maximum(snaps - w, 0) for w in WINDOWS)]))
+    span = np.searchsorted(edges, day, side="right") - 1  # each event's span: days edges[i] to before edges[i + 1]
+    counts = np.zeros((n, len(edges), _K), np.int32)
     for col in range(channel.shape[1]):
         ok = channel[:, col] >= 0
-        np.add.at(counts, (cust[ok], day[ok], channel[ok, col]), 1)
-    spend = np.zeros((n, days))
-    np.add.at(spend, (cust, day), amount)
-
-    cum = np.concatenate([np.zeros((n, 1, _K), np.int32), counts.cumsum(axis=1, dtype=np.int32)], axis=1)
-    cum_spend = np.concatenate([np.zeros((n, 1)), spend.cumsum(axis=1)], axis=1)
+        np.add.at(counts.reshape(-1), (cust[ok] * len(edges) + span[ok]) * _K + channel[ok, col], np.int32(1))
+    cum = np.zeros((n, len(edges) + 1, _K), np.int32)  # cum[:, i]: the events of the days before edges[i]
+    np.cumsum(counts, axis=1, dtype=np.int32, out=cum[:, 1:])
+    at_snaps = cum[:, np.searchsorted(edges, snaps)]
 
     def window(w: int) -> np.ndarray:  # (n, len(snaps), K): counts over days [s - w, s)
-        return cum[:, snaps] - cum[:, np.maximum(snaps - w, 0)]
+        return at_snaps - cum[:, np.searchsorted(edges, np.maximum(snaps - w, 0))]
 
     cols: dict[str, np.ndarray] = {}
     for w in WINDOWS:
@@ -292,8 +306,13 @@ def _chunk_features(
     high_in, high_out = (w90[:, :, _TD.index(("high", d))].astype(float) for d in DIRECTIONS)
     cols["high_response_rate_90d"] = np.minimum(_rate(high_in, high_out), 1.0).ravel()
 
-    online = counts[:, :, _TD.index(("tech", "in"))] > 0
-    offline = (counts[:, :, _TD.index(("low", "in"))] + counts[:, :, _TD.index(("high", "in"))]) > 0
+    cell = cust * days + day  # (customer, day) as one flat index: numpy's fast path for scatters
+
+    def on_days(channels: list[tuple[str, str]]) -> np.ndarray:  # (n, days): a touch of ``channels`` that day
+        mask = np.isin(channel[:, 0], [_TD.index(c) for c in channels])
+        return np.bincount(cell[mask], minlength=n * days).reshape(n, days) > 0
+
+    online, offline = on_days([("tech", "in")]), on_days([("low", "in"), ("high", "in")])
     for name, now, before in (("online_to_offline", offline, online), ("offline_to_online", online, offline)):
         seq = (now & _seen_within(before, OMO_DAYS)).astype(np.int32)
         cum_seq = np.concatenate([np.zeros((n, 1), np.int32), seq.cumsum(axis=1, dtype=np.int32)], axis=1)
@@ -303,11 +322,14 @@ def _chunk_features(
     known = channel[:, 0] >= 0
     tier = np.where(known, channel[:, 0] // len(DIRECTIONS), -1)
     masks = contact_state_masks(tier, np.where(known, channel[:, 0] % len(DIRECTIONS), -1))
+    after = np.searchsorted(snaps, day, side="right")  # the first snapshot after each event's day
     for name, mask in masks.items():
-        last = np.full((n, days), -1, np.int64)
-        np.maximum.at(last, (cust[mask], day[mask]), seconds[mask])
-        before = np.maximum.accumulate(last, axis=1)[:, snaps - 1].ravel()
+        last = np.full((n, len(snaps) + 1), -1, np.int64)
+        np.maximum.at(last.reshape(-1), cust[mask] * (len(snaps) + 1) + after[mask], seconds[mask])
+        before = np.maximum.accumulate(last, axis=1)[:, :-1].ravel()
         cols[name] = (t0 + pd.to_timedelta(np.maximum(before, 0), unit="s")).where(before >= 0)
+    spend = np.bincount(cell, weights=amount, minlength=n * days).reshape(n, days)  # summed in event order
+    cum_spend = np.concatenate([np.zeros((n, 1)), spend.cumsum(axis=1)], axis=1)
     cols["spend_90d"] = (cum_spend[:, snaps] - cum_spend[:, np.maximum(snaps - 90, 0)]).ravel()
     return cols
 

@@ -406,10 +406,29 @@ class _Reasons:
 def _ids(column: pd.Series) -> pd.Series:
     """Identifiers and codes as trimmed arrow strings; empty means missing. Copies only when it must."""
     text = column if column.dtype == "string[pyarrow]" else column.astype("string[pyarrow]")
-    if text.str.contains(r"^\s|\s$", regex=True, na=False).any():
+    if _edge_blank(_arrow(text)):
         text = text.str.strip()
     empty = (text == "").fillna(False).to_numpy(bool)
     return text.where(~empty) if empty.any() else text
+
+
+_BLANK = np.isin(np.arange(256), [9, 10, 12, 13, 32])  # the bytes of RE2's \s: [\t\n\f\r ]
+
+
+def _edge_blank(text: pa.Array) -> bool:
+    """Whether any value starts or ends with a blank (regex ``^\\s|\\s$``), from first and last bytes: no regex.
+
+    A UTF-8 byte below 0x80 is always a whole character, so the bytes say it exactly.
+    """
+    _, offsets, data = text.buffers()
+    if data is None or not len(text):
+        return False
+    offsets = np.frombuffer(offsets, np.int64)[text.offset : text.offset + len(text) + 1]
+    data = np.frombuffer(data, np.uint8)
+    filled = offsets[1:] > offsets[:-1]
+    if text.null_count:
+        filled &= text.is_valid().to_numpy(zero_copy_only=False)
+    return bool(_BLANK[data[offsets[:-1][filled]]].any() or _BLANK[data[offsets[1:][filled] - 1]].any())
 
 
 def _index_in(column: pd.Series, values: list[str]) -> np.ndarray:
@@ -421,12 +440,14 @@ def _index_in(column: pd.Series, values: list[str]) -> np.ndarray:
 
 
 def _duplicated(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """Later rows whose ``column`` value came before; counted in arrow first, as there usually are none."""
-    values = pa.array(frame[column], type=pa.large_string(), from_pandas=True)
-    if pc.count_distinct(values).as_py() == len(values) - values.null_count:
-        return np.zeros(len(values), bool)
+    """Later rows whose ``column`` value came before.
+
+    Values are numbered in order of first appearance, so a row repeats an earlier value exactly when
+    its number is not above every number before it: one hash pass and a running maximum.
+    """
     codes = pd.factorize(frame[column])[0]
-    return pd.Series(codes).duplicated(keep="first").to_numpy() & (codes >= 0)
+    highest_before = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
+    return (codes >= 0) & (codes <= highest_before)
 
 
 def _timestamp(frame: pd.DataFrame, col: str, reasons: _Reasons, latest: pd.Timestamp) -> None:
@@ -599,7 +620,8 @@ def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.Da
     _opaque(frame, [DECISION_ID, CUSTOMER_ID], r)
     customers = _load(settings, "customers")
     known = pd.Series([], dtype="string[pyarrow]") if customers is None else customers[CUSTOMER_ID]
-    r.flag(~frame[CUSTOMER_ID].isin(known), "unknown customer_id")
+    known_id = pc.is_in(_arrow(frame[CUSTOMER_ID]), value_set=_arrow(known))
+    r.flag(~pc.fill_null(known_id, False).to_numpy(zero_copy_only=False), "unknown customer_id")
     _timestamp(frame, DECIDED_AT, r, latest)
     r.flag(frame[DECIDED_AT].isna(), f"missing {DECIDED_AT}")
     r.flag(_index_in(frame[ACTION], catalog.names) < 0, "action not in catalog")
@@ -633,11 +655,11 @@ def _merge(
     if existing is None or existing.empty:
         return good.reset_index(drop=True), len(good), 0, no_rejects
     good = good.reset_index(drop=True)
-    seen = good.set_index(keys).index.isin(existing.set_index(keys).index)
+    seen = _key_in(good, existing, keys)
     fresh, overlap = good.loc[~seen], good.loc[seen]
     if overlap.empty:
         return pd.concat([existing, fresh], ignore_index=True), len(fresh), 0, no_rejects
-    old = existing.set_index(keys).loc[overlap.set_index(keys).index].reset_index()
+    old = _rows_with_keys(existing, overlap, keys)
     cols = [c for c in overlap.columns if c in old.columns]
     same = _rows_equal(overlap[cols].reset_index(drop=True), old[cols].reset_index(drop=True))
     changed = overlap.loc[~same.to_numpy()]
@@ -655,10 +677,28 @@ def _merge(
     else:
         updatable = np.zeros(len(changed), dtype=bool)
     updates, conflicts = changed.loc[updatable], changed.loc[~updatable]
-    kept = existing.loc[~existing.set_index(keys).index.isin(updates.set_index(keys).index)]
+    kept = existing.loc[~_key_in(existing, updates, keys)]
     merged = pd.concat([kept, updates, fresh], ignore_index=True)
     rejected = conflicts.astype("string[pyarrow]").assign(reason=f"{'/'.join(keys)} already loaded with other values")
     return merged, len(fresh) + len(updates), int(same.sum()), rejected
+
+
+def _key_in(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Whether each row's key is among ``other``'s: an arrow hash lookup for one key (pandas' string
+    ``isin`` makes a Python object per value), pandas for several."""
+    if len(keys) > 1:
+        return frame.set_index(keys).index.isin(other.set_index(keys).index)
+    found = pc.is_in(_arrow(frame[keys[0]]), value_set=_arrow(other[keys[0]]))
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+
+def _rows_with_keys(frame: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` (keys unique) with the keys of ``rows``, in their order, key columns first."""
+    if len(keys) > 1:
+        return frame.set_index(keys).loc[rows.set_index(keys).index].reset_index()
+    at = pc.index_in(_arrow(rows[keys[0]]), value_set=_arrow(frame[keys[0]])).to_numpy(zero_copy_only=False)
+    found = frame.iloc[at].reset_index(drop=True)
+    return found[[*keys, *found.columns.drop(keys)]]
 
 
 def _rows_equal(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:

@@ -2,8 +2,9 @@
 
 Every data step works per customer (features) or per key (ingest's checks), so a table bigger
 than the memory budget (``settings.data_memory_gib``) is split by a hash of that key into
-partitions, with DuckDB reading and writing parquet out of core within the budget; the step's one
-function then takes each partition whole. The engine runs that function over the partitions:
+partitions: DuckDB works out each row's partition from the key columns alone, and the rows are
+streamed a batch at a time into the partitions' files; the step's one function then takes each
+partition whole. The engine runs that function over the partitions:
 one after another in this process, or on the Dask cluster at ``settings.dask_scheduler`` when it is
 set (the project directory must then be on storage the workers share). Either way it is the same
 function on the same partitions, so the results are the same.
@@ -17,14 +18,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from nexttouch.settings import Settings
 
-ORDER = "_order"  # the row's place in the input (file, row): partitions keep their rows in input order
-_FILE_ROWS = 1 << 40
+_BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
+_IPC = ipc.IpcWriteOptions(compression="lz4")  # the split files: half the disk of plain IPC, cheap to read
 
 
 def partition_count(nbytes: float, memory_gib: float) -> int:
@@ -58,45 +60,78 @@ def split(
 ) -> list[list[Path]]:
     """The rows of the parquet files ``paths`` in ``parts`` partitions by a hash of ``keys``.
 
-    Returns each partition's files under ``out`` (emptied first). ``ordered`` (for input as it
-    arrived): keys are hashed as trimmed text (an id and the same id with surrounding blanks meet
-    in one partition) and a row's ``ORDER`` column says where it came from, so a partition can be
-    put back in input order. Otherwise (validated tables) keys are hashed as they are and the rows
-    of a partition come in any order. With ``bounds`` (``range_bounds`` of the one key) partition i
-    holds the keys from ``bounds[i - 1]`` up to before ``bounds[i]`` instead: partitions in key order.
+    Returns each partition's files under ``out`` (emptied first), Arrow IPC files that
+    ``read_partition`` reads; a partition's rows come in input order. ``ordered`` (for input as it
+    arrived): keys are hashed as trimmed text, so an id and the same id with surrounding blanks meet
+    in one partition. Otherwise (validated tables) keys are hashed as they are. With ``bounds``
+    (``range_bounds`` of the one key) partition i holds the keys from ``bounds[i - 1]`` up to before
+    ``bounds[i]`` instead: partitions in key order.
     """
-    import duckdb
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    files = ", ".join(f"'{_sql_text(str(p))}'" for p in paths)
     if ordered:
         key = ", ".join(f"coalesce(trim(CAST({_quoted(k)} AS VARCHAR)), '')" for k in keys)
-        index = " ".join(f"WHEN '{_sql_text(str(p))}' THEN {i}" for i, p in enumerate(paths))
-        cols = ", ".join(_quoted(c) for c in columns) if columns else "* EXCLUDE (filename, file_row_number)"
-        cols += f", (CASE filename {index} END) * {_FILE_ROWS} + file_row_number AS {ORDER}"
-        source = f"read_parquet([{files}], filename = true, file_row_number = true, union_by_name = true)"
     else:
         key = ", ".join(_quoted(k) for k in keys)
-        cols = ", ".join(_quoted(c) for c in columns) if columns else "*"
-        source = f"read_parquet([{files}], union_by_name = true)"
-    part = f"CAST(hash({key}) % {parts} AS INTEGER)"
+    part = f"hash({key}) % {parts}"
     if bounds is not None:
         if len(keys) != 1 or len(bounds) != parts - 1:
             raise ValueError("a range split takes one key and parts - 1 bounds")
         part = _range_case(_quoted(keys[0]), list(bounds), 0)
-    con = duckdb.connect(
-        config={"memory_limit": f"{max(256, int(memory_gib * 1024 * 0.6))}MB", "temp_directory": str(out / ".spill")}
-    )
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    written: list[list[Path]] = [[] for _ in range(parts)]
+    for i, path in enumerate(paths):
+        rows_part = _partition_of_rows(path, part, memory_gib, out / ".spill")
+        for k, file in _write_partitions(path, rows_part, parts, columns, out, f"{i}.arrow"):
+            written[k].append(file)
+    shutil.rmtree(out / ".spill", ignore_errors=True)
+    return written
+
+
+def _partition_of_rows(path: Path, part: str, memory_gib: float, spill: Path) -> np.ndarray:
+    """The partition of each row of a parquet file, in file order: DuckDB reads only the key columns."""
+    import duckdb
+
+    config = {
+        "memory_limit": f"{max(256, int(memory_gib * 1024 * 0.6))}MB",
+        "temp_directory": str(spill),
+        "preserve_insertion_order": True,  # the result in file order (DuckDB's default, relied on)
+    }
+    con = duckdb.connect(config=config)
     try:
-        con.execute(
-            f"COPY (SELECT {cols}, {part} AS _part FROM {source}) "
-            f"TO '{_sql_text(str(out))}' (FORMAT parquet, PARTITION_BY (_part), OVERWRITE_OR_IGNORE)"
-        )
+        query = f"SELECT CAST({part} AS USMALLINT) AS p FROM read_parquet('{_sql_text(str(path))}')"
+        return np.asarray(con.execute(query).fetchnumpy()["p"])
     finally:
         con.close()
-    shutil.rmtree(out / ".spill", ignore_errors=True)
-    return [sorted((out / f"_part={i}").glob("*.parquet")) for i in range(parts)]
+
+
+def _write_partitions(
+    path: Path, rows_part: np.ndarray, parts: int, columns: Sequence[str] | None, out: Path, name: str
+) -> list[tuple[int, Path]]:
+    """The rows of ``path`` streamed a batch at a time into one Arrow IPC file per partition (``out/_part=k/name``).
+
+    IPC, not parquet: the files are read once, soon, and IPC costs next to nothing to write and read.
+    """
+    source = pq.ParquetFile(path)
+    names = [c for c in columns if c in source.schema_arrow.names] if columns else None
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    start = 0
+    try:
+        for batch in source.iter_batches(batch_size=_BATCH_ROWS, columns=names):
+            here = rows_part[start : start + batch.num_rows]
+            start += batch.num_rows
+            counts = np.bincount(here, minlength=parts)
+            batch = batch.take(pa.array(np.argsort(here, kind="stable")))  # grouped by partition, in order within
+            ends = np.cumsum(counts)
+            for k in np.flatnonzero(counts):
+                if k not in writers:
+                    file = out / f"_part={k}" / name
+                    file.parent.mkdir(exist_ok=True)
+                    writers[k] = ipc.new_file(file, batch.schema, options=_IPC)
+                writers[k].write_batch(batch.slice(ends[k] - counts[k], counts[k]))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return [(k, out / f"_part={k}" / name) for k in sorted(writers)]
 
 
 def range_bounds(path: Path, key: str, parts: int) -> list[str]:
@@ -126,20 +161,32 @@ def _range_case(key: str, bounds: list[str], first: int) -> str:
 
 
 def read_partition(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
-    """A partition's rows in input order, typed as ``schema`` (the split files' own metadata restored)."""
+    """A partition's rows (``split`` files, or parquet files read whole), typed as ``schema`` with its metadata.
+
+    Each file is cast on its own: files of one input may disagree on a column's type (an inbox part
+    with whole-number amounts), and a column missing from a file is null in its rows.
+    """
     if not files:
         return schema.empty_table()
-    wanted = [name for name in schema.names if name != ORDER]
-    table = pa.concat_tables([_read_columns(f, [*wanted, ORDER]) for f in files], promote_options="default")
-    if ORDER in table.column_names:  # a split partition; a file read whole is in order already
-        table = table.take(pc.sort_indices(table, sort_keys=[(ORDER, "ascending")]))
-    columns = [name for name in schema.names if name in table.column_names]
-    fields = [schema.field(name) for name in columns]
-    typed = pa.table([table.column(f.name).cast(f.type) for f in fields], schema=pa.schema(fields))
-    return typed.replace_schema_metadata(schema.metadata)
+    table = pa.concat_tables([_typed(_read_columns(f, schema.names), schema) for f in files])
+    return table.replace_schema_metadata(schema.metadata)
+
+
+def _typed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    def column(field: pa.Field) -> pa.ChunkedArray | pa.Array:
+        if field.name in table.column_names:
+            return table.column(field.name).cast(field.type)
+        return pa.nulls(table.num_rows, field.type)
+
+    return pa.table([column(f) for f in schema], schema=pa.schema(list(schema)))
 
 
 def _read_columns(path: Path, columns: list[str]) -> pa.Table:
+    if path.suffix == ".arrow":
+        with pa.OSFile(str(path)) as source:
+            names = ipc.open_file(source).schema.names
+            fields = [names.index(c) for c in columns if c in names]
+            return ipc.open_file(source, options=ipc.IpcReadOptions(included_fields=fields)).read_all()
     present = set(pq.read_schema(path).names)
     return pq.read_table(path, columns=[c for c in columns if c in present])
 
