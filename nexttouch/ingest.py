@@ -130,7 +130,8 @@ def ingest(settings: Settings, catalog: Catalog, source: Path, now: datetime | N
             if found[table]:
                 reports.append(_ingest_table(settings, catalog, table, found[table], now))
     finally:
-        _load_cached.cache_clear()
+        _identity_cached.cache_clear()
+        _customers_cached.cache_clear()
     return reports
 
 
@@ -580,30 +581,75 @@ def _resolve(settings: Settings, frame: pd.DataFrame) -> pd.Series:
 
     One arrow hash lookup per source system: no joined copy of 50M keys.
     """
-    identity = _load(settings, "identity")
+    identity = _identity_map(settings)
     position = np.full(len(frame), -1, np.int64)
     if identity is not None:
         systems = _arrow(frame["source_system"])
         keys = _arrow(frame["source_key"])
-        known_systems = _arrow(identity["source_system"])
-        known_keys = _arrow(identity["source_key"])
-        for system in pc.unique(known_systems).to_pylist():
+        for system, rows, known_keys in identity.systems:
             mine = np.flatnonzero(pc.fill_null(pc.equal(systems, system), False).to_numpy(zero_copy_only=False))
             if not len(mine):
                 continue
-            rows = np.flatnonzero(pc.equal(known_systems, system).to_numpy(zero_copy_only=False))
-            found = pc.index_in(keys.take(mine), value_set=known_keys.take(rows))
+            found = pc.index_in(keys.take(mine), value_set=known_keys)
             found = pc.fill_null(found, -1).to_numpy(zero_copy_only=False)
             position[mine] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
-    customers = [] if identity is None else _arrow(identity[CUSTOMER_ID])
-    taken = pa.array(customers, pa.large_string()).take(pa.array(position, mask=position < 0))
+    customers = pa.array([], pa.large_string()) if identity is None else identity.customers
+    taken = customers.take(pa.array(position, mask=position < 0))
     resolved = pd.Series(pd.arrays.ArrowStringArray(taken), index=frame.index)
     by_id = (frame["source_system"] == API_SYSTEM).fillna(False).to_numpy(bool)
     if by_id.any():  # sent to the service by customer id: known customers only, never made up ones
-        known = _load(settings, "customers")
         ids = frame["source_key"].where(by_id)
-        resolved = resolved.where(~by_id, ids.where(ids.isin([] if known is None else known[CUSTOMER_ID])))
+        known = pc.fill_null(pc.is_in(_arrow(ids), value_set=_known_customers(settings)), False)
+        resolved = resolved.where(~by_id, ids.where(known.to_numpy(zero_copy_only=False)))
     return resolved
+
+
+@dataclass(frozen=True)
+class _IdentityMap:
+    systems: list[tuple[str, np.ndarray, pa.Array]]  # (source system, its rows of the map, their keys)
+    customers: pa.Array  # the customer of each row
+
+
+def _identity_map(settings: Settings) -> _IdentityMap | None:
+    path = settings.raw_dir / "identity.parquet"
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return _identity_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _identity_cached(path: Path, mtime_ns: int, size: int) -> _IdentityMap:
+    """The loaded identity map's three columns as arrow, split by source system once per version of the
+    file: every partition of the events looks its keys up, and the whole table as pandas would hold
+    several GiB at 10M customers."""
+    columns = _string_columns(path, ["source_system", "source_key", CUSTOMER_ID])
+    known_systems, known_keys = columns["source_system"], columns["source_key"]
+    systems = []
+    for system in pc.unique(known_systems).drop_null().to_pylist():
+        rows = np.flatnonzero(pc.fill_null(pc.equal(known_systems, system), False).to_numpy(zero_copy_only=False))
+        systems.append((system, rows, known_keys.take(pa.array(rows))))
+    return _IdentityMap(systems, columns[CUSTOMER_ID])
+
+
+def _known_customers(settings: Settings) -> pa.Array:
+    """The loaded customers' ids (empty before any customer is loaded)."""
+    path = settings.raw_dir / "customers.parquet"
+    if not path.exists():
+        return pa.array([], pa.large_string())
+    stat = path.stat()
+    return _customers_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _customers_cached(path: Path, mtime_ns: int, size: int) -> pa.Array:
+    """The loaded customers' ids, read once per version of the file (each partition of decisions looks them up)."""
+    return _string_columns(path, [CUSTOMER_ID])[CUSTOMER_ID]
+
+
+def _string_columns(path: Path, columns: list[str]) -> dict[str, pa.Array]:
+    table = pq.read_table(path, columns=columns)
+    return {c: pc.cast(table.column(c), pa.large_string()).combine_chunks() for c in columns}
 
 
 def _arrow(column: pd.Series) -> pa.Array:
@@ -618,9 +664,7 @@ def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.Da
         frame[col] = _ids(frame[col])
     r.missing([DECISION_ID, CUSTOMER_ID, ACTION])
     _opaque(frame, [DECISION_ID, CUSTOMER_ID], r)
-    customers = _load(settings, "customers")
-    known = pd.Series([], dtype="string[pyarrow]") if customers is None else customers[CUSTOMER_ID]
-    known_id = pc.is_in(_arrow(frame[CUSTOMER_ID]), value_set=_arrow(known))
+    known_id = pc.is_in(_arrow(frame[CUSTOMER_ID]), value_set=_known_customers(settings))
     r.flag(~pc.fill_null(known_id, False).to_numpy(zero_copy_only=False), "unknown customer_id")
     _timestamp(frame, DECIDED_AT, r, latest)
     r.flag(frame[DECIDED_AT].isna(), f"missing {DECIDED_AT}")
@@ -710,13 +754,6 @@ def _load(settings: Settings, table: str) -> pd.DataFrame | None:
     path = settings.raw_dir / f"{table}.parquet"
     if not path.exists():
         return None
-    stat = path.stat()
-    return _load_cached(path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(path: Path, mtime_ns: int, size: int) -> pd.DataFrame:
-    """A loaded table, read once per version of its file while an ingest runs (partitions look it up again)."""
     return _from_arrow(pq.read_table(path))
 
 
