@@ -403,7 +403,8 @@ def asof_baseline(s, entity: pd.DataFrame, repeat: int = 3) -> tuple[float, int]
     import pyarrow as pa
 
     path = s.offline_dir / "touch_history.parquet"
-    con = duckdb.connect()
+    # Not DuckDB's default of 80 % of RAM: the cases may share the machine (it spills beyond the limit).
+    con = duckdb.connect(config={"memory_limit": "10GB", "temp_directory": str(s.data_dir / "tmp" / "asof-spill")})
     con.register("rows", pa.Table.from_pandas(entity[["customer_id", "event_timestamp"]], preserve_index=False))
     # Only the decisions' customers' snapshots: a bare ASOF join sorts its whole right side (~15 GiB
     # for the 26M snapshot rows of 1M customers), which 10M customers' would not fit.
