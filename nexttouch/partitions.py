@@ -87,12 +87,17 @@ def split(
     return written
 
 
+def duckdb_memory_mb(memory_gib: float) -> int:
+    """DuckDB's memory limit in a data step: most of the budget (the step's arrow and pandas need the rest)."""
+    return max(256, int(memory_gib * 1024 * 0.6))
+
+
 def _partition_of_rows(path: Path, part: str, memory_gib: float, spill: Path) -> np.ndarray:
     """The partition of each row of a parquet file, in file order: DuckDB reads only the key columns."""
     import duckdb
 
     config = {
-        "memory_limit": f"{max(256, int(memory_gib * 1024 * 0.6))}MB",
+        "memory_limit": f"{duckdb_memory_mb(memory_gib)}MB",
         "temp_directory": str(spill),
         "preserve_insertion_order": True,  # the result in file order (DuckDB's default, relied on)
     }

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from nexttouch.catalog import Catalog
 from nexttouch.feature_store import open_store
+from nexttouch.partitions import duckdb_memory_mb
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,
@@ -362,7 +363,7 @@ def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int
     schemas = [pq.read_schema(p) for p in parts]
     schema = pa.unify_schemas(schemas, promote_options="permissive").with_metadata(schemas[0].metadata)
     files = ", ".join(f"'{_sql_text(str(p))}'" for p in parts)
-    memory = _duckdb_memory_mb(settings)
+    memory = duckdb_memory_mb(settings.data_memory_gib)
     spill = path.parent / ".spill"
     con = duckdb.connect(config={"memory_limit": f"{memory}MB", "temp_directory": str(spill)})
     try:
@@ -382,11 +383,6 @@ def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int
     if len(written) != rows:
         raise RuntimeError(f"training set: {len(written)} rows written for {rows} labelled decisions")
     return written
-
-
-def _duckdb_memory_mb(settings: Settings) -> int:
-    """DuckDB's memory limit in a data step: most of the budget (the step's arrow and pandas need the rest)."""
-    return max(256, int(settings.data_memory_gib * 1024 * 0.6))
 
 
 def _typed(column: pa.Array, kind: pa.DataType) -> pa.Array:
@@ -424,7 +420,7 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterato
     previous = ibis.options.default_backend
     # Rows are matched by ENTITY_ROW, not order; DuckDB keeps to the data budget, spilling beyond it.
     spill = settings.data_dir / "tmp" / f"feast-spill-{uuid.uuid4().hex[:12]}"
-    memory = _duckdb_memory_mb(settings)
+    memory = duckdb_memory_mb(settings.data_memory_gib)
     spill.mkdir(parents=True)
     con = ibis.duckdb.connect(preserve_insertion_order=False, memory_limit=f"{memory}MB", temp_directory=str(spill))
     ibis.options.default_backend = con
