@@ -6,7 +6,8 @@ in order, each reading what the one before wrote:
 
     simulate   simulate N customers for 180 days and write the landing parquet (write_brand)
     ingest     nexttouch.ingest.ingest: validation, identity resolution, quarantine, data/raw
-    features   features.pipeline.build_offline (snapshots every --every-days) + `feast apply`
+    features   the snapshot window and its coverage of the decisions (as `nexttouch features` checks
+               them), features.pipeline.build_offline (snapshots every --every-days), `feast apply`
     online     SQLite: a plain bulk insert of the latest rows (the baseline) and the bulk load
                (features.pipeline.materialize), into an empty store and again over the full one
                (the nightly case); then the bulk load into Redis (127.0.0.1:6379, db 15; above
@@ -140,16 +141,20 @@ def case_ingest(project: Path, args: argparse.Namespace) -> list[dict[str, objec
 
 
 def case_features(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
-    from features.pipeline import build_offline, feast_apply
+    from features.pipeline import build_offline, feast_apply, snapshot_window, uncovered
 
     s = _settings(project, args)
+    t = time.perf_counter()
+    window = snapshot_window(s, END, None, DAYS, args.every_days)  # as `nexttouch features` checks first
+    gap = uncovered(s, window)
+    checked = _row("features: snapshot window, decisions covered", f"{gap.of:,} decisions", time.perf_counter() - t)
     t = time.perf_counter()
     build = build_offline(s, END, DAYS)
     built = time.perf_counter() - t
     t = time.perf_counter()
     feast_apply(s)
     size = f"{build.rows:,} snapshot rows (every {args.every_days} d) from {build.events:,} events"
-    return [_row("features (build_offline)", size, built), _row("feast apply", "", time.perf_counter() - t)]
+    return [checked, _row("features (build_offline)", size, built), _row("feast apply", "", time.perf_counter() - t)]
 
 
 LATEST_COLUMNS = ["customer_id", "event_timestamp"]  # then the touch features and the contact state

@@ -87,12 +87,21 @@ class Uncovered:
     last: datetime | None
 
 
-def _times(path: Path, column: str) -> np.ndarray:
-    """A time column of an ingested table as datetime64[us] (UTC, naive); empty when the table is missing."""
+def _times(path: Path, column: str) -> Iterator[np.ndarray]:
+    """A time column of an ingested table as datetime64[us] (UTC, naive), a batch at a time (none when the
+    table is missing): the events' times alone are gigabytes at 10M customers."""
     if not path.exists():
-        return np.array([], "datetime64[us]")
-    times = pq.read_table(path, columns=[column]).column(column)
-    return pc.cast(times, pa.timestamp("us", "UTC")).to_numpy().astype("datetime64[us]")
+        return
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=[column]):
+        yield (
+            pc.cast(batch.column(0), pa.timestamp("us", "UTC")).to_numpy(zero_copy_only=False).astype("datetime64[us]")
+        )
+
+
+def _time_range(path: Path, column: str) -> tuple[np.datetime64, np.datetime64] | None:
+    """The earliest and latest time of a column of an ingested table; None when it has no rows."""
+    ranges = [(t.min(), t.max()) for t in _times(path, column) if len(t)]
+    return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
 
 
 def _aware(t: np.datetime64) -> datetime:
@@ -115,9 +124,10 @@ def snapshot_window(
     ``SNAPSHOT_ROWS`` (at most weekly, far inside the TTL).
     """
     chosen = []
-    decided = _times(settings.raw_dir / "decisions.parquet", DECIDED_AT)
+    decided = _time_range(settings.raw_dir / "decisions.parquet", DECIDED_AT)
     if end is None:
-        latest = [t.max() for t in (decided, _times(settings.raw_dir / "events.parquet", "occurred_at")) if len(t)]
+        ranges = (decided, _time_range(settings.raw_dir / "events.parquet", "occurred_at"))
+        latest = [r[1] for r in ranges if r is not None]
         end = today
         if latest:
             after = _aware(max(latest)).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
@@ -127,8 +137,8 @@ def snapshot_window(
     every = every_days or 1
     if days is None:
         days = settings.days
-        if len(decided):
-            span = (pd.Timestamp(end) - pd.Timestamp(_aware(decided.min()))).total_seconds() / SECONDS_PER_DAY
+        if decided is not None:
+            span = (pd.Timestamp(end) - pd.Timestamp(_aware(decided[0]))).total_seconds() / SECONDS_PER_DAY
             days = int(np.ceil(max(span, 0)))
         chosen.append("days")
     if every_days is None:
@@ -142,15 +152,20 @@ def snapshot_window(
 
 def uncovered(settings: Settings, window: SnapshotWindow) -> Uncovered:
     """The ingested decisions that would find no snapshot within ``SNAPSHOT_TTL`` before them."""
-    decided = _times(settings.raw_dir / "decisions.parquet", DECIDED_AT)
     snaps = window.snapshots()
-    at = np.searchsorted(snaps, decided, side="right") - 1
-    before = snaps[np.maximum(at, 0)]
     ttl = np.timedelta64(int(SNAPSHOT_TTL.total_seconds()), "s")
-    bad = (at < 0) | (decided - before > ttl)
-    if not bad.any():
-        return Uncovered(0, len(decided), None, None)
-    return Uncovered(int(bad.sum()), len(decided), _aware(decided[bad].min()), _aware(decided[bad].max()))
+    bad, of, first, last = 0, 0, None, None
+    for decided in _times(settings.raw_dir / "decisions.parquet", DECIDED_AT):
+        at = np.searchsorted(snaps, decided, side="right") - 1
+        missed = decided[(at < 0) | (decided - snaps[np.maximum(at, 0)] > ttl)]
+        of += len(decided)
+        if len(missed):
+            bad += len(missed)
+            first = missed.min() if first is None else min(first, missed.min())
+            last = missed.max() if last is None else max(last, missed.max())
+    if not bad:
+        return Uncovered(0, of, None, None)
+    return Uncovered(bad, of, _aware(first), _aware(last))
 
 
 @dataclass(frozen=True)

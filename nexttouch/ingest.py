@@ -45,6 +45,7 @@ from pyarrow import csv
 from nexttouch import personal_data
 from nexttouch.api import ID_PATTERN
 from nexttouch.catalog import Catalog
+from nexttouch.key_index import KeyIndex
 from nexttouch.parquet import write_parquet
 from nexttouch.partitions import parquet_bytes, partition_count, read_partition, run, split
 from nexttouch.schemas import (
@@ -579,38 +580,25 @@ def _text(values: list[str], codes: np.ndarray) -> pd.Series:
 def _resolve(settings: Settings, frame: pd.DataFrame) -> pd.Series:
     """Each event's customer through the loaded identity map (null when its key is unknown).
 
-    One arrow hash lookup per source system: no joined copy of 50M keys.
+    A lookup in the map's index, built once for all partitions: no joined copy of 50M keys.
     """
     identity = _identity_map(settings)
     position = np.full(len(frame), -1, np.int64)
+    customers = pa.array([], pa.large_string())
     if identity is not None:
-        systems = _arrow(frame["source_system"])
-        keys = _arrow(frame["source_key"])
-        for system, rows, known_keys in identity.systems:
-            mine = np.flatnonzero(pc.fill_null(pc.equal(systems, system), False).to_numpy(zero_copy_only=False))
-            if not len(mine):
-                continue
-            found = pc.index_in(keys.take(mine), value_set=known_keys)
-            found = pc.fill_null(found, -1).to_numpy(zero_copy_only=False)
-            position[mine] = np.where(found >= 0, rows[np.maximum(found, 0)], -1)
-    customers = pa.array([], pa.large_string()) if identity is None else identity.customers
+        index, customers = identity
+        position = index.find([_arrow(frame["source_system"]), _arrow(frame["source_key"])])
     taken = customers.take(pa.array(position, mask=position < 0))
     resolved = pd.Series(pd.arrays.ArrowStringArray(taken), index=frame.index)
     by_id = (frame["source_system"] == API_SYSTEM).fillna(False).to_numpy(bool)
     if by_id.any():  # sent to the service by customer id: known customers only, never made up ones
         ids = frame["source_key"].where(by_id)
-        known = pc.fill_null(pc.is_in(_arrow(ids), value_set=_known_customers(settings)), False)
-        resolved = resolved.where(~by_id, ids.where(known.to_numpy(zero_copy_only=False)))
+        resolved = resolved.where(~by_id, ids.where(_known_customer(settings, ids)))
     return resolved
 
 
-@dataclass(frozen=True)
-class _IdentityMap:
-    systems: list[tuple[str, np.ndarray, pa.Array]]  # (source system, its rows of the map, their keys)
-    customers: pa.Array  # the customer of each row
-
-
-def _identity_map(settings: Settings) -> _IdentityMap | None:
+def _identity_map(settings: Settings) -> tuple[KeyIndex, pa.Array] | None:
+    """The loaded identity map: an index of its (source system, source key) and the customer of each row."""
     path = settings.raw_dir / "identity.parquet"
     if not path.exists():
         return None
@@ -619,32 +607,25 @@ def _identity_map(settings: Settings) -> _IdentityMap | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _identity_cached(path: Path, mtime_ns: int, size: int) -> _IdentityMap:
-    """The loaded identity map's three columns as arrow, split by source system once per version of the
-    file: every partition of the events looks its keys up, and the whole table as pandas would hold
-    several GiB at 10M customers."""
+def _identity_cached(path: Path, mtime_ns: int, size: int) -> tuple[KeyIndex, pa.Array]:
+    """Built once per version of the file: every partition of the events looks its keys up in it."""
     columns = _string_columns(path, ["source_system", "source_key", CUSTOMER_ID])
-    known_systems, known_keys = columns["source_system"], columns["source_key"]
-    systems = []
-    for system in pc.unique(known_systems).drop_null().to_pylist():
-        rows = np.flatnonzero(pc.fill_null(pc.equal(known_systems, system), False).to_numpy(zero_copy_only=False))
-        systems.append((system, rows, known_keys.take(pa.array(rows))))
-    return _IdentityMap(systems, columns[CUSTOMER_ID])
+    return KeyIndex([columns["source_system"], columns["source_key"]]), columns[CUSTOMER_ID]
 
 
-def _known_customers(settings: Settings) -> pa.Array:
-    """The loaded customers' ids (empty before any customer is loaded)."""
+def _known_customer(settings: Settings, ids: pd.Series) -> np.ndarray:
+    """Whether each id is a loaded customer's (false for a missing id, and before any customer is loaded)."""
     path = settings.raw_dir / "customers.parquet"
     if not path.exists():
-        return pa.array([], pa.large_string())
+        return np.zeros(len(ids), bool)
     stat = path.stat()
-    return _customers_cached(path, stat.st_mtime_ns, stat.st_size)
+    return _customers_cached(path, stat.st_mtime_ns, stat.st_size).contains([_arrow(ids)])
 
 
 @functools.lru_cache(maxsize=1)
-def _customers_cached(path: Path, mtime_ns: int, size: int) -> pa.Array:
-    """The loaded customers' ids, read once per version of the file (each partition of decisions looks them up)."""
-    return _string_columns(path, [CUSTOMER_ID])[CUSTOMER_ID]
+def _customers_cached(path: Path, mtime_ns: int, size: int) -> KeyIndex:
+    """The loaded customers' ids, indexed once per version of the file (each partition of decisions looks them up)."""
+    return KeyIndex([_string_columns(path, [CUSTOMER_ID])[CUSTOMER_ID]])
 
 
 def _string_columns(path: Path, columns: list[str]) -> dict[str, pa.Array]:
@@ -664,8 +645,7 @@ def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.Da
         frame[col] = _ids(frame[col])
     r.missing([DECISION_ID, CUSTOMER_ID, ACTION])
     _opaque(frame, [DECISION_ID, CUSTOMER_ID], r)
-    known_id = pc.is_in(_arrow(frame[CUSTOMER_ID]), value_set=_known_customers(settings))
-    r.flag(~pc.fill_null(known_id, False).to_numpy(zero_copy_only=False), "unknown customer_id")
+    r.flag(~_known_customer(settings, frame[CUSTOMER_ID]), "unknown customer_id")
     _timestamp(frame, DECIDED_AT, r, latest)
     r.flag(frame[DECIDED_AT].isna(), f"missing {DECIDED_AT}")
     r.flag(_index_in(frame[ACTION], catalog.names) < 0, "action not in catalog")
