@@ -82,6 +82,30 @@ def _peak_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def _trace_peaks(path: Path, case: str, step_mib: int = 256) -> None:
+    """Append the main thread's stack to ``path`` each time this process's RSS passes its highest yet by
+    ``step_mib``: where a case's peak memory is held (written as it goes, so a stopped case keeps it)."""
+    import threading
+    import traceback
+
+    import psutil
+
+    main_thread, proc = threading.main_thread().ident, psutil.Process()
+
+    def watch() -> None:
+        recorded = 0
+        while True:
+            rss = proc.memory_info().rss >> 20
+            if rss >= recorded + step_mib:
+                recorded = rss
+                stack = "".join(traceback.format_stack(sys._current_frames()[main_thread]))
+                with path.open("a") as f:
+                    f.write(f"--- {case}: {rss:,} MiB at {time.strftime('%H:%M:%S')}\n{stack}")
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 BASELINE = "online: plain bulk insert (baseline)"
 
 
@@ -147,7 +171,7 @@ def case_features(project: Path, args: argparse.Namespace) -> list[dict[str, obj
     t = time.perf_counter()
     window = snapshot_window(s, END, None, DAYS, args.every_days)  # as `nexttouch features` checks first
     gap = uncovered(s, window)
-    checked = _row("features: snapshot window, decisions covered", f"{gap.of:,} decisions", time.perf_counter() - t)
+    checked = _row("snapshot window, decisions covered (features)", f"{gap.of:,} decisions", time.perf_counter() - t)
     t = time.perf_counter()
     build = build_offline(s, END, DAYS)
     built = time.perf_counter() - t
@@ -563,11 +587,16 @@ def main() -> None:
         help="run the data steps' partitions on a local Dask cluster of this many worker processes "
         "(peak RSS is then the driver's; the workers' is not counted)",
     )
+    parser.add_argument(
+        "--trace-peaks", type=Path, help="append the stack to this file each time a case's RSS passes its peak"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.every_days = args.every_days or (1 if args.customers <= 100_000 else 7)
     if args.one:
+        if args.trace_peaks:
+            _trace_peaks(args.trace_peaks, args.one)
         print(json.dumps(RUNNERS[args.one](args.project, args)))
         return
 
@@ -586,6 +615,7 @@ def main() -> None:
             cmd += ["--customers", str(args.customers), "--every-days", str(args.every_days)]
             cmd += ["--stock-customers", str(args.stock_customers), "--memory-gib", str(args.memory_gib)]
             cmd += ["--redis-customers", str(args.redis_customers)]
+            cmd += ["--trace-peaks", str(args.trace_peaks.resolve())] if args.trace_peaks else []
             t = time.perf_counter()
             code, stdout, stderr = _run(cmd, env, args.max_rss_gib)
             if code != 0:

@@ -2,8 +2,8 @@
 
 Every data step works per customer (features) or per key (ingest's checks), so a table bigger
 than the memory budget (``settings.data_memory_gib``) is split by a hash of that key into
-partitions: DuckDB works out each row's partition from the key columns alone, and the rows are
-streamed a batch at a time into the partitions' files; the step's one function then takes each
+partitions: the rows are streamed a batch at a time into the partitions' files, DuckDB working out
+each row's partition from the batch's key columns; the step's one function then takes each
 partition whole. The engine runs that function over the partitions:
 one after another in this process, or on the Dask cluster at ``settings.dask_scheduler`` when it is
 set (the project directory must then be on storage the workers share). Either way it is the same
@@ -80,10 +80,8 @@ def split(
     out.mkdir(parents=True)
     written: list[list[Path]] = [[] for _ in range(parts)]
     for i, path in enumerate(paths):
-        rows_part = _partition_of_rows(path, part, memory_gib, out / ".spill")
-        for k, file in _write_partitions(path, rows_part, parts, columns, out, f"{i}.arrow"):
+        for k, file in _write_partitions(path, part, list(keys), parts, columns, out, f"{i}.arrow", memory_gib):
             written[k].append(file)
-    shutil.rmtree(out / ".spill", ignore_errors=True)
     return written
 
 
@@ -92,38 +90,35 @@ def duckdb_memory_mb(memory_gib: float) -> int:
     return max(256, int(memory_gib * 1024 * 0.6))
 
 
-def _partition_of_rows(path: Path, part: str, memory_gib: float, spill: Path) -> np.ndarray:
-    """The partition of each row of a parquet file, in file order: DuckDB reads only the key columns."""
-    import duckdb
-
-    config = {
-        "memory_limit": f"{duckdb_memory_mb(memory_gib)}MB",
-        "temp_directory": str(spill),
-        "preserve_insertion_order": True,  # the result in file order (DuckDB's default, relied on)
-    }
-    con = duckdb.connect(config=config)
-    try:
-        query = f"SELECT CAST({part} AS USMALLINT) AS p FROM read_parquet('{_sql_text(str(path))}')"
-        return np.asarray(con.execute(query).fetchnumpy()["p"])
-    finally:
-        con.close()
-
-
 def _write_partitions(
-    path: Path, rows_part: np.ndarray, parts: int, columns: Sequence[str] | None, out: Path, name: str
+    path: Path,
+    part: str,
+    keys: list[str],
+    parts: int,
+    columns: Sequence[str] | None,
+    out: Path,
+    name: str,
+    memory_gib: float,
 ) -> list[tuple[int, Path]]:
     """The rows of ``path`` streamed a batch at a time into one Arrow IPC file per partition (``out/_part=k/name``).
 
-    IPC, not parquet: the files are read once, soon, and IPC costs next to nothing to write and read.
+    DuckDB works out the partition of each batch's rows from its key columns (``part``, SQL), so
+    nothing the size of the file is held. IPC, not parquet: the files are read once, soon, and IPC
+    costs next to nothing to write and read.
     """
+    import duckdb
+
     source = pq.ParquetFile(path)
-    names = [c for c in columns if c in source.schema_arrow.names] if columns else None
+    names = [c for c in columns if c in source.schema_arrow.names] if columns else source.schema_arrow.names
+    read = [*names, *(k for k in keys if k not in names)]
+    con = duckdb.connect(config={"memory_limit": f"{duckdb_memory_mb(memory_gib)}MB", "preserve_insertion_order": True})
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
-    start = 0
     try:
-        for batch in source.iter_batches(batch_size=_BATCH_ROWS, columns=names):
-            here = rows_part[start : start + batch.num_rows]
-            start += batch.num_rows
+        for batch in source.iter_batches(batch_size=_BATCH_ROWS, columns=read):
+            con.register("batch_rows", pa.table({k: _plain(batch.column(k)) for k in keys}))
+            here = np.asarray(con.execute(f"SELECT CAST({part} AS USMALLINT) AS p FROM batch_rows").fetchnumpy()["p"])
+            con.unregister("batch_rows")
+            batch = batch.select(names)
             counts = np.bincount(here, minlength=parts)
             batch = batch.take(pa.array(np.argsort(here, kind="stable")))  # grouped by partition, in order within
             ends = np.cumsum(counts)
@@ -134,9 +129,15 @@ def _write_partitions(
                     writers[k] = ipc.new_file(file, batch.schema, options=_IPC)
                 writers[k].write_batch(batch.slice(ends[k] - counts[k], counts[k]))
     finally:
+        con.close()
         for writer in writers.values():
             writer.close()
     return [(k, out / f"_part={k}" / name) for k in sorted(writers)]
+
+
+def _plain(column: pa.Array) -> pa.Array:
+    """Dictionary-encoded text decoded: DuckDB hashes the text, as it does read from parquet."""
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
 def range_bounds(path: Path, key: str, parts: int) -> list[str]:
