@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="Memory budget of the data steps (simulate, ingest, features): they work a slice of the "
         "customers at a time, as many as fit in it, so peak memory does not grow with the number of customers.",
     )
+    training_decisions: int = Field(
+        5_000_000,
+        gt=0,
+        description="The most decisions training reads: the latest (and any decided at the same time as the "
+        "last of them). Bounds the training job's memory and time however long the decision log grows.",
+    )
     dask_scheduler: str | None = Field(
         None,
         description="Dask scheduler address (tcp://host:8786): train LightGBM and run the data steps' partitions "

@@ -156,3 +156,16 @@ def test_labels_of_some_customers_are_their_labels_among_all(built: Settings, ca
     pd.testing.assert_frame_equal(few, expected, check_exact=True)
     assert 0 < len(few) < len(everyone) and open_window > 0
     assert few["outcome"].eq(1.0).any() and few["outcome"].eq(0.0).any()
+
+
+def test_training_reads_the_latest_decisions_of_a_longer_log(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    decided = pd.Timestamp("2026-05-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 400, 2_000), unit="min")
+    log = pd.DataFrame({"decision_id": [f"d{i}" for i in range(2_000)], "decided_at": decided.astype("M8[us, UTC]")})
+    path = tmp_path / "decisions.parquet"
+    log.to_parquet(path, row_group_size=300)
+    latest = dataset.latest_decisions(path, 500)
+    cutoff = log["decided_at"].sort_values(ascending=False).iloc[499]
+    assert len(latest) >= 500 and set(latest["decision_id"]) == set(log.loc[log["decided_at"] >= cutoff, "decision_id"])
+    assert latest.dtypes.equals(log.dtypes)
+    assert len(dataset.latest_decisions(path, 2_000)) == 2_000  # a log within the bound is read whole

@@ -255,6 +255,29 @@ def latest_success_at(settings: Settings, catalog: Catalog, since: datetime) -> 
     return max(latest, default=None)
 
 
+def latest_decisions(path: Path, most: int) -> pd.DataFrame:
+    """The decision log's latest ``most`` decisions, and any decided at the same time as the last of them.
+
+    A log longer than that is not read whole: DuckDB finds the earliest time to keep (a top-N of one
+    column), and parquet's row-group filter reads only the rows from then on.
+    """
+    rows = pq.read_metadata(path).num_rows
+    if rows <= most:
+        return pd.read_parquet(path)
+    import duckdb
+
+    con = duckdb.connect(config={"memory_limit": "1GB"})
+    try:
+        query = f"SELECT epoch_us({_quoted(DECIDED_AT)}) FROM read_parquet('{_sql_text(str(path))}') "
+        query += f"ORDER BY 1 DESC LIMIT 1 OFFSET {most - 1}"
+        (since,) = con.execute(query).fetchone()
+    finally:
+        con.close()
+    since = pd.Timestamp(since, unit="us", tz="UTC")
+    log.info("training reads the latest %d of %d decisions: those decided from %s on", most, rows, since)
+    return pd.read_parquet(path, filters=[(DECIDED_AT, ">=", since)])
+
+
 def label_decisions(
     settings: Settings, decisions: pd.DataFrame, catalog: Catalog | None, as_of: datetime | None = None
 ) -> tuple[pd.DataFrame, int]:

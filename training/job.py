@@ -29,7 +29,7 @@ from nexttouch.catalog import Catalog
 from nexttouch.registry_io import load_registered
 from nexttouch.schemas import SIGNUP_AT
 from nexttouch.settings import Settings
-from training.dataset import TrainingSet, label_decisions, training_set, write_training_set
+from training.dataset import TrainingSet, label_decisions, latest_decisions, training_set, write_training_set
 from training.evaluate import Evaluation, evaluate, log_evaluation
 from training.gate import Verdict, decide
 from training.promotion import Move, actor, alias_version, promote
@@ -71,8 +71,9 @@ class TrainReport:
 
 
 def labelled_decisions(settings: Settings, catalog: Catalog, as_of: datetime | None = None) -> tuple[pd.DataFrame, int]:
-    """Decisions with a known outcome (feedback or attribution) and how many still wait for one."""
-    decisions = pd.read_parquet(settings.raw_dir / "decisions.parquet")
+    """Decisions with a known outcome (feedback or attribution) and how many still wait for one, among the
+    latest ``settings.training_decisions``."""
+    decisions = latest_decisions(settings.raw_dir / "decisions.parquet", settings.training_decisions)
     labelled, open_window = label_decisions(settings, decisions, catalog, as_of)
     if len(labelled) < MIN_ROWS or labelled["outcome"].nunique() < 2:
         raise InvalidTrainingData(
