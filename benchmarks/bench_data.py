@@ -18,6 +18,9 @@ in order, each reading what the one before wrote:
     stock      stock Feast `materialize` into SQLite. Above --stock-customers (default 100,000)
                it is measured on the first --stock-customers customers and scaled linearly:
                the table says so.
+    label      the training job's labelled decisions (training.job.labelled_decisions): the latest
+               NEXTTOUCH_TRAINING_DECISIONS (default 5M) of the decision log, labelled by feedback
+               or attribution from the touch events
     asof       the baseline for `training`: a bare DuckDB ASOF join of the same decisions with
                the snapshots of their customers, best of 3 (its own process: it holds several GiB,
                which would hide the training set's own peak)
@@ -64,7 +67,19 @@ import pandas as pd
 
 from nexttouch.telemetry import TELEMETRY_OFF
 
-CASES = ("simulate", "ingest", "features", "online", "readers", "stock", "asof", "training", "fit", "fit_frame")
+CASES = (
+    "simulate",
+    "ingest",
+    "features",
+    "online",
+    "readers",
+    "stock",
+    "label",
+    "asof",
+    "training",
+    "fit",
+    "fit_frame",
+)
 END = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 180
 TRAINING_ROWS = 1_000_000
@@ -479,6 +494,17 @@ def case_asof(project: Path, args: argparse.Namespace) -> list[dict[str, object]
     return [_row(ASOF, f"{n:,} decisions x touch_history.parquet (best of 3)", seconds)]
 
 
+def case_label(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
+    from nexttouch.catalog import load_catalog
+    from training.job import labelled_decisions
+
+    s = _settings(project, args)
+    t = time.perf_counter()
+    labelled, open_window = labelled_decisions(s, load_catalog())
+    size = f"latest {s.training_decisions:,} decisions: {len(labelled):,} labelled, {open_window:,} open"
+    return [_row("label: the training job's labelled decisions", size, time.perf_counter() - t)]
+
+
 def case_training(project: Path, args: argparse.Namespace) -> list[dict[str, object]]:
     from nexttouch.feature_store import open_store
     from training.dataset import write_training_set
@@ -525,6 +551,7 @@ RUNNERS = {
     "online": case_online,
     "readers": case_readers,
     "stock": case_stock,
+    "label": case_label,
     "asof": case_asof,
     "training": case_training,
     "fit": case_fit,
