@@ -65,6 +65,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nexttouch.parquet import parquet_file
 from nexttouch.telemetry import TELEMETRY_OFF
 
 CASES = (
@@ -202,11 +203,10 @@ LATEST_COLUMNS = ["customer_id", "event_timestamp"]  # then the touch features a
 def _latest_file(s):
     """The file of each customer's latest touch-history row (the rows an online load writes), which the
     features case wrote; read a batch at a time: at 10M customers it is ~10M rows of ~70 columns."""
-    import pyarrow.parquet as pq
 
     from features.online_load import latest_path
 
-    return pq.ParquetFile(latest_path(s.offline_dir / "touch_history.parquet"))
+    return parquet_file(latest_path(s.offline_dir / "touch_history.parquet"))
 
 
 def _latest_columns() -> list[str]:
@@ -289,7 +289,7 @@ def _subset_project(project: Path, args: argparse.Namespace, n: int):
         small.offline_dir.mkdir(parents=True, exist_ok=True)
         ids = pq.read_table(s.offline_dir / "customer_profile.parquet", columns=["customer_id"]).column(0)[:n]
         for name in ("touch_history", "customer_profile"):
-            source = pq.ParquetFile(s.offline_dir / f"{name}.parquet")
+            source = parquet_file(s.offline_dir / f"{name}.parquet")
             with pq.ParquetWriter(small.offline_dir / f"{name}.parquet", source.schema_arrow) as writer:
                 for batch in source.iter_batches(batch_size=1 << 20):
                     writer.write_batch(batch.filter(pc.is_in(batch.column("customer_id"), value_set=ids)))
@@ -471,9 +471,8 @@ def _training_decisions(s) -> pd.DataFrame:
     record batch at a time: the whole decision log (14M rows at 1M customers) would set the case's peak."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(s.raw_dir / "decisions.parquet")
+    file = parquet_file(s.raw_dir / "decisions.parquet")
     total = file.metadata.num_rows
     if total <= TRAINING_ROWS:
         return file.read().to_pandas()

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nexttouch.parquet import parquet_file
+
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
@@ -171,7 +173,7 @@ def _latest_file(path: Path, keys: list[str], ts_col: str, columns: list[str], e
     checked a batch at a time, the time column alone.
     """
     try:
-        file = pq.ParquetFile(latest_path(path))
+        file = parquet_file(latest_path(path))
         stamp = json.loads((file.metadata.metadata or {}).get(LATEST_STAMP, b"null"))
         if stamp != _stamp(path, keys, ts_col) or not set(columns) <= set(file.schema_arrow.names):
             return None
@@ -203,7 +205,7 @@ def _latest_chunks(
     if latest is not None:
         yield from _rechunked(latest.iter_batches(batch_size=rows, columns=columns), _schema(latest, columns), rows)
         return
-    file = pq.ParquetFile(path)
+    file = parquet_file(path)
     wanted = _wanted_rows(file, keys, ts_col, end)
     yield from _rechunked(_taken(file, wanted, columns, rows), _schema(file, columns), rows)
 

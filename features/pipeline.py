@@ -29,6 +29,7 @@ from features.touch_features import (
     touch_feature_columns,
 )
 from nexttouch.feature_store import open_store, store_yaml
+from nexttouch.parquet import parquet_file
 from nexttouch.partitions import partition_count, range_bounds, read_partition, run, split
 from nexttouch.schemas import (
     CUSTOMER_ID,
@@ -92,7 +93,7 @@ def _times(path: Path, column: str) -> Iterator[np.ndarray]:
     table is missing): the events' times alone are gigabytes at 10M customers."""
     if not path.exists():
         return
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=[column]):
+    for batch in parquet_file(path).iter_batches(batch_size=1 << 20, columns=[column]):
         yield (
             pc.cast(batch.column(0), pa.timestamp("us", "UTC")).to_numpy(zero_copy_only=False).astype("datetime64[us]")
         )

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from nexttouch.parquet import parquet_file
 from nexttouch.settings import Settings
 
 _BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
@@ -108,7 +109,7 @@ def _write_partitions(
     """
     import duckdb
 
-    source = pq.ParquetFile(path)
+    source = parquet_file(path)
     names = [c for c in columns if c in source.schema_arrow.names] if columns else source.schema_arrow.names
     read = [*names, *(k for k in keys if k not in names)]
     con = duckdb.connect(config={"memory_limit": f"{duckdb_memory_mb(memory_gib)}MB", "preserve_insertion_order": True})

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from nexttouch.catalog import Catalog
 from nexttouch.feature_store import open_store
+from nexttouch.parquet import parquet_dataset, parquet_file
 from nexttouch.partitions import duckdb_memory_mb
 from nexttouch.schemas import (
     ACTION,
@@ -105,7 +106,7 @@ class TrainingSet(Batched):
         """Rows ``start`` up to ``stop`` as arrow, reading only the row groups they are in."""
         stop = len(self) if stop is None else min(stop, len(self))
         first, last = self.start + min(start, stop), self.start + stop
-        file = pq.ParquetFile(self.path)
+        file = parquet_file(self.path)
         if first == last:
             return file.schema_arrow.empty_table().select(columns or file.schema_arrow.names)
         offsets = self._offsets
@@ -240,7 +241,7 @@ def read_success_events(
     wanted = _success_touches(catalog, since)
     if customers is not None:
         wanted &= pads.field(CUSTOMER_ID).isin(pa.array(customers.astype(object).unique(), pa.string()))
-    table = pads.dataset(settings.raw_dir / "events.parquet").to_table(
+    table = parquet_dataset(settings.raw_dir / "events.parquet").to_table(
         columns=[CUSTOMER_ID, OCCURRED_AT, TOUCH_TYPE, DECISION_ID], filter=wanted
     )
     return table.to_pandas()
@@ -248,7 +249,7 @@ def read_success_events(
 
 def latest_success_at(settings: Settings, catalog: Catalog, since: datetime) -> datetime | None:
     """The time of the latest success touch after ``since``, of any customer (a batch at a time)."""
-    batches = pads.dataset(settings.raw_dir / "events.parquet").to_batches(
+    batches = parquet_dataset(settings.raw_dir / "events.parquet").to_batches(
         columns=[OCCURRED_AT], filter=_success_touches(catalog, since)
     )
     latest = [m for b in batches if (m := pc.max(b.column(0)).as_py()) is not None]
