@@ -276,7 +276,7 @@ def latest_decisions(path: Path, most: int) -> pd.DataFrame:
         con.close()
     since = pd.Timestamp(since, unit="us", tz="UTC")
     log.info("training reads the latest %d of %d decisions: those decided from %s on", most, rows, since)
-    return pd.read_parquet(path, filters=[(DECIDED_AT, ">=", since)])
+    return parquet_dataset(path).to_table(filter=pads.field(DECIDED_AT) >= since).to_pandas()
 
 
 def label_decisions(
