@@ -219,6 +219,8 @@ def _ingest_partitions(
             (settings, catalog, table, arrived[k], schema, before[k] if before else [], loaded_schema, now)
             for k in range(parts)
         ]
+        if not settings.dask_scheduler:
+            _build_lookups(settings, table)
         rejected = []
         for rows, bad, new, same in run(settings, ingest_partition, tasks):
             rejected.extend(r for r in bad if len(r))
@@ -597,6 +599,18 @@ def _resolve(settings: Settings, frame: pd.DataFrame) -> pd.Series:
     return resolved
 
 
+def _build_lookups(settings: Settings, table: str) -> None:
+    """The indexes ``table``'s partitions look keys up in, built before any partition is read.
+
+    Built during the first partition instead, their transient hash tables would add to that
+    partition's rows and set the step's peak memory.
+    """
+    if table == "events":
+        _identity_map(settings)
+    if table == "decisions":
+        _customer_index(settings)
+
+
 def _identity_map(settings: Settings) -> tuple[KeyIndex, pa.Array] | None:
     """The loaded identity map: an index of its (source system, source key) and the customer of each row."""
     path = settings.raw_dir / "identity.parquet"
@@ -615,11 +629,16 @@ def _identity_cached(path: Path, mtime_ns: int, size: int) -> tuple[KeyIndex, pa
 
 def _known_customer(settings: Settings, ids: pd.Series) -> np.ndarray:
     """Whether each id is a loaded customer's (false for a missing id, and before any customer is loaded)."""
+    index = _customer_index(settings)
+    return np.zeros(len(ids), bool) if index is None else index.contains([_arrow(ids)])
+
+
+def _customer_index(settings: Settings) -> KeyIndex | None:
     path = settings.raw_dir / "customers.parquet"
     if not path.exists():
-        return np.zeros(len(ids), bool)
+        return None
     stat = path.stat()
-    return _customers_cached(path, stat.st_mtime_ns, stat.st_size).contains([_arrow(ids)])
+    return _customers_cached(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=1)
