@@ -648,8 +648,9 @@ def main() -> None:
                 reason = (stderr.strip().splitlines() or [f"exit {code}"])[-1][:90]
                 results.append({"case": case, "size": f"FAILED: {reason}", "seconds": "", "peak_mib": ""})
                 break
-            results.extend(json.loads(stdout.strip().splitlines()[-1]))
-            print(f"{case} done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            rows = json.loads(stdout.strip().splitlines()[-1])
+            results.extend(rows)
+            print(f"{case} done in {time.perf_counter() - t:.0f} s: {json.dumps(rows)}", file=sys.stderr, flush=True)
 
     engine = f"a local Dask cluster of {args.dask_workers} workers" if args.dask_workers else "in process"
     print(
