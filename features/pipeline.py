@@ -155,18 +155,16 @@ def uncovered(settings: Settings, window: SnapshotWindow) -> Uncovered:
     """The ingested decisions that would find no snapshot within ``SNAPSHOT_TTL`` before them."""
     snaps = window.snapshots()
     ttl = np.timedelta64(int(SNAPSHOT_TTL.total_seconds()), "s")
-    bad, of, first, last = 0, 0, None, None
+    bad, of, missed_ranges = 0, 0, []
     for decided in _times(settings.raw_dir / "decisions.parquet", DECIDED_AT):
         at = np.searchsorted(snaps, decided, side="right") - 1
         missed = decided[(at < 0) | (decided - snaps[np.maximum(at, 0)] > ttl)]
-        of += len(decided)
+        of, bad = of + len(decided), bad + len(missed)
         if len(missed):
-            bad += len(missed)
-            first = missed.min() if first is None else min(first, missed.min())
-            last = missed.max() if last is None else max(last, missed.max())
+            missed_ranges.append((missed.min(), missed.max()))
     if not bad:
         return Uncovered(0, of, None, None)
-    return Uncovered(bad, of, _aware(first), _aware(last))
+    return Uncovered(bad, of, _aware(min(r[0] for r in missed_ranges)), _aware(max(r[1] for r in missed_ranges)))
 
 
 @dataclass(frozen=True)
