@@ -155,16 +155,18 @@ def uncovered(settings: Settings, window: SnapshotWindow) -> Uncovered:
     """The ingested decisions that would find no snapshot within ``SNAPSHOT_TTL`` before them."""
     snaps = window.snapshots()
     ttl = np.timedelta64(int(SNAPSHOT_TTL.total_seconds()), "s")
-    bad, of, missed_ranges = 0, 0, []
+    bad, of, first, last = 0, 0, None, None
     for decided in _times(settings.raw_dir / "decisions.parquet", DECIDED_AT):
         at = np.searchsorted(snaps, decided, side="right") - 1
         missed = decided[(at < 0) | (decided - snaps[np.maximum(at, 0)] > ttl)]
-        of, bad = of + len(decided), bad + len(missed)
+        of += len(decided)
         if len(missed):
-            missed_ranges.append((missed.min(), missed.max()))
+            bad += len(missed)
+            first = missed.min() if first is None else min(first, missed.min())
+            last = missed.max() if last is None else max(last, missed.max())
     if not bad:
         return Uncovered(0, of, None, None)
-    return Uncovered(bad, of, _aware(min(r[0] for r in missed_ranges)), _aware(max(r[1] for r in missed_ranges)))
+    return Uncovered(bad, of, _aware(first), _aware(last))
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Joins the parts of a key for the fallback: never in an id (nexttouch.api.ID_PATTERN).
-_SEPARATOR = pa.scalar("\x1f", pa.large_string())
+_SEPARATOR = pa.scalar(
+    "\x1f", pa.large_string()
+)  # joins the parts of a key for the fallback: never in an id (nexttouch.api.ID_PATTERN)
 
 
 class KeyIndex:
@@ -29,6 +30,9 @@ class KeyIndex:
         self.columns = [_text(c) for c in columns]
         index = pd.Index(key_hash(self.columns))
         self._index = index if index.is_unique else None  # unique: its hash table is built, and kept
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
 
     def find(self, columns: Sequence[pa.Array]) -> np.ndarray:
         """The indexed row of each key given by ``columns`` (its parts), -1 where absent or a part is null."""
