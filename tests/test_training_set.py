@@ -164,8 +164,8 @@ def test_training_reads_the_latest_decisions_of_a_longer_log(tmp_path) -> None:
     log = pd.DataFrame({"decision_id": [f"d{i}" for i in range(2_000)], "decided_at": decided.astype("M8[us, UTC]")})
     path = tmp_path / "decisions.parquet"
     log.to_parquet(path, row_group_size=300)
-    latest = dataset.latest_decisions(path, 500, 1.0)
+    latest = dataset.latest_decisions(path, 500)
     cutoff = log["decided_at"].sort_values(ascending=False).iloc[499]
     assert len(latest) >= 500 and set(latest["decision_id"]) == set(log.loc[log["decided_at"] >= cutoff, "decision_id"])
     assert latest.dtypes.equals(log.dtypes)
-    assert len(dataset.latest_decisions(path, 2_000, 1.0)) == 2_000  # a log within the bound is read whole
+    assert len(dataset.latest_decisions(path, 2_000)) == 2_000  # a log within the bound is read whole

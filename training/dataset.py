@@ -256,7 +256,7 @@ def latest_success_at(settings: Settings, catalog: Catalog, since: datetime) -> 
     return max(latest, default=None)
 
 
-def latest_decisions(path: Path, most: int, memory_gib: float) -> pd.DataFrame:
+def latest_decisions(path: Path, most: int) -> pd.DataFrame:
     """The decision log's latest ``most`` decisions, and any decided at the same time as the last of them.
 
     A log longer than that is not read whole: DuckDB finds the earliest time to keep (a top-N of one
@@ -267,7 +267,7 @@ def latest_decisions(path: Path, most: int, memory_gib: float) -> pd.DataFrame:
         return pd.read_parquet(path)
     import duckdb
 
-    con = duckdb.connect(config={"memory_limit": f"{duckdb_memory_mb(memory_gib)}MB"})
+    con = duckdb.connect(config={"memory_limit": "1GB"})
     try:
         query = f"SELECT epoch_us({sql_name(DECIDED_AT)}) FROM read_parquet('{sql_text(str(path))}') "
         query += f"ORDER BY 1 DESC LIMIT 1 OFFSET {most - 1}"

@@ -73,9 +73,7 @@ class TrainReport:
 def labelled_decisions(settings: Settings, catalog: Catalog, as_of: datetime | None = None) -> tuple[pd.DataFrame, int]:
     """Decisions with a known outcome (feedback or attribution) and how many still wait for one, among the
     latest ``settings.training_decisions``."""
-    decisions = latest_decisions(
-        settings.raw_dir / "decisions.parquet", settings.training_decisions, settings.data_memory_gib
-    )
+    decisions = latest_decisions(settings.raw_dir / "decisions.parquet", settings.training_decisions)
     labelled, open_window = label_decisions(settings, decisions, catalog, as_of)
     if len(labelled) < MIN_ROWS or labelled["outcome"].nunique() < 2:
         raise InvalidTrainingData(
