@@ -69,14 +69,14 @@ def split(
     ``bounds[i]`` instead: partitions in key order.
     """
     if ordered:
-        key = ", ".join(f"coalesce(trim(CAST({sql_name(k)} AS VARCHAR)), '')" for k in keys)
+        key = ", ".join(f"coalesce(trim(CAST({_quoted(k)} AS VARCHAR)), '')" for k in keys)
     else:
-        key = ", ".join(sql_name(k) for k in keys)
+        key = ", ".join(_quoted(k) for k in keys)
     part = f"hash({key}) % {parts}"
     if bounds is not None:
         if len(keys) != 1 or len(bounds) != parts - 1:
             raise ValueError("a range split takes one key and parts - 1 bounds")
-        part = _range_case(sql_name(keys[0]), list(bounds), 0)
+        part = _range_case(_quoted(keys[0]), list(bounds), 0)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     written: list[list[Path]] = [[] for _ in range(parts)]
@@ -150,7 +150,7 @@ def range_bounds(path: Path, key: str, parts: int) -> list[str]:
     cuts = ", ".join(f"{i / parts!r}" for i in range(1, parts))
     con = duckdb.connect()
     try:
-        query = f"SELECT quantile_disc({sql_name(key)}, [{cuts}]) FROM read_parquet('{sql_text(str(path))}')"
+        query = f"SELECT quantile_disc({_quoted(key)}, [{cuts}]) FROM read_parquet('{_sql_text(str(path))}')"
         (values,) = con.execute(query).fetchone()
     finally:
         con.close()
@@ -164,7 +164,7 @@ def _range_case(key: str, bounds: list[str], first: int) -> str:
     mid = len(bounds) // 2
     below = _range_case(key, bounds[:mid], first)
     above = _range_case(key, bounds[mid + 1 :], first + mid + 1)
-    return f"(CASE WHEN {key} < '{sql_text(bounds[mid])}' THEN {below} ELSE {above} END)"
+    return f"(CASE WHEN {key} < '{_sql_text(bounds[mid])}' THEN {below} ELSE {above} END)"
 
 
 def read_partition(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
@@ -218,11 +218,9 @@ def run(settings: Settings, fn: Callable[..., Any], tasks: Sequence[tuple[Any, .
             yield result
 
 
-def sql_name(name: str) -> str:
-    """``name`` as a quoted SQL identifier."""
+def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def sql_text(text: str) -> str:
-    """``text`` to put between single quotes in SQL."""
+def _sql_text(text: str) -> str:
     return text.replace("'", "''")

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from nexttouch.catalog import Catalog
 from nexttouch.feature_store import open_store
 from nexttouch.parquet import parquet_dataset, parquet_file
-from nexttouch.partitions import duckdb_memory_mb, sql_name, sql_text
+from nexttouch.partitions import duckdb_memory_mb
 from nexttouch.schemas import (
     ACTION,
     CUSTOMER_ID,
@@ -269,7 +269,7 @@ def latest_decisions(path: Path, most: int) -> pd.DataFrame:
 
     con = duckdb.connect(config={"memory_limit": "1GB"})
     try:
-        query = f"SELECT epoch_us({sql_name(DECIDED_AT)}) FROM read_parquet('{sql_text(str(path))}') "
+        query = f"SELECT epoch_us({_quoted(DECIDED_AT)}) FROM read_parquet('{_sql_text(str(path))}') "
         query += f"ORDER BY 1 DESC LIMIT 1 OFFSET {most - 1}"
         (since,) = con.execute(query).fetchone()
     finally:
@@ -386,14 +386,14 @@ def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int
 
     schemas = [pq.read_schema(p) for p in parts]
     schema = pa.unify_schemas(schemas, promote_options="permissive").with_metadata(schemas[0].metadata)
-    files = ", ".join(f"'{sql_text(str(p))}'" for p in parts)
+    files = ", ".join(f"'{_sql_text(str(p))}'" for p in parts)
     memory = duckdb_memory_mb(settings.data_memory_gib)
     spill = path.parent / ".spill"
     con = duckdb.connect(config={"memory_limit": f"{memory}MB", "temp_directory": str(spill)})
     try:
         query = (
             f"SELECT * FROM read_parquet([{files}], union_by_name = true) "
-            f"ORDER BY {sql_name(DECIDED_AT)}, {sql_name(DECISION_ID)}"
+            f"ORDER BY {_quoted(DECIDED_AT)}, {_quoted(DECISION_ID)}"
         )
         reader = con.sql(query).to_arrow_reader(ROW_GROUP_ROWS)
         with pq.ParquetWriter(path, schema) as writer:
@@ -456,3 +456,11 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterato
         ibis.options.default_backend = previous
         con.disconnect()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
