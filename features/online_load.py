@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nexttouch.parquet import parquet_file
+from nexttouch.parquet import PartWriter, parquet_file
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -139,26 +139,17 @@ class LatestFileWriter:
 
     def __init__(self, path: Path, keys: list[str], ts_col: str) -> None:
         self.path, self.keys, self.ts_col = path, keys, ts_col
-        self._tmp = path.with_name(f".{latest_path(path).name}.tmp")
-        self._writer: pq.ParquetWriter | None = None
+        self._writer = PartWriter(latest_path(path), keys)
 
     def write(self, latest: pa.Table) -> None:
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, latest.schema)
-        self._writer.write_table(latest.cast(self._writer.schema))
+        self._writer.write(latest)
 
     def close(self) -> None:
-        if self._writer is None:
-            return
         stamp = json.dumps(_stamp(self.path, self.keys, self.ts_col)).encode()
-        self._writer.add_key_value_metadata({LATEST_STAMP: stamp})  # the file's footer, read by _latest_file
-        self._writer.close()
-        self._tmp.replace(latest_path(self.path))
+        self._writer.close({LATEST_STAMP: stamp})  # the file's footer, read by _latest_file
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        self._writer.abort()
 
 
 def _stamp(path: Path, keys: list[str], ts_col: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from features.touch_features import (
     touch_feature_columns,
 )
 from nexttouch.feature_store import open_store, store_yaml
-from nexttouch.parquet import parquet_file
+from nexttouch.parquet import PartWriter, parquet_file
 from nexttouch.partitions import partition_count, range_bounds, read_partition, run, split
 from nexttouch.schemas import (
     CUSTOMER_ID,
@@ -245,32 +245,27 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
 
 def _write_features(out: Path, results: Iterator[tuple[pa.Table, pa.Table, pa.Table] | None]) -> int:
     """Each partition's snapshot rows, profile rows and latest rows appended to their files."""
-    paths = {TOUCH_HISTORY: out / f"{TOUCH_HISTORY}.parquet", CUSTOMER_PROFILE: out / f"{CUSTOMER_PROFILE}.parquet"}
-    writers: dict[str, pq.ParquetWriter] = {}
-    latest = LatestFileWriter(paths[TOUCH_HISTORY], [CUSTOMER_ID], EVENT_TIMESTAMP)
+    touch_path = out / f"{TOUCH_HISTORY}.parquet"
+    touches = PartWriter(touch_path, [CUSTOMER_ID])
+    profiles = PartWriter(out / f"{CUSTOMER_PROFILE}.parquet", [CUSTOMER_ID])
+    latest = LatestFileWriter(touch_path, [CUSTOMER_ID], EVENT_TIMESTAMP)
     rows = 0
     try:
-        try:
-            for result in results:
-                if result is None:  # a partition without customers
-                    continue
-                touch, last, profile = result
-                for name, table in ((TOUCH_HISTORY, touch), (CUSTOMER_PROFILE, profile)):
-                    if name not in writers:
-                        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
-                        writers[name] = pq.ParquetWriter(tmp, table.schema)
-                    writers[name].write_table(table.cast(writers[name].schema))
-                latest.write(last.cast(writers[TOUCH_HISTORY].schema))
-                rows += touch.num_rows
-                del result, touch, last, profile
-        finally:
-            for writer in writers.values():
-                writer.close()
-        for name, path in paths.items():
-            if name in writers:
-                path.with_name(f".{path.name}.tmp").replace(path)
+        for result in results:
+            if result is None:  # a partition without customers
+                continue
+            touch, last, profile = result
+            del result
+            touches.write(touch)
+            profiles.write(profile)
+            latest.write(last.cast(touches.schema))
+            rows += touch.num_rows
+            del touch, last, profile
+        touches.close()
+        profiles.close()
     except BaseException:
-        latest.abort()
+        for writer in (touches, profiles, latest):
+            writer.abort()
         raise
     latest.close()  # stamped with the snapshot file just written
     return rows

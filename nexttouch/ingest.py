@@ -46,7 +46,7 @@ from nexttouch import personal_data
 from nexttouch.api import ID_PATTERN
 from nexttouch.catalog import Catalog
 from nexttouch.key_index import KeyIndex
-from nexttouch.parquet import write_parquet
+from nexttouch.parquet import PartWriter, write_parquet
 from nexttouch.partitions import parquet_bytes, partition_count, read_partition, run, split
 from nexttouch.schemas import (
     ACTION,
@@ -196,8 +196,8 @@ def _ingest_partitions(
     work = settings.data_dir / "tmp" / f"ingest-{table}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    out = settings.raw_dir / f".{table}.parquet.tmp"
-    writer = None
+    loaded = settings.raw_dir / f"{table}.parquet"
+    writer = PartWriter(loaded, KEYS[table])
     try:
         inputs = []
         for i, path in enumerate(paths):
@@ -212,7 +212,6 @@ def _ingest_partitions(
         report.rows = sum(pq.read_metadata(p).num_rows for p in inputs)
         memory = settings.data_memory_gib
         arrived = split(inputs, KEYS[table], parts, work / "input", memory)
-        loaded = settings.raw_dir / f"{table}.parquet"
         before = split([loaded], KEYS[table], parts, work / "loaded", memory) if loaded.exists() else None
         loaded_schema = pq.read_schema(loaded) if before else None
         tasks = [
@@ -226,22 +225,16 @@ def _ingest_partitions(
             rejected.extend(r for r in bad if len(r))
             report.loaded, report.already_loaded = report.loaded + new, report.already_loaded + same
             if rows.num_rows:
-                writer = writer or pq.ParquetWriter(out, rows.schema)
-                writer.write_table(rows.cast(writer.schema))
+                writer.write(rows)
             del rows
-        if writer:
-            writer.close()
-            writer = None
         no_rejects = pd.DataFrame({"reason": pd.Series(dtype=object)})
         _report_rejected(
             settings, table, paths, report, pd.concat(rejected, ignore_index=True) if rejected else no_rejects
         )
         if report.loaded:
-            out.replace(loaded)
-    finally:
-        if writer:
             writer.close()
-        out.unlink(missing_ok=True)
+    finally:
+        writer.abort()  # nothing new loaded, or stopped: the loaded file stays as it was
         shutil.rmtree(work, ignore_errors=True)
 
 
