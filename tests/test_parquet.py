@@ -1,12 +1,12 @@
-"""nexttouch.parquet: a large file read a batch at a time holds only what is being read."""
+"""nexttouch.parquet: big files read a batch at a time hold only what is being read; written a table at a time, whole or not at all."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from nexttouch.parquet import PartWriter, parquet_dataset, parquet_file
 
