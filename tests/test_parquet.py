@@ -1,4 +1,4 @@
-"""nexttouch.parquet: big files read a batch at a time hold only what is being read; written a table at a time, whole or not at all."""
+"""nexttouch.parquet: big files are read a batch at a time holding only that, and written whole or not at all."""
 
 from __future__ import annotations
 
