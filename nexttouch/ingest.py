@@ -528,9 +528,29 @@ def _opaque(frame: pd.DataFrame, columns: list[str], reasons: _Reasons) -> None:
         if held.any():
             reasons.flag(held, f"personal data in {col}")
             reasons.arrived[col] = reasons.arrived[col].astype("string[pyarrow]").mask(held, REMOVED)
-        text = pa.array(values, type=pa.large_string(), from_pandas=True)
-        fits = pc.fill_null(pc.match_substring_regex(text, ID_PATTERN), True).to_numpy(zero_copy_only=False)
-        reasons.flag(~fits, f"{col} is not an opaque id (letters, digits and _ . : @ - only)")
+        reasons.flag(~_fits_id(_arrow(values)), f"{col} is not an opaque id (letters, digits and _ . : @ - only)")
+
+
+# ID_PATTERN is one character class, repeated: a value fits it exactly when it is not empty and each of its
+# bytes is one of the class's (ASCII) characters. Checked on the bytes: a regex per value costs 10x more.
+if not re.fullmatch(r"\^\[[^\]]+\]\+\$", ID_PATTERN):
+    raise ImportError(f"ID_PATTERN is no longer one character class repeated: {ID_PATTERN}")
+_ID_BYTES = np.array([re.fullmatch(ID_PATTERN, chr(b)) is not None for b in range(128)] + [False] * 128)
+
+
+def _fits_id(text: pa.Array) -> np.ndarray:
+    """Whether each value matches ID_PATTERN, from its bytes; a null fits (a missing id has its own reason)."""
+    _, offsets, data = text.buffers()
+    if data is None or not len(text):  # no text at all: every value is empty or null
+        return text.is_null().to_numpy(zero_copy_only=False)
+    offsets = np.frombuffer(offsets, np.int64)[text.offset : text.offset + len(text) + 1]
+    fits = offsets[1:] > offsets[:-1]
+    lo = offsets[0]
+    bad = np.flatnonzero(~_ID_BYTES[np.frombuffer(data, np.uint8)[lo : offsets[-1]]]) + lo
+    fits[np.searchsorted(offsets, bad, side="right") - 1] = False
+    if text.null_count:
+        fits |= ~text.is_valid().to_numpy(zero_copy_only=False)
+    return fits
 
 
 def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -42,10 +42,11 @@ class KeyIndex:
         at = self._index.get_indexer(key_hash(columns)).astype(np.int64)
         hit = np.flatnonzero(at >= 0)
         if len(hit):
-            rows, asked = pa.array(at[hit]), pa.array(hit)
+            rows, every = pa.array(at[hit]), len(hit) == len(at)  # every key found: the usual case, no copy of them
+            asked = None if every else pa.array(hit)
             same = np.ones(len(hit), bool)
             for mine, theirs in zip(self.columns, columns, strict=True):
-                equal = pc.equal(mine.take(rows), theirs.take(asked))
+                equal = pc.equal(mine.take(rows), theirs if every else theirs.take(asked))
                 same &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
             at[hit[~same]] = -1
         return at

@@ -183,3 +183,30 @@ def test_a_million_bad_rows_are_quarantined_with_a_reason_each(
     assert len(quarantined) == n
     assert quarantined.loc[7, "reason"] == "missing event_id" and quarantined.loc[7, "source_key"] == "a-1"
     assert pd.read_parquet(project.raw_dir / "events.parquet")["customer_id"].tolist() == ["C2"]
+
+
+def test_the_id_check_on_bytes_agrees_with_the_id_pattern() -> None:
+    """Ids are checked on their bytes, not by regex: the same answer as ID_PATTERN for any text."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from nexttouch.api import ID_PATTERN
+    from nexttouch.ingest import _fits_id
+
+    hostile = ["C0000001", "app-0000a1b2", "a.b:c@d_e-f", "", " C1", "C1 ", "C1\n", "\nC1", "=HYPERLINK(x)", "ü1"]
+    hostile += ["C1\x00", "tab\there", "日本", "emoji😀", "a/b", "a+b", "a,b", "-", ".", "x" * 300, None]
+    rng = np.random.default_rng(7)
+    alphabet = list("aZ09_.:@-/ +,=\n\t\x7fé")
+    hostile += ["".join(rng.choice(alphabet, rng.integers(0, 6))) for _ in range(2000)]
+    values = pa.array(hostile, pa.large_string())
+    for text in (
+        values,
+        values.slice(3),
+        values.slice(1, 50),
+        values.slice(0, 0),
+        pa.array([None, None], pa.large_string()),
+    ):
+        expected = pc.fill_null(pc.match_substring_regex(text, ID_PATTERN), True).to_numpy(zero_copy_only=False)
+        assert (_fits_id(text) == expected).all()
+    assert _fits_id(pa.array(["", None, "ok"], pa.large_string())).tolist() == [False, True, True]
