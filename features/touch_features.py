@@ -117,14 +117,14 @@ def touch_feature_columns(
     ids = customers[CUSTOMER_ID].to_numpy()
 
     cust = _positions(events[CUSTOMER_ID], ids)
-    # Events of customers missing from the customer table are not featurised; one filtered copy.
-    keep = (events["occurred_at"] < pd.Timestamp(end)).to_numpy(bool) & (cust >= 0)
-    ev, cust = events.loc[keep], cust[keep]
-    seconds = ((ev["occurred_at"] - t0) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
-    touch = codes(ev["touch_type"], TYPE_NAMES)
-    linked = ev[DECISION_ID].notna().to_numpy() if DECISION_ID in ev else np.zeros(len(ev), bool)
+    seconds = ((events["occurred_at"] - t0) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
+    # Events from the end on, and of customers missing from the customer table, are not featurised.
+    keep = (seconds < days * SECONDS_PER_DAY) & (cust >= 0)
+    cust, seconds = cust[keep], seconds[keep]
+    touch = codes(events["touch_type"], TYPE_NAMES)[keep]
+    linked = events[DECISION_ID].notna().to_numpy(bool)[keep] if DECISION_ID in events else np.zeros(len(cust), bool)
     channel = _channels(touch)
-    amount = ev["amount"].fillna(0).to_numpy(dtype=float)
+    amount = events["amount"].fillna(0).to_numpy(dtype=float)[keep]
     bounds = snaps * SECONDS_PER_DAY
     if priors is None:
         priors = response_priors(touch, seconds, linked, bounds)
@@ -288,17 +288,22 @@ def _chunk_features(
         np.add.at(counts.reshape(-1), (cust[ok] * len(edges) + span[ok]) * _K + channel[ok, col], np.int32(1))
     cum = np.zeros((n, len(edges) + 1, _K), np.int32)  # cum[:, i]: the events of the days before edges[i]
     np.cumsum(counts, axis=1, dtype=np.int32, out=cum[:, 1:])
-    at_snaps = cum[:, np.searchsorted(edges, snaps)]
+    snap_edges = np.searchsorted(edges, snaps)
+    at_snaps = cum[:, snap_edges]
+
+    def start(w: int) -> np.ndarray:  # the edge of each snapshot's window of w days
+        return np.searchsorted(edges, np.maximum(snaps - w, 0))
 
     def window(w: int) -> np.ndarray:  # (n, len(snaps), K): counts over days [s - w, s)
-        return at_snaps - cum[:, np.searchsorted(edges, np.maximum(snaps - w, 0))]
+        return at_snaps - cum[:, start(w)]
 
     cols: dict[str, np.ndarray] = {}
+    windows = {w: window(w) for w in {*WINDOWS, 90}}
     for w in WINDOWS:
-        win = window(w)
         for i, (t, d) in enumerate(_TD):
-            cols[f"{t}_{d}_{w}d"] = win[:, :, i].ravel()
-    w90 = window(90)
+            cols[f"{t}_{d}_{w}d"] = windows[w][:, :, i].ravel()
+    w90 = windows.pop(90)
+    del windows
     base = len(_TD)
     sent, opened, invited, attended = (w90[:, :, base + i].astype(float) for i in range(4))
     cols["push_open_rate_90d"] = _rate(opened, sent).ravel()
@@ -323,22 +328,30 @@ def _chunk_features(
     tier = np.where(known, channel[:, 0] // len(DIRECTIONS), -1)
     masks = contact_state_masks(tier, np.where(known, channel[:, 0] % len(DIRECTIONS), -1))
     after = np.searchsorted(snaps, day, side="right")  # the first snapshot after each event's day
+    origin = t0.tz_convert(None).to_datetime64()
     for name, mask in masks.items():
         last = np.full((n, len(snaps) + 1), -1, np.int64)
         np.maximum.at(last.reshape(-1), cust[mask] * (len(snaps) + 1) + after[mask], seconds[mask])
         before = np.maximum.accumulate(last, axis=1)[:, :-1].ravel()
-        cols[name] = (t0 + pd.to_timedelta(np.maximum(before, 0), unit="s")).where(before >= 0)
-    spend = np.bincount(cell, weights=amount, minlength=n * days).reshape(n, days)  # summed in event order
-    cum_spend = np.concatenate([np.zeros((n, 1)), spend.cumsum(axis=1)], axis=1)
-    cols["spend_90d"] = (cum_spend[:, snaps] - cum_spend[:, np.maximum(snaps - 90, 0)]).ravel()
+        at = np.where(before >= 0, origin + before.astype("timedelta64[s]"), np.datetime64("NaT"))
+        cols[name] = pd.DatetimeIndex(at.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(t0.tz)
+    # Spend summed in event order within the spans between edges, as the counts are.
+    spend = np.zeros((n, len(edges) + 1))
+    spent = np.bincount(cust * len(edges) + span, weights=amount, minlength=n * len(edges))
+    np.cumsum(spent.reshape(n, len(edges)), axis=1, out=spend[:, 1:])
+    cols["spend_90d"] = (spend[:, snap_edges] - spend[:, start(90)]).ravel()
     return cols
 
 
 def _seen_within(days_with: np.ndarray, window: int) -> np.ndarray:
     """(customers, days) -> True where the flag was set on one of the ``window`` days before."""
-    cum = np.concatenate([np.zeros((len(days_with), 1), np.int32), days_with.cumsum(axis=1, dtype=np.int32)], axis=1)
-    d = np.arange(days_with.shape[1])
-    return (cum[:, d] - cum[:, np.maximum(d - window, 0)]) > 0
+    n, days = days_with.shape
+    cum = np.zeros((n, days + 1), np.int32)  # cum[:, d]: flagged days before day d
+    np.cumsum(days_with, axis=1, dtype=np.int32, out=cum[:, 1:])
+    seen = cum[:, :days].copy()  # flagged days in [d - window, d); in slices, not gathers of every day
+    if window < days:
+        seen[:, window:] -= cum[:, : days - window]
+    return seen > 0
 
 
 def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:

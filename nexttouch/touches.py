@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nexttouch.schemas import DIRECTIONS, REQUEST_AT, TIERS, TOUCH_TYPES, utc_times
 
@@ -38,8 +40,11 @@ _PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}  # ticks of a time
 
 
 def codes(values: pd.Series | np.ndarray, vocabulary: Sequence[str], first: int = 0) -> np.ndarray:
-    """``first`` + position of each value in ``vocabulary`` (-1 if absent); any string dtype, no Python loop."""
-    found = pd.Categorical(values, categories=list(vocabulary)).codes.astype(np.int64)
+    """``first`` + position of each value in ``vocabulary`` (-1 if absent or missing); any string dtype, no Python
+    loop (an arrow hash lookup: arrow-backed text is not copied)."""
+    text = pc.cast(pa.array(values, from_pandas=True), pa.large_string())
+    found = pc.index_in(text, value_set=pa.array(list(vocabulary), pa.large_string()))
+    found = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.where(found >= 0, found + first, -1)
 
 
