@@ -45,7 +45,7 @@ from pyarrow import csv
 from nexttouch import personal_data
 from nexttouch.api import ID_PATTERN
 from nexttouch.catalog import Catalog
-from nexttouch.key_index import KeyIndex
+from nexttouch.key_index import KeyIndex, key_hash
 from nexttouch.parquet import PartWriter, write_parquet
 from nexttouch.partitions import parquet_bytes, partition_count, read_partition, run, split
 from nexttouch.schemas import (
@@ -439,9 +439,15 @@ def _index_in(column: pd.Series, values: list[str]) -> np.ndarray:
 def _duplicated(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Later rows whose ``column`` value came before.
 
-    Values are numbered in order of first appearance, so a row repeats an earlier value exactly when
-    its number is not above every number before it: one hash pass and a running maximum.
+    Usually none: then no two values share their 64-bit hash, which sorting the hashes shows at a
+    third of the cost of numbering the text. Otherwise values are numbered in order of first
+    appearance, so a row repeats an earlier value exactly when its number is not above every
+    number before it: one hash pass and a running maximum.
     """
+    text = _arrow(frame[column])
+    hashes = np.sort(key_hash([text])[text.is_valid().to_numpy(zero_copy_only=False)])
+    if not (hashes[1:] == hashes[:-1]).any():  # equal values would have equal hashes
+        return np.zeros(len(frame), bool)
     codes = pd.factorize(frame[column])[0]
     highest_before = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
     return (codes >= 0) & (codes <= highest_before)
