@@ -282,33 +282,32 @@ def _chunk_features(
     day = seconds // 86_400
     edges = np.unique(np.concatenate([[0], snaps, *(np.maximum(snaps - w, 0) for w in WINDOWS)]))
     span = np.searchsorted(edges, day, side="right") - 1  # each event's span: days edges[i] to before edges[i + 1]
-    counts = np.zeros((n, len(edges), _K), np.int32)
+    # Channel first: each feature column below is then a contiguous slice, not a strided copy.
+    counts = np.zeros((_K, n, len(edges)), np.int32)
     for col in range(channel.shape[1]):
         ok = channel[:, col] >= 0
-        np.add.at(counts.reshape(-1), (cust[ok] * len(edges) + span[ok]) * _K + channel[ok, col], np.int32(1))
-    cum = np.zeros((n, len(edges) + 1, _K), np.int32)  # cum[:, i]: the events of the days before edges[i]
-    np.cumsum(counts, axis=1, dtype=np.int32, out=cum[:, 1:])
+        np.add.at(counts.reshape(-1), (channel[ok, col] * n + cust[ok]) * len(edges) + span[ok], np.int32(1))
+    cum = np.zeros((_K, n, len(edges) + 1), np.int32)  # cum[..., i]: the events of the days before edges[i]
+    np.cumsum(counts, axis=2, dtype=np.int32, out=cum[:, :, 1:])
+    del counts
     snap_edges = np.searchsorted(edges, snaps)
-    at_snaps = cum[:, snap_edges]
+    at_snaps = cum[:, :, snap_edges]
 
     def start(w: int) -> np.ndarray:  # the edge of each snapshot's window of w days
         return np.searchsorted(edges, np.maximum(snaps - w, 0))
 
-    def window(w: int) -> np.ndarray:  # (n, len(snaps), K): counts over days [s - w, s)
-        return at_snaps - cum[:, start(w)]
-
     cols: dict[str, np.ndarray] = {}
-    windows = {w: window(w) for w in {*WINDOWS, 90}}
+    windows = {w: at_snaps - cum[:, :, start(w)] for w in {*WINDOWS, 90}}  # (K, n, len(snaps)): days [s - w, s)
     for w in WINDOWS:
         for i, (t, d) in enumerate(_TD):
-            cols[f"{t}_{d}_{w}d"] = windows[w][:, :, i].ravel()
+            cols[f"{t}_{d}_{w}d"] = windows[w][i].ravel()
     w90 = windows.pop(90)
-    del windows
+    del windows, cum, at_snaps
     base = len(_TD)
-    sent, opened, invited, attended = (w90[:, :, base + i].astype(float) for i in range(4))
+    sent, opened, invited, attended = (w90[base + i].astype(float) for i in range(4))
     cols["push_open_rate_90d"] = _rate(opened, sent).ravel()
     cols["event_attend_rate_90d"] = _rate(attended, invited).ravel()
-    high_in, high_out = (w90[:, :, _TD.index(("high", d))].astype(float) for d in DIRECTIONS)
+    high_in, high_out = (w90[_TD.index(("high", d))].astype(float) for d in DIRECTIONS)
     cols["high_response_rate_90d"] = np.minimum(_rate(high_in, high_out), 1.0).ravel()
 
     cell = cust * days + day  # (customer, day) as one flat index: numpy's fast path for scatters
