@@ -213,7 +213,7 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
     every = every_days or settings.snapshot_every_days
     snapshots = len(snapshot_days(days, every))
     need = n_events * BYTES_PER_EVENT + n_customers * snapshots * BYTES_PER_SNAPSHOT_ROW
-    parts = partition_count(need, settings.data_memory_gib)
+    parts = partition_count(need, settings)
 
     out = settings.offline_dir
     out.mkdir(parents=True, exist_ok=True)

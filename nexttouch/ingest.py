@@ -186,7 +186,7 @@ def _partitions(settings: Settings, table: str, paths: list[Path]) -> int:
         size += parquet_bytes([loaded]) if loaded.exists() else 0
     except (OSError, pa.ArrowException):  # an unreadable file: reported by the whole-table path
         return 1
-    return partition_count(size * BYTES_PER_INPUT_BYTE, settings.data_memory_gib)
+    return partition_count(size * BYTES_PER_INPUT_BYTE, settings)
 
 
 def _ingest_partitions(

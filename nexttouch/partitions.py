@@ -4,17 +4,19 @@ Every data step works per customer (features) or per key (ingest's checks), so a
 than the memory budget (``settings.data_memory_gib``) is split by a hash of that key into
 partitions: the rows are streamed a batch at a time into the partitions' files, DuckDB working out
 each row's partition from the batch's key columns; the step's one function then takes each
-partition whole. The engine runs that function over the partitions:
-one after another in this process, or on the Dask cluster at ``settings.dask_scheduler`` when it is
-set (the project directory must then be on storage the workers share). Either way it is the same
-function on the same partitions, so the results are the same.
+partition whole. The engine runs that function over the partitions: ``settings.data_workers`` at a
+time on threads of this process (the budget shared among them), or on the Dask cluster at
+``settings.dask_scheduler`` when it is set (the project directory must then be on storage the
+workers share). Either way it is the same function on the same partitions, so the results are the same.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,14 @@ _BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
 _IPC = ipc.IpcWriteOptions(compression="lz4")  # the split files: half the disk of plain IPC, cheap to read
 
 
-def partition_count(nbytes: float, memory_gib: float) -> int:
-    """How many partitions keep ``nbytes`` of working memory within ``memory_gib``."""
-    return max(1, math.ceil(nbytes / (memory_gib * 2**30)))
+def partition_count(nbytes: float, settings: Settings) -> int:
+    """How many partitions keep ``nbytes`` of working memory within the budget, with as many at once as ``run``
+    runs here (one at a time on each worker of a cluster)."""
+    return max(1, math.ceil(nbytes * _at_once(settings) / (settings.data_memory_gib * 2**30)))
+
+
+def _at_once(settings: Settings) -> int:
+    return 1 if settings.dask_scheduler else settings.data_workers
 
 
 def parquet_bytes(paths: Sequence[Path], columns: Sequence[str] | None = None) -> int:
@@ -201,12 +208,13 @@ def _read_columns(path: Path, columns: list[str]) -> pa.Table:
 def run(settings: Settings, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
     """``fn(*task)`` for every task, results in task order: here, or on the Dask cluster when configured.
 
-    On the cluster all tasks run at once on the workers and each result is fetched (and released)
-    in turn, so the caller holds one partition's result at a time either way.
+    Here ``settings.data_workers`` tasks run at once, on threads (the steps' arrow, numpy and DuckDB
+    work releases the GIL), and a task starts when the result of the one ``data_workers`` before it
+    has been taken. On the cluster all tasks run at once on the workers and each result is fetched
+    (and released) in turn. Either way the caller holds one partition's result at a time.
     """
     if not settings.dask_scheduler:
-        for task in tasks:
-            yield fn(*task)
+        yield from _threads(fn, tasks, settings.data_workers)
         return
     from distributed import Client
 
@@ -216,6 +224,24 @@ def run(settings: Settings, fn: Callable[..., Any], tasks: Sequence[tuple[Any, .
             result = future.result()
             future.release()
             yield result
+
+
+def _threads(fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    if workers == 1:
+        yield from (fn(*task) for task in tasks)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="partition") as pool:
+        running: deque[Future[Any]] = deque()
+        try:
+            for task in tasks:
+                if len(running) == workers:
+                    yield running.popleft().result()
+                running.append(pool.submit(fn, *task))
+            while running:
+                yield running.popleft().result()
+        finally:
+            for future in running:  # stopped early (an error, the caller gone): no more to start
+                future.cancel()
 
 
 def _quoted(name: str) -> str:

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         description="Memory budget of the data steps (simulate, ingest, features): they work a slice of the "
         "customers at a time, as many as fit in it, so peak memory does not grow with the number of customers.",
     )
+    data_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Partitions a data step (ingest, features) works on at once in this process, on threads "
+        "that share the memory budget: about one per core. Not used on a Dask cluster, whose workers run them.",
+    )
     training_decisions: int = Field(
         5_000_000,
         gt=0,

@@ -1,0 +1,58 @@
+"""nexttouch.partitions.run: the embedded engine runs a step's partitions a few at a time, in order."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from nexttouch.partitions import partition_count, run
+from nexttouch.settings import load_settings
+
+
+def _settings(tmp_path, **values):
+    return load_settings(project_dir=tmp_path, **values)
+
+
+def test_partitions_run_a_few_at_a_time_and_come_back_in_order(tmp_path) -> None:
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def step(k: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05 + 0.02 * (k % 3))  # all overlap; later tasks finish first, some of the time
+        with lock:
+            running[0] -= 1
+        return k * k
+
+    for workers in (1, 2, 3):
+        most[0] = 0
+        settings = _settings(tmp_path, data_workers=workers)
+        assert list(run(settings, step, [(k,) for k in range(12)])) == [k * k for k in range(12)]
+        assert most[0] == workers
+
+
+def test_a_failing_partition_stops_the_step_and_starts_no_more(tmp_path) -> None:
+    started = []
+
+    def step(k: int) -> int:
+        started.append(k)
+        if k == 2:
+            raise ValueError("partition 2 is broken")
+        time.sleep(0.05)
+        return k
+
+    results = run(_settings(tmp_path, data_workers=2), step, [(k,) for k in range(20)])
+    with pytest.raises(ValueError, match="partition 2"):
+        list(results)
+    assert max(started) <= 4  # the tasks in flight when it failed, no more
+
+
+def test_the_budget_is_shared_by_the_partitions_run_at_once(tmp_path) -> None:
+    gib = 2**30
+    assert partition_count(10 * gib, _settings(tmp_path, data_memory_gib=4, data_workers=1)) == 3
+    assert partition_count(10 * gib, _settings(tmp_path, data_memory_gib=4, data_workers=2)) == 5
+    on_cluster = _settings(tmp_path, data_memory_gib=4, data_workers=2, dask_scheduler="tcp://127.0.0.1:8786")
+    assert partition_count(10 * gib, on_cluster) == 3  # one at a time on each worker
