@@ -224,11 +224,12 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
         # Ranges of customers: the snapshot file comes out in customer order, which point-in-time joins
         # of it read about twice as fast as the same rows in hash-partition order.
         memory, bounds = settings.data_memory_gib, range_bounds(customers_path, CUSTOMER_ID, parts)
+        at_once = settings.data_workers
         events_parts = split(
-            event_files, [CUSTOMER_ID], parts, work / "events", memory, event_schema.names, False, bounds
+            event_files, [CUSTOMER_ID], parts, work / "events", memory, event_schema.names, False, bounds, at_once
         )
         customer_parts = split(
-            [customers_path], [CUSTOMER_ID], parts, work / "customers", memory, ordered=False, bounds=bounds
+            [customers_path], [CUSTOMER_ID], parts, work / "customers", memory, None, False, bounds, at_once
         )
         tasks = list(zip(events_parts if event_files else [[]] * parts, customer_parts, strict=True))
     try:

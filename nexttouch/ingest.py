@@ -211,8 +211,11 @@ def _ingest_partitions(
         schema = pa.unify_schemas([pq.read_schema(p) for p in inputs], promote_options="permissive")
         report.rows = sum(pq.read_metadata(p).num_rows for p in inputs)
         memory = settings.data_memory_gib
-        arrived = split(inputs, KEYS[table], parts, work / "input", memory)
-        before = split([loaded], KEYS[table], parts, work / "loaded", memory) if loaded.exists() else None
+        at_once = settings.data_workers
+        arrived = split(inputs, KEYS[table], parts, work / "input", memory, workers=at_once)
+        before = (
+            split([loaded], KEYS[table], parts, work / "loaded", memory, workers=at_once) if loaded.exists() else None
+        )
         loaded_schema = pq.read_schema(loaded) if before else None
         tasks = [
             (settings, catalog, table, arrived[k], schema, before[k] if before else [], loaded_schema, now)

@@ -65,11 +65,13 @@ def split(
     columns: Sequence[str] | None = None,
     ordered: bool = True,
     bounds: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> list[list[Path]]:
     """The rows of the parquet files ``paths`` in ``parts`` partitions by a hash of ``keys``.
 
     Returns each partition's files under ``out`` (emptied first), Arrow IPC files that
-    ``read_partition`` reads; a partition's rows come in input order. ``ordered`` (for input as it
+    ``read_partition`` reads; a partition's rows come in input order. Each file is split by
+    ``workers`` threads, each a range of its row groups (within ``memory_gib`` together). ``ordered`` (for input as it
     arrived): keys are hashed as trimmed text, so an id and the same id with surrounding blanks meet
     in one partition. Otherwise (validated tables) keys are hashed as they are. With ``bounds``
     (``range_bounds`` of the one key) partition i holds the keys from ``bounds[i - 1]`` up to before
@@ -88,8 +90,16 @@ def split(
     out.mkdir(parents=True)
     written: list[list[Path]] = [[] for _ in range(parts)]
     for i, path in enumerate(paths):
-        for k, file in _write_partitions(path, part, list(keys), parts, columns, out, f"{i}.arrow", memory_gib):
-            written[k].append(file)
+        groups = parquet_file(path).metadata.num_row_groups
+        ranges = [r.tolist() for r in np.array_split(np.arange(groups), max(1, min(workers, groups)))]
+        memory_mb = duckdb_memory_mb(memory_gib) // len(ranges)
+        jobs = [
+            (path, r, part, list(keys), parts, columns, out, f"{i}-{j}.arrow", memory_mb) for j, r in enumerate(ranges)
+        ]
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="split") as pool:
+            for files in pool.map(_write_partitions, *zip(*jobs, strict=True)):  # in range order: input order kept
+                for k, file in files:
+                    written[k].append(file)
     return written
 
 
@@ -100,15 +110,17 @@ def duckdb_memory_mb(memory_gib: float) -> int:
 
 def _write_partitions(
     path: Path,
+    row_groups: list[int],
     part: str,
     keys: list[str],
     parts: int,
     columns: Sequence[str] | None,
     out: Path,
     name: str,
-    memory_gib: float,
+    memory_mb: int,
 ) -> list[tuple[int, Path]]:
-    """The rows of ``path`` streamed a batch at a time into one Arrow IPC file per partition (``out/_part=k/name``).
+    """The rows of ``row_groups`` of ``path`` streamed a batch at a time into one Arrow IPC file per partition
+    (``out/_part=k/name``).
 
     DuckDB works out the partition of each batch's rows from its key columns (``part``, SQL), so
     nothing the size of the file is held. IPC, not parquet: the files are read once, soon, and IPC
@@ -119,10 +131,10 @@ def _write_partitions(
     source = parquet_file(path)
     names = [c for c in columns if c in source.schema_arrow.names] if columns else source.schema_arrow.names
     read = [*names, *(k for k in keys if k not in names)]
-    con = duckdb.connect(config={"memory_limit": f"{duckdb_memory_mb(memory_gib)}MB", "preserve_insertion_order": True})
+    con = duckdb.connect(config={"memory_limit": f"{memory_mb}MB", "preserve_insertion_order": True})
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
-        for batch in source.iter_batches(batch_size=_BATCH_ROWS, columns=read):
+        for batch in source.iter_batches(batch_size=_BATCH_ROWS, row_groups=row_groups, columns=read):
             con.register("batch_rows", pa.table({k: _plain(batch.column(k)) for k in keys}))
             here = np.asarray(con.execute(f"SELECT CAST({part} AS USMALLINT) AS p FROM batch_rows").fetchnumpy()["p"])
             con.unregister("batch_rows")

@@ -56,3 +56,24 @@ def test_the_budget_is_shared_by_the_partitions_run_at_once(tmp_path) -> None:
     assert partition_count(10 * gib, _settings(tmp_path, data_memory_gib=4, data_workers=2)) == 5
     on_cluster = _settings(tmp_path, data_memory_gib=4, data_workers=2, dask_scheduler="tcp://127.0.0.1:8786")
     assert partition_count(10 * gib, on_cluster) == 3  # one at a time on each worker
+
+
+def test_a_file_split_by_several_threads_keeps_its_rows_in_order_in_each_partition(tmp_path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from nexttouch.partitions import read_partition, split
+
+    n = 50_000
+    rows = pa.table({"key": pc.cast(pa.array(np.arange(n) % 997), pa.string()), "at": np.arange(n)})
+    path = tmp_path / "rows.parquet"
+    pq.write_table(rows, path, row_group_size=3_000)  # 17 row groups
+    by_one = split([path], ["key"], 5, tmp_path / "one", 1.0)
+    by_three = split([path], ["key"], 5, tmp_path / "three", 1.0, workers=3)
+    assert sum(len(files) for files in by_three) > sum(len(files) for files in by_one)  # each thread its files
+    for one, three in zip(by_one, by_three, strict=True):
+        want, got = read_partition(one, rows.schema), read_partition(three, rows.schema)
+        assert got.equals(want) and pc.all(pc.greater(got["at"][1:], got["at"][:-1])).as_py()
+    assert sum(read_partition(files, rows.schema).num_rows for files in by_three) == n
