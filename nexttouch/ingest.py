@@ -529,15 +529,21 @@ def _personal_data(column: pd.Series) -> str | None:
     return None
 
 
-def _opaque(frame: pd.DataFrame, columns: list[str], reasons: _Reasons) -> None:
-    """Flag ids that hold personal data (shown removed in the quarantine) or characters an id never has."""
+def _opaque(frame: pd.DataFrame, columns: list[str], reasons: _Reasons, among: np.ndarray | None = None) -> None:
+    """Flag ids that hold personal data (shown removed in the quarantine) or characters an id never has.
+
+    ``among``: the rows to check, when the others are known to be loaded ids (checked as they were loaded).
+    """
+    rows = np.arange(len(frame)) if among is None else np.flatnonzero(among)
     for col in columns:
-        values = frame[col]
-        held = personal_data.mask(values)
+        values = frame[col] if among is None else frame[col].iloc[rows]
+        held, unfit = np.zeros(len(frame), bool), np.zeros(len(frame), bool)
+        held[rows] = personal_data.mask(values)
         if held.any():
             reasons.flag(held, f"personal data in {col}")
             reasons.arrived[col] = reasons.arrived[col].astype("string[pyarrow]").mask(held, REMOVED)
-        reasons.flag(~_fits_id(_arrow(values)), f"{col} is not an opaque id (letters, digits and _ . : @ - only)")
+        unfit[rows] = ~_fits_id(_arrow(values))
+        reasons.flag(unfit, f"{col} is not an opaque id (letters, digits and _ . : @ - only)")
 
 
 # ID_PATTERN is one character class, repeated: a value fits it exactly when it is not empty and each of its
@@ -568,7 +574,9 @@ def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataF
     for col in ("event_id", "source_system", "source_key", "touch_type"):
         frame[col] = _ids(frame[col])
     r.missing(["event_id", "source_system", "source_key", "touch_type"])
-    _opaque(frame, ["event_id", "source_system", "source_key"], r)
+    resolved = _resolve(settings, frame)
+    _opaque(frame, ["event_id"], r)
+    _opaque(frame, ["source_system", "source_key"], r, among=resolved.isna().to_numpy())  # resolved: a loaded key
     code = _index_in(frame["touch_type"], TYPE_NAMES)
     r.flag(code < 0, "unknown touch type")
     types = [TOUCH_TYPES[t] for t in TYPE_NAMES]
@@ -587,8 +595,8 @@ def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataF
     _number(frame, "amount", r)
     frame[DECISION_ID] = _ids(frame[DECISION_ID]) if DECISION_ID in frame else _text([], np.full(len(frame), -1))
     _opaque(frame, [DECISION_ID], r)
-    frame[CUSTOMER_ID] = _resolve(settings, frame)
-    r.flag(frame[CUSTOMER_ID].isna(), "unresolvable source key")
+    frame[CUSTOMER_ID] = resolved
+    r.flag(resolved.isna(), "unresolvable source key")
     r.flag(_duplicated(frame, "event_id"), "duplicate event_id")
     good, rejected = r.split()
     columns = ["event_id", "occurred_at", "source_system", "source_key", "touch_type", "tier", "direction"]
@@ -685,8 +693,10 @@ def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.Da
     for col in (DECISION_ID, CUSTOMER_ID, ACTION):
         frame[col] = _ids(frame[col])
     r.missing([DECISION_ID, CUSTOMER_ID, ACTION])
-    _opaque(frame, [DECISION_ID, CUSTOMER_ID], r)
-    r.flag(~_known_customer(settings, frame[CUSTOMER_ID]), "unknown customer_id")
+    known = _known_customer(settings, frame[CUSTOMER_ID])
+    _opaque(frame, [DECISION_ID], r)
+    _opaque(frame, [CUSTOMER_ID], r, among=~known)  # a known customer's id was checked as it was loaded
+    r.flag(~known, "unknown customer_id")
     _timestamp(frame, DECIDED_AT, r, latest)
     r.flag(frame[DECIDED_AT].isna(), f"missing {DECIDED_AT}")
     r.flag(_index_in(frame[ACTION], catalog.names) < 0, "action not in catalog")

@@ -56,11 +56,21 @@ def test_ids_holding_personal_data_are_quarantined_with_the_value_removed(
         "customer_id,signup_at,contact\nC1,2025-01-01,07946095811\nC2,2025-01-01,+44 20 7946 0958\n"
         "jo@example.com,2025-01-01,0\n"
     )
+    # The refused keys and id again, in events and decisions: still found, though known keys are not checked again.
+    events = ["e-1,2026-10-01T00:00:00Z,crm,07946095866,app_like", "e-2,2026-10-01T00:00:00Z,store,s-0000a1b2,purchase"]
+    events += ["e-3,2026-10-01T00:00:00Z,api,jo@example.com,app_like", "e-4,2026-10-01T00:00:00Z,api,C1,app_like"]
+    (src / "events.csv").write_text(EVENTS + "\n".join(events) + "\n")
+    (src / "decisions.csv").write_text(
+        "decision_id,customer_id,decided_at,action,propensity\n"
+        "d-1,jo@example.com,2026-10-01T00:00:00Z,push,0.5\nd-2,C1,2026-10-01T00:00:00Z,push,0.5\n"
+    )
     reports = {r.table: r for r in ingest(project, catalog, src, now=NOW)}
     assert reports["identity"].rejected == {"personal data in source_key": 2}
     assert reports["identity"].loaded == 3
     assert reports["customers"].refused_columns == {"contact": "values look like phone numbers"}
     assert reports["customers"].rejected == {"personal data in customer_id": 1}
+    assert reports["events"].rejected == {"personal data in source_key": 2} and reports["events"].loaded == 2
+    assert reports["decisions"].rejected == {"personal data in customer_id": 1} and reports["decisions"].loaded == 1
     stored = b"".join(p.read_bytes() for p in project.data_dir.rglob("*") if p.is_file())
     assert b"7946095" not in stored and b"jo@example" not in stored
     assert REMOVED in _cells(project.quarantine_dir)
