@@ -25,9 +25,37 @@ _NOT_PRE_BUFFERED = pads.ParquetFileFormat(
 )
 
 
-def parquet_file(path: Path) -> pq.ParquetFile:
-    """``path`` to read a row group or a batch at a time, holding only what is being read."""
-    return pq.ParquetFile(path, pre_buffer=False)
+def parquet_file(path: Path, read_dictionary: Sequence[str] | None = None) -> pq.ParquetFile:
+    """``path`` to read a row group or a batch at a time, holding only what is being read.
+
+    ``read_dictionary``: columns read as arrow dictionaries (``small_dictionaries``).
+    """
+    return pq.ParquetFile(path, pre_buffer=False, read_dictionary=read_dictionary)
+
+
+SMALL_DICTIONARY = 64 * 1024  # bytes of a dictionary page (as stored) of a few thousand values at most
+
+
+def small_dictionaries(path: Path, columns: Sequence[str]) -> list[str]:
+    """The text ``columns`` stored as a small dictionary in every row group (codes, a type, a system).
+
+    Read as arrow dictionaries they are decoded and reordered as integer codes: a fraction of the cost
+    of text. A column of many values (ids) has a big dictionary page, or none: it is read as text.
+    """
+    meta, schema = pq.read_metadata(path), pq.read_schema(path)
+    text = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+    found = [c for c in columns if c in text]
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+        found = [c for c in found if c in chunks and _small_dictionary(chunks[c])]
+    return found
+
+
+def _small_dictionary(chunk: pq.ColumnChunkMetaData) -> bool:
+    if not chunk.has_dictionary_page or chunk.dictionary_page_offset is None:
+        return False
+    return chunk.data_page_offset - chunk.dictionary_page_offset <= SMALL_DICTIONARY
 
 
 def parquet_dataset(path: Path) -> pads.Dataset:

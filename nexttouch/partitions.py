@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from nexttouch.parquet import parquet_file
+from nexttouch.parquet import parquet_file, small_dictionaries
 from nexttouch.settings import Settings
 
 _BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
@@ -128,9 +128,10 @@ def _write_partitions(
     """
     import duckdb
 
-    source = parquet_file(path)
-    names = [c for c in columns if c in source.schema_arrow.names] if columns else source.schema_arrow.names
+    every = pq.read_schema(path).names
+    names = [c for c in columns if c in every] if columns else every
     read = [*names, *(k for k in keys if k not in names)]
+    source = parquet_file(path, small_dictionaries(path, read))  # codes are cheap to read and to reorder
     con = duckdb.connect(config={"memory_limit": f"{memory_mb}MB", "preserve_insertion_order": True})
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
@@ -141,6 +142,7 @@ def _write_partitions(
             batch = batch.select(names)
             counts = np.bincount(here, minlength=parts)
             batch = batch.take(pa.array(np.argsort(here, kind="stable")))  # grouped by partition, in order within
+            batch = pa.RecordBatch.from_arrays([_plain(c) for c in batch.columns], names=batch.schema.names)
             ends = np.cumsum(counts)
             for k in np.flatnonzero(counts):
                 if k not in writers:

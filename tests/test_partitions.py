@@ -62,8 +62,10 @@ def test_a_file_split_by_several_threads_keeps_its_rows_in_order_in_each_partiti
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
+    from nexttouch.parquet import small_dictionaries
     from nexttouch.partitions import read_partition, split
 
     n = 50_000
@@ -77,3 +79,6 @@ def test_a_file_split_by_several_threads_keeps_its_rows_in_order_in_each_partiti
         want, got = read_partition(one, rows.schema), read_partition(three, rows.schema)
         assert got.equals(want) and pc.all(pc.greater(got["at"][1:], got["at"][:-1])).as_py()
     assert sum(read_partition(files, rows.schema).num_rows for files in by_three) == n
+    # The key, a few hundred values, is read as a dictionary and reordered as codes: it is stored as text.
+    assert small_dictionaries(path, ["key", "at"]) == ["key"]
+    assert ipc.open_file(by_three[0][0]).schema.field("key").type == pa.string()
