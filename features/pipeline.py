@@ -191,8 +191,9 @@ def build_offline(settings: Settings, end: datetime, days: int, every_days: int 
     resolved ``customer_id``. Customers and their events are split by a hash of the customer into
     as many partitions as ``settings.data_memory_gib`` needs (``nexttouch.partitions``); each
     partition becomes pandas for ``build_touch_features`` and its snapshot rows are appended to the
-    parquet file, so memory does not grow with the number of customers. The partitions run here or
-    on the Dask cluster (``settings.dask_scheduler``), through the same function.
+    parquet file, so memory does not grow with the number of customers. The partitions run here
+    (``settings.data_workers`` at once) or on the Dask cluster (``settings.dask_scheduler``), through
+    the same function.
     Each customer's last snapshot is also kept in a file of its own for the online load
     (``features.online_load.LatestFileWriter``).
     """

@@ -192,7 +192,7 @@ def _partitions(settings: Settings, table: str, paths: list[Path]) -> int:
 def _ingest_partitions(
     settings: Settings, catalog: Catalog, table: str, paths: list[Path], parts: int, now: datetime, report: TableReport
 ) -> None:
-    """``table`` validated and merged one key partition at a time; the loaded file written as they go."""
+    """``table`` validated and merged key partition by key partition; the loaded file written as they go."""
     work = settings.data_dir / "tmp" / f"ingest-{table}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
