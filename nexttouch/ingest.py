@@ -63,6 +63,7 @@ from nexttouch.schemas import (
 )
 from nexttouch.settings import Settings
 from nexttouch.spreadsheet import safe_text
+from nexttouch.touches import codes
 
 TABLES = ("identity", "customers", "events", "decisions")
 KEYS = {
@@ -431,14 +432,6 @@ def _edge_blank(text: pa.Array) -> bool:
     return bool(_BLANK[data[offsets[:-1][filled]]].any() or _BLANK[data[offsets[1:][filled] - 1]].any())
 
 
-def _index_in(column: pd.Series, values: list[str]) -> np.ndarray:
-    """Position of each value in ``values``, -1 where absent or missing (arrow kernel, no Python loop)."""
-    found = pc.index_in(
-        pa.array(column, type=pa.large_string(), from_pandas=True), value_set=pa.array(values, pa.large_string())
-    )
-    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def _duplicated(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Later rows whose ``column`` value came before.
 
@@ -534,9 +527,9 @@ def _opaque(frame: pd.DataFrame, columns: list[str], reasons: _Reasons, among: n
 
     ``among``: the rows to check, when the others are known to be loaded ids (checked as they were loaded).
     """
-    rows = np.arange(len(frame)) if among is None else np.flatnonzero(among)
+    rows = slice(None) if among is None else np.flatnonzero(among)
     for col in columns:
-        values = frame[col] if among is None else frame[col].iloc[rows]
+        values = frame[col].iloc[rows]
         held, unfit = np.zeros(len(frame), bool), np.zeros(len(frame), bool)
         held[rows] = personal_data.mask(values)
         if held.any():
@@ -577,14 +570,14 @@ def _validate_events(frame, settings, catalog, latest, report) -> tuple[pd.DataF
     resolved = _resolve(settings, frame)
     _opaque(frame, ["event_id"], r)
     _opaque(frame, ["source_system", "source_key"], r, among=resolved.isna().to_numpy())  # resolved: a loaded key
-    code = _index_in(frame["touch_type"], TYPE_NAMES)
+    code = codes(frame["touch_type"], TYPE_NAMES)
     r.flag(code < 0, "unknown touch type")
     types = [TOUCH_TYPES[t] for t in TYPE_NAMES]
     for col, values in (("tier", TIERS), ("direction", DIRECTIONS)):
         derived = np.array([values.index(getattr(t, col)) for t in types])[np.maximum(code, 0)]
         if col in frame:
             given = _ids(frame[col])
-            stated, found = given.notna().to_numpy(), _index_in(given, list(values))
+            stated, found = given.notna().to_numpy(), codes(given, values)
             r.flag(stated & (code >= 0) & (found != derived), f"{col} does not match touch type")
             if stated.all() and (found == derived).all():  # complete and right: keep it, no new column
                 frame[col] = given
@@ -699,7 +692,7 @@ def _validate_decisions(frame, settings, catalog, latest, report) -> tuple[pd.Da
     r.flag(~known, "unknown customer_id")
     _timestamp(frame, DECIDED_AT, r, latest)
     r.flag(frame[DECIDED_AT].isna(), f"missing {DECIDED_AT}")
-    r.flag(_index_in(frame[ACTION], catalog.names) < 0, "action not in catalog")
+    r.flag(codes(frame[ACTION], catalog.names) < 0, "action not in catalog")
     p = _number(frame, PROPENSITY, r)
     r.flag(~((p > 0) & (p <= 1)), "propensity outside (0, 1]")
     y = _number(frame, OUTCOME, r)

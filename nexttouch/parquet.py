@@ -43,8 +43,7 @@ def small_dictionaries(path: Path, columns: Sequence[str]) -> list[str]:
     of text. A column of many values (ids) has a big dictionary page, or none: it is read as text.
     """
     meta, schema = pq.read_metadata(path), pq.read_schema(path)
-    text = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
-    found = [c for c in columns if c in text]
+    found = [c for c in columns if c in _text_columns(schema)]
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
         chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
@@ -82,9 +81,12 @@ def big_file_options(schema: pa.Schema, keys: Sequence[str] = ()) -> dict[str, A
     faster to read); dictionaries for text only (numbers repeat too little for them to pay); min/max
     statistics for ``keys`` and times only, the columns readers filter on.
     """
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     stats = [f.name for f in schema if f.name in keys or pa.types.is_timestamp(f.type)]
-    return {"compression": "lz4", "use_dictionary": text, "write_statistics": stats}
+    return {"compression": "lz4", "use_dictionary": _text_columns(schema), "write_statistics": stats}
+
+
+def _text_columns(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
 
 
 class PartWriter:

@@ -71,8 +71,8 @@ def split(
 
     Returns each partition's files under ``out`` (emptied first), Arrow IPC files that
     ``read_partition`` reads; a partition's rows come in input order. Each file is split by
-    ``workers`` threads, each a range of its row groups (within ``memory_gib`` together). ``ordered`` (for input as it
-    arrived): keys are hashed as trimmed text, so an id and the same id with surrounding blanks meet
+    ``workers`` threads, each a range of its row groups (within ``memory_gib`` together). ``ordered``
+    (for input as it arrived): keys are hashed as trimmed text, so an id and the same id with surrounding blanks meet
     in one partition. Otherwise (validated tables) keys are hashed as they are. With ``bounds``
     (``range_bounds`` of the one key) partition i holds the keys from ``bounds[i - 1]`` up to before
     ``bounds[i]`` instead: partitions in key order.
@@ -90,11 +90,16 @@ def split(
     out.mkdir(parents=True)
     written: list[list[Path]] = [[] for _ in range(parts)]
     for i, path in enumerate(paths):
-        groups = parquet_file(path).metadata.num_row_groups
+        every = pq.read_schema(path).names
+        names = [c for c in columns if c in every] if columns else every
+        read = [*names, *(k for k in keys if k not in names)]
+        dictionaries = small_dictionaries(path, read)  # codes are cheap to read and to reorder
+        groups = pq.read_metadata(path).num_row_groups
         ranges = [r.tolist() for r in np.array_split(np.arange(groups), max(1, min(workers, groups)))]
         memory_mb = duckdb_memory_mb(memory_gib) // len(ranges)
         jobs = [
-            (path, r, part, list(keys), parts, columns, out, f"{i}-{j}.arrow", memory_mb) for j, r in enumerate(ranges)
+            (path, r, names, read, dictionaries, part, list(keys), parts, out, f"{i}-{j}.arrow", memory_mb)
+            for j, r in enumerate(ranges)
         ]
         with ThreadPoolExecutor(len(jobs), thread_name_prefix="split") as pool:
             for files in pool.map(_write_partitions, *zip(*jobs, strict=True)):  # in range order: input order kept
@@ -111,16 +116,19 @@ def duckdb_memory_mb(memory_gib: float) -> int:
 def _write_partitions(
     path: Path,
     row_groups: list[int],
+    names: list[str],
+    read: list[str],
+    dictionaries: list[str],
     part: str,
     keys: list[str],
     parts: int,
-    columns: Sequence[str] | None,
     out: Path,
     name: str,
     memory_mb: int,
 ) -> list[tuple[int, Path]]:
     """The rows of ``row_groups`` of ``path`` streamed a batch at a time into one Arrow IPC file per partition
-    (``out/_part=k/name``).
+    (``out/_part=k/name``): the columns ``names`` of the columns ``read`` (those and the keys), the
+    ``dictionaries`` among them read as arrow dictionaries and written as text.
 
     DuckDB works out the partition of each batch's rows from its key columns (``part``, SQL), so
     nothing the size of the file is held. IPC, not parquet: the files are read once, soon, and IPC
@@ -128,10 +136,7 @@ def _write_partitions(
     """
     import duckdb
 
-    every = pq.read_schema(path).names
-    names = [c for c in columns if c in every] if columns else every
-    read = [*names, *(k for k in keys if k not in names)]
-    source = parquet_file(path, small_dictionaries(path, read))  # codes are cheap to read and to reorder
+    source = parquet_file(path, dictionaries)
     con = duckdb.connect(config={"memory_limit": f"{memory_mb}MB", "preserve_insertion_order": True})
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
