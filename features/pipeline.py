@@ -22,6 +22,7 @@ import yaml
 
 from features.online_load import LatestFileWriter, materialize_bulk
 from features.touch_features import (
+    MAY_BE_NULL,
     RESPONSES,
     priors_from_counts,
     response_counts,
@@ -334,6 +335,7 @@ def partition_features(
     events = read_partition(event_files, event_schema).to_pandas(types_mapper=_ARROW_STRINGS.get)
     chunks = touch_feature_columns(events, people, end, days, every_days, priors=priors)
     table = pa.concat_tables([pa.table({name: _arrow(values) for name, values in cols.items()}) for cols in chunks])
+    table = table.cast(_required(table.schema))
     del events
     # One row per customer and snapshot, each customer's latest last.
     snapshots = len(snapshot_days(days, every_days))
@@ -343,6 +345,12 @@ def partition_features(
     since = utc_times(people[SIGNUP_AT]).astype(always.dtype).fillna(always) if SIGNUP_AT in people else always
     profile = people.drop(columns=[SIGNUP_AT], errors="ignore").assign(**{EVENT_TIMESTAMP: since})
     return table, latest, pa.Table.from_pandas(_microseconds(profile), preserve_index=False)
+
+
+def _required(schema: pa.Schema) -> pa.Schema:
+    """Columns that always have a value marked so (the cast checks it): parquet then writes no definition
+    levels for them, a third less to encode."""
+    return pa.schema([f.with_nullable(f.name in MAY_BE_NULL) for f in schema], metadata=schema.metadata)
 
 
 def _arrow(values: Any) -> pa.Array:

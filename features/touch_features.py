@@ -68,6 +68,8 @@ TOUCH_FEATURES: dict[str, str] = {
     **{f"{t}_{kind}_decayed": "float" for t in TYPE_NAMES for kind in ("organic", "linked")},
     "days_observed": "int",  # since the customer's first touch
 }
+# The only columns of a snapshot row that can be null: no sign-up date (tenure), no touch yet (contact state).
+MAY_BE_NULL = frozenset({"tenure_days", *CONTACT_STATE})
 
 
 def build_touch_features(
@@ -253,7 +255,7 @@ def _history_features(
     kind = touch[known] * 2 + linked[known]  # (touch type, linked) as one number: one pass for every column
     weights = np.exp(rate * (seconds[known] - bounds[-1]))
     decayed = np.bincount(kind * (n * s) + cell[known], weights=weights, minlength=2 * len(TYPE_NAMES) * n * s)
-    decayed = decayed.reshape(len(TYPE_NAMES), 2, n, s)
+    decayed = decayed.reshape(len(TYPE_NAMES), 2, n, s).astype(float, copy=False)  # (no touch: integer zeros)
     np.cumsum(decayed, axis=3, out=decayed)
     decayed *= np.exp(rate * (bounds[-1] - bounds))
     for i, t in enumerate(TYPE_NAMES):
