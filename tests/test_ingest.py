@@ -138,6 +138,31 @@ def test_loaded_rows_are_typed_resolved_and_free_of_personal_data(
     assert str(customers["signup_at"].dtype) == "datetime64[us, UTC]"
 
 
+def test_identity_rows_given_again_load_once(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
+    """Repeated rows (also once trimmed) load once; every row of a key given for two customers is rejected."""
+    d = tmp_path / "again"
+    d.mkdir()
+    _write(
+        d / "identity.csv",
+        """
+source_system,source_key,customer_id
+app,a-1,C1
+store,s-1,C1
+app,a-1,C1
+ app , a-1 ,C1
+crm,k-9,C1
+crm,k-9,C2
+crm,k-9,C1
+app,a-2,C2
+""",
+    )
+    (report,) = ingest(project, catalog, d, now=NOW)
+    assert report.rejected == {"source key maps to several customers": 3}
+    loaded = pd.read_parquet(project.raw_dir / "identity.parquet").astype(str)
+    assert loaded.values.tolist() == [["app", "a-1", "C1"], ["store", "s-1", "C1"], ["app", "a-2", "C2"]]
+    assert report.loaded == 3
+
+
 def test_running_twice_changes_nothing(project: Settings, catalog: Catalog, landing: Path) -> None:
     ingest(project, catalog, landing, now=NOW)
     before = {p.name: p.read_bytes() for p in [*project.raw_dir.iterdir(), *project.quarantine_dir.iterdir()]}
