@@ -519,12 +519,21 @@ def _validate_customers(frame, settings, catalog, latest, report) -> tuple[pd.Da
     r.flag(_duplicated(frame, CUSTOMER_ID), "duplicate customer_id")
     # Profile columns: numbers stay numbers, anything else is a category (text).
     for col in frame.columns.difference([CUSTOMER_ID, SIGNUP_AT]):
-        numeric = pd.to_numeric(frame[col], errors="coerce")
-        if numeric.notna().sum() == frame[col].notna().sum():
+        numeric = _all_numbers(frame[col])
+        if numeric is not None:
             frame[col] = numeric.astype(float) if (numeric % 1).fillna(0).any() else numeric.astype("Int64")
         else:
             frame[col] = _ids(frame[col])
     return r.split()
+
+
+def _all_numbers(column: pd.Series, head: int = 1000) -> pd.Series | None:
+    """The column as numbers if every value given is one, else None; text that is not is found in its head."""
+    start = column.iloc[:head]
+    if pd.to_numeric(start, errors="coerce").notna().sum() < start.notna().sum():
+        return None
+    numeric = pd.to_numeric(column, errors="coerce")
+    return numeric if numeric.notna().sum() == column.notna().sum() else None
 
 
 def _personal_data(column: pd.Series) -> str | None:

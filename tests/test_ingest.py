@@ -292,3 +292,14 @@ def test_key_partitions_load_and_reject_what_one_pass_does(
     decisions = pd.read_parquet(small.raw_dir / "decisions.parquet").set_index("decision_id")
     assert decisions.loc["d2", "outcome"] == 1.0 and decisions.loc["d1", "outcome"] == 1.0
     assert len(decisions) == len(pd.read_parquet(project.raw_dir / "decisions.parquet"))
+
+
+def test_a_profile_column_is_numbers_only_if_every_value_is_one() -> None:
+    from nexttouch.ingest import _all_numbers
+
+    numbers = pd.Series(["1", "2.5", None] * 600, dtype="string[pyarrow]")
+    parsed = _all_numbers(numbers)
+    assert parsed.iloc[:2].tolist() == [1.0, 2.5] and parsed.isna().sum() == 600
+    late_word = pd.concat([numbers, pd.Series(["gold"], dtype="string[pyarrow]")], ignore_index=True)
+    assert _all_numbers(late_word) is None  # past the head: the whole column is read
+    assert _all_numbers(pd.Series(["gold", "1"], dtype="string[pyarrow]")) is None
