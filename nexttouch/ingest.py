@@ -44,6 +44,7 @@ from pyarrow import csv
 
 from nexttouch import personal_data
 from nexttouch.api import ID_PATTERN
+from nexttouch.blanks import BLANKS, edge_blank
 from nexttouch.catalog import Catalog
 from nexttouch.key_index import KeyIndex, key_hash
 from nexttouch.parquet import PartWriter, write_parquet
@@ -405,31 +406,12 @@ class _Reasons:
 
 
 def _ids(column: pd.Series) -> pd.Series:
-    """Identifiers and codes as trimmed arrow strings; empty means missing. Copies only when it must."""
+    """Identifiers and codes as arrow strings trimmed of blanks; empty means missing. Copies only when it must."""
     text = column if column.dtype == "string[pyarrow]" else column.astype("string[pyarrow]")
-    if _edge_blank(_arrow(text)):
-        text = text.str.strip()
+    if edge_blank(_arrow(text)):
+        text = text.str.strip(BLANKS)
     empty = (text == "").fillna(False).to_numpy(bool)
     return text.where(~empty) if empty.any() else text
-
-
-_BLANK = np.isin(np.arange(256), [9, 10, 12, 13, 32])  # the bytes of RE2's \s: [\t\n\f\r ]
-
-
-def _edge_blank(text: pa.Array) -> bool:
-    """Whether any value starts or ends with a blank (regex ``^\\s|\\s$``), from first and last bytes: no regex.
-
-    A UTF-8 byte below 0x80 is always a whole character, so the bytes say it exactly.
-    """
-    _, offsets, data = text.buffers()
-    if data is None or not len(text):
-        return False
-    offsets = np.frombuffer(offsets, np.int64)[text.offset : text.offset + len(text) + 1]
-    data = np.frombuffer(data, np.uint8)
-    filled = offsets[1:] > offsets[:-1]
-    if text.null_count:
-        filled &= text.is_valid().to_numpy(zero_copy_only=False)
-    return bool(_BLANK[data[offsets[:-1][filled]]].any() or _BLANK[data[offsets[1:][filled] - 1]].any())
 
 
 def _hash_twins(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:

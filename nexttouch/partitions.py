@@ -25,11 +25,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from nexttouch.blanks import trimmed
 from nexttouch.parquet import parquet_file, small_dictionaries
 from nexttouch.settings import Settings
 
 _BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
-_IPC = ipc.IpcWriteOptions(compression="lz4")  # the split files: half the disk of plain IPC, cheap to read
+_PLAIN, _LZ4 = ipc.IpcWriteOptions(), ipc.IpcWriteOptions(compression="lz4")  # LZ4: about half the disk
+_DISK_SHARE = 4  # split files are plain unless that would take more than a quarter of the free disk
 
 
 def partition_count(nbytes: float, settings: Settings) -> int:
@@ -72,13 +74,13 @@ def split(
     Returns each partition's files under ``out`` (emptied first), Arrow IPC files that
     ``read_partition`` reads; a partition's rows come in input order. Each file is split by
     ``workers`` threads, each a range of its row groups (within ``memory_gib`` together). ``ordered``
-    (for input as it arrived): keys are hashed as trimmed text, so an id and the same id with surrounding blanks meet
-    in one partition. Otherwise (validated tables) keys are hashed as they are. With ``bounds``
-    (``range_bounds`` of the one key) partition i holds the keys from ``bounds[i - 1]`` up to before
+    (for input as it arrived): keys are hashed as text trimmed of blanks (``nexttouch.blanks``), so an id and the
+    same id with blanks around it meet in one partition. Otherwise (validated tables) keys are hashed as they are.
+    With ``bounds`` (``range_bounds`` of the one key) partition i holds the keys from ``bounds[i - 1]`` up to before
     ``bounds[i]`` instead: partitions in key order.
     """
-    if ordered:
-        key = ", ".join(f"coalesce(trim(CAST({_quoted(k)} AS VARCHAR)), '')" for k in keys)
+    if ordered:  # (trimmed in arrow as each batch is read: most batches have no blanks to trim)
+        key = ", ".join(f"coalesce(CAST({_quoted(k)} AS VARCHAR), '')" for k in keys)
     else:
         key = ", ".join(_quoted(k) for k in keys)
     part = f"hash({key}) % {parts}"
@@ -97,8 +99,10 @@ def split(
         groups = pq.read_metadata(path).num_row_groups
         ranges = [r.tolist() for r in np.array_split(np.arange(groups), max(1, min(workers, groups)))]
         memory_mb = duckdb_memory_mb(memory_gib) // len(ranges)
+        options = _split_options(path, names, out)
+        writing = (parts, out, memory_mb, options)
         jobs = [
-            (path, r, names, read, dictionaries, part, list(keys), parts, out, f"{i}-{j}.arrow", memory_mb)
+            (path, r, names, read, dictionaries, part, list(keys), ordered, f"{i}-{j}.arrow", *writing)
             for j, r in enumerate(ranges)
         ]
         with ThreadPoolExecutor(len(jobs), thread_name_prefix="split") as pool:
@@ -106,6 +110,17 @@ def split(
                 for k, file in files:
                     written[k].append(file)
     return written
+
+
+def _split_options(path: Path, columns: list[str], out: Path) -> ipc.IpcWriteOptions:
+    """Split files plain, the cheapest to write and read; LZ4 if plain ones of ``path`` (as large as its first rows
+    say) would take more than a ``1 / _DISK_SHARE`` of the free disk."""
+    file = parquet_file(path)
+    first = next(file.iter_batches(batch_size=10_000, columns=columns), None)
+    if first is None or not first.num_rows:
+        return _PLAIN
+    size = first.nbytes / first.num_rows * file.metadata.num_rows
+    return _PLAIN if size * _DISK_SHARE < shutil.disk_usage(out).free else _LZ4
 
 
 def duckdb_memory_mb(memory_gib: float) -> int:
@@ -121,14 +136,17 @@ def _write_partitions(
     dictionaries: list[str],
     part: str,
     keys: list[str],
+    trim: bool,
+    name: str,
     parts: int,
     out: Path,
-    name: str,
     memory_mb: int,
+    options: ipc.IpcWriteOptions,
 ) -> list[tuple[int, Path]]:
     """The rows of ``row_groups`` of ``path`` streamed a batch at a time into one Arrow IPC file per partition
     (``out/_part=k/name``): the columns ``names`` of the columns ``read`` (those and the keys), the
-    ``dictionaries`` among them read as arrow dictionaries and written as text.
+    ``dictionaries`` among them read as arrow dictionaries and written as text; text keys trimmed of blanks
+    with ``trim``; the files written with ``options``.
 
     DuckDB works out the partition of each batch's rows from its key columns (``part``, SQL), so
     nothing the size of the file is held. IPC, not parquet: the files are read once, soon, and IPC
@@ -141,7 +159,7 @@ def _write_partitions(
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
         for batch in source.iter_batches(batch_size=_BATCH_ROWS, row_groups=row_groups, columns=read):
-            con.register("batch_rows", pa.table({k: _plain(batch.column(k)) for k in keys}))
+            con.register("batch_rows", pa.table({k: _key(batch.column(k), trim) for k in keys}))
             here = np.asarray(con.execute(f"SELECT CAST({part} AS USMALLINT) AS p FROM batch_rows").fetchnumpy()["p"])
             con.unregister("batch_rows")
             batch = batch.select(names)
@@ -153,13 +171,23 @@ def _write_partitions(
                 if k not in writers:
                     file = out / f"_part={k}" / name
                     file.parent.mkdir(exist_ok=True)
-                    writers[k] = ipc.new_file(file, batch.schema, options=_IPC)
+                    writers[k] = ipc.new_file(file, batch.schema, options=options)
                 writers[k].write_batch(batch.slice(ends[k] - counts[k], counts[k]))
     finally:
         con.close()
         for writer in writers.values():
             writer.close()
     return [(k, out / f"_part={k}" / name) for k in sorted(writers)]
+
+
+def _key(column: pa.Array, trim: bool) -> pa.Array:
+    """A key column as DuckDB hashes it: text decoded, and trimmed of blanks with ``trim``."""
+    column = _plain(column)
+    return trimmed(column) if trim and _is_text(column.type) else column
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
 def _plain(column: pa.Array) -> pa.Array:

@@ -82,3 +82,42 @@ def test_a_file_split_by_several_threads_keeps_its_rows_in_order_in_each_partiti
     # The key, a few hundred values, is read as a dictionary and reordered as codes: it is stored as text.
     assert small_dictionaries(path, ["key", "at"]) == ["key"]
     assert ipc.open_file(by_three[0][0]).schema.field("key").type == pa.string()
+
+
+def test_an_id_and_the_same_id_with_blanks_around_it_meet_in_one_partition(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nexttouch.partitions import read_partition, split
+
+    ids = [f"e{i}" for i in range(200)]
+    clean, blank = tmp_path / "clean.parquet", tmp_path / "blank.parquet"
+    pq.write_table(pa.table({"id": ids}), clean)  # read in batches without a blank: hashed as they are
+    padded = [f" {i}" if n % 3 == 0 else f"{i}\t" if n % 3 == 1 else f"\r\n{i} \f" for n, i in enumerate(ids)]
+    pq.write_table(pa.table({"id": [*padded, "\u3000e1", "e2\x0b"]}), blank)  # trimmed: only RE2's \s
+    where: dict[str, set[int]] = {}
+    for k, files in enumerate(split([clean, blank], ["id"], 7, tmp_path / "parts", 1.0)):
+        for value in read_partition(files, pa.schema([("id", pa.string())]))["id"].to_pylist():
+            where.setdefault(value.strip(" \t\n\f\r"), set()).add(k)
+    assert all(len(where[i]) == 1 for i in ids)
+    assert "\u3000e1" in where and "e2\x0b" in where  # not blanks: other ids, kept as they came
+
+
+def test_split_files_are_compressed_only_when_the_disk_is_short(tmp_path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nexttouch import partitions
+
+    rows = pa.table({"id": [f"customer-{i % 50}" for i in range(20_000)], "n": list(range(20_000))})
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    plain = partitions.split([tmp_path / "rows.parquet"], ["id"], 2, tmp_path / "plain", 1.0)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    short = partitions.split([tmp_path / "rows.parquet"], ["id"], 2, tmp_path / "short", 1.0)
+    for a, b in zip(plain, short, strict=True):
+        assert partitions.read_partition(b, rows.schema).equals(partitions.read_partition(a, rows.schema))
+        assert sum(f.stat().st_size for f in b) < sum(f.stat().st_size for f in a) / 2
