@@ -30,8 +30,8 @@ from nexttouch.parquet import parquet_file, small_dictionaries
 from nexttouch.settings import Settings
 
 _BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
-_PLAIN, _LZ4 = ipc.IpcWriteOptions(), ipc.IpcWriteOptions(compression="lz4")  # LZ4: about half the disk
-_DISK_SHARE = 4  # split files are plain unless that would take more than a quarter of the free disk
+# The split files: LZ4, half the disk of plain IPC (plain ones, tried, raised ingest's peak memory)
+_IPC = ipc.IpcWriteOptions(compression="lz4")
 
 
 def partition_count(nbytes: float, settings: Settings) -> int:
@@ -99,8 +99,7 @@ def split(
         groups = pq.read_metadata(path).num_row_groups
         ranges = [r.tolist() for r in np.array_split(np.arange(groups), max(1, min(workers, groups)))]
         memory_mb = duckdb_memory_mb(memory_gib) // len(ranges)
-        options = _split_options(path, names, out)
-        writing = (parts, out, memory_mb, options)
+        writing = (parts, out, memory_mb)
         jobs = [
             (path, r, names, read, dictionaries, part, list(keys), ordered, f"{i}-{j}.arrow", *writing)
             for j, r in enumerate(ranges)
@@ -110,17 +109,6 @@ def split(
                 for k, file in files:
                     written[k].append(file)
     return written
-
-
-def _split_options(path: Path, columns: list[str], out: Path) -> ipc.IpcWriteOptions:
-    """Split files plain, the cheapest to write and read; LZ4 if plain ones of ``path`` (as large as its first rows
-    say) would take more than a ``1 / _DISK_SHARE`` of the free disk."""
-    file = parquet_file(path)
-    first = next(file.iter_batches(batch_size=10_000, columns=columns), None)
-    if first is None or not first.num_rows:
-        return _PLAIN
-    size = first.nbytes / first.num_rows * file.metadata.num_rows
-    return _PLAIN if size * _DISK_SHARE < shutil.disk_usage(out).free else _LZ4
 
 
 def duckdb_memory_mb(memory_gib: float) -> int:
@@ -141,12 +129,11 @@ def _write_partitions(
     parts: int,
     out: Path,
     memory_mb: int,
-    options: ipc.IpcWriteOptions,
 ) -> list[tuple[int, Path]]:
     """The rows of ``row_groups`` of ``path`` streamed a batch at a time into one Arrow IPC file per partition
     (``out/_part=k/name``): the columns ``names`` of the columns ``read`` (those and the keys), the
     ``dictionaries`` among them read as arrow dictionaries and written as text; text keys trimmed of blanks
-    with ``trim``; the files written with ``options``.
+    with ``trim``.
 
     DuckDB works out the partition of each batch's rows from its key columns (``part``, SQL), so
     nothing the size of the file is held. IPC, not parquet: the files are read once, soon, and IPC
@@ -171,7 +158,7 @@ def _write_partitions(
                 if k not in writers:
                     file = out / f"_part={k}" / name
                     file.parent.mkdir(exist_ok=True)
-                    writers[k] = ipc.new_file(file, batch.schema, options=options)
+                    writers[k] = ipc.new_file(file, batch.schema, options=_IPC)
                 writers[k].write_batch(batch.slice(ends[k] - counts[k], counts[k]))
     finally:
         con.close()

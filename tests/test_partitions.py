@@ -101,23 +101,3 @@ def test_an_id_and_the_same_id_with_blanks_around_it_meet_in_one_partition(tmp_p
             where.setdefault(value.strip(" \t\n\f\r"), set()).add(k)
     assert all(len(where[i]) == 1 for i in ids)
     assert "\u3000e1" in where and "e2\x0b" in where  # not blanks: other ids, kept as they came
-
-
-def test_split_files_are_compressed_only_when_the_disk_is_short(tmp_path, monkeypatch) -> None:
-    import shutil
-    from collections import namedtuple
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from nexttouch import partitions
-
-    rows = pa.table({"id": [f"customer-{i % 50}" for i in range(20_000)], "n": list(range(20_000))})
-    pq.write_table(rows, tmp_path / "rows.parquet")
-    plain = partitions.split([tmp_path / "rows.parquet"], ["id"], 2, tmp_path / "plain", 1.0)
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
-    short = partitions.split([tmp_path / "rows.parquet"], ["id"], 2, tmp_path / "short", 1.0)
-    for a, b in zip(plain, short, strict=True):
-        assert partitions.read_partition(b, rows.schema).equals(partitions.read_partition(a, rows.schema))
-        assert sum(f.stat().st_size for f in b) < sum(f.stat().st_size for f in a) / 2
