@@ -294,6 +294,28 @@ def test_key_partitions_load_and_reject_what_one_pass_does(
     assert len(decisions) == len(pd.read_parquet(project.raw_dir / "decisions.parquet"))
 
 
+def test_an_id_given_again_with_blanks_around_it_is_a_duplicate_in_any_partition(
+    project: Settings, catalog: Catalog, tmp_path: Path
+) -> None:
+    from nexttouch.ingest import _partitions
+
+    d = tmp_path / "padded"
+    d.mkdir()
+    _write(d / "identity.csv", "source_system,source_key,customer_id\napp,a-1,C1")
+    rows = [f"e{i},2026-10-01T10:00:00Z,app,a-1,app_session,,,," for i in range(40)]
+    rows += [f"\te{i}\t,2026-10-02T10:00:00Z,app,a-1,app_like,,,," for i in range(0, 40, 2)]  # given again, tabbed
+    _write(
+        d / "events.csv",
+        "event_id,occurred_at,source_system,source_key,touch_type,tier,direction,amount,decision_id\n"
+        + "\n".join(rows),
+    )
+    small = project.model_copy(update={"project_dir": tmp_path / "small", "data_memory_gib": 1e-7})
+    assert _partitions(small, "events", [d / "events.csv"]) > 3
+    reports = {r.table: r for r in ingest(small, catalog, d, now=NOW)}
+    assert reports["events"].rejected == {"duplicate event_id": 20}
+    assert reports["events"].loaded == 40
+
+
 def test_a_profile_column_is_numbers_only_if_every_value_is_one() -> None:
     from nexttouch.ingest import _all_numbers
 
