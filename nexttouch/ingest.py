@@ -414,27 +414,30 @@ def _ids(column: pd.Series) -> pd.Series:
     return text.where(~empty) if empty.any() else text
 
 
-def _hash_twins(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """Rows whose key (``columns``) has the 64-bit hash of another row's: every row of a key given more
-    than once, and (rarely) a row whose distinct key shares its hash. Usually none: sorting the hashes shows it.
+def _hash_twins(columns: list[pa.Array]) -> np.ndarray:
+    """Rows whose key (its parts ``columns``, none missing) has the 64-bit hash of another such row's key: every
+    row of a key given more than once, and (rarely) a row whose distinct key shares its hash.
+
+    Usually none, which sorting the hashes shows at a third of the cost of numbering the text.
     """
-    hashes = key_hash([_arrow(frame[c]) for c in columns])
-    ordered = np.sort(hashes)
+    hashes = key_hash(columns)
+    present = np.ones(len(hashes), bool)
+    for column in columns:
+        if column.null_count:
+            present &= column.is_valid().to_numpy(zero_copy_only=False)
+    ordered = np.sort(hashes[present])
     shared = ordered[1:][ordered[1:] == ordered[:-1]]
-    return np.isin(hashes, shared) if len(shared) else np.zeros(len(frame), bool)
+    return present & np.isin(hashes, shared) if len(shared) else np.zeros(len(hashes), bool)
 
 
 def _duplicated(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Later rows whose ``column`` value came before.
 
-    Usually none: then no two values share their 64-bit hash, which sorting the hashes shows at a
-    third of the cost of numbering the text. Otherwise values are numbered in order of first
-    appearance, so a row repeats an earlier value exactly when its number is not above every
-    number before it: one hash pass and a running maximum.
+    Usually no two values share a hash (``_hash_twins``), and there are none. Otherwise values are numbered
+    in order of first appearance, so a row repeats an earlier value exactly when its number is not above
+    every number before it: one hash pass and a running maximum.
     """
-    text = _arrow(frame[column])
-    hashes = np.sort(key_hash([text])[text.is_valid().to_numpy(zero_copy_only=False)])
-    if not (hashes[1:] == hashes[:-1]).any():  # equal values would have equal hashes
+    if not _hash_twins([_arrow(frame[column])]).any():  # equal values would have equal hashes
         return np.zeros(len(frame), bool)
     codes = pd.factorize(frame[column])[0]
     highest_before = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
@@ -470,8 +473,9 @@ def _validate_identity(frame, settings, catalog, latest, report) -> tuple[pd.Dat
         frame[col] = _ids(frame[col])
     r.missing(REQUIRED["identity"])
     _opaque(frame, REQUIRED["identity"], r)
-    # Every row of a key given more than once shares its hash with another: only those rows are grouped.
-    repeated = _hash_twins(frame, ["source_system", "source_key"])
+    # Every row of a key given more than once shares its hash with another: only those rows are grouped
+    # (a row with a part of its key missing is already rejected as such).
+    repeated = _hash_twins([_arrow(frame[c]) for c in ("source_system", "source_key")])
     several, again = np.zeros(len(frame), bool), np.zeros(len(frame), bool)
     if repeated.any():
         twins = frame.loc[repeated]
