@@ -31,9 +31,6 @@ class KeyIndex:
         index = pd.Index(key_hash(self.columns))
         self._index = index if index.is_unique else None  # unique: its hash table is built, and kept
 
-    def __len__(self) -> int:
-        return len(self.columns[0])
-
     def find(self, columns: Sequence[pa.Array]) -> np.ndarray:
         """The indexed row of each key given by ``columns`` (its parts), -1 where absent or a part is null."""
         columns = [_text(c) for c in columns]

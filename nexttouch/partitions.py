@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from nexttouch.blanks import trimmed
 from nexttouch.parquet import parquet_file, small_dictionaries
 from nexttouch.settings import Settings
+from nexttouch.sql import identifier, literal
 
 _BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
 # The split files: LZ4, half the disk of plain IPC (plain ones, tried, raised ingest's peak memory)
@@ -80,14 +81,14 @@ def split(
     ``bounds[i]`` instead: partitions in key order.
     """
     if ordered:  # (trimmed in arrow as each batch is read: most batches have no blanks to trim)
-        key = ", ".join(f"coalesce(CAST({_quoted(k)} AS VARCHAR), '')" for k in keys)
+        key = ", ".join(f"coalesce(CAST({identifier(k)} AS VARCHAR), '')" for k in keys)
     else:
-        key = ", ".join(_quoted(k) for k in keys)
+        key = ", ".join(identifier(k) for k in keys)
     part = f"hash({key}) % {parts}"
     if bounds is not None:
         if len(keys) != 1 or len(bounds) != parts - 1:
             raise ValueError("a range split takes one key and parts - 1 bounds")
-        part = _range_case(_quoted(keys[0]), list(bounds), 0)
+        part = _range_case(identifier(keys[0]), list(bounds), 0)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     written: list[list[Path]] = [[] for _ in range(parts)]
@@ -191,7 +192,7 @@ def range_bounds(path: Path, key: str, parts: int) -> list[str]:
     cuts = ", ".join(f"{i / parts!r}" for i in range(1, parts))
     con = duckdb.connect()
     try:
-        query = f"SELECT quantile_disc({_quoted(key)}, [{cuts}]) FROM read_parquet('{_sql_text(str(path))}')"
+        query = f"SELECT quantile_disc({identifier(key)}, [{cuts}]) FROM read_parquet({literal(str(path))})"
         (values,) = con.execute(query).fetchone()
     finally:
         con.close()
@@ -205,7 +206,7 @@ def _range_case(key: str, bounds: list[str], first: int) -> str:
     mid = len(bounds) // 2
     below = _range_case(key, bounds[:mid], first)
     above = _range_case(key, bounds[mid + 1 :], first + mid + 1)
-    return f"(CASE WHEN {key} < '{_sql_text(bounds[mid])}' THEN {below} ELSE {above} END)"
+    return f"(CASE WHEN {key} < {literal(bounds[mid])} THEN {below} ELSE {above} END)"
 
 
 def read_partition(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
@@ -276,11 +277,3 @@ def _threads(fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], workers: 
         finally:
             for future in running:  # stopped early (an error, the caller gone): no more to start
                 future.cancel()
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")

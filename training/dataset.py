@@ -41,6 +41,7 @@ from nexttouch.schemas import (
     check_columns,
 )
 from nexttouch.settings import Settings
+from nexttouch.sql import identifier, literal
 
 log = logging.getLogger(__name__)
 DEFAULT_ATTRIBUTION_DAYS = 2  # catalogs without the field: the simulated brand answers within 2 days
@@ -269,7 +270,7 @@ def latest_decisions(path: Path, most: int) -> pd.DataFrame:
 
     con = duckdb.connect(config={"memory_limit": "1GB"})
     try:
-        query = f"SELECT epoch_us({_quoted(DECIDED_AT)}) FROM read_parquet('{_sql_text(str(path))}') "
+        query = f"SELECT epoch_us({identifier(DECIDED_AT)}) FROM read_parquet({literal(str(path))}) "
         query += f"ORDER BY 1 DESC LIMIT 1 OFFSET {most - 1}"
         (since,) = con.execute(query).fetchone()
     finally:
@@ -386,14 +387,14 @@ def _sorted_by_time(settings: Settings, parts: list[Path], path: Path, rows: int
 
     schemas = [pq.read_schema(p) for p in parts]
     schema = pa.unify_schemas(schemas, promote_options="permissive").with_metadata(schemas[0].metadata)
-    files = ", ".join(f"'{_sql_text(str(p))}'" for p in parts)
+    files = ", ".join(literal(str(p)) for p in parts)
     memory = duckdb_memory_mb(settings.data_memory_gib)
     spill = path.parent / ".spill"
     con = duckdb.connect(config={"memory_limit": f"{memory}MB", "temp_directory": str(spill)})
     try:
         query = (
             f"SELECT * FROM read_parquet([{files}], union_by_name = true) "
-            f"ORDER BY {_quoted(DECIDED_AT)}, {_quoted(DECISION_ID)}"
+            f"ORDER BY {identifier(DECIDED_AT)}, {identifier(DECISION_ID)}"
         )
         reader = con.sql(query).to_arrow_reader(ROW_GROUP_ROWS)
         with pq.ParquetWriter(path, schema) as writer:
@@ -456,11 +457,3 @@ def _historical_features(settings: Settings, entity_df: pd.DataFrame) -> Iterato
         ibis.options.default_backend = previous
         con.disconnect()
         shutil.rmtree(spill, ignore_errors=True)
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
