@@ -30,7 +30,13 @@ from nexttouch.parquet import parquet_file, small_dictionaries
 from nexttouch.settings import Settings
 from nexttouch.sql import identifier, literal
 
-_BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it
+_BATCH_ROWS = 1 << 20  # rows of the input held at once while splitting it, at the least
+# A batch is cut into a slice per partition, each written and read back as an IPC batch of its own: with many
+# partitions (a big table) the slices get small and cost more than their rows. So a batch holds enough rows
+# for slices of _SLICE_ROWS, as far as 1/_BATCH_SHARE of a thread's share of the budget allows.
+_SLICE_ROWS = 1 << 15
+_BATCH_SHARE = 8
+_ARROW_PER_PARQUET_BYTE = 2  # arrow's size of a batch per uncompressed parquet byte (64-bit text offsets)
 # The split files: LZ4, half the disk of plain IPC (plain ones, tried, raised ingest's peak memory)
 _IPC = ipc.IpcWriteOptions(compression="lz4")
 
@@ -100,7 +106,8 @@ def split(
         groups = pq.read_metadata(path).num_row_groups
         ranges = [r.tolist() for r in np.array_split(np.arange(groups), max(1, min(workers, groups)))]
         memory_mb = duckdb_memory_mb(memory_gib) // len(ranges)
-        writing = (parts, out, memory_mb)
+        rows = _batch_rows(path, read, parts, memory_gib / len(ranges))
+        writing = (parts, out, memory_mb, rows)
         jobs = [
             (path, r, names, read, dictionaries, part, list(keys), ordered, f"{i}-{j}.arrow", *writing)
             for j, r in enumerate(ranges)
@@ -110,6 +117,14 @@ def split(
                 for k, file in files:
                     written[k].append(file)
     return written
+
+
+def _batch_rows(path: Path, columns: Sequence[str], parts: int, memory_gib: float) -> int:
+    """Rows of ``path`` a thread of the split reads at a time, with ``memory_gib`` its share of the budget."""
+    rows = pq.read_metadata(path).num_rows
+    per_row = _ARROW_PER_PARQUET_BYTE * parquet_bytes([path], columns) / max(rows, 1)
+    allowed = int(memory_gib * 2**30 / _BATCH_SHARE / max(per_row, 1.0))
+    return max(_BATCH_ROWS, min(parts * _SLICE_ROWS, allowed))
 
 
 def duckdb_memory_mb(memory_gib: float) -> int:
@@ -130,8 +145,9 @@ def _write_partitions(
     parts: int,
     out: Path,
     memory_mb: int,
+    batch_rows: int,
 ) -> list[tuple[int, Path]]:
-    """The rows of ``row_groups`` of ``path`` streamed a batch at a time into one Arrow IPC file per partition
+    """The rows of ``row_groups`` of ``path`` streamed ``batch_rows`` at a time into one Arrow IPC file per partition
     (``out/_part=k/name``): the columns ``names`` of the columns ``read`` (those and the keys), the
     ``dictionaries`` among them read as arrow dictionaries and written as text; text keys trimmed of blanks
     with ``trim``.
@@ -146,10 +162,10 @@ def _write_partitions(
     con = duckdb.connect(config={"memory_limit": f"{memory_mb}MB", "preserve_insertion_order": True})
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
-        for batch in source.iter_batches(batch_size=_BATCH_ROWS, row_groups=row_groups, columns=read):
-            con.register("batch_rows", pa.table({k: _key(batch.column(k), trim) for k in keys}))
-            here = np.asarray(con.execute(f"SELECT CAST({part} AS USMALLINT) AS p FROM batch_rows").fetchnumpy()["p"])
-            con.unregister("batch_rows")
+        for batch in _batches(source, row_groups, read, batch_rows):
+            con.register("batch_keys", pa.table({k: _key(batch.column(k), trim) for k in keys}))
+            here = np.asarray(con.execute(f"SELECT CAST({part} AS USMALLINT) AS p FROM batch_keys").fetchnumpy()["p"])
+            con.unregister("batch_keys")
             batch = batch.select(names)
             counts = np.bincount(here, minlength=parts)
             batch = batch.take(pa.array(np.argsort(here, kind="stable")))  # grouped by partition, in order within
@@ -166,6 +182,27 @@ def _write_partitions(
         for writer in writers.values():
             writer.close()
     return [(k, out / f"_part={k}" / name) for k in sorted(writers)]
+
+
+def _batches(source: pq.ParquetFile, row_groups: list[int], columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    """``columns`` of ``row_groups`` in batches of at most ``rows``. The reader's own batches end with each row group
+    when it reads dictionaries (their dictionary is the row group's): as many of those as fit are joined."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in source.iter_batches(batch_size=rows, row_groups=row_groups, columns=columns):
+        if held and count + batch.num_rows > rows:
+            yield _joined(held)
+            held, count = [], 0
+        held.append(batch)
+        count += batch.num_rows
+    if held:
+        yield _joined(held)
+
+
+def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).unify_dictionaries().combine_chunks().to_batches()[0]
 
 
 def _key(column: pa.Array, trim: bool) -> pa.Array:

@@ -101,3 +101,32 @@ def test_an_id_and_the_same_id_with_blanks_around_it_meet_in_one_partition(tmp_p
             where.setdefault(value.strip(" \t\n\f\r"), set()).add(k)
     assert all(len(where[i]) == 1 for i in ids)
     assert "\u3000e1" in where and "e2\x0b" in where  # not blanks: other ids, kept as they came
+
+
+def test_with_many_partitions_a_batch_holds_enough_rows_for_slices_of_some_size(tmp_path, monkeypatch) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    import nexttouch.partitions as partitions
+
+    n = 20_000
+    rows = pa.table({"key": pc.cast(pa.array(np.arange(n) % 1_009), pa.string()), "at": np.arange(n)})
+    path = tmp_path / "rows.parquet"
+    pq.write_table(rows, path, row_group_size=700)  # batches span row groups
+    monkeypatch.setattr(partitions, "_BATCH_ROWS", 1_000)
+    monkeypatch.setattr(partitions, "_SLICE_ROWS", 200)
+    assert partitions._batch_rows(path, ["key", "at"], 2, 1.0) == 1_000  # few partitions: the least batch
+    assert partitions._batch_rows(path, ["key", "at"], 20, 1.0) == 4_000  # slices of 200 rows
+    assert partitions._batch_rows(path, ["key", "at"], 20, 1e-5) == 1_000  # no more than the budget allows
+
+    parts = partitions.split([path], ["key"], 20, tmp_path / "parts", 1.0)
+    for files in parts:
+        (file,) = files
+        batches = ipc.open_file(file).num_record_batches
+        assert batches <= 6  # a slice of each batch of up to 4,000 rows, not one of each of 29 row groups
+        got = partitions.read_partition(files, rows.schema)
+        assert pc.all(pc.greater(got["at"][1:], got["at"][:-1])).as_py()  # in input order
+    assert sum(partitions.read_partition(f, rows.schema).num_rows for f in parts) == n
