@@ -737,29 +737,28 @@ def _merge(
         return good.reset_index(drop=True), len(good), 0, no_rejects
     good = good.reset_index(drop=True)
     seen = _key_in(good, existing, keys)
-    fresh, overlap = good.loc[~seen], good.loc[seen]
-    if overlap.empty:
-        return pd.concat([existing, fresh], ignore_index=True), len(fresh), 0, no_rejects
+    if not seen.any():
+        return pd.concat([existing, good], ignore_index=True), len(good), 0, no_rejects
+    # Every row given again (a delivery ingested twice): no copies of the frames, a partition can be big.
+    fresh, overlap = good.loc[~seen], good if seen.all() else good.loc[seen]
     old = _rows_with_keys(existing, overlap, keys)
     cols = [c for c in overlap.columns if c in old.columns]
-    same = _rows_equal(overlap[cols].reset_index(drop=True), old[cols].reset_index(drop=True))
-    changed = overlap.loc[~same.to_numpy()]
+    same = _rows_equal(overlap, old, cols)
+    changed = overlap.loc[~same]
     if table == "decisions":
-        old_changed = old.loc[~same.to_numpy()]
-        updatable = (
-            old_changed[OUTCOME].isna().to_numpy()
-            & _rows_equal(
-                changed.drop(columns=OUTCOME).reset_index(drop=True),
-                old_changed.drop(columns=OUTCOME).reset_index(drop=True),
-            ).to_numpy()
-        )
+        old_changed = old.loc[~same]
+        kept_cols = [c for c in cols if c != OUTCOME]
+        updatable = old_changed[OUTCOME].isna().to_numpy() & _rows_equal(changed, old_changed, kept_cols)
     elif table == "customers":
         updatable = np.ones(len(changed), dtype=bool)
     else:
         updatable = np.zeros(len(changed), dtype=bool)
     updates, conflicts = changed.loc[updatable], changed.loc[~updatable]
-    kept = existing.loc[~_key_in(existing, updates, keys)]
-    merged = pd.concat([kept, updates, fresh], ignore_index=True)
+    if updates.empty and fresh.empty:
+        merged = existing
+    else:
+        kept = existing.loc[~_key_in(existing, updates, keys)] if len(updates) else existing
+        merged = pd.concat([kept, updates, fresh], ignore_index=True)
     rejected = conflicts.astype("string[pyarrow]").assign(reason=f"{'/'.join(keys)} already loaded with other values")
     return merged, len(fresh) + len(updates), int(same.sum()), rejected
 
@@ -782,9 +781,16 @@ def _rows_with_keys(frame: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) ->
     return found[[*keys, *found.columns.drop(keys)]]
 
 
-def _rows_equal(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
-    both_na = a.isna() & b.isna()
-    return ((a == b) | both_na).all(axis=1)
+def _rows_equal(a: pd.DataFrame, b: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Whether row i of ``a`` and row i of ``b`` hold the same ``columns`` (missing equals missing, never a value);
+    by position, a column at a time."""
+    same = np.ones(len(a), bool)
+    for c in columns:
+        x, y = a[c].array, b[c].array
+        missing_x, missing_y = np.asarray(pd.isna(x), bool), np.asarray(pd.isna(y), bool)
+        equal = np.asarray(pd.array(x == y).fillna(False), bool)  # a value against a missing one: not equal
+        same &= (equal & ~missing_x & ~missing_y) | (missing_x & missing_y)
+    return same
 
 
 def _load(settings: Settings, table: str) -> pd.DataFrame | None:

@@ -325,3 +325,22 @@ def test_a_profile_column_is_numbers_only_if_every_value_is_one() -> None:
     late_word = pd.concat([numbers, pd.Series(["gold"], dtype="string[pyarrow]")], ignore_index=True)
     assert _all_numbers(late_word) is None  # past the head: the whole column is read
     assert _all_numbers(pd.Series(["gold", "1"], dtype="string[pyarrow]")) is None
+
+
+def test_a_value_given_where_one_was_missing_is_a_change(project: Settings, catalog: Catalog, tmp_path: Path) -> None:
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    _write(first / "identity.csv", "source_system,source_key,customer_id\napp,a-1,C1")
+    _write(first / "customers.csv", "customer_id,signup_at,region\nC1,2025-01-01,\nC2,2025-01-01,south")
+    event = "e1,2026-10-01T10:00:00Z,app,a-1,push_opened,,,,"
+    header = "event_id,occurred_at,source_system,source_key,touch_type,tier,direction,amount,decision_id"
+    _write(first / "events.csv", f"{header}\n{event}")
+    ingest(project, catalog, first, now=NOW)
+    _write(later / "customers.csv", "customer_id,signup_at,region\nC1,2025-01-01,north\nC2,2025-01-01,south")
+    _write(later / "events.csv", f"{header}\n{event}d1")  # e1 again, now naming a decision
+    reports = {r.table: r for r in ingest(project, catalog, later, now=NOW)}
+    assert (reports["customers"].loaded, reports["customers"].already_loaded) == (1, 1)  # C1's region filled in
+    customers = pd.read_parquet(project.raw_dir / "customers.parquet").set_index("customer_id")
+    assert customers.loc["C1", "region"] == "north"
+    assert reports["events"].rejected == {"event_id already loaded with other values": 1}
