@@ -788,7 +788,10 @@ def _rows_equal(a: pd.DataFrame, b: pd.DataFrame, columns: list[str]) -> np.ndar
     for c in columns:
         x, y = a[c].array, b[c].array
         missing_x, missing_y = np.asarray(pd.isna(x), bool), np.asarray(pd.isna(y), bool)
-        equal = np.asarray(pd.array(x == y).fillna(False), bool)  # a value against a missing one: not equal
+        try:
+            equal = np.asarray(pd.array(x == y).fillna(False), bool)  # a value against a missing one: not equal
+        except TypeError:  # numbers against text (a column's kind changed): no value is the same
+            equal = np.zeros(len(a), bool)
         same &= (equal & ~missing_x & ~missing_y) | (missing_x & missing_y)
     return same
 

@@ -344,3 +344,13 @@ def test_a_value_given_where_one_was_missing_is_a_change(project: Settings, cata
     customers = pd.read_parquet(project.raw_dir / "customers.parquet").set_index("customer_id")
     assert customers.loc["C1", "region"] == "north"
     assert reports["events"].rejected == {"event_id already loaded with other values": 1}
+
+
+def test_rows_compared_across_kinds_of_values_differ_where_a_value_differs() -> None:
+    from nexttouch.ingest import _rows_equal
+
+    numbers = pd.DataFrame({"v": pd.array([1, None, 3], dtype="Int64"), "w": [1.0, 2.0, None]})
+    text = pd.DataFrame({"v": pd.array(["1", None, "x"], dtype="string[pyarrow]"), "w": [1.0, None, None]})
+    assert _rows_equal(numbers, text, ["v"]).tolist() == [False, True, False]  # a number is not its text
+    assert _rows_equal(text, numbers, ["v"]).tolist() == [False, True, False]
+    assert _rows_equal(numbers, text, ["w"]).tolist() == [True, False, True]  # missing equals only missing
