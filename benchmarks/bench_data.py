@@ -66,6 +66,7 @@ from pathlib import Path
 import pandas as pd
 
 from nexttouch.parquet import parquet_file
+from nexttouch.sql import literal
 from nexttouch.telemetry import TELEMETRY_OFF
 
 CASES = (
@@ -454,7 +455,7 @@ def asof_baseline(s, entity: pd.DataFrame, repeat: int = 3) -> tuple[float, int]
     # for the 26M snapshot rows of 1M customers), which 10M customers' would not fit.
     query = (
         f"SELECT e.*, t.* EXCLUDE (customer_id, event_timestamp) FROM rows AS e ASOF LEFT JOIN "
-        f"(SELECT * FROM read_parquet('{path}') WHERE customer_id IN (SELECT customer_id FROM rows)) AS t "
+        f"(SELECT * FROM read_parquet({literal(str(path))}) WHERE customer_id IN (SELECT customer_id FROM rows)) AS t "
         "ON e.customer_id = t.customer_id AND e.event_timestamp >= t.event_timestamp"
     )
     best, n = float("inf"), 0
