@@ -53,15 +53,17 @@ def _at_once(settings: Settings) -> int:
 
 def parquet_bytes(paths: Sequence[Path], columns: Sequence[str] | None = None) -> int:
     """Uncompressed size of ``columns`` (all by default) of parquet files, from their footers."""
+    return sum(_uncompressed(pq.read_metadata(path), columns) for path in paths)
+
+
+def _uncompressed(meta: pq.FileMetaData, columns: Sequence[str] | None) -> int:
     total = 0
-    for path in paths:
-        meta = pq.read_metadata(path)
-        for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            for c in range(group.num_columns):
-                col = group.column(c)
-                if columns is None or col.path_in_schema in columns:
-                    total += col.total_uncompressed_size
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            if columns is None or col.path_in_schema in columns:
+                total += col.total_uncompressed_size
     return total
 
 
@@ -103,10 +105,11 @@ def split(
         names = [c for c in columns if c in every] if columns else every
         read = [*names, *(k for k in keys if k not in names)]
         dictionaries = small_dictionaries(path, read)  # codes are cheap to read and to reorder
-        groups = pq.read_metadata(path).num_row_groups
+        meta = pq.read_metadata(path)
+        groups = meta.num_row_groups
         ranges = [r.tolist() for r in np.array_split(np.arange(groups), max(1, min(workers, groups)))]
         memory_mb = duckdb_memory_mb(memory_gib) // len(ranges)
-        rows = _batch_rows(path, read, parts, memory_gib / len(ranges))
+        rows = _batch_rows(meta, read, parts, memory_gib / len(ranges))
         writing = (parts, out, memory_mb, rows)
         jobs = [
             (path, r, names, read, dictionaries, part, list(keys), ordered, f"{i}-{j}.arrow", *writing)
@@ -119,10 +122,10 @@ def split(
     return written
 
 
-def _batch_rows(path: Path, columns: Sequence[str], parts: int, memory_gib: float) -> int:
-    """Rows of ``path`` a thread of the split reads at a time, with ``memory_gib`` its share of the budget."""
-    rows = pq.read_metadata(path).num_rows
-    per_row = _ARROW_PER_PARQUET_BYTE * parquet_bytes([path], columns) / max(rows, 1)
+def _batch_rows(meta: pq.FileMetaData, columns: Sequence[str], parts: int, memory_gib: float) -> int:
+    """Rows of a file (its footer ``meta``) a thread of the split reads at a time, with ``memory_gib`` its share of
+    the budget."""
+    per_row = _ARROW_PER_PARQUET_BYTE * _uncompressed(meta, columns) / max(meta.num_rows, 1)
     allowed = int(memory_gib * 2**30 / _BATCH_SHARE / max(per_row, 1.0))
     return max(_BATCH_ROWS, min(parts * _SLICE_ROWS, allowed))
 

@@ -118,9 +118,10 @@ def test_with_many_partitions_a_batch_holds_enough_rows_for_slices_of_some_size(
     pq.write_table(rows, path, row_group_size=700)  # batches span row groups
     monkeypatch.setattr(partitions, "_BATCH_ROWS", 1_000)
     monkeypatch.setattr(partitions, "_SLICE_ROWS", 200)
-    assert partitions._batch_rows(path, ["key", "at"], 2, 1.0) == 1_000  # few partitions: the least batch
-    assert partitions._batch_rows(path, ["key", "at"], 20, 1.0) == 4_000  # slices of 200 rows
-    assert partitions._batch_rows(path, ["key", "at"], 20, 1e-5) == 1_000  # no more than the budget allows
+    meta = pq.read_metadata(path)
+    assert partitions._batch_rows(meta, ["key", "at"], 2, 1.0) == 1_000  # few partitions: the least batch
+    assert partitions._batch_rows(meta, ["key", "at"], 20, 1.0) == 4_000  # slices of 200 rows
+    assert partitions._batch_rows(meta, ["key", "at"], 20, 1e-5) == 1_000  # no more than the budget allows
 
     parts = partitions.split([path], ["key"], 20, tmp_path / "parts", 1.0)
     for files in parts:
